@@ -1,0 +1,127 @@
+"""Adapter files: the LoRA tensors of a model in ``.safetensors``, with what is needed to rebuild it.
+
+The file's metadata records ``rank``, ``alpha``, ``targets`` (the patterns asked for),
+``layers`` (the layers replaced), ``model_type`` and ``image_size`` (the training
+resolution, for information: LoRA changes only Linear / Conv weights, so an adapter
+loads into the same model type at any resolution).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from lora_sam.files import atomic_path
+from lora_sam.lora import inject_lora, lora_layers, lora_state_dict
+
+FORMAT = "lora_sam.adapter/1"
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    rank: int
+    alpha: float
+    targets: list[str]
+    layers: list[str]
+    model_type: str | None
+    image_size: list[int] | None
+
+
+def _info_of(module: nn.Module, targets: Sequence[str] | str | None, model_type: str | None,
+             image_size: Sequence[int] | None) -> AdapterInfo:
+    layers = lora_layers(module)
+    if not layers:
+        raise ValueError("this model has no LoRA layers: call inject_lora first")
+    ranks = {layer.rank for layer in layers.values()}
+    alphas = {layer.alpha for layer in layers.values()}
+    if len(ranks) != 1 or len(alphas) != 1:
+        raise ValueError(f"LoRA layers with mixed rank {sorted(ranks)} / alpha {sorted(alphas)} are not supported")
+    if targets is None or isinstance(targets, str):
+        targets = [targets or "default"]
+    return AdapterInfo(rank=ranks.pop(), alpha=alphas.pop(), targets=list(targets), layers=list(layers),
+                       model_type=model_type, image_size=list(image_size) if image_size else None)
+
+
+def save_adapter(
+    module: nn.Module,
+    path: str | os.PathLike,
+    *,
+    targets: Sequence[str] | str | None = None,
+    model_type: str | None = None,
+    image_size: Sequence[int] | None = None,
+) -> AdapterInfo:
+    """Write the LoRA tensors of ``module`` to ``path`` (``.safetensors``), atomically."""
+    info = _info_of(module, targets, model_type, image_size)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in lora_state_dict(module).items()}
+    metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in asdict(info).items()}}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return info
+
+
+def read_adapter_info(path: str | os.PathLike) -> AdapterInfo:
+    """The metadata of an adapter file, with clear errors for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"adapter file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"adapter file {path} is not a readable .safetensors file ({err})") from err
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"adapter file {path} was not written by lora_sam (metadata 'format' is "
+                         f"{meta.get('format')!r}, expected {FORMAT!r})")
+    try:
+        return AdapterInfo(**{k: json.loads(meta[k]) for k in AdapterInfo.__dataclass_fields__})
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"adapter file {path}: metadata field {err} is missing or damaged") from err
+
+
+def load_adapter(module: nn.Module, path: str | os.PathLike) -> AdapterInfo:
+    """Load an adapter into a model that already has the same LoRA layers; says what differs if not."""
+    from lora_sam.model import model_type_of
+
+    info = read_adapter_info(path)
+    layers = lora_layers(module)
+    problems = []
+    found_type = model_type_of(module) if hasattr(module, "image_encoder") else None
+    if info.model_type and found_type and info.model_type != found_type:
+        problems.append(f"model type: adapter {info.model_type}, model {found_type}")
+    if set(layers) != set(info.layers):
+        only_file = sorted(set(info.layers) - set(layers))
+        only_model = sorted(set(layers) - set(info.layers))
+        problems.append(f"LoRA layers differ (targets in the file: {info.targets}); only in the file: "
+                        f"{only_file[:4]}{' ...' if len(only_file) > 4 else ''}; only in the model: "
+                        f"{only_model[:4]}{' ...' if len(only_model) > 4 else ''}")
+    ranks = {layer.rank for layer in layers.values()}
+    if ranks and ranks != {info.rank}:
+        problems.append(f"rank: adapter {info.rank}, model {sorted(ranks)}")
+    alphas = {layer.alpha for layer in layers.values()}
+    if alphas and alphas != {float(info.alpha)}:
+        problems.append(f"alpha: adapter {info.alpha}, model {sorted(alphas)}")
+    if problems:
+        raise ValueError(f"adapter {path} does not fit this model: " + "; ".join(problems)
+                         + ". Build the model with the adapter's settings, or use apply_adapter().")
+    tensors = load_file(str(path))
+    expected = lora_state_dict(module)
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in tensors.items()
+             if k in expected and v.shape != expected[k].shape]
+    if wrong or set(tensors) != set(expected):
+        raise ValueError(f"adapter {path} does not fit this model: tensor shapes differ: {wrong[:4]}")
+    module.load_state_dict(tensors, strict=False)
+    return info
+
+
+def apply_adapter(module: nn.Module, path: str | os.PathLike) -> AdapterInfo:
+    """Inject LoRA with the adapter's own settings into a plain model, then load its tensors."""
+    info = read_adapter_info(path)
+    inject_lora(module, info.rank, info.alpha, targets=info.layers)
+    return load_adapter(module, path)

@@ -1,0 +1,300 @@
+"""LoRA layers for ``nn.Linear``, ``nn.Conv2d`` and ``nn.ConvTranspose2d``, and their injection.
+
+Each layer wraps a frozen base layer (kept as ``.base``) and adds a rank-r update
+``delta = B @ A * alpha / rank`` with ``A`` random and ``B`` zero at start, so a fresh
+LoRA layer computes exactly what its base computes. ``merge()`` folds the update into
+the base weight and ``unmerge()`` takes it out again; neither happens implicitly.
+
+Conv updates are factorised into two convolutions when ``groups == 1``:
+``Conv2d``: A is a conv with the base's kernel, stride, padding and dilation (in -> r),
+B a 1x1 conv (r -> out); ``ConvTranspose2d``: A is a 1x1 conv (in -> r), B a transposed
+conv with the base's geometry (r -> out). For ``groups > 1`` the update is applied as a
+grouped convolution with ``delta_weight()``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "LoRALayer",
+    "LoRALinear",
+    "LoRAConv2d",
+    "LoRAConvTranspose2d",
+    "SAM_TARGETS",
+    "TARGET_PRESETS",
+    "inject_lora",
+    "merge_lora",
+    "unmerge_lora",
+    "lora_layers",
+    "lora_state_dict",
+    "mark_only_lora_trainable",
+]
+
+
+class LoRALayer(nn.Module):
+    """Common part of the LoRA wrappers: rank, scaling, dropout, merge state."""
+
+    base: nn.Module
+    lora_A: nn.Parameter
+    lora_B: nn.Parameter
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float) -> None:
+        super().__init__()
+        if not isinstance(rank, int) or rank <= 0:
+            raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
+        if alpha <= 0:
+            raise ValueError(f"LoRA alpha must be positive, got {alpha!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.rank = rank
+        self.alpha = float(alpha)
+        self.scaling = self.alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def _new_parameter(self, *shape: int) -> nn.Parameter:
+        weight = self.base.weight
+        return nn.Parameter(torch.zeros(*shape, device=weight.device, dtype=weight.dtype))
+
+    def reset_lora_parameters(self) -> None:
+        """A: Kaiming-uniform (as nn.Linear's default); B: zero, so the update starts at 0."""
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+
+    def delta_weight(self) -> Tensor:
+        """The update, scaled, in the base weight's own layout and dtype."""
+        raise NotImplementedError
+
+    def lora_forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into ``base.weight``; the layer then runs as its base alone."""
+        if not self.merged:
+            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Take the update back out of ``base.weight``."""
+        if self.merged:
+            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            self.merged = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base(x)
+        if self.merged:
+            return out
+        return out + self.lora_forward(self.dropout(x)) * self.scaling
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha:g}, merged={self.merged}"
+
+
+class LoRALinear(LoRALayer):
+    """LoRA around ``nn.Linear``: A (r, in), B (out, r)."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRALinear wraps nn.Linear, got {type(base).__name__}")
+        super().__init__(base, rank, alpha, dropout)
+        self.lora_A = self._new_parameter(rank, base.in_features)
+        self.lora_B = self._new_parameter(base.out_features, rank)
+        self.reset_lora_parameters()
+
+    def delta_weight(self) -> Tensor:
+        return (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
+
+    def lora_forward(self, x: Tensor) -> Tensor:
+        return F.linear(F.linear(x, self.lora_A), self.lora_B)
+
+
+class LoRAConv2d(LoRALayer):
+    """LoRA around ``nn.Conv2d``: A (r, in/groups, kH, kW), B (out, r)."""
+
+    def __init__(self, base: nn.Conv2d, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        if not isinstance(base, nn.Conv2d):
+            raise TypeError(f"LoRAConv2d wraps nn.Conv2d, got {type(base).__name__}")
+        if base.padding_mode != "zeros":
+            raise ValueError(f"LoRAConv2d supports padding_mode='zeros' only, got {base.padding_mode!r}")
+        super().__init__(base, rank, alpha, dropout)
+        kh, kw = base.kernel_size
+        self.lora_A = self._new_parameter(rank, base.in_channels // base.groups, kh, kw)
+        self.lora_B = self._new_parameter(base.out_channels, rank)
+        self.reset_lora_parameters()
+
+    def delta_weight(self) -> Tensor:
+        return torch.einsum("or,rikl->oikl", self.lora_B, self.lora_A) * self.scaling
+
+    def lora_forward(self, x: Tensor) -> Tensor:
+        conv = self.base
+        if conv.groups > 1:
+            return F.conv2d(x, self.delta_weight() / self.scaling, None, conv.stride, conv.padding,
+                            conv.dilation, conv.groups)
+        hidden = F.conv2d(x, self.lora_A, None, conv.stride, conv.padding, conv.dilation)  # (B, r, h, w)
+        return F.conv2d(hidden, self.lora_B[:, :, None, None])
+
+
+class LoRAConvTranspose2d(LoRALayer):
+    """LoRA around ``nn.ConvTranspose2d``: A (r, in), B (r, out/groups, kH, kW).
+
+    The base weight is (in, out/groups, kH, kW) and so is ``delta_weight()``.
+    """
+
+    def __init__(self, base: nn.ConvTranspose2d, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        if not isinstance(base, nn.ConvTranspose2d):
+            raise TypeError(f"LoRAConvTranspose2d wraps nn.ConvTranspose2d, got {type(base).__name__}")
+        if base.padding_mode != "zeros":
+            raise ValueError("LoRAConvTranspose2d supports padding_mode='zeros' only")
+        super().__init__(base, rank, alpha, dropout)
+        kh, kw = base.kernel_size
+        self.lora_A = self._new_parameter(rank, base.in_channels)
+        self.lora_B = self._new_parameter(rank, base.out_channels // base.groups, kh, kw)
+        self.reset_lora_parameters()
+
+    def delta_weight(self) -> Tensor:
+        return torch.einsum("ri,rokl->iokl", self.lora_A, self.lora_B) * self.scaling
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        out = self.base(x, output_size)
+        if self.merged:
+            return out
+        conv = self.base
+        output_padding = conv._output_padding(
+            x, output_size, list(conv.stride), list(conv.padding), list(conv.kernel_size),
+            2, list(conv.dilation),
+        )
+        x = self.dropout(x)
+        if conv.groups > 1:
+            weight, x_in = self.delta_weight() / self.scaling, x
+        else:
+            weight, x_in = self.lora_B, F.conv2d(x, self.lora_A[:, :, None, None])  # (B, r, h, w)
+        update = F.conv_transpose2d(x_in, weight, None, conv.stride, conv.padding, output_padding,
+                                    conv.groups, conv.dilation)
+        return out + update * self.scaling
+
+
+_WRAPPERS: dict[type[nn.Module], type[LoRALayer]] = {
+    nn.Linear: LoRALinear,
+    nn.Conv2d: LoRAConv2d,
+    nn.ConvTranspose2d: LoRAConvTranspose2d,
+}
+
+SAM_TARGETS: tuple[str, ...] = (
+    "image_encoder.patch_embed.proj",
+    "image_encoder.blocks.*.attn.qkv",
+    "image_encoder.blocks.*.attn.proj",
+    "image_encoder.blocks.*.mlp.lin1",
+    "image_encoder.blocks.*.mlp.lin2",
+    "image_encoder.neck.0",
+    "image_encoder.neck.2",
+    "prompt_encoder.mask_downscaling.*",
+    "mask_decoder.transformer.*",
+    "mask_decoder.output_upscaling.*",
+)
+"""Default targets: every Linear / Conv2d / ConvTranspose2d of SAM named in DESIGN.md."""
+
+TARGET_PRESETS: dict[str, tuple[str, ...]] = {
+    "default": SAM_TARGETS,
+    "qkv": ("image_encoder.blocks.*.attn.qkv",),
+    "encoder": tuple(t for t in SAM_TARGETS if t.startswith("image_encoder")),
+    "decoder": ("mask_decoder.transformer.*", "mask_decoder.output_upscaling.*"),
+}
+
+
+def resolve_targets(targets: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Target patterns from a preset name, a list of ``fnmatch`` patterns, or None (default)."""
+    if targets is None:
+        return SAM_TARGETS
+    if isinstance(targets, str):
+        if targets in TARGET_PRESETS:
+            return TARGET_PRESETS[targets]
+        return (targets,)
+    return tuple(targets)
+
+
+def _exact_type(module: nn.Module) -> type[nn.Module] | None:
+    return next((t for t in _WRAPPERS if type(module) is t), None)
+
+
+def _set_submodule(root: nn.Module, name: str, value: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, value)
+
+
+def inject_lora(
+    module: nn.Module,
+    rank: int,
+    alpha: float,
+    targets: str | Sequence[str] | None = None,
+    *,
+    layer_types: Iterable[type[nn.Module]] = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d),
+    dropout: float = 0.0,
+) -> list[str]:
+    """Wrap the matching layers of ``module`` in LoRA, in place, and freeze everything else.
+
+    Args:
+        targets: a preset name (``TARGET_PRESETS``), ``fnmatch`` patterns over qualified module
+            names (``"image_encoder.blocks.*.attn.qkv"``), or None for ``SAM_TARGETS``.
+        layer_types: only layers of these exact types are wrapped.
+    Returns:
+        The qualified names of the replaced layers, in module order.
+    """
+    if not isinstance(rank, int) or rank <= 0:
+        raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
+    patterns = resolve_targets(targets)
+    allowed = set(layer_types)
+    chosen = [
+        name for name, sub in module.named_modules()
+        if name and _exact_type(sub) in allowed and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    ]
+    if not chosen:
+        raise ValueError(f"no Linear / Conv2d / ConvTranspose2d layer matches the LoRA targets {list(patterns)}")
+    for p in module.parameters():
+        p.requires_grad_(False)
+    for name in chosen:
+        base = module.get_submodule(name)
+        _set_submodule(module, name, _WRAPPERS[type(base)](base, rank, alpha, dropout))
+    return chosen
+
+
+def lora_layers(module: nn.Module) -> dict[str, LoRALayer]:
+    """The LoRA wrappers inside ``module`` by qualified name."""
+    return {name: sub for name, sub in module.named_modules() if isinstance(sub, LoRALayer)}
+
+
+def mark_only_lora_trainable(module: nn.Module) -> None:
+    """``requires_grad`` on the LoRA A / B tensors only."""
+    for name, p in module.named_parameters():
+        p.requires_grad_(name.endswith(("lora_A", "lora_B")))
+
+
+def merge_lora(module: nn.Module) -> nn.Module:
+    """Fold every LoRA update into its base weight and put the plain base layers back."""
+    for name, layer in lora_layers(module).items():
+        layer.merge()
+        _set_submodule(module, name, layer.base)
+    return module
+
+
+def unmerge_lora(module: nn.Module) -> nn.Module:
+    """Undo ``merge()`` on every LoRA layer that is still wrapped (after layer-level merges)."""
+    for layer in lora_layers(module).values():
+        layer.unmerge()
+    return module
+
+
+def lora_state_dict(module: nn.Module) -> dict[str, Tensor]:
+    """Only the LoRA tensors (``*.lora_A``, ``*.lora_B``) of ``module``'s state dict."""
+    return {k: v for k, v in module.state_dict().items() if k.endswith(("lora_A", "lora_B"))}

@@ -1,0 +1,322 @@
+"""SAM from the official ``segment_anything`` classes, at any training resolution.
+
+``build_sam`` returns the official ``Sam``; at ``image_size=(1024, 1024)`` it is the
+original model and ``segment_anything.SamPredictor`` runs on it unchanged. At other
+resolutions the image encoder's position embedding is interpolated from the
+checkpoint's 64x64 grid and the prompt encoder's sizes follow; the attention's relative
+position tables are resized by the official code at run time. No Linear or Conv weight
+changes, so a LoRA trained at low resolution merges into the 1024 px checkpoint.
+
+``encode`` / ``decode`` / ``upscale`` are the differentiable forward used in training
+(``Sam.forward`` runs under ``torch.no_grad``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from torch import Tensor
+
+__all__ = [
+    "SamConfig",
+    "MODEL_CONFIGS",
+    "CHECKPOINT_FILES",
+    "build_sam",
+    "resolve_checkpoint",
+    "load_checkpoint",
+    "detect_model_type",
+    "encode",
+    "decode",
+    "upscale",
+    "image_size_of",
+    "model_type_of",
+]
+
+PATCH_SIZE = 16
+ORIGINAL_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: tuple[int, ...]
+    window_size: int = 14
+    prompt_embed_dim: int = 256
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    iou_head_hidden_dim: int = 256
+
+
+MODEL_CONFIGS: dict[str, SamConfig] = {
+    "vit_b": SamConfig(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": SamConfig(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": SamConfig(1280, 32, 16, (7, 15, 23, 31)),
+    # Same classes, small dims: tests and CPU demos (about 2.5 M parameters).
+    "tiny": SamConfig(160, 4, 5, (1, 3), window_size=7, prompt_embed_dim=64, decoder_mlp_dim=256,
+                      decoder_num_heads=4, iou_head_hidden_dim=64),
+}
+
+CHECKPOINT_FILES = {
+    "vit_b": "sam_vit_b_01ec64.pth",
+    "vit_l": "sam_vit_l_0b3195.pth",
+    "vit_h": "sam_vit_h_4b8939.pth",
+}
+CHECKPOINT_ENV = "LORA_SAM_CHECKPOINT"
+HOME_ENV = "LORA_SAM_HOME"
+RANDOM = "random"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get(HOME_ENV, Path.home() / ".cache" / "lora_sam"))
+
+
+def _check_model_type(model_type: str) -> SamConfig:
+    if model_type not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model_type {model_type!r}; choose from {', '.join(MODEL_CONFIGS)}")
+    return MODEL_CONFIGS[model_type]
+
+
+def _check_image_size(image_size: tuple[int, int] | int) -> tuple[int, int]:
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+    if len(size) != 2 or any(s <= 0 or s % PATCH_SIZE for s in size):
+        raise ValueError(
+            f"image_size must be (H, W) with both sides positive multiples of {PATCH_SIZE}, got {image_size!r}; "
+            f"for example (160, 256) or (1024, 1024)"
+        )
+    return size  # type: ignore[return-value]
+
+
+def resolve_checkpoint(model_type: str, checkpoint: str | os.PathLike | None) -> Path | None:
+    """The checkpoint to load: the argument, then $LORA_SAM_CHECKPOINT, then the default path.
+
+    ``checkpoint="random"`` asks for random weights explicitly (with a warning for vit_*).
+    The ``tiny`` configuration has no official weights: without an argument it starts random.
+    """
+    if checkpoint is not None and str(checkpoint) == RANDOM:
+        if model_type != "tiny":
+            warnings.warn(f"build_sam: {model_type} starts from RANDOM weights (checkpoint='random')",
+                          UserWarning, stacklevel=3)
+        return None
+    if checkpoint is not None:
+        return Path(checkpoint)
+    if model_type == "tiny":
+        return None
+    if os.environ.get(CHECKPOINT_ENV):
+        return Path(os.environ[CHECKPOINT_ENV])
+    default = default_home() / CHECKPOINT_FILES[model_type]
+    if default.is_file():
+        return default
+    raise FileNotFoundError(
+        f"no SAM checkpoint for {model_type}: pass checkpoint=PATH, set ${CHECKPOINT_ENV}, or put "
+        f"{CHECKPOINT_FILES[model_type]} at {default} (official files: "
+        f"https://github.com/facebookresearch/segment-anything#model-checkpoints). "
+        f"checkpoint='random' starts from random weights on purpose."
+    )
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read an official SAM checkpoint (a ``state_dict`` saved by ``torch.save``), with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SAM checkpoint {path} does not exist (or is not a file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise ValueError(
+            f"SAM checkpoint {path} cannot be read ({type(err).__name__}: {err}); the file may be truncated "
+            f"or not a PyTorch checkpoint: download it again"
+        ) from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"SAM checkpoint {path} is not a state_dict of tensors (official SAM format)")
+    return state
+
+
+def detect_model_type(state: dict[str, Tensor]) -> str | None:
+    """Which of ``MODEL_CONFIGS`` a state dict belongs to, from its encoder width and depth."""
+    weight = state.get("image_encoder.patch_embed.proj.weight")
+    if weight is None:
+        return None
+    depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
+    for name, cfg in MODEL_CONFIGS.items():
+        if weight.shape[0] == cfg.encoder_embed_dim and depth == cfg.encoder_depth:
+            return name
+    return None
+
+
+def _sam_from_config(cfg: SamConfig, image_size: tuple[int, int]) -> Sam:
+    embedding_size = (image_size[0] // PATCH_SIZE, image_size[1] // PATCH_SIZE)
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=ORIGINAL_SIZE,
+            patch_size=PATCH_SIZE,
+            embed_dim=cfg.encoder_embed_dim,
+            depth=cfg.encoder_depth,
+            num_heads=cfg.encoder_num_heads,
+            mlp_ratio=4,
+            out_chans=cfg.prompt_embed_dim,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            global_attn_indexes=cfg.encoder_global_attn_indexes,
+            window_size=cfg.window_size,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=cfg.prompt_embed_dim,
+            image_embedding_size=embedding_size,
+            input_image_size=image_size,
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2,
+                embedding_dim=cfg.prompt_embed_dim,
+                mlp_dim=cfg.decoder_mlp_dim,
+                num_heads=cfg.decoder_num_heads,
+            ),
+            transformer_dim=cfg.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def _load_into(sam: Sam, state: dict[str, Tensor], model_type: str, path: Path) -> None:
+    found = detect_model_type(state)
+    if found is not None and found != model_type:
+        raise ValueError(f"SAM checkpoint {path} holds a {found} model, not {model_type}: "
+                         f"pass model_type={found!r} or the {model_type} checkpoint")
+    expected = sam.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        details = "; ".join(filter(None, [
+            f"missing keys: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}" if missing else "",
+            f"unexpected keys: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
+            if unexpected else "",
+            f"shape mismatch: {', '.join(wrong[:5])}" if wrong else "",
+        ]))
+        raise ValueError(f"SAM checkpoint {path} does not fit {model_type}: {details}")
+    sam.load_state_dict(state, strict=True)
+
+
+@torch.no_grad()
+def _resize_position_embedding(sam: Sam, image_size: tuple[int, int]) -> None:
+    grid = (image_size[0] // PATCH_SIZE, image_size[1] // PATCH_SIZE)
+    pos = sam.image_encoder.pos_embed  # (1, 64, 64, C)
+    if tuple(pos.shape[1:3]) == grid:
+        return
+    resized = F.interpolate(pos.permute(0, 3, 1, 2), size=grid, mode="bicubic", align_corners=False)
+    sam.image_encoder.pos_embed = torch.nn.Parameter(resized.permute(0, 2, 3, 1).contiguous(),
+                                                     requires_grad=pos.requires_grad)
+
+
+def build_sam(
+    model_type: str = "vit_b",
+    checkpoint: str | os.PathLike | None = None,
+    image_size: tuple[int, int] | int = (160, 256),
+) -> Sam:
+    """Build the official ``Sam`` for ``model_type`` at training resolution ``image_size`` (H, W).
+
+    Args:
+        model_type: ``vit_b``, ``vit_l``, ``vit_h`` or ``tiny`` (same classes, small dims).
+        checkpoint: an official checkpoint file (``sam_vit_b_01ec64.pth`` layout); None looks in
+            $LORA_SAM_CHECKPOINT, then ``~/.cache/lora_sam/<official file name>`` ($LORA_SAM_HOME);
+            ``"random"`` starts from random weights on purpose.
+        image_size: (H, W), both multiples of 16; (1024, 1024) is the original SAM.
+    Returns:
+        ``segment_anything.modeling.Sam`` in eval mode, on the CPU.
+    """
+    cfg = _check_model_type(model_type)
+    size = _check_image_size(image_size)
+    path = resolve_checkpoint(model_type, checkpoint)
+    state = load_checkpoint(path) if path is not None else None
+    sam = _sam_from_config(cfg, size)
+    if state is not None:
+        _load_into(sam, state, model_type, path)
+    _resize_position_embedding(sam, size)
+    return sam.eval()
+
+
+def image_size_of(sam: Sam) -> tuple[int, int]:
+    """Training resolution (H, W) of a model made by ``build_sam``."""
+    return tuple(sam.prompt_encoder.input_image_size)  # type: ignore[return-value]
+
+
+def encode(sam: Sam, image: Tensor, input_size: Tensor | None = None) -> Tensor:
+    """Image embeddings, with gradients.
+
+    Args:
+        image: (B, 3, H, W) RGB in 0..255 at the training resolution, padded right/bottom.
+        input_size: (B, 2) (h, w) of each image before padding; the padding is zeroed after
+            normalisation, as ``Sam.preprocess`` does. None: no padding.
+    Returns:
+        (B, C, H/16, W/16)
+    """
+    x = (image - sam.pixel_mean) / sam.pixel_std
+    if input_size is not None:
+        h, w = x.shape[-2:]
+        rows = torch.arange(h, device=x.device)[None, :, None] < input_size[:, 0, None, None].to(x.device)
+        cols = torch.arange(w, device=x.device)[None, None, :] < input_size[:, 1, None, None].to(x.device)
+        x = x * (rows & cols)[:, None].to(x.dtype)
+    return sam.image_encoder(x)
+
+
+def decode(
+    sam: Sam,
+    embedding: Tensor,
+    points: Tensor | None = None,
+    labels: Tensor | None = None,
+    boxes: Tensor | None = None,
+    mask_input: Tensor | None = None,
+    multimask: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Decode K prompts of one image in one call, with gradients.
+
+    Args:
+        embedding: (1, C, h, w) one image's embedding.
+        points: (K, P, 2) (x, y) pixels of the training image; labels (K, P): 1 / 0 / -1 (padding).
+        boxes: (K, 4) XYXY pixels.
+        mask_input: (K, 1, 4h, 4w) low-resolution logits of an earlier prediction.
+    Returns:
+        low-resolution logits (K, M, 4h, 4w) and IoU predictions (K, M); M = 3 if multimask else 1.
+    """
+    sparse, dense = sam.prompt_encoder(
+        points=(points, labels) if points is not None else None,
+        boxes=boxes,
+        masks=mask_input,
+    )
+    return sam.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )
+
+
+def upscale(low_res_logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """(K, M, h, w) low-resolution logits -> (K, M, H, W) at the training resolution (bilinear)."""
+    return F.interpolate(low_res_logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def model_type_of(sam: Sam) -> str | None:
+    """Which of ``MODEL_CONFIGS`` a built model is (by encoder width and depth), LoRA-wrapped or not."""
+    width, depth = sam.image_encoder.pos_embed.shape[-1], len(sam.image_encoder.blocks)
+    return next((name for name, cfg in MODEL_CONFIGS.items()
+                 if cfg.encoder_embed_dim == width and cfg.encoder_depth == depth), None)

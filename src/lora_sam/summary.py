@@ -1,0 +1,97 @@
+"""Parameter counts per SAM part: total and trainable."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from dataclasses import dataclass
+
+from torch import nn
+
+SAM_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+
+
+@dataclass(frozen=True)
+class PartCount:
+    part: str
+    total: int
+    trainable: int
+
+
+@dataclass(frozen=True)
+class ParameterSummary:
+    parts: list[PartCount]
+
+    @property
+    def total(self) -> int:
+        return sum(p.total for p in self.parts)
+
+    @property
+    def trainable(self) -> int:
+        return sum(p.trainable for p in self.parts)
+
+    def rows(self) -> list[tuple[str, int, int, float]]:
+        out = [(p.part, p.total, p.trainable, 100.0 * p.trainable / max(p.total, 1)) for p in self.parts]
+        out.append(("total", self.total, self.trainable, 100.0 * self.trainable / max(self.total, 1)))
+        return out
+
+    def to_markdown(self) -> str:
+        lines = ["| part | parameters | trainable | trainable % |", "|---|---:|---:|---:|"]
+        lines += [f"| {n} | {t:,} | {tr:,} | {pct:.3f} |" for n, t, tr, pct in self.rows()]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        header = f"{'part':<16}{'parameters':>14}{'trainable':>14}{'trainable %':>13}"
+        lines = [header, "-" * len(header)]
+        lines += [f"{n:<16}{t:>14,}{tr:>14,}{pct:>13.3f}" for n, t, tr, pct in self.rows()]
+        return "\n".join(lines)
+
+
+def parameter_summary(module: nn.Module) -> ParameterSummary:
+    """Total and trainable parameters of each SAM part (or each top-level child) and overall.
+
+    Parameters shared between parts are counted once, under the first part that holds them.
+    """
+    children = [n for n, _ in module.named_children()]
+    parts = [p for p in SAM_PARTS if p in children] or children
+    seen: set[int] = set()
+    counts = []
+    for part in parts + ["other"]:
+        params = (module.get_submodule(part).parameters() if part != "other" else module.parameters())
+        total = trainable = 0
+        for p in params:
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            total += p.numel()
+            trainable += p.numel() if p.requires_grad else 0
+        if part != "other" or total:
+            counts.append(PartCount(part, total, trainable))
+    return ParameterSummary(counts)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-type", default="vit_b", help="vit_b, vit_l, vit_h or tiny (default vit_b)")
+    parser.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
+    parser.add_argument("--alpha", type=float, default=1.0, help="LoRA alpha (default 1)")
+    parser.add_argument("--targets", default="default", help="LoRA target preset or pattern (default: default)")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lora_sam.lora import inject_lora
+    from lora_sam.model import build_sam
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sam = build_sam(args.model_type, "random", image_size=(1024, 1024))
+    full = parameter_summary(sam)
+    names = inject_lora(sam, args.rank, args.alpha, targets=args.targets)
+    lora = parameter_summary(sam)
+    render = ParameterSummary.to_markdown if args.markdown else ParameterSummary.__str__
+    print(f"{args.model_type}, full fine-tuning (every parameter trainable):")
+    print(render(full))
+    print(f"\n{args.model_type}, LoRA rank {args.rank}, alpha {args.alpha:g}, {len(names)} layers wrapped "
+          f"(targets: {args.targets}):")
+    print(render(lora))
+    return 0

@@ -1,0 +1,31 @@
+"""Shared fixtures: a tiny SAM saved as an official-format checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random ``tiny`` SAM saved with ``torch.save(state_dict)`` like the official files."""
+    from lora_sam.model import build_sam
+
+    torch.manual_seed(0)
+    sam = build_sam("tiny", image_size=(1024, 1024))
+    path = tmp_path_factory.mktemp("ckpt") / "sam_tiny_random.pth"
+    torch.save(sam.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real sample data not found at {SHARED_DATA}")
+    return SHARED_DATA

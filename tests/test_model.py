@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor, sam_model_registry
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from lora_sam.model import MODEL_CONFIGS, build_sam, decode, encode, upscale
+
+
+def official_tiny(checkpoint: Path) -> Sam:
+    """The tiny configuration built directly from the official classes, as ``_build_sam`` does."""
+    cfg = MODEL_CONFIGS["tiny"]
+    from functools import partial
+
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=cfg.encoder_depth, embed_dim=cfg.encoder_embed_dim, img_size=1024, mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=cfg.encoder_num_heads,
+            patch_size=16, qkv_bias=True, use_rel_pos=True,
+            global_attn_indexes=cfg.encoder_global_attn_indexes, window_size=cfg.window_size,
+            out_chans=cfg.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(embed_dim=cfg.prompt_embed_dim, image_embedding_size=(64, 64),
+                                     input_image_size=(1024, 1024), mask_in_chans=16),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=cfg.prompt_embed_dim,
+                                          mlp_dim=cfg.decoder_mlp_dim, num_heads=cfg.decoder_num_heads),
+            transformer_dim=cfg.prompt_embed_dim, iou_head_depth=3, iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
+    )
+    sam.load_state_dict(torch.load(checkpoint, weights_only=True))
+    return sam.eval()
+
+
+def ours_at_1024(sam: Sam, predictor: SamPredictor, image: np.ndarray, **prompts) -> tuple:
+    """Our differentiable path on the predictor's own resized image."""
+    resized = predictor.transform.apply_image(image)
+    h, w = resized.shape[:2]
+    x = torch.zeros(1, 3, 1024, 1024)
+    x[0, :, :h, :w] = torch.as_tensor(resized).permute(2, 0, 1).float()
+    with torch.no_grad():
+        emb = encode(sam, x, torch.tensor([[h, w]]))
+        low, iou = decode(sam, emb, **prompts)
+    masks = sam.postprocess_masks(low, (h, w), image.shape[:2]) > 0
+    return low, iou, masks
+
+
+@pytest.mark.parametrize("prompt", ["point", "points", "box"])
+def test_1024_matches_official_predictor(tiny_checkpoint: Path, prompt: str) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(300, 420, 3), dtype=np.uint8)
+    official = official_tiny(tiny_checkpoint)
+    predictor = SamPredictor(official)
+    predictor.set_image(image)
+    ours = build_sam("tiny", tiny_checkpoint, image_size=(1024, 1024))
+
+    coords = np.array([[200.0, 150.0], [50.0, 40.0]])
+    labels = np.array([1, 0])
+    box = np.array([30.0, 20.0, 380.0, 260.0])
+    if prompt == "point":
+        kw, mine = dict(point_coords=coords[:1], point_labels=labels[:1]), {}
+        mine = dict(points=torch.as_tensor(predictor.transform.apply_coords(coords[:1], image.shape[:2]))[None].float(),
+                    labels=torch.as_tensor(labels[:1])[None])
+    elif prompt == "points":
+        kw = dict(point_coords=coords, point_labels=labels)
+        mine = dict(points=torch.as_tensor(predictor.transform.apply_coords(coords, image.shape[:2]))[None].float(),
+                    labels=torch.as_tensor(labels)[None])
+    else:
+        kw = dict(box=box)
+        mine = dict(boxes=torch.as_tensor(predictor.transform.apply_boxes(box, image.shape[:2])).float())
+    masks, iou, low = predictor.predict(**kw, multimask_output=True)
+    low_ours, iou_ours, masks_ours = ours_at_1024(ours, predictor, image, **mine)
+
+    torch.testing.assert_close(low_ours[0], torch.as_tensor(low), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(iou_ours[0], torch.as_tensor(iou), rtol=1e-4, atol=1e-4)
+    agree = (masks_ours[0].numpy() == masks).mean()
+    assert agree > 0.9999
+
+
+def test_low_resolution_shapes_and_position_embedding(tiny_checkpoint: Path) -> None:
+    sam = build_sam("tiny", tiny_checkpoint, image_size=(160, 256))
+    assert sam.image_encoder.pos_embed.shape[1:3] == (10, 16)
+    assert sam.prompt_encoder.image_embedding_size == (10, 16)
+    assert sam.prompt_encoder.mask_input_size == (40, 64)
+    image = torch.rand(2, 3, 160, 256) * 255
+    emb = encode(sam, image, torch.tensor([[160, 200], [120, 256]]))
+    assert emb.shape == (2, 64, 10, 16)
+    k = 5
+    low, iou = decode(sam, emb[:1], points=torch.rand(k, 2, 2) * 150, labels=torch.ones(k, 2, dtype=torch.long))
+    assert low.shape == (k, 3, 40, 64) and iou.shape == (k, 3)
+    low2, _ = decode(sam, emb[:1], boxes=torch.tensor([[10.0, 10, 100, 90]] * k), mask_input=low[:, :1])
+    assert low2.shape == (k, 3, 40, 64)
+    assert upscale(low, (160, 256)).shape == (k, 3, 160, 256)
+    # Interpolating the 64x64 grid to itself is the identity: the 1024 model keeps the checkpoint's table.
+    full = build_sam("tiny", tiny_checkpoint, image_size=(1024, 1024))
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    assert torch.equal(full.image_encoder.pos_embed, state["image_encoder.pos_embed"])
+
+
+def test_vit_b_builds_like_the_official_registry(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    official = sam_model_registry["vit_b"]()
+    path = tmp_path / "sam_vit_b_random.pth"
+    torch.save(official.state_dict(), path)
+    ours = build_sam("vit_b", path, image_size=(1024, 1024))
+    theirs = ours.state_dict()
+    for k, v in official.state_dict().items():
+        assert torch.equal(theirs[k], v), k
+    with pytest.raises(ValueError, match="holds a vit_b model, not vit_l"):
+        build_sam("vit_l", path)
+
+
+def test_bad_checkpoints_and_sizes(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_sam("tiny", tmp_path / "nope.pth")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(tiny_checkpoint.read_bytes()[:5000])
+    with pytest.raises(ValueError, match="truncated"):
+        build_sam("tiny", truncated)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        build_sam("tiny", image_size=(150, 256))
+    with pytest.raises(ValueError, match="unknown model_type"):
+        build_sam("vit_x")
+    wrong = torch.load(tiny_checkpoint, weights_only=True)
+    wrong["mask_decoder.iou_token.weight"] = torch.zeros(1, 7)
+    torch.save(wrong, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="shape mismatch: mask_decoder.iou_token.weight"):
+        build_sam("tiny", tmp_path / "wrong.pth")
+
+
+def test_missing_default_checkpoint_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("LORA_SAM_CHECKPOINT", raising=False)
+    monkeypatch.setenv("LORA_SAM_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="LORA_SAM_CHECKPOINT"):
+        build_sam("vit_b")
+    with pytest.warns(UserWarning, match="RANDOM"):
+        build_sam("vit_b", "random", image_size=(160, 256))

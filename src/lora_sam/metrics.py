@@ -1,0 +1,174 @@
+"""Interactive-segmentation metrics from per-prompt IoUs (pure, deterministic functions).
+
+SAM has no categories and every mask needs a prompt, so detection metrics such as mAP do not
+apply; the interactive segmentation literature scores the IoU reached after k simulated clicks
+(mIoU@k) and the number of clicks needed to reach an IoU (NoC@85, NoC@90). The runner that
+simulates clicks with a model lives elsewhere and passes its IoUs here.
+
+Inputs may be numpy arrays, torch tensors or nested lists; IoUs are fractions in 0..1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+CLICKS = (1, 2, 3, 5, 9)
+NOC_THRESHOLDS = (0.85, 0.90)
+METRIC_KEYS = (
+    *(f"miou@{k}" for k in CLICKS),
+    *(f"noc@{round(t * 100)}" for t in NOC_THRESHOLDS),
+    "box_miou",
+    "oracle_miou@1",
+    "iou_head_mae",
+)
+
+
+def _array(values: Any, name: str, ndim: int | None) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().float().cpu().numpy()
+    array = np.asarray(values, dtype=np.float64)
+    if ndim is None:
+        return array
+    if array.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimension(s), got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError(f"{name}: no prompts (P = 0)")
+    return array
+
+
+def miou_at_clicks(ious: Any, ks: Sequence[int] = CLICKS) -> dict[int, float]:
+    """Mean IoU after k clicks.
+
+    Args:
+        ious: (P, C) ``ious[p, c]`` is the IoU of prompt p after c + 1 clicks.
+        ks: click counts (1-based).
+
+    Returns:
+        {k: mean over p of ious[p, k - 1]}. When a run stopped early (C < k), the last column
+        (the IoU after C clicks) stands for click k.
+    """
+    array = _array(ious, "ious", 2)
+    if array.shape[1] == 0:
+        raise ValueError("ious: no clicks (C = 0)")
+    result = {}
+    for k in ks:
+        if k < 1:
+            raise ValueError(f"ks: click counts start at 1, got {k}")
+        result[int(k)] = float(array[:, min(k, array.shape[1]) - 1].mean())
+    return result
+
+
+def number_of_clicks(ious: Any, threshold: float, *, max_clicks: int = 20) -> np.ndarray:
+    """Clicks each prompt needs to reach an IoU of ``threshold`` (NoC).
+
+    Args:
+        ious: (P, C) IoU of prompt p after c + 1 clicks; columns past ``max_clicks`` are ignored.
+        threshold: IoU to reach, a fraction in (0, 1] (0.85 for NoC@85).
+        max_clicks: the click budget.
+
+    Returns:
+        (P,) int64, the first 1-based click whose IoU >= threshold, or ``max_clicks`` when it is
+        never reached within the budget (the standard NoC convention: a failure costs the whole budget).
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold is a fraction in (0, 1] (0.85 for NoC@85), got {threshold}")
+    if max_clicks < 1:
+        raise ValueError(f"max_clicks must be >= 1, got {max_clicks}")
+    reached = _array(ious, "ious", 2)[:, :max_clicks] >= threshold  # (P, C')
+    first = np.argmax(reached, axis=1) + 1
+    return np.where(reached.any(axis=1), first, max_clicks).astype(np.int64)
+
+
+def noc(ious: Any, threshold: float, max_clicks: int = 20) -> float:
+    """Mean number of clicks to reach ``threshold`` over prompts; see :func:`number_of_clicks`."""
+    return float(number_of_clicks(ious, threshold, max_clicks=max_clicks).mean())
+
+
+def iou_head_error(iou_pred: Any, iou_true: Any) -> float:
+    """Mean absolute difference between the IoU head's predictions and the true IoUs (same shape)."""
+    pred, true = _array(iou_pred, "iou_pred", None), _array(iou_true, "iou_true", None)
+    if pred.shape != true.shape or pred.size == 0:
+        raise ValueError(
+            f"iou_pred {pred.shape} and iou_true {true.shape} must have the same non-empty shape"
+        )
+    return float(np.abs(pred - true).mean())
+
+
+def oracle_miou(ious_per_output: Any) -> float:
+    """Mean over prompts of the best of the M outputs' IoUs, ``ious_per_output`` (P, M)."""
+    return float(_array(ious_per_output, "ious_per_output", 2).max(axis=1).mean())
+
+
+def box_miou(ious: Any) -> float:
+    """Mean IoU of box prompts, ``ious`` (P,)."""
+    return float(_array(ious, "ious", 1).mean())
+
+
+def summarize(
+    *,
+    click_ious: Any,
+    box_ious: Any = None,
+    output_ious: Any = None,
+    iou_pred: Any = None,
+    iou_true: Any = None,
+    max_clicks: int = 20,
+) -> dict[str, float]:
+    """All metrics of one model, keyed as in ``METRIC_KEYS``.
+
+    Args:
+        click_ious: (P, C) IoU of point prompt p after c + 1 simulated clicks, C up to ``max_clicks``
+            (a run may stop once 0.90 is reached; the last IoU then stands for later clicks).
+        box_ious: (Pb,) IoU of each box prompt's mask.
+        output_ious: (P, M) IoU of each of the M outputs after the first click (for the oracle).
+        iou_pred, iou_true: the IoU head's predictions and the true IoUs of the same outputs
+            (any shape, the same for both).
+        max_clicks: NoC budget.
+
+    Returns:
+        {"miou@1", "miou@2", "miou@3", "miou@5", "miou@9", "noc@85", "noc@90", "box_miou",
+        "oracle_miou@1", "iou_head_mae"}; a metric whose inputs are not given is NaN.
+    """
+    result = {f"miou@{k}": v for k, v in miou_at_clicks(click_ious, CLICKS).items()}
+    for threshold in NOC_THRESHOLDS:
+        result[f"noc@{round(threshold * 100)}"] = noc(click_ious, threshold, max_clicks)
+    result["box_miou"] = math.nan if box_ious is None else box_miou(box_ious)
+    result["oracle_miou@1"] = math.nan if output_ious is None else oracle_miou(output_ious)
+    if (iou_pred is None) != (iou_true is None):
+        raise ValueError("give both iou_pred and iou_true, or neither")
+    result["iou_head_mae"] = math.nan if iou_pred is None else iou_head_error(iou_pred, iou_true)
+    return result
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float | np.floating):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def format_table(results: Mapping[str, Mapping[str, float]]) -> str:
+    """A Markdown table with one row per model and one column per metric.
+
+    Args:
+        results: {model name: {metric: value}}, e.g. ``summarize`` of each model; the columns are
+            ``METRIC_KEYS`` present in any row, then other keys in order of first appearance.
+
+    Returns:
+        The table, lines joined by "\\n" with a trailing newline; floats with 3 decimals,
+        missing or NaN values as "n/a".
+    """
+    seen = [key for row in results.values() for key in row]
+    columns = [k for k in METRIC_KEYS if k in seen] + [k for k in dict.fromkeys(seen) if k not in METRIC_KEYS]
+    lines = [
+        "| " + " | ".join(["model", *columns]) + " |",
+        "|" + "|".join(["---", *("---:" for _ in columns)]) + "|",
+    ]
+    for name, row in results.items():
+        cells = [str(name).replace("|", "\\|"), *(_cell(row.get(k)) for k in columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from lora_sam.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss
+
+
+def _random(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 3.0
+    targets = torch.rand(shape, generator=g) > 0.6
+    return logits.float(), targets
+
+
+def _focal_reference(logits: np.ndarray, targets: np.ndarray, alpha: float, gamma: float) -> np.ndarray:
+    *lead, h, w = logits.shape
+    out = np.zeros(lead)
+    for index in np.ndindex(*lead):
+        total = 0.0
+        for y in range(h):
+            for x in range(w):
+                p = 1.0 / (1.0 + math.exp(-float(logits[index + (y, x)])))
+                if targets[index + (y, x)]:
+                    total += -alpha * (1.0 - p) ** gamma * math.log(p)
+                else:
+                    total += -(1.0 - alpha) * p**gamma * math.log(1.0 - p)
+        out[index] = total / (h * w)
+    return out
+
+
+def _dice_reference(logits: np.ndarray, targets: np.ndarray, eps: float) -> np.ndarray:
+    *lead, h, w = logits.shape
+    out = np.zeros(lead)
+    for index in np.ndindex(*lead):
+        inter = prob_sum = target_sum = 0.0
+        for y in range(h):
+            for x in range(w):
+                p = 1.0 / (1.0 + math.exp(-float(logits[index + (y, x)])))
+                t = float(targets[index + (y, x)])
+                inter += p * t
+                prob_sum += p
+                target_sum += t
+        out[index] = 1.0 - (2.0 * inter + eps) / (prob_sum + target_sum + eps)
+    return out
+
+
+def _iou_reference(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    *lead, h, w = pred.shape
+    out = np.zeros(lead)
+    for index in np.ndindex(*lead):
+        inter = union = 0
+        for y in range(h):
+            for x in range(w):
+                a, b = bool(pred[index + (y, x)]), bool(gt[index + (y, x)])
+                inter += a and b
+                union += a or b
+        out[index] = 1.0 if union == 0 else inter / union
+    return out
+
+
+@pytest.mark.parametrize(("alpha", "gamma"), [(0.25, 2.0), (0.5, 0.0), (0.8, 3.0)])
+def test_focal_matches_per_pixel_formula(alpha: float, gamma: float) -> None:
+    logits, targets = _random((2, 3, 5, 4))
+    got = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma)
+    assert got.shape == (2, 3)
+    want = _focal_reference(logits.numpy(), targets.numpy(), alpha, gamma)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("alpha", [0.25, -1.0])
+def test_focal_matches_torchvision(alpha: float) -> None:
+    logits, targets = _random((3, 2, 8, 7), seed=1)
+    got = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=2.0)
+    want = torchvision.ops.sigmoid_focal_loss(
+        logits, targets.float(), alpha=alpha, gamma=2.0, reduction="none"
+    )
+    torch.testing.assert_close(got, want.mean(dim=(-2, -1)))
+
+
+@pytest.mark.parametrize("eps", [1.0, 1e-3])
+def test_dice_matches_per_pixel_formula(eps: float) -> None:
+    logits, targets = _random((2, 3, 4, 6), seed=2)
+    got = dice_loss(logits, targets, eps=eps)
+    assert got.shape == (2, 3)
+    np.testing.assert_allclose(got.numpy(), _dice_reference(logits.numpy(), targets.numpy(), eps), rtol=1e-5)
+
+
+def test_dice_near_zero_for_confident_correct_prediction() -> None:
+    targets = torch.zeros(1, 6, 6, dtype=torch.bool)
+    targets[0, 1:4, 2:5] = True
+    logits = torch.where(targets, 20.0, -20.0)
+    assert dice_loss(logits, targets).item() < 1e-6
+    assert dice_loss(-logits, targets).item() > 0.9
+
+
+def test_mask_iou_matches_brute_force() -> None:
+    g = torch.Generator().manual_seed(3)
+    pred = torch.rand(4, 3, 5, 5, generator=g) > 0.5
+    gt = torch.rand(4, 3, 5, 5, generator=g) > 0.5
+    pred[0, 0] = False
+    gt[0, 0] = False
+    pred[0, 1] = False
+    got = mask_iou(pred, gt)
+    np.testing.assert_allclose(got.numpy(), _iou_reference(pred.numpy(), gt.numpy()), rtol=1e-6)
+    assert got[0, 0].item() == 1.0
+    assert got[0, 1].item() == 0.0
+
+
+def test_sam_loss_default_pairs_each_output_with_its_gt() -> None:
+    logits, gt = _random((3, 3, 6, 5), seed=4)
+    iou_pred = torch.rand(3, 3, generator=torch.Generator().manual_seed(5))
+    out = sam_loss(logits, iou_pred, gt)
+    assert set(out) == {"focal", "dice", "iou", "total"}
+    assert all(v.dim() == 0 for v in out.values())
+    focal = _focal_reference(logits.numpy(), gt.numpy(), 0.25, 2.0).mean()
+    dice = _dice_reference(logits.numpy(), gt.numpy(), 1.0).mean()
+    true_iou = _iou_reference(logits.numpy() > 0, gt.numpy())
+    iou = ((iou_pred.numpy() - true_iou) ** 2).mean()
+    np.testing.assert_allclose(out["focal"].item(), focal, rtol=1e-5)
+    np.testing.assert_allclose(out["dice"].item(), dice, rtol=1e-5)
+    np.testing.assert_allclose(out["iou"].item(), iou, rtol=1e-5)
+    np.testing.assert_allclose(out["total"].item(), 20.0 * focal + dice + iou, rtol=1e-5)
+
+
+def test_sam_loss_weights_scale_total() -> None:
+    logits, gt = _random((2, 3, 4, 4), seed=6)
+    iou_pred = torch.full((2, 3), 0.5)
+    out = sam_loss(logits, iou_pred, gt, focal_weight=3.0, dice_weight=0.5, iou_weight=7.0)
+    want = 3.0 * out["focal"] + 0.5 * out["dice"] + 7.0 * out["iou"]
+    torch.testing.assert_close(out["total"], want)
+    zero = sam_loss(logits, iou_pred, gt, focal_weight=0.0, dice_weight=0.0, iou_weight=0.0)
+    assert zero["total"].item() == 0.0
+    torch.testing.assert_close(zero["focal"], out["focal"])
+
+
+def test_iou_term_sends_no_gradient_to_logits() -> None:
+    logits, gt = _random((2, 3, 4, 4), seed=7)
+    logits.requires_grad_(True)
+    iou_pred = torch.rand(2, 3).requires_grad_(True)
+    out = sam_loss(logits, iou_pred, gt)
+    grad_logits, grad_iou = torch.autograd.grad(
+        out["iou"], [logits, iou_pred], allow_unused=True, retain_graph=True
+    )
+    assert grad_logits is None
+    assert grad_iou is not None and (grad_iou != 0).all()
+    out["total"].backward()
+    assert logits.grad is not None and (logits.grad != 0).any(dim=(-2, -1)).all()
+
+
+def test_min_only_backprops_only_best_output() -> None:
+    g = torch.Generator().manual_seed(8)
+    gt = torch.rand(2, 1, 6, 6, generator=g) > 0.5
+    target_logits = torch.where(gt, 4.0, -4.0)
+    noise = torch.randn(2, 3, 6, 6, generator=g)
+    best = torch.tensor([1, 2])
+    logits = noise * 2.0
+    logits[torch.arange(2), best] = target_logits[:, 0] + 0.1 * noise[torch.arange(2), best]
+    logits.requires_grad_(True)
+    iou_pred = torch.rand(2, 3, generator=g).requires_grad_(True)
+
+    out = sam_loss(logits, iou_pred, gt, min_only=True)
+    out["total"].backward()
+
+    flat = logits.grad.abs().flatten(2).sum(-1)
+    for k in range(2):
+        for m in range(3):
+            assert (flat[k, m] > 0) == (m == best[k].item())
+    assert (iou_pred.grad != 0).all()
+
+    expanded = gt.expand(2, 3, 6, 6).numpy()
+    focal = _focal_reference(logits.detach().numpy(), expanded, 0.25, 2.0)
+    dice = _dice_reference(logits.detach().numpy(), expanded, 1.0)
+    rows = np.arange(2)
+    np.testing.assert_allclose(out["focal"].item(), focal[rows, best.numpy()].mean(), rtol=1e-5)
+    np.testing.assert_allclose(out["dice"].item(), dice[rows, best.numpy()].mean(), rtol=1e-5)
+    true_iou = _iou_reference(logits.detach().numpy() > 0, expanded)
+    np.testing.assert_allclose(
+        out["iou"].item(), ((iou_pred.detach().numpy() - true_iou) ** 2).mean(), rtol=1e-5
+    )
+
+
+def test_min_only_picks_lowest_weighted_mask_loss() -> None:
+    logits, gt = _random((4, 3, 5, 5), seed=9)
+    out = sam_loss(logits, torch.zeros(4, 3), gt[:, :1], min_only=True)
+    expanded = gt[:, :1].expand(4, 3, 5, 5)
+    per_output = 20.0 * sigmoid_focal_loss(logits, expanded) + dice_loss(logits, expanded)
+    torch.testing.assert_close(20.0 * out["focal"] + out["dice"], per_output.min(dim=1).values.mean())
+
+
+@pytest.mark.parametrize(
+    ("logits_shape", "iou_shape", "gt_shape", "min_only"),
+    [
+        ((2, 3, 4, 4), (2, 3), (2, 1, 4, 4), False),
+        ((2, 3, 4, 4), (2, 3), (2, 3, 4, 4), True),
+        ((2, 3, 4, 4), (2, 2), (2, 3, 4, 4), False),
+        ((3, 4, 4), (3,), (3, 4, 4), False),
+        ((0, 3, 4, 4), (0, 3), (0, 3, 4, 4), False),
+    ],
+)
+def test_sam_loss_rejects_bad_shapes(
+    logits_shape: tuple[int, ...], iou_shape: tuple[int, ...], gt_shape: tuple[int, ...], min_only: bool
+) -> None:
+    with pytest.raises(ValueError):
+        sam_loss(
+            torch.zeros(logits_shape),
+            torch.zeros(iou_shape),
+            torch.zeros(gt_shape, dtype=torch.bool),
+            min_only=min_only,
+        )

@@ -1,0 +1,262 @@
+"""``lora-sam prepare``: a low-resolution cache of images and packed masks, and the dataset reading it.
+
+Layout of a cache folder::
+
+    lora_sam_cache.json      manifest: format version, image_size (H, W), source, items
+    samples/00000000.npz     image uint8 (h, w, 3); masks np.packbits of bool (M, h * w);
+                             mask_shape (M, h, w); fractions float64 (M,); original_size (h0, w0)
+
+Every decodable mask is stored with its area fraction, so mask filtering and the target draws
+happen at read time exactly as for the source dataset: ``CachedDataset`` returns the same
+samples. Bad source samples are listed in the manifest with their problems and read back as
+``BadSample``. Nothing is written into the data root unless asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from tqdm import tqdm
+
+from lora_sam.annotations import DataError, Problem, errors
+from lora_sam.data import CACHE_MANIFEST, open_dataset
+from lora_sam.datasets import SampleDataset
+from lora_sam.samples import Raw
+from lora_sam.shards import SA1BShards
+
+FORMAT_VERSION = 1
+
+# (image_id, path, raw or None, error problems) of one source image.
+Entry = tuple[str, str, Raw | None, list[Problem]]
+
+
+class _MapEntries(Dataset):
+    def __init__(self, dataset: SampleDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Entry:
+        raw, problems = self.dataset.read(index)
+        return self.dataset.image_id(index), self.dataset.path(index), raw, errors(problems)
+
+
+class _ShardEntries(IterableDataset):
+    def __init__(self, dataset: SA1BShards) -> None:
+        self.dataset = dataset
+
+    def __iter__(self) -> Iterator[Entry]:
+        for record in self.dataset.records():
+            path, raw, problems = self.dataset.read_record(record)
+            yield Path(record["__key__"]).name, path, raw, errors(problems)
+
+
+def _identity(entry: Entry) -> Entry:
+    return entry
+
+
+def _check_out(root: Path, out: Path, allow_inside_root: bool) -> None:
+    data_dir = root.resolve().parent if root.is_file() else root.resolve()
+    if root.exists() and not allow_inside_root and out.resolve().is_relative_to(data_dir):
+        raise ValueError(
+            f"{out} is inside the data root {root}; lora-sam never writes into your data. "
+            "Choose another folder, or pass allow_inside_root=True (--inside-root) if you mean it."
+        )
+    if out.exists() and any(out.iterdir()) and not (out / CACHE_MANIFEST).is_file():
+        raise FileExistsError(f"{out} exists and is not a lora-sam cache; choose an empty or new folder")
+
+
+def prepare_cache(
+    root: str | Path,
+    out: str | Path,
+    *,
+    image_size: tuple[int, int] = (160, 256),
+    image_dir: str | Path | None = None,
+    fast: bool = True,
+    num_workers: int = 0,
+    allow_inside_root: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write the cache of the dataset at ``root`` (any kind ``get_loaders`` reads) to ``out``.
+
+    Args:
+        root: SA-1B folder, shards, COCO json (with ``image_dir``).
+        out: cache folder (created; an existing cache there is replaced).
+        image_size: training (H, W); the cache can only be read at this size.
+        fast: read masks with the fast RLE path (``False``: the full-resolution reference path).
+        num_workers: reader processes.
+        allow_inside_root: permit ``out`` inside the data root.
+        progress: show a tqdm bar.
+
+    Returns:
+        The path of the manifest.
+    """
+    root_path, out = Path(root), Path(out)
+    _check_out(root_path, out, allow_inside_root)
+    source = open_dataset(root, image_dir=image_dir, image_size=tuple(image_size), fast=fast)
+    if isinstance(source, SA1BShards):
+        source.shuffle = False
+        entries: Dataset = _ShardEntries(source)
+        total = None
+    else:
+        assert isinstance(source, SampleDataset)
+        entries, total = _MapEntries(source), len(source)
+    loader = DataLoader(entries, batch_size=None, num_workers=num_workers, collate_fn=_identity)
+    (out / CACHE_MANIFEST).unlink(missing_ok=True)
+    if (out / "samples").exists():
+        shutil.rmtree(out / "samples")
+    (out / "samples").mkdir(parents=True)
+    items: list[dict[str, Any]] = []
+    for image_id, path, raw, problems in tqdm(
+        loader, total=total, desc="prepare", unit="image", disable=not progress
+    ):
+        item: dict[str, Any] = {"image_id": image_id, "path": path}
+        if raw is None:
+            item["problems"] = [[p.path, p.field, p.message] for p in problems]
+        else:
+            item["file"] = f"samples/{len(items):08d}.npz"
+            flat = raw.masks.reshape(len(raw.masks), -1)
+            np.savez(
+                out / item["file"],
+                image=raw.image,
+                masks=np.packbits(flat, axis=1),
+                mask_shape=np.array(raw.masks.shape, dtype=np.int64),
+                fractions=raw.fractions,
+                original_size=np.array(raw.original_size, dtype=np.int64),
+            )
+        items.append(item)
+    manifest = {
+        "format": "lora_sam cache",
+        "version": FORMAT_VERSION,
+        "image_size": list(image_size),
+        "fast": fast,
+        "source": str(root),
+        "items": items,
+    }
+    path = out / CACHE_MANIFEST
+    partial = path.with_suffix(".part")
+    partial.write_text(json.dumps(manifest, indent=1))
+    partial.replace(path)
+    return path
+
+
+class CachedDataset(SampleDataset):
+    """Samples read from a cache written by ``prepare_cache``; equal to the source dataset's.
+
+    Args:
+        root: the cache folder.
+        image_size: must equal the cache's (H, W); ``None`` takes the cache's.
+        options: as ``SampleDataset`` (``fast`` is ignored: the masks are already resized).
+    """
+
+    def __init__(
+        self, root: str | Path, *, image_size: tuple[int, int] | None = None, **options: Any
+    ) -> None:
+        self.root = Path(root)
+        manifest_path = self.root / CACHE_MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(
+                f"{manifest_path} not found; write the cache with 'lora-sam prepare ROOT {root}'"
+            ) from exc
+        if manifest.get("version") != FORMAT_VERSION:
+            raise DataError(
+                f"{manifest_path}: version: cache format {manifest.get('version')}, expected {FORMAT_VERSION}; prepare it again"
+            )
+        cached = tuple(manifest["image_size"])
+        if image_size is not None and tuple(image_size) != cached:
+            raise DataError(
+                f"{manifest_path}: image_size: the cache was prepared at {cached[0]}x{cached[1]} but "
+                f"{image_size[0]}x{image_size[1]} was asked for; use image_size={cached} or run "
+                f"'lora-sam prepare {manifest['source']} OUT --image-size {image_size[0]} {image_size[1]}'"
+            )
+        super().__init__(image_size=cached, **options)
+        self.items = manifest["items"]
+
+    def path(self, index: int) -> str:
+        return self.items[index]["path"]
+
+    def image_id(self, index: int) -> str:
+        return self.items[index]["image_id"]
+
+    def read(self, index: int) -> tuple[Raw | None, list[Problem]]:
+        item = self.items[index]
+        if "file" not in item:
+            return None, [Problem(*p) for p in item["problems"]]
+        file = self.root / item["file"]
+        try:
+            with np.load(file) as data:
+                count, h, w = (int(v) for v in data["mask_shape"])
+                masks = np.unpackbits(data["masks"], axis=1, count=h * w).reshape(count, h, w).view(bool)
+                original = tuple(int(v) for v in data["original_size"])
+                raw = Raw(data["image"], masks, data["fractions"], original, item["image_id"], item["path"])
+        except (OSError, KeyError, ValueError) as exc:
+            return None, [
+                Problem(str(file), "", f"cannot read the cached sample ({exc}); prepare the cache again")
+            ]
+        return raw, []
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Write a low-resolution cache of a dataset (resized images, np.packbits masks, a manifest) "
+        "so repeated epochs skip JPEG and RLE decoding. Train on it with get_loaders(OUT)."
+    )
+    parser.add_argument(
+        "root", help="data: SA-1B folder, .tar shards (folder, glob or brace pattern), or COCO .json"
+    )
+    parser.add_argument("out", type=Path, help="cache folder to write (outside the data root)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=(160, 256),
+        metavar=("H", "W"),
+        help="training size, multiples of 16 (default 160 256); the cache is read at this size only",
+    )
+    parser.add_argument(
+        "--image-dir",
+        type=Path,
+        default=None,
+        help="COCO only: folder of the images (default: the JSON's folder)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="reader processes (default 0: read in this process)"
+    )
+    parser.add_argument(
+        "--naive", action="store_true", help="decode full-resolution masks first (slow reference path)"
+    )
+    parser.add_argument("--inside-root", action="store_true", help="allow OUT inside the data root")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        manifest = prepare_cache(
+            args.root,
+            args.out,
+            image_size=tuple(args.image_size),
+            image_dir=args.image_dir,
+            fast=not args.naive,
+            num_workers=args.workers,
+            allow_inside_root=args.inside_root,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 2
+    items = json.loads(manifest.read_text())["items"]
+    bad = [item for item in items if "file" not in item]
+    print(f"wrote {len(items) - len(bad)} samples to {args.out} ({args.image_size[0]}x{args.image_size[1]})")
+    if bad:
+        print(
+            f"{len(bad)} bad samples left out (listed in {manifest.name}); run 'lora-sam check-data {args.root}'"
+        )
+    return 0

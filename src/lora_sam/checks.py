@@ -1,0 +1,132 @@
+"""``lora-sam check-data ROOT``: read every sample and report each problem with its file and field.
+
+It runs the datasets' own reading and validation (``annotations.py``, ``samples.read_raw``),
+so it reports exactly what training would skip, plus the warnings training tolerates:
+unparsable JSON, missing keys, RLE sizes that do not match the image, undecodable counts,
+missing or undecodable images, empty annotations, grayscale / CMYK / RGBA images (converted
+on load), bboxes or areas inconsistent with their mask. It writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lora_sam.annotations import BadSample, DataError, Problem, errors
+from lora_sam.data import open_dataset
+from lora_sam.datasets import CocoInstances, SampleDataset
+from lora_sam.samples import Raw, SampleOptions, finish
+from lora_sam.shards import SA1BShards
+
+__all__ = ["Problem", "check_data"]
+
+
+def check_data(
+    root: str | Path, *, image_dir: str | Path | None = None, image_size: tuple[int, int] = (160, 256)
+) -> list[Problem]:
+    """Every problem of the dataset at ``root`` (any kind ``get_loaders`` reads).
+
+    Problems of severity ``"error"`` are the samples training skips (or fails on when strict);
+    ``"warning"`` ones are tolerated by training.
+    """
+    return _check(root, image_dir=image_dir, image_size=image_size, progress=False)[0]
+
+
+def _check(
+    root: str | Path, *, image_dir: str | Path | None, image_size: tuple[int, int], progress: bool
+) -> tuple[list[Problem], int]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = open_dataset(root, image_dir=image_dir, image_size=tuple(image_size))
+    except (DataError, FileNotFoundError) as exc:
+        return [Problem(str(root), "", str(exc))], 0
+    problems: list[Problem] = []
+    dataset.check_fields = True
+    if isinstance(dataset, CocoInstances):
+        problems += dataset.file_problems
+    if isinstance(dataset, SA1BShards):
+        dataset.shuffle = False
+
+        def record_error(exc: Exception) -> bool:
+            problems.append(
+                Problem(
+                    str(exc.args[-1]) if exc.args else str(root), "", f"unreadable tar data ({exc.args[0]})"
+                )
+            )
+            return True
+
+        count = 0
+        for record in tqdm(
+            dataset.records(handler=record_error), desc="check-data", unit="image", disable=not progress
+        ):
+            _, raw, found = dataset.read_record(record)
+            problems += found + _filter_problems(raw, found, dataset.options)
+            count += 1
+        return problems, count
+    assert isinstance(dataset, SampleDataset)
+    for index in tqdm(range(len(dataset)), desc="check-data", unit="image", disable=not progress):
+        raw, found = dataset.read(index)
+        problems += found + _filter_problems(raw, found, dataset.options)
+    return problems, len(dataset)
+
+
+def _filter_problems(raw: Raw | None, found: list[Problem], options: SampleOptions) -> list[Problem]:
+    """The problem of a readable image whose masks the training filters all drop (``samples.finish``)."""
+    sample = finish(raw, options, epoch=0) if raw is not None and not errors(found) else None
+    return [Problem(sample.path, "masks", sample.reason)] if isinstance(sample, BadSample) else []
+
+
+def _relative(path: str, root: Path) -> str:
+    base = root if root.is_dir() else root.parent
+    try:
+        return str(Path(path).resolve().relative_to(base.resolve()))
+    except ValueError:
+        return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Read every sample of a dataset as training would and report each problem with its file and "
+        "field, then a summary. Exit status 1 if anything is reported, 0 if the data is clean. "
+        "Errors are samples training skips (or fails on with strict=True); warnings are tolerated "
+        "(e.g. grayscale images converted to RGB on load). Nothing is written."
+    )
+    parser.add_argument(
+        "root", help="data: SA-1B folder, .tar shards (folder, glob or brace pattern), COCO .json, or a cache"
+    )
+    parser.add_argument(
+        "--image-dir",
+        type=Path,
+        default=None,
+        help="COCO only: folder of the images (default: the JSON's folder)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=(160, 256),
+        metavar=("H", "W"),
+        help="training size; images whose masks all become too small at it are reported (default 160 256)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    root = Path(args.root)
+    problems, count = _check(
+        args.root, image_dir=args.image_dir, image_size=tuple(args.image_size), progress=True
+    )
+    for problem in problems:
+        print(f"{problem.severity}: {Problem(_relative(problem.path, root), problem.field, problem.message)}")
+    bad = errors(problems)
+    bad_files = len({p.path for p in bad})
+    print(
+        f"checked {count} images in {args.root}: {len(bad)} errors in {bad_files} files "
+        f"(skipped in training), {len(problems) - len(bad)} warnings"
+    )
+    if bad:
+        print("fix or remove the files with errors: training skips them, and strict=True stops on them")
+    return 1 if problems else 0

@@ -1,0 +1,256 @@
+"""Training and validation DataLoaders from a data root: ``get_loaders``.
+
+A root is an SA-1B folder (``sa_*.jpg`` + ``sa_*.json`` anywhere below), SA-1B ``.tar`` shards
+(a folder, a glob or a brace pattern), a COCO instances ``.json`` (or a folder holding
+``annotations.json`` / ``instances*.json``), or a cache written by ``lora-sam prepare``.
+Samples and batches follow ``docs/contracts.md``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+
+from lora_sam.annotations import BadSample, DataError, Problem
+from lora_sam.datasets import CocoInstances, SA1BFolder, SampleDataset
+from lora_sam.samples import SampleOptions, collate
+from lora_sam.shards import SA1BShards, expand_shards, split_score
+
+ENV_VAR = "LORA_SAM_DATA"
+DEFAULT_ROOT = "data"
+CACHE_MANIFEST = "lora_sam_cache.json"
+Kind = Literal["sa1b", "shards", "coco", "cache"]
+
+__all__ = [
+    "BadSample",
+    "CocoInstances",
+    "DataError",
+    "EpochSampler",
+    "Problem",
+    "SA1BFolder",
+    "SA1BShards",
+    "SampleDataset",
+    "SampleOptions",
+    "collate",
+    "detect_kind",
+    "get_loaders",
+    "open_dataset",
+    "resolve_root",
+    "split_indices",
+]
+
+
+def _is_pattern(root: str) -> bool:
+    return glob.has_magic(root) or "{" in root or "::" in root
+
+
+def resolve_root(root: str | Path | None = None) -> str:
+    """The data root: ``root``, else ``$LORA_SAM_DATA``, else ``./data``; it must exist."""
+    if root is not None:
+        chosen, source = str(root), "the root argument"
+    elif os.environ.get(ENV_VAR):
+        chosen, source = os.environ[ENV_VAR], f"${ENV_VAR}"
+    else:
+        chosen, source = DEFAULT_ROOT, "the default folder"
+    if Path(chosen).exists() or (
+        _is_pattern(chosen) and any(Path(u).exists() for u in expand_shards(chosen))
+    ):
+        return chosen
+    raise FileNotFoundError(
+        f"no data at {chosen!r} (from {source}). The data root is taken from the root argument, then the "
+        f"environment variable {ENV_VAR}, then the folder '{DEFAULT_ROOT}' in the current directory "
+        f"({Path.cwd()}). Pass root=..., set {ENV_VAR}=/path/to/data, or make synthetic data with "
+        "'lora-sam synth data --images 64'."
+    )
+
+
+def detect_kind(root: str | Path) -> Kind:
+    """What ``root`` holds: ``"cache"``, ``"sa1b"`` (folder of pairs), ``"shards"`` or ``"coco"``."""
+    spec = str(root)
+    path = Path(spec)
+    if path.is_file():
+        if path.suffix == ".json" and not path.name.startswith("sa_"):
+            return "coco"
+        if path.suffix == ".tar":
+            return "shards"
+    elif path.is_dir():
+        if (path / CACHE_MANIFEST).is_file():
+            return "cache"
+        if next((p for p in path.rglob("sa_*") if p.suffix in (".jpg", ".json")), None) is not None:
+            return "sa1b"
+        if next(path.rglob("*.tar"), None) is not None:
+            return "shards"
+        if _coco_json(path) is not None:
+            return "coco"
+    elif _is_pattern(spec) and spec.endswith(".tar"):
+        return "shards"
+    raise DataError(
+        f"{spec}: cannot tell the data format. Expected a folder of sa_*.jpg + sa_*.json pairs, a folder, "
+        f"glob or brace pattern of .tar shards, a COCO instances .json, or a cache folder with {CACHE_MANIFEST} "
+        "(written by 'lora-sam prepare')."
+    )
+
+
+def _coco_json(folder: Path) -> Path | None:
+    candidates = sorted(folder.glob("instances*.json")) + sorted(folder.glob("annotations.json"))
+    return candidates[0] if candidates else None
+
+
+def open_dataset(root: str | Path, *, image_dir: str | Path | None = None, **options: Any) -> Dataset:
+    """The dataset of ``root`` (see ``detect_kind``); ``options`` as for ``SampleDataset``."""
+    kind = detect_kind(root)
+    if kind == "cache":
+        from lora_sam.cache import CachedDataset
+
+        return CachedDataset(root, **options)
+    if kind == "sa1b":
+        return SA1BFolder(root, **options)
+    if kind == "shards":
+        return SA1BShards(root, **options)
+    path = Path(root)
+    return CocoInstances(path if path.is_file() else _coco_json(path), image_dir=image_dir, **options)
+
+
+def split_indices(ids: list[str], val_fraction: float) -> tuple[list[int], list[int]]:
+    """Train and val indices of ``ids`` by a stable hash of each id.
+
+    Adding images never moves others between splits. With two or more images and
+    ``val_fraction > 0`` both splits hold at least one image.
+    """
+    scores = [split_score(i) for i in ids]
+    if val_fraction <= 0 or len(ids) < 2:
+        return list(range(len(ids))), []
+    val = {i for i, score in enumerate(scores) if score < val_fraction}
+    if not val:
+        val = {int(np.argmin(scores))}
+    if len(val) == len(ids):
+        val.discard(int(np.argmax(scores)))
+    return [i for i in range(len(ids)) if i not in val], sorted(val)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, epoch)`` for every index, shuffled from (seed, epoch) when ``shuffle``.
+
+    The dataset draws a sample's targets from the epoch it receives, so workers (persistent or
+    not) need no shared state. Each pass advances the epoch; ``set_epoch`` (called by
+    Lightning) sets it explicitly.
+    """
+
+    def __init__(self, size: int, *, shuffle: bool = True, seed: int = 0) -> None:
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        self.epoch += 1
+        order = range(self.size)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        return iter([(i, epoch) for i in order])
+
+
+def default_workers() -> int:
+    """DataLoader workers by default: ``min(4, cpu_count - 1)``, at least 0."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed ``random`` and numpy in a DataLoader worker from its torch seed; one OpenCV thread."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    cv2.setNumThreads(1)
+
+
+def _shard_datasets(
+    root: str, val_fraction: float, options: dict[str, Any]
+) -> tuple[IterableDataset, IterableDataset | None]:
+    urls = expand_shards(root)
+    if val_fraction <= 0:
+        return SA1BShards(urls, **options), None
+    if len(urls) < 2:
+        train = SA1BShards(urls, split="train", val_fraction=val_fraction, **options)
+        return train, SA1BShards(urls, shuffle=False, split="val", val_fraction=val_fraction, **options)
+    train_idx, val_idx = split_indices([Path(u).name for u in urls], val_fraction)
+    train = SA1BShards([urls[i] for i in train_idx], **options)
+    return train, SA1BShards([urls[i] for i in val_idx], shuffle=False, **options)
+
+
+def get_loaders(
+    root: str | Path | None = None,
+    *,
+    image_size: tuple[int, int] = (160, 256),
+    batch_size: int = 2,
+    masks_per_image: int = 16,
+    val_fraction: float = 0.1,
+    num_workers: int | None = None,
+    seed: int = 0,
+    strict: bool = False,
+    **dataset_options: Any,
+) -> tuple[DataLoader, DataLoader | None]:
+    """Train and val DataLoaders of batches (``docs/contracts.md``) from a data root.
+
+    Args:
+        root: data root (see the module docstring); default ``$LORA_SAM_DATA``, then ``./data``.
+        image_size: training (H, W), sides multiples of 16.
+        batch_size: images per batch.
+        masks_per_image: K, targets drawn per image and step.
+        val_fraction: share of images (of shards, for two or more shards) held out for val,
+            by a stable hash of the image id (shard name); at least one when there are two.
+        num_workers: DataLoader workers (default ``min(4, cpu_count - 1)``); persistent when > 0.
+        seed: seed of the shuffle and of the target draws.
+        strict: raise ``DataError`` on a bad sample instead of skipping it.
+        dataset_options: ``max_mask_fraction``, ``min_mask_pixels``, ``fast``, ``image_dir``
+            (COCO), ``shuffle_buffer`` (shards).
+
+    Returns:
+        ``(train_loader, val_loader)``; train shuffles and draws new targets every epoch, val
+        keeps file order and fixed targets. ``val_loader`` is ``None`` when ``val_fraction``
+        is 0 or there is a single image.
+    """
+    root = resolve_root(root)
+    options = dict(
+        image_size=tuple(image_size),
+        masks_per_image=masks_per_image,
+        seed=seed,
+        strict=strict,
+        **dataset_options,
+    )
+    workers = default_workers() if num_workers is None else num_workers
+    loader_args: dict[str, Any] = dict(
+        batch_size=batch_size,
+        collate_fn=collate,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    if detect_kind(root) == "shards":
+        options.pop("image_dir", None)
+        train, val = _shard_datasets(root, val_fraction, options)
+        return DataLoader(train, **loader_args), DataLoader(val, **loader_args) if val is not None else None
+    options.pop("shuffle_buffer", None)
+    dataset = open_dataset(root, **options)
+    assert isinstance(dataset, SampleDataset)
+    train_idx, val_idx = split_indices([dataset.image_id(i) for i in range(len(dataset))], val_fraction)
+    train = dataset.subset(train_idx)
+    train_loader = DataLoader(train, sampler=EpochSampler(len(train), shuffle=True, seed=seed), **loader_args)
+    if not val_idx:
+        return train_loader, None
+    return train_loader, DataLoader(dataset.subset(val_idx), shuffle=False, **loader_args)

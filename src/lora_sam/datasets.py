@@ -1,0 +1,209 @@
+"""Map-style datasets of SA-1B folders and COCO instances files.
+
+Every dataset returns, per image, the sample dict of ``docs/contracts.md``, or a ``BadSample``
+for an image that cannot be used (``strict=True`` raises ``DataError`` instead). An undamaged
+image whose masks are all dropped by the size filters is a ``BadSample`` even when strict.
+The targets of a sample depend only on (seed, epoch, image_id): index with ``(index, epoch)``
+(what ``EpochSampler`` yields) or call ``set_epoch``.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from lora_sam.annotations import (
+    BadSample,
+    DataError,
+    ImageAnnotations,
+    Problem,
+    errors,
+    load_json,
+    parse_coco,
+    parse_sa1b,
+)
+from lora_sam.samples import Raw, SampleOptions, finish, read_raw
+
+
+def _describe(problem: Problem, path: str) -> str:
+    if problem.path != path:
+        return str(problem)
+    return f"{problem.field}: {problem.message}" if problem.field else problem.message
+
+
+def bad_sample(path: str, problems: Sequence[Problem]) -> BadSample:
+    """A ``BadSample`` whose reason lists the problems (their file named when it is not ``path``)."""
+    return BadSample(path, "; ".join(_describe(p, path) for p in problems))
+
+
+class SampleDataset(Dataset):
+    """Base class: ``read(i)`` gives the raw image and masks and the problems of item ``i``.
+
+    Args:
+        image_size: training (H, W), sides multiples of 16 (default (160, 256)).
+        masks_per_image: K, the most targets per image and step (default 16).
+        max_mask_fraction: drop masks covering more of the image (default 0.9).
+        min_mask_pixels: drop masks with fewer pixels at training resolution (default 16).
+        seed: seed of the target draws.
+        fast: read low-resolution masks straight from the RLE (default); ``False`` is the slow
+            reference path that decodes every full-resolution mask.
+        strict: raise ``DataError`` on a bad sample instead of returning ``BadSample``.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: tuple[int, int] = (160, 256),
+        masks_per_image: int = 16,
+        max_mask_fraction: float = 0.9,
+        min_mask_pixels: int = 16,
+        seed: int = 0,
+        fast: bool = True,
+        strict: bool = False,
+    ) -> None:
+        self.options = SampleOptions(
+            tuple(image_size), masks_per_image, max_mask_fraction, min_mask_pixels, seed, fast
+        )
+        self.strict = strict
+        self.epoch = 0
+        self.items: list[Any] = []
+        self.check_fields = False
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def path(self, index: int) -> str:
+        """The file a problem of item ``index`` is reported against."""
+        raise NotImplementedError
+
+    def image_id(self, index: int) -> str:
+        """A stable id of item ``index`` (used for the train / val split and the target draws)."""
+        raise NotImplementedError
+
+    def read(self, index: int) -> tuple[Raw | None, list[Problem]]:
+        """The raw image and masks of item ``index`` (``None`` if any problem is an error) and its problems.
+
+        With ``check_fields`` set (``check-data`` sets it) the problems also cover fields training
+        never reads (SA-1B bbox and area), as warnings.
+        """
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the targets of plain integer indices as in ``epoch``."""
+        self.epoch = int(epoch)
+
+    def subset(self, indices: Sequence[int]) -> SampleDataset:
+        """A copy holding only the given items, in that order."""
+        part = copy.copy(self)
+        part.items = [self.items[i] for i in indices]
+        return part
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | BadSample:
+        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (int(key), self.epoch)
+        raw, problems = self.read(index)
+        bad = errors(problems)
+        if bad:
+            if self.strict:
+                raise DataError("\n".join(str(p) for p in bad))
+            return bad_sample(self.path(index), bad)
+        assert raw is not None
+        return finish(raw, self.options, epoch)
+
+
+def _sa1b_stems(root: Path) -> list[Path]:
+    found = {p.with_suffix("") for p in root.rglob("sa_*") if p.suffix in (".jpg", ".json") and p.is_file()}
+    return sorted(found, key=lambda p: (str(p.parent), len(p.name), p.name))
+
+
+class SA1BFolder(SampleDataset):
+    """Every ``sa_*.jpg`` + ``sa_*.json`` pair anywhere under ``root``; image ids are the stems (``sa_1``).
+
+    A file without its partner is still an item, so the missing one is reported. ``options``:
+    see ``SampleDataset``.
+    """
+
+    def __init__(self, root: str | Path, **options: Any) -> None:
+        super().__init__(**options)
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"SA-1B folder {self.root} does not exist")
+        self.items = _sa1b_stems(self.root)
+        if not self.items:
+            raise FileNotFoundError(
+                f"{self.root}: no sa_*.jpg / sa_*.json files found (searched recursively)"
+            )
+
+    def path(self, index: int) -> str:
+        return str(self.items[index].with_suffix(".json"))
+
+    def image_id(self, index: int) -> str:
+        return self.items[index].name
+
+    def read(self, index: int) -> tuple[Raw | None, list[Problem]]:
+        stem = self.items[index]
+        json_path, image_path = stem.with_suffix(".json"), stem.with_suffix(".jpg")
+        doc, problems = load_json(json_path, str(json_path))
+        annotations = None
+        if doc is not None:
+            annotations, parse_problems = parse_sa1b(doc, str(json_path), image_id=stem.name)
+            problems += parse_problems
+        raw, read_problems = read_raw(
+            annotations,
+            image_path,
+            str(json_path),
+            str(image_path),
+            self.options,
+            check_sa1b_fields=self.check_fields,
+        )
+        return raw, problems + read_problems
+
+
+class CocoInstances(SampleDataset):
+    """The annotated images of a COCO instances JSON (polygons, compressed and uncompressed RLE).
+
+    Args:
+        json_path: the instances JSON.
+        image_dir: folder of the images' ``file_name`` (default: the JSON's folder).
+        options: see ``SampleDataset``.
+
+    Images without annotations are left out (``file_problems`` lists them with the file's other
+    problems); an image with a malformed annotation is a bad sample.
+    """
+
+    def __init__(self, json_path: str | Path, image_dir: str | Path | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.json_path = Path(json_path)
+        self.image_dir = Path(image_dir) if image_dir is not None else self.json_path.parent
+        doc, problems = load_json(self.json_path, str(self.json_path))
+        images: list[ImageAnnotations] = []
+        if doc is not None:
+            images, problems = parse_coco(doc, str(self.json_path))
+        if doc is None or (not images and errors(problems)):
+            raise DataError("\n".join(str(p) for p in errors(problems)))
+        self.file_problems = problems
+        if errors(problems):
+            if self.strict:
+                raise DataError("\n".join(str(p) for p in errors(problems)))
+            warnings.warn(
+                f"{self.json_path}: {len(errors(problems))} problems (run 'lora-sam check-data {self.json_path}')",
+                stacklevel=2,
+            )
+        self.items = [record for record in images if record.segments or record.problems]
+
+    def path(self, index: int) -> str:
+        return str(self.image_dir / (self.items[index].file_name or ""))
+
+    def image_id(self, index: int) -> str:
+        return self.items[index].image_id
+
+    def read(self, index: int) -> tuple[Raw | None, list[Problem]]:
+        record = self.items[index]
+        image_path = self.image_dir / (record.file_name or "")
+        return read_raw(
+            record, image_path, str(self.json_path), str(image_path), self.options, check_sa1b_fields=False
+        )

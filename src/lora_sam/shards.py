@@ -1,0 +1,209 @@
+"""SA-1B ``.tar`` shards read as streams, without extracting them (webdataset).
+
+Each shard holds ``sa_{id}.jpg`` + ``sa_{id}.json`` pairs. Shards are split across DDP ranks
+and DataLoader workers: by shard when there are at least as many shards as readers, else every
+reader reads every shard and keeps every n-th sample. Shard order and a shuffle buffer are
+drawn from (seed, epoch, reader), so runs reproduce.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch.distributed as dist
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from lora_sam.annotations import BadSample, DataError, Problem, errors, load_json, parse_sa1b
+from lora_sam.datasets import bad_sample
+from lora_sam.samples import Raw, SampleOptions, finish, read_raw
+
+
+def expand_shards(urls_or_glob: str | Path | Sequence[str | Path]) -> list[str]:
+    """Shard paths or URLs from a list, a brace pattern (``sa_{000000..000999}.tar``), globs, ``::``-joined, or a folder."""
+    if isinstance(urls_or_glob, str | Path):
+        spec = str(urls_or_glob)
+        if Path(spec).is_dir():
+            return sorted(str(p) for p in Path(spec).rglob("*.tar"))
+        urls = []
+        for part in wds.shardlists.expand_urls(spec):
+            urls += sorted(glob.glob(part)) if glob.has_magic(part) else [part]
+        return urls
+    return [str(u) for u in urls_or_glob]
+
+
+def split_score(key: str) -> float:
+    """A stable pseudo-random number in [0, 1) of ``key`` (an image id or a shard name)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") / 2**64
+
+
+def in_val_split(key: str, val_fraction: float) -> bool:
+    """Whether ``key`` belongs to the val split; adding data never moves other keys."""
+    return split_score(key) < val_fraction
+
+
+def _rank_world() -> tuple[int, int] | None:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def reader_info(parent: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(this reader's index, number of readers) over DDP ranks x DataLoader workers.
+
+    The rank comes from torch.distributed when initialised here, else from ``parent`` (the
+    rank seen by the process that started this worker), else from ``RANK`` / ``WORLD_SIZE``.
+    """
+    env = (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+    rank, world = _rank_world() or parent or env
+    worker = get_worker_info()
+    worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+    return rank * workers + worker_id, world * workers
+
+
+def _shuffled(items: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
+    buffer: list[dict] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        i = rng.randrange(size)
+        yield buffer[i]
+        buffer[i] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class SA1BShards(IterableDataset):
+    """Samples (``docs/contracts.md``) streamed from SA-1B tar shards.
+
+    Args:
+        urls_or_glob: shard paths / URLs, a glob, a brace pattern or a folder of ``.tar`` files.
+        shuffle: shuffle shard order and samples (train); ``False`` keeps file order (val).
+        shuffle_buffer: samples held for shuffling (each about 1 MB of raw bytes for SA-1B).
+        split: ``"train"`` or ``"val"`` keeps only the images whose id falls in that split
+            (``in_val_split``); ``"all"`` keeps every image.
+        val_fraction: the val share used by ``split``.
+        options: see ``SampleDataset`` (image_size, masks_per_image, ..., strict).
+
+    Iterating again draws a new epoch; ``set_epoch(e)`` sets the next one explicitly.
+    """
+
+    def __init__(
+        self,
+        urls_or_glob: str | Path | Sequence[str | Path],
+        *,
+        shuffle: bool = True,
+        shuffle_buffer: int = 100,
+        split: Literal["all", "train", "val"] = "all",
+        val_fraction: float = 0.1,
+        image_size: tuple[int, int] = (160, 256),
+        masks_per_image: int = 16,
+        max_mask_fraction: float = 0.9,
+        min_mask_pixels: int = 16,
+        seed: int = 0,
+        fast: bool = True,
+        strict: bool = False,
+    ) -> None:
+        self.urls = expand_shards(urls_or_glob)
+        if not self.urls:
+            raise FileNotFoundError(f"no .tar shards match {urls_or_glob!r}")
+        self.options = SampleOptions(
+            tuple(image_size), masks_per_image, max_mask_fraction, min_mask_pixels, seed, fast
+        )
+        self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
+        self.split, self.val_fraction = split, val_fraction
+        self.strict = strict
+        self.epoch = 0
+        self._iterations = 0
+        self.check_fields = False
+        self._parent_rank: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self._iterations = int(epoch), 0
+
+    def records(self, epoch: int = 0, handler: Callable[[Exception], bool] | None = None) -> Iterator[dict]:
+        """This reader's raw tar records ``{"__key__", "__url__", "jpg", "json"}`` for ``epoch``.
+
+        ``handler`` gets each tar reading error and returns True to go on (default: raise when
+        strict, else warn and go on).
+        """
+        reader, readers = reader_info(self._parent_rank)
+        shards = list(self.urls)
+        if self.shuffle:
+            random.Random(f"{self.options.seed}/{epoch}").shuffle(shards)
+        stride, offset = 1, 0
+        if len(shards) >= readers:
+            shards = shards[reader::readers]
+        else:
+            stride, offset = readers, reader
+        if handler is None:
+            handler = wds.reraise_exception if self.strict else wds.warn_and_continue
+        stream = wds.tarfile_samples([{"url": url} for url in shards], handler=handler)
+        for n, record in enumerate(stream):
+            if n % stride != offset:
+                continue
+            key = Path(record["__key__"]).name
+            if self.split != "all" and in_val_split(key, self.val_fraction) != (self.split == "val"):
+                continue
+            yield record
+
+    def read_record(self, record: dict) -> tuple[str, Raw | None, list[Problem]]:
+        """The path (``shard.tar:sa_1.json``), raw image and masks, and problems of a tar record."""
+        key = Path(record["__key__"]).name
+        prefix = f"{record['__url__']}:{key}"
+        json_path, image_path = f"{prefix}.json", f"{prefix}.jpg"
+        problems: list[Problem] = []
+        annotations = None
+        if "json" not in record:
+            problems.append(Problem(json_path, "", "missing from the shard"))
+        else:
+            doc, problems = load_json(record["json"], json_path)
+            if doc is not None:
+                annotations, parse_problems = parse_sa1b(doc, json_path, image_id=key)
+                problems += parse_problems
+        if "jpg" not in record:
+            return json_path, None, [*problems, Problem(image_path, "", "missing from the shard")]
+        raw, read_problems = read_raw(
+            annotations,
+            record["jpg"],
+            json_path,
+            image_path,
+            self.options,
+            check_sa1b_fields=self.check_fields,
+        )
+        return json_path, raw, problems + read_problems
+
+    def sample(self, record: dict, epoch: int) -> dict | BadSample:
+        """The sample (or ``BadSample``) of one tar record."""
+        path, raw, problems = self.read_record(record)
+        bad = errors(problems)
+        if bad:
+            if self.strict:
+                raise DataError("\n".join(str(p) for p in bad))
+            return bad_sample(path, bad)
+        assert raw is not None
+        return finish(raw, self.options, epoch)
+
+    def __iter__(self) -> Iterator[dict | BadSample]:
+        epoch = self.epoch + self._iterations
+        self._iterations += 1
+        records: Iterator[dict] = self.records(epoch)
+        if self.shuffle and self.shuffle_buffer > 1:
+            reader, _ = reader_info(self._parent_rank)
+            records = _shuffled(
+                records, self.shuffle_buffer, random.Random(f"{self.options.seed}/{epoch}/{reader}")
+            )
+        for record in records:
+            yield self.sample(record, epoch if self.shuffle else 0)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_parent_rank"] = _rank_world() or self._parent_rank
+        return state

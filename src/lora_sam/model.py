@@ -248,6 +248,9 @@ def build_sam(
     state = load_checkpoint(path) if path is not None else None
     sam = _sam_from_config(cfg, size)
     if state is not None:
+        pos = state.get("image_encoder.pos_embed")
+        if pos is not None and pos.shape != sam.image_encoder.pos_embed.shape:
+            _resize_position_embedding(sam, size)  # a checkpoint saved at the training resolution
         _load_into(sam, state, model_type, path)
     _resize_position_embedding(sam, size)
     return sam.eval()

@@ -1,0 +1,88 @@
+"""``lora-sam fit``: LightningCLI over ``LoRASAM`` and ``SAMDataModule``, with YAML configs.
+
+    lora-sam fit --config configs/vit_b_160x256_gpu.yaml
+    lora-sam fit --config configs/tiny_cpu.yaml --trainer.max_steps 50
+    lora-sam fit --print_config            # every option with its default
+
+Checkpoints: ``ModelCheckpoint(save_last=True)`` in the run's ``checkpoints/`` folder (LoRA runs
+keep only the trainable tensors, a few MB), resumed with ``--ckpt_path last``. The adapter
+(``adapter.safetensors``) or full weights (``model.pth``) land in the run folder at the end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+from torch.utils.data import DataLoader
+
+from lora_sam.data import get_loaders
+from lora_sam.module import LoRASAM
+
+
+class SAMDataModule(pl.LightningDataModule):
+    """``get_loaders`` as a LightningDataModule (for configs); the arguments are ``get_loaders``'s.
+
+    Args:
+        root: data root (SA-1B folder, .tar shards, COCO json, or a prepared cache); default
+            $LORA_SAM_DATA, then ./data.
+        image_size: training (H, W); linked to ``model.image_size`` in ``lora-sam fit``.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        image_size: tuple[int, int] = (160, 256),
+        batch_size: int = 2,
+        masks_per_image: int = 16,
+        val_fraction: float = 0.1,
+        num_workers: int | None = None,
+        seed: int = 0,
+        strict: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._loaders: tuple[DataLoader, DataLoader | None] | None = None
+
+    def _get(self) -> tuple[DataLoader, DataLoader | None]:
+        if self._loaders is None:
+            hp = self.hparams
+            self._loaders = get_loaders(hp.root, image_size=tuple(hp.image_size), batch_size=hp.batch_size,
+                                        masks_per_image=hp.masks_per_image, val_fraction=hp.val_fraction,
+                                        num_workers=hp.num_workers, seed=hp.seed, strict=hp.strict)
+        return self._loaders
+
+    def train_dataloader(self) -> DataLoader:
+        return self._get()[0]
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._get()[1] or []
+
+
+class _CLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.link_arguments("model.image_size", "data.image_size")
+        parser.link_arguments("model.masks_per_image", "data.masks_per_image")
+
+
+def trainer_defaults() -> dict[str, Any]:
+    return {
+        "callbacks": [ModelCheckpoint(save_last=True, every_n_train_steps=200, save_top_k=1,
+                                      monitor="val/loss", mode="min")],
+        "log_every_n_steps": 10,
+    }
+
+
+def run_cli(argv: list[str]) -> int:
+    """Entry of ``lora-sam fit ARGS``: the arguments of ``LightningCLI``'s ``fit`` subcommand."""
+    _CLI(LoRASAM, SAMDataModule, args=["fit", *argv], trainer_defaults=trainer_defaults(),
+         save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "lora-sam fit"})
+    return 0
+
+
+def config_dir() -> Path:
+    """The ``configs/`` folder of a source checkout."""
+    return Path(__file__).resolve().parents[2] / "configs"

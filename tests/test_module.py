@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import lora_sam.module as module_lib
+from lora_sam import LoRASAM, get_loaders, point_sample
+from lora_sam.lora import lora_state_dict
+
+SIZE = (96, 128)
+
+
+def tiny(tiny_checkpoint: Path, **options) -> LoRASAM:
+    options = {"model_type": "tiny", "checkpoint": str(tiny_checkpoint), "image_size": SIZE,
+               "masks_per_image": 6, **options}
+    return LoRASAM(options.pop("rank", 4), options.pop("alpha", 4.0), **options)
+
+
+def first_batch(root: Path, batch_size: int = 2, masks: int = 6) -> dict:
+    train, _ = get_loaders(root, image_size=SIZE, batch_size=batch_size, num_workers=0, masks_per_image=masks,
+                           val_fraction=0.25)
+    return next(iter(train))
+
+
+def test_encoder_runs_once_per_image(tiny_checkpoint: Path, synthetic_root: Path) -> None:
+    model = tiny(tiny_checkpoint)
+    batch = first_batch(synthetic_root)
+    seen = []
+    model.sam.image_encoder.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    model.interactive_step(batch, torch.Generator().manual_seed(0))
+    assert seen == [batch["image"].shape[0]]
+
+
+def test_interactive_iterations(tiny_checkpoint: Path, synthetic_root: Path, monkeypatch) -> None:
+    model = tiny(tiny_checkpoint, point_prob=1.0, iterations=3)
+    batch = first_batch(synthetic_root, batch_size=1)
+    calls = []
+    real_decode = module_lib.decode
+
+    def recording_decode(sam, emb, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
+        low, iou = real_decode(sam, emb, points, labels, boxes=boxes, mask_input=mask_input, multimask=multimask)
+        calls.append({"points": points, "mask_input": mask_input, "low": low.detach(), "iou": iou.detach()})
+        return low, iou
+
+    monkeypatch.setattr(module_lib, "decode", recording_decode)
+    out = model.interactive_step(batch, torch.Generator().manual_seed(3))
+    rounds = out["records"][0]["point"]
+    assert len(rounds) == 3 and len(calls) == 3
+    masks = batch["masks"][0]
+    assert calls[0]["mask_input"] is None
+    for it in (1, 2):
+        # The mask prompt is the previous round's low-res logits of the output with the highest predicted IoU.
+        prev = calls[it - 1]
+        rows = torch.arange(prev["low"].shape[0])
+        expected = prev["low"][rows, prev["iou"].argmax(1)][:, None]
+        assert torch.equal(calls[it]["mask_input"], expected)
+        # The new point lies in the error region of that output, with the right label.
+        new_points = rounds[it]["points"][:, it]
+        new_labels = rounds[it]["labels"][:, it]
+        pred, target = rounds[it - 1]["pred"], rounds[it - 1]["target"]
+        for k, ((x, y), label) in enumerate(zip(new_points.round().long().tolist(), new_labels.tolist())):
+            fn, fp = bool(target[k, y, x] and not pred[k, y, x]), bool(pred[k, y, x] and not target[k, y, x])
+            if label == 1:
+                assert fn
+            elif label == 0:
+                assert fp
+            else:
+                assert label == -1 and torch.equal(pred[k], target[k])
+    for rnd in rounds:
+        # The GT of each round is point_sample over all points so far, and each GT mask obeys every point.
+        for k in range(rnd["points"].shape[0]):
+            pts, labels = rnd["points"][k], rnd["labels"][k]
+            assert torch.equal(rnd["gt"][k], point_sample(masks, pts, labels))
+            for gt in rnd["gt"][k]:
+                if not gt.any():
+                    continue
+                for (x, y), label in zip(pts.round().long().tolist(), labels.tolist()):
+                    if label >= 0:
+                        assert bool(gt[y, x]) == bool(label)
+
+
+def test_box_prompts_get_one_iteration(tiny_checkpoint: Path, synthetic_root: Path) -> None:
+    model = tiny(tiny_checkpoint, point_prob=0.0)
+    out = model.interactive_step(first_batch(synthetic_root), torch.Generator().manual_seed(0))
+    assert all(r["point"] == [] and r["box"] is not None for r in out["records"])
+    assert {it for it, _ in out["terms"]} == {1}
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_gradients_reach_the_right_parameters(tiny_checkpoint: Path, synthetic_root: Path, finetune: str) -> None:
+    model = tiny(tiny_checkpoint, finetune=finetune, point_prob=0.5)
+    batch = first_batch(synthetic_root, batch_size=2, masks=6)
+    loss = model.training_step(batch, 0)
+    loss.backward()
+    for name, p in model.named_parameters():
+        is_lora = name.endswith(("lora_A", "lora_B"))
+        if finetune == "lora":
+            assert p.requires_grad == is_lora, name
+            assert (p.grad is not None) == is_lora, name
+        else:
+            assert not is_lora
+            assert p.grad is not None, name
+    if finetune == "lora":
+        # B starts at zero, so the first gradient lands on B (A gets none until B moves).
+        assert all(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n.endswith("lora_B"))
+
+
+def test_nonfinite_loss_stops_or_skips(tiny_checkpoint: Path, synthetic_root: Path, monkeypatch) -> None:
+    batch = first_batch(synthetic_root)
+
+    def nan_loss(logits, iou_pred, gt, **kw):
+        nan = logits.sum() * float("nan")
+        return {"focal": nan, "dice": nan, "iou": nan, "total": nan}
+
+    monkeypatch.setattr(module_lib, "sam_loss", nan_loss)
+    with pytest.raises(FloatingPointError, match="global step 0"):
+        tiny(tiny_checkpoint).training_step(batch, 0)
+    with pytest.warns(RuntimeWarning, match="batch skipped"):
+        assert tiny(tiny_checkpoint, on_nonfinite="skip").training_step(batch, 0) is None
+
+
+def test_lora_checkpoint_holds_only_trainable_tensors(tiny_checkpoint: Path) -> None:
+    model = tiny(tiny_checkpoint)
+    checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    assert set(checkpoint["state_dict"]) == {f"sam.{k}" for k in lora_state_dict(model.sam)}
+    with pytest.raises(ValueError, match="LoRA tensors"):
+        tiny(tiny_checkpoint, rank=8).on_load_checkpoint(checkpoint)
+
+
+def test_bad_options_fail_before_training(tiny_checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match="rank"):
+        tiny(tiny_checkpoint, rank=0)
+    with pytest.raises(ValueError, match="finetune"):
+        tiny(tiny_checkpoint, finetune="half")
+    with pytest.raises(ValueError, match="multiples of 16"):
+        tiny(tiny_checkpoint, image_size=(100, 128))

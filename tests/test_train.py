@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).with_name("train_script.py")
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def test_kill_and_resume_continues_from_the_saved_step(tmp_path: Path, tiny_checkpoint: Path,
+                                                       synthetic_root: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    proc = start(str(synthetic_root), str(out), str(tiny_checkpoint), "6", "1", "--pause-after", "3")
+    deadline = time.time() + 240
+    while not (out / "paused").exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "the run never reached step 3"
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    saved_step = last["global_step"]
+    assert saved_step >= 3
+    # A LoRA checkpoint holds LoRA tensors only: no frozen base weights.
+    assert all(k.endswith(("lora_A", "lora_B")) for k in last["state_dict"])
+    assert not list((out / "checkpoints").glob("*.tmp"))
+
+    resumed = start(str(synthetic_root), str(out), str(tiny_checkpoint), "6", "1", "--resume")
+    log, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, log
+    starts = [int(s) for s in (out / "starts.txt").read_text().split()]
+    assert starts == [0, saved_step]
+    assert (out / "final_step.txt").read_text() == "6"
+    steps = [json.loads(line)["step"] for line in (out / "rank0.txt").read_text().splitlines()]
+    assert steps[-(6 - saved_step):] == list(range(saved_step, 6))
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_see_different_data(tmp_path: Path, tiny_checkpoint: Path,
+                                                  synthetic_root: Path) -> None:
+    out = tmp_path / "ddp"
+    out.mkdir()
+    proc = start(str(synthetic_root), str(out), str(tiny_checkpoint), "3", "2")
+    log, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, log
+    seen = {}
+    for rank in (0, 1):
+        lines = (out / f"rank{rank}.txt").read_text().splitlines()
+        seen[rank] = {i for line in lines for i in json.loads(line)["ids"]}
+        assert len(lines) == 3
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+def test_user_code_from_the_design(tmp_path: Path, synthetic_root: Path, monkeypatch) -> None:
+    """DESIGN.md section 3, verbatim but for the CPU and a short run; model and data from the environment."""
+    monkeypatch.setenv("LORA_SAM_MODEL_TYPE", "tiny")
+    monkeypatch.setenv("LORA_SAM_DATA", str(synthetic_root))
+    monkeypatch.chdir(tmp_path)
+    import pytorch_lightning as pl
+
+    import lora_sam
+
+    model = lora_sam.LoRASAM(4, 1)
+    train_loader, val_loader = lora_sam.get_loaders()
+    trainer = pl.Trainer(devices=1, accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(model, train_loader, val_loader)
+    assert trainer.global_step == 2
+    assert {"train/loss", "val/loss", "val/miou"} <= set(trainer.callback_metrics)
+    assert list(tmp_path.glob("lightning_logs/version_0/adapter.safetensors"))

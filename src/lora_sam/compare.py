@@ -1,0 +1,344 @@
+"""LoRA against fully unfrozen SAM: the same base, data, seed and number of steps; what each costs and gives.
+
+``compare`` trains ``LoRASAM(finetune="lora")`` and ``LoRASAM(finetune="full")`` one after the
+other and records, for each: trainable parameters, mean time per training step, peak memory,
+the sizes of the weights file and of the Lightning checkpoint, and the evaluation metrics of the
+result (``lora_sam.evaluate``), beside those of the base model at step 0. Layout of ``out_dir``::
+
+    base.pth                  the base weights, when none were given (random tiny / random vit_*)
+    lora/ full/               metrics.csv (train and val curves), hparams.yaml, adapter.safetensors
+                              or model.pth, checkpoints/final.ckpt
+    eval.json, eval.md        ``lora-sam eval`` of base, lora:adapter, full:model (+ original-1024)
+    compare.json, compare.md  the comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import CSVLogger
+
+from lora_sam.costs import PeakMemory, StepTimer
+from lora_sam.eval_run import evaluate_models
+from lora_sam.evaluate import json_safe
+from lora_sam.metrics import format_table
+
+__all__ = ["MODES", "add_arguments", "compare", "compare_markdown", "run"]
+
+MODES = ("lora", "full")
+WEIGHTS_FILE = {"lora": "adapter.safetensors", "full": "model.pth"}
+
+
+def _base_checkpoint(out_dir: Path, model_type: str, checkpoint: str | Path | None, seed: int) -> tuple[Path, bool]:
+    """The base weights file both runs start from; random weights are drawn once and saved."""
+    from lora_sam.model import build_sam, resolve_checkpoint
+
+    path = resolve_checkpoint(model_type, checkpoint)
+    if path is not None:
+        return path, False
+    pl.seed_everything(seed, verbose=False)
+    sam = build_sam(model_type, checkpoint, (1024, 1024))
+    path = out_dir / "base.pth"
+    torch.save(sam.state_dict(), path)
+    return path, True
+
+
+def _train(mode: str, out_dir: Path, settings: dict[str, Any], module_options: dict[str, Any]) -> dict[str, Any]:
+    from lora_sam.data import get_loaders
+    from lora_sam.module import LoRASAM
+    from lora_sam.summary import parameter_summary
+
+    s = settings
+    pl.seed_everything(s["seed"], verbose=False)
+    train_loader, val_loader = get_loaders(s["data"], image_size=s["image_size"], batch_size=s["batch_size"],
+                                           masks_per_image=s["masks_per_image"], val_fraction=s["val_fraction"],
+                                           num_workers=s["num_workers"], seed=s["seed"])
+    model = LoRASAM(s["rank"], s["alpha"], model_type=s["model_type"], checkpoint=s["checkpoint"],
+                    image_size=tuple(s["image_size"]), finetune=mode, lr=s["lr"][mode],
+                    warmup_steps=s["warmup_steps"], masks_per_image=s["masks_per_image"], seed=s["seed"],
+                    **module_options)
+    run_dir = out_dir / mode
+    (run_dir / "metrics.csv").unlink(missing_ok=True)
+    timer, memory = StepTimer(), PeakMemory()
+    validation: dict[str, Any] = {"limit_val_batches": 0}
+    if val_loader is not None:
+        validation = {"val_check_interval": s["val_every"], "check_val_every_n_epoch": None,
+                      "limit_val_batches": s["val_batches"] or 1.0}
+    trainer = pl.Trainer(
+        max_steps=s["steps"], accelerator=s["accelerator"], devices=1,
+        logger=CSVLogger(str(out_dir), name=mode, version=""), callbacks=[timer, memory],
+        enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1,
+        enable_progress_bar=s["progress"], enable_model_summary=False, default_root_dir=str(out_dir),
+        **({"precision": s["precision"]} if s["precision"] else {}), **validation,
+    )
+    start = time.perf_counter()
+    trainer.fit(model, train_loader, val_loader)
+    seconds = time.perf_counter() - start
+    checkpoint = run_dir / "checkpoints" / "final.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    weights = run_dir / WEIGHTS_FILE[mode]
+    if not weights.is_file():
+        raise RuntimeError(f"{mode} run: {weights} was not written at the end of training")
+    params = list(model.sam.parameters())
+    parts = [{"part": c.part, "total": c.total, "trainable": c.trainable} for c in parameter_summary(model.sam).parts]
+    record = {
+        "trainable_params": sum(p.numel() for p in params if p.requires_grad),
+        "total_params": sum(p.numel() for p in params),
+        "params_by_part": parts,
+        "steps": int(trainer.global_step),
+        "step_time_s": timer.mean(skip=1),
+        "step_times_s": timer.times,
+        "train_seconds": seconds,
+        "memory": memory.result,
+        "weights_file": str(weights),
+        "weights_bytes": weights.stat().st_size,
+        "checkpoint_file": str(checkpoint),
+        "checkpoint_bytes": checkpoint.stat().st_size,
+        "metrics_csv": str(run_dir / "metrics.csv"),
+        "device": str(model.device),
+    }
+    del model, trainer, train_loader, val_loader
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return record
+
+
+def _train_job(job_path: str) -> None:
+    """Entry point of the child process of ``_train_isolated``: run the job file, write its result."""
+    job = json.loads(Path(job_path).read_text())
+    torch.set_num_threads(job["threads"])
+    record = _train(job["mode"], Path(job["out_dir"]), job["settings"], job["module_options"])
+    Path(job["result"]).write_text(json.dumps(json_safe(record)))
+
+
+def _train_isolated(mode: str, out_dir: Path, settings: dict[str, Any], module_options: dict[str, Any]) -> dict[str, Any]:
+    """``_train`` in a fresh Python process, so neither run inherits the other's memory or warm-up."""
+    run_dir = out_dir / mode
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job, result = run_dir / "job.json", run_dir / "run.json"
+    result.unlink(missing_ok=True)
+    job.write_text(json.dumps({"mode": mode, "out_dir": str(out_dir), "settings": settings,
+                               "module_options": module_options, "threads": torch.get_num_threads(),
+                               "result": str(result)}))
+    code = "import sys; from lora_sam.compare import _train_job; _train_job(sys.argv[1])"
+    returncode = subprocess.run([sys.executable, "-c", code, str(job)], check=False).returncode
+    if returncode != 0 or not result.is_file():
+        raise RuntimeError(f"the {mode} training run failed (exit code {returncode}; job {job}); "
+                           f"its error is printed above")
+    return json.loads(result.read_text())
+
+
+def compare(
+    data_root: str | Path | None,
+    out_dir: str | Path,
+    *,
+    model_type: str = "vit_b",
+    checkpoint: str | Path | None = None,
+    image_size: tuple[int, int] = (160, 256),
+    steps: int = 100,
+    rank: int = 4,
+    alpha: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 2,
+    masks_per_image: int = 16,
+    lr_lora: float = 1e-3,
+    lr_full: float = 1e-4,
+    warmup_steps: int | None = None,
+    val_every: int | None = None,
+    val_fraction: float = 0.1,
+    val_batches: int | None = None,
+    num_workers: int = 0,
+    accelerator: str = "auto",
+    precision: str | None = None,
+    eval_images: int | None = None,
+    eval_masks_per_image: int | None = None,
+    max_clicks: int = 20,
+    original: bool = False,
+    isolate: bool = True,
+    progress: bool = True,
+    **module_options: Any,
+) -> dict[str, Any]:
+    """Train LoRA and fully unfrozen SAM alike, evaluate both, write ``compare.json`` / ``compare.md``.
+
+    Args:
+        data_root: data for ``get_loaders`` (train split to train, val split for curves and evaluation).
+        out_dir: run folder (see the module docstring).
+        model_type, checkpoint, image_size: the base model; without a checkpoint file random weights
+            are drawn once from ``seed`` and saved as ``out_dir/base.pth``.
+        steps: optimizer steps of each run; ``val_every`` steps between validations (default steps / 10);
+            ``val_batches`` caps each validation.
+        rank, alpha: LoRA; lr_lora, lr_full: AdamW learning rates; warmup_steps default min(50, steps / 10).
+        seed, batch_size, masks_per_image, val_fraction, num_workers: data and sampling, the same for both.
+        accelerator, precision: passed to ``pytorch_lightning.Trainer`` (devices=1).
+        eval_images, eval_masks_per_image, max_clicks, original: the evaluation (``eval_run.evaluate_models``).
+        isolate: train each mode in a fresh Python process (``sys.executable``), so that time and
+            memory are not shared between the runs (``False``: one after the other in this process).
+        module_options: more ``LoRASAM`` options (``iterations``, ``targets``, ...).
+
+    Returns:
+        The content of ``compare.json``::
+
+            {"settings": {...},
+             "base": {"checkpoint": str, "generated": bool, "metrics": {metric: float | None}},
+             "runs": {"lora" | "full": {"trainable_params", "total_params", "params_by_part": [{"part",
+                      "total", "trainable"}], "steps", "step_time_s",
+                      "step_times_s": [s], "train_seconds", "memory": {"kind", "start_bytes", "peak_bytes",
+                      "growth_bytes"}, "weights_file", "weights_bytes", "checkpoint_file", "checkpoint_bytes",
+                      "metrics_csv", "device", "eval_name", "metrics": {metric: float | None}}},
+             "original": {"metrics": ...} (with ``original``), "eval_json": str}
+    """
+    from lora_sam.data import resolve_root
+
+    data_root = resolve_root(data_root)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base_path, generated = _base_checkpoint(out, model_type, checkpoint, seed)
+    settings: dict[str, Any] = {
+        "data": data_root, "model_type": model_type,
+        "checkpoint": str(base_path), "image_size": [int(image_size[0]), int(image_size[1])], "steps": steps,
+        "rank": rank, "alpha": alpha, "seed": seed, "batch_size": batch_size, "masks_per_image": masks_per_image,
+        "lr": {"lora": lr_lora, "full": lr_full},
+        "warmup_steps": min(50, steps // 10) if warmup_steps is None else warmup_steps,
+        "val_every": max(1, steps // 10) if val_every is None else val_every, "val_fraction": val_fraction,
+        "val_batches": val_batches, "num_workers": num_workers, "accelerator": accelerator, "precision": precision,
+        "progress": progress, "module_options": module_options,
+        "eval": {"images": eval_images, "masks_per_image": eval_masks_per_image, "max_clicks": max_clicks},
+    }
+    train = _train_isolated if isolate else _train
+    runs = {mode: train(mode, out, settings, module_options) for mode in MODES}
+    report = evaluate_models(data_root, out, model_type=model_type, checkpoint=base_path, image_size=image_size,
+                             adapters=[runs["lora"]["weights_file"]], fulls=[runs["full"]["weights_file"]],
+                             original=original, val_fraction=val_fraction, max_images=eval_images,
+                             masks_per_image=eval_masks_per_image, max_clicks=max_clicks, seed=seed,
+                             progress=progress)
+    models = report["models"]
+    for mode, name in (("lora", "lora:adapter"), ("full", "full:model")):
+        runs[mode].update(eval_name=name, metrics=models[name]["metrics"])
+    result = {"settings": settings, "base": {"checkpoint": str(base_path), "generated": generated,
+                                             "metrics": models["base"]["metrics"]},
+              "runs": runs, "eval_json": str(out / "eval.json")}
+    if "original-1024" in models:
+        result["original"] = {"metrics": models["original-1024"]["metrics"]}
+    result = json_safe(result)
+    (out / "compare.json").write_text(json.dumps(result, indent=1))
+    (out / "compare.md").write_text(compare_markdown(result))
+    return result
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return ""
+
+
+def _params(run: dict[str, Any]) -> str:
+    share = 100 * run["trainable_params"] / run["total_params"]
+    return f"{run['trainable_params']:,} ({share:.2f} % of {run['total_params']:,})"
+
+
+def compare_markdown(result: dict[str, Any]) -> str:
+    """``compare.md``: the cost table (one column per mode) and the metrics table (base, lora, full)."""
+    s, runs = result["settings"], result["runs"]
+    mem_kind = runs["lora"]["memory"].get("kind", "n/a")
+
+    def row(label: str, cell: Any) -> str:
+        return f"| {label} | " + " | ".join(cell(runs[m]) for m in MODES) + " |"
+
+    def step(r: dict[str, Any]) -> str:
+        return "n/a" if r["step_time_s"] is None else f"{r['step_time_s'] * 1000:.1f} ms"
+
+    lines = [
+        "# LoRA vs fully unfrozen SAM", "",
+        f"{s['model_type']} at {s['image_size'][0]}x{s['image_size'][1]} from `{s['checkpoint']}`, "
+        f"{s['steps']} steps each, batch {s['batch_size']} images x {s['masks_per_image']} masks, seed {s['seed']}; "
+        f"LoRA rank {s['rank']}, alpha {s['alpha']:g}, lr {s['lr']['lora']:g}; full lr {s['lr']['full']:g}; "
+        f"device {runs['lora']['device']}.", "",
+        "| | LoRA | full |", "|---|---:|---:|",
+        row("trainable parameters", _params),
+        row("time per training step", step),
+        row("peak memory", lambda r: _size(r["memory"].get("peak_bytes"))),
+        row("memory added by training", lambda r: _size(r["memory"].get("growth_bytes"))),
+        row("weights file", lambda r: f"{Path(r['weights_file']).name}, {_size(r['weights_bytes'])}"),
+        row("Lightning checkpoint", lambda r: _size(r["checkpoint_bytes"])),
+        row("training time", lambda r: f"{r['train_seconds']:.1f} s"), "",
+        f"Time per step: forward, backward and optimizer step, data loading excluded, the first step left out. "
+        f"Memory: {mem_kind}" + ("; on the CPU an approximation (resident pages, not tensors)."
+                                 if "cpu" in mem_kind else "."), "",
+        "## Metrics (validation images)", "",
+    ]
+    table = {"base (step 0)": result["base"]["metrics"], "lora": runs["lora"]["metrics"],
+             "full": runs["full"]["metrics"]}
+    if "original" in result:
+        table["original-1024"] = result["original"]["metrics"]
+    lines.append(format_table(table).rstrip("\n"))
+    lines += ["", f"Per-prompt results: `{result['eval_json']}`; curves: `<mode>/metrics.csv`."]
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Train LoRA and fully unfrozen SAM from the same base, data, seed and steps; "
+                          "write DIR/compare.json and DIR/compare.md (and eval.json / eval.md)")
+    parser.add_argument("--data", default=None, help="data root (default $LORA_SAM_DATA, then ./data)")
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="run folder (default runs/compare)")
+    parser.add_argument("--model-type", default="vit_b", help="vit_b / vit_l / vit_h / tiny (default vit_b)")
+    parser.add_argument("--checkpoint", default=None, help="base SAM checkpoint (default: as build_sam)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=(160, 256), metavar=("H", "W"))
+    parser.add_argument("--steps", type=int, default=100, help="training steps of each run (default 100)")
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--masks-per-image", type=int, default=16)
+    parser.add_argument("--lr-lora", type=float, default=1e-3)
+    parser.add_argument("--lr-full", type=float, default=1e-4)
+    parser.add_argument("--warmup-steps", type=int, default=None)
+    parser.add_argument("--iterations", type=int, default=3, help="interactive iterations (default 3)")
+    parser.add_argument("--val-every", type=int, default=None, help="steps between validations (default steps/10)")
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--val-batches", type=int, default=None, help="at most this many batches per validation")
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--precision", default=None, help="e.g. bf16-mixed (default: Lightning's)")
+    parser.add_argument("--eval-images", type=int, default=None, help="evaluate on the first N val images")
+    parser.add_argument("--eval-masks-per-image", type=int, default=None)
+    parser.add_argument("--max-clicks", type=int, default=20)
+    parser.add_argument("--original", action="store_true", help="also evaluate SamPredictor at 1024 px on the base")
+    parser.add_argument("--in-process", action="store_true",
+                        help="train both modes in this process (default: each in a fresh process)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lora_sam.annotations import DataError
+
+    try:
+        result = compare(
+            args.data, args.out, model_type=args.model_type, checkpoint=args.checkpoint,
+            image_size=tuple(args.image_size), steps=args.steps, rank=args.rank, alpha=args.alpha, seed=args.seed,
+            batch_size=args.batch_size, masks_per_image=args.masks_per_image, lr_lora=args.lr_lora,
+            lr_full=args.lr_full, warmup_steps=args.warmup_steps, val_every=args.val_every,
+            val_fraction=args.val_fraction, val_batches=args.val_batches, num_workers=args.num_workers,
+            accelerator=args.accelerator, precision=args.precision, eval_images=args.eval_images,
+            eval_masks_per_image=args.eval_masks_per_image, max_clicks=args.max_clicks, original=args.original,
+            isolate=not args.in_process, progress=not args.quiet, iterations=args.iterations,
+        )
+    except (FileNotFoundError, ValueError, RuntimeError, DataError) as err:
+        print(f"lora-sam compare: error: {err}", file=sys.stderr)
+        return 2
+    print(compare_markdown(result), end="")
+    print(f"wrote {args.out / 'compare.json'} and {args.out / 'compare.md'}")
+    return 0

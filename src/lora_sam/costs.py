@@ -1,0 +1,103 @@
+"""What a training run costs: Lightning callbacks that time each step and measure peak memory."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+__all__ = ["PeakMemory", "StepTimer"]
+
+
+class StepTimer(Callback):
+    """Wall time of each training step, from ``on_train_batch_start`` to ``on_train_batch_end``.
+
+    The span holds the forward, backward and optimizer step (not data loading); CUDA is
+    synchronised at both ends. ``mean()`` leaves out the first ``skip`` steps (warm-up).
+    """
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    @staticmethod
+    def _sync(pl_module: pl.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._sync(pl_module)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._sync(pl_module)
+        self.times.append(time.perf_counter() - self._start)
+
+    def mean(self, skip: int = 1) -> float | None:
+        """Mean seconds per step after the first ``skip``; None when there are no such steps."""
+        kept = self.times[skip:]
+        return sum(kept) / len(kept) if kept else None
+
+
+def _proc_status(field: str) -> int | None:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes; None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (``VmHWM``) to its current RSS (Linux >= 4.0)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap pages back first
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory(Callback):
+    """Peak memory of one ``fit``.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (tensors only, weights included), statistics reset
+    at fit start. CPU: the process's peak resident set size (``VmHWM``), reset at fit start, so
+    ``growth_bytes`` = peak - RSS at fit start approximates what training added over the weights
+    (gradients, optimizer state, activations). Approximate: RSS counts pages, not tensors; the
+    allocator may reuse pages freed by an earlier run, and other threads' memory counts too.
+    """
+
+    def __init__(self) -> None:
+        self.result: dict[str, Any] = {}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        gc.collect()
+        device = pl_module.device
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            self.result = {"kind": "cuda max_memory_allocated", "start_bytes": torch.cuda.memory_allocated(device)}
+        else:
+            reset = _reset_peak_rss()
+            self.result = {"kind": "cpu peak RSS (VmHWM)" + ("" if reset else ", not reset: upper bound"),
+                           "start_bytes": _proc_status("VmRSS")}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        device = pl_module.device
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _proc_status("VmHWM")
+        start = self.result.get("start_bytes")
+        self.result.update(peak_bytes=peak, growth_bytes=None if peak is None or start is None else peak - start)

@@ -1,0 +1,260 @@
+"""What ``lora-sam eval`` does: choose the images, build the models, evaluate them alike, write the files.
+
+``evaluate_models`` writes ``eval.json`` (settings, and per model its description, metrics and
+per-prompt arrays, see ``evaluate.evaluate_many``) and ``eval.md`` (the metrics table).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from segment_anything.modeling import Sam
+
+from lora_sam.adapter import apply_adapter, read_adapter_info
+from lora_sam.evaluate import Refine, evaluate_many, json_safe
+from lora_sam.lora import merge_lora
+from lora_sam.metrics import format_table
+from lora_sam.model import build_sam, resolve_checkpoint
+from lora_sam.segmenters import ORIGINAL_FRAME, LowResSegmenter, PredictorSegmenter, Segmenter
+
+__all__ = ["build_segmenters", "eval_samples", "evaluate_models", "write_eval"]
+
+
+def _unique_names(kind: str, paths: list[Path]) -> list[str]:
+    names = [f"{kind}:{p.stem}" for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{kind}:{p.parent.name}/{p.stem}" for p in paths]
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return unique
+
+
+def _lora_sam(path: Path, model_type: str, checkpoint: Path, image_size: tuple[int, int]) -> Sam:
+    info = read_adapter_info(path)
+    if info.model_type and info.model_type != model_type:
+        raise ValueError(f"adapter {path}: it was trained on {info.model_type} (metadata 'model_type') but the "
+                         f"base is {model_type}; pass --model-type {info.model_type} and its checkpoint")
+    sam = build_sam(model_type, checkpoint, image_size)
+    try:
+        apply_adapter(sam, path)
+    except (ValueError, KeyError, RuntimeError) as err:
+        message = str(err) if str(path) in str(err) else f"adapter {path} does not fit {model_type}: {err}"
+        raise ValueError(message) from err
+    return merge_lora(sam)
+
+
+def _full_sam(path: Path, model_type: str, image_size: tuple[int, int]) -> Sam:
+    try:
+        return build_sam(model_type, path, image_size)
+    except ValueError as err:
+        raise ValueError(f"fully fine-tuned model {path}: {err}. A model.pth holds the weights at its training "
+                         f"resolution: evaluate it with that --image-size and --model-type") from err
+
+
+def build_segmenters(
+    *,
+    model_type: str,
+    checkpoint: str | Path | None,
+    image_size: tuple[int, int],
+    adapters: Sequence[str | Path] = (),
+    fulls: Sequence[str | Path] = (),
+    base: bool = True,
+    original: bool = False,
+    original_full_res: bool = False,
+    device: str | torch.device | None = None,
+) -> dict[str, tuple[Segmenter, dict[str, Any]]]:
+    """The models to compare, by row name, with a description of each.
+
+    Names: ``"base"`` (the checkpoint at ``image_size``), ``"lora:<file stem>"`` (each adapter on the
+    base, merged), ``"full:<file stem>"`` (each fully fine-tuned ``model.pth``), ``"original-1024"``
+    (``SamPredictor`` on the base at 1024 px given the upscaled training image) and, with
+    ``original_full_res``, ``"original-1024:full-res"`` (given the original image). Stems that
+    clash get their folder name (``lora:run1/adapter``).
+
+    Returns:
+        {name: (segmenter, {"kind": "base" | "lora" | "full" | "original", "path": str | None,
+        "resolution": [H, W], "input": "training image" | "training image upscaled" | "original image"})}
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    image_size = (int(image_size[0]), int(image_size[1]))
+    base_path = None
+    if base or adapters or original:
+        base_path = resolve_checkpoint(model_type, checkpoint)
+        if base_path is None:
+            raise ValueError(f"evaluation needs a base checkpoint file for {model_type} (random weights would differ "
+                             f"between the models built from them): pass --checkpoint PATH")
+    size = list(image_size)
+    models: dict[str, tuple[Segmenter, dict[str, Any]]] = {}
+    if base:
+        sam = build_sam(model_type, base_path, image_size).to(device)
+        models["base"] = (LowResSegmenter(sam), {"kind": "base", "path": str(base_path), "resolution": size,
+                                                 "input": "training image"})
+    adapter_paths = [Path(p) for p in adapters]
+    for name, path in zip(_unique_names("lora", adapter_paths), adapter_paths):
+        sam = _lora_sam(path, model_type, base_path, image_size).to(device)  # type: ignore[arg-type]
+        models[name] = (LowResSegmenter(sam), {"kind": "lora", "path": str(path), "resolution": size,
+                                               "input": "training image"})
+    full_paths = [Path(p) for p in fulls]
+    for name, path in zip(_unique_names("full", full_paths), full_paths):
+        sam = _full_sam(path, model_type, image_size).to(device)
+        models[name] = (LowResSegmenter(sam), {"kind": "full", "path": str(path), "resolution": size,
+                                               "input": "training image"})
+    if original:
+        sam_1024 = build_sam(model_type, base_path, ORIGINAL_FRAME).to(device)
+        models["original-1024"] = (PredictorSegmenter(sam_1024, source="upscaled"),
+                                   {"kind": "original", "path": str(base_path), "resolution": list(ORIGINAL_FRAME),
+                                    "input": "training image upscaled"})
+        if original_full_res:
+            models["original-1024:full-res"] = (PredictorSegmenter(sam_1024, source="original"),
+                                                {"kind": "original", "path": str(base_path),
+                                                 "resolution": list(ORIGINAL_FRAME), "input": "original image"})
+    if not models:
+        raise ValueError("no model to evaluate: give the base, --adapter, --full or --original")
+    return models
+
+
+def _original_path(dataset: Any, index: int) -> str | None:
+    """The full-resolution image file of item ``index`` of an SA-1B folder or COCO dataset, if any."""
+    from lora_sam.datasets import CocoInstances, SA1BFolder
+
+    if isinstance(dataset, SA1BFolder):
+        path = dataset.items[index].with_suffix(".jpg")
+    elif isinstance(dataset, CocoInstances):
+        path = dataset.image_dir / (dataset.items[index].file_name or "")
+    else:
+        return None
+    return str(path) if path.is_file() else None
+
+
+def eval_samples(
+    root: str | Path | None,
+    *,
+    image_size: tuple[int, int],
+    split: Literal["val", "all"] = "val",
+    val_fraction: float = 0.1,
+    max_images: int | None = None,
+    seed: int = 0,
+) -> tuple[Iterator[Any], int | None, bool]:
+    """The samples to evaluate: the val split of ``get_loaders`` (same split as training) or all.
+
+    Returns ``(samples, count or None, originals)``: an iterator of sample dicts (``BadSample`` for
+    unreadable ones), with ``"original_path"`` added where the dataset keeps full-resolution image
+    files (SA-1B folders, COCO), and whether it does.
+    """
+    from lora_sam.data import get_loaders, open_dataset, resolve_root
+
+    if split == "val":
+        _, loader = get_loaders(root, image_size=image_size, batch_size=1, val_fraction=val_fraction,
+                                num_workers=0, seed=seed)
+        if loader is None:
+            raise ValueError(f"{resolve_root(root)}: no val images (val_fraction {val_fraction}); "
+                             f"use --split all or a larger --val-fraction")
+        dataset = loader.dataset
+    elif split == "all":
+        dataset = open_dataset(resolve_root(root), image_size=image_size, seed=seed)
+    else:
+        raise ValueError(f"split must be 'val' or 'all', got {split!r}")
+    if not hasattr(dataset, "__len__"):
+        stream = iter(dataset)
+        samples = stream if max_images is None else (s for _, s in zip(range(max_images), stream))
+        return samples, max_images, False
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    originals = count > 0 and _original_path(dataset, 0) is not None
+
+    def generate() -> Iterator[Any]:
+        for index in range(count):
+            sample = dataset[index]
+            if isinstance(sample, dict) and originals:
+                sample["original_path"] = _original_path(dataset, index)
+            yield sample
+
+    return generate(), count, originals
+
+
+def write_eval(out: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``eval.json`` (``report`` as is) and ``eval.md`` (settings and the metrics table) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "eval.json", out / "eval.md"
+    json_path.write_text(json.dumps(json_safe(report), indent=1))
+    models, settings = report["models"], report["settings"]
+    first = next(iter(models.values()))
+    lines = [
+        "# Evaluation", "",
+        f"Data: `{settings['data']}` ({settings['split']} split), {first['images']} images, "
+        f"{first['prompt_count']} target masks; training resolution {settings['image_size'][0]}x"
+        f"{settings['image_size'][1]}, {settings['model_type']}, base checkpoint `{settings['checkpoint']}`.", "",
+        f"Protocol: up to {settings['max_clicks']} clicks per target, each at the centre of the larger error "
+        f"region (first click: the most interior point of the mask; 3 outputs, the highest predicted IoU kept; "
+        f"later clicks and the exact GT box: {settings['refine']} output); masks compared with the GT at the "
+        f"training resolution.", "",
+        format_table({name: entry["metrics"] for name, entry in models.items()}).rstrip("\n"), "",
+        "| model | kind | input | resolution | seconds |", "|---|---|---|---|---:|",
+        *(f"| {name} | {e['kind']} | {e['input']} | {e['resolution'][0]}x{e['resolution'][1]} | {e['seconds']:.1f} |"
+          for name, e in models.items()),
+    ]
+    if first["skipped"]:
+        lines += ["", f"Skipped {len(first['skipped'])} samples: " + "; ".join(first["skipped"][:10])]
+    md_path.write_text("\n".join(lines) + "\n")
+    return json_path, md_path
+
+
+def evaluate_models(
+    data: str | Path | None,
+    out: str | Path | None,
+    *,
+    model_type: str,
+    checkpoint: str | Path | None,
+    image_size: tuple[int, int],
+    adapters: list[str | Path] | tuple[str | Path, ...] = (),
+    fulls: list[str | Path] | tuple[str | Path, ...] = (),
+    base: bool = True,
+    original: bool = False,
+    split: Literal["val", "all"] = "val",
+    val_fraction: float = 0.1,
+    max_images: int | None = None,
+    masks_per_image: int | None = None,
+    max_clicks: int = 20,
+    refine: Refine = "multi",
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """What ``lora-sam eval`` does: build the models, evaluate them on the same data, write the files.
+
+    Returns (and writes to ``out/eval.json`` unless ``out`` is None)::
+
+        {"settings": {"data", "split", "val_fraction", "model_type", "checkpoint", "image_size": [H, W],
+                      "max_images", "masks_per_image", "max_clicks", "refine", "seed", "device"},
+         "models": {name: {"kind", "path", "resolution", "input", **evaluate_many entry}}}
+    """
+    from lora_sam.data import resolve_root
+
+    image_size = (int(image_size[0]), int(image_size[1]))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    samples, count, originals = eval_samples(data, image_size=image_size, split=split, val_fraction=val_fraction,
+                                             max_images=max_images, seed=seed)
+    built = build_segmenters(model_type=model_type, checkpoint=checkpoint, image_size=image_size,
+                             adapters=adapters, fulls=fulls, base=base, original=original,
+                             original_full_res=original and originals, device=device)
+    results = evaluate_many({name: seg for name, (seg, _) in built.items()}, samples, max_clicks=max_clicks,
+                            seed=seed, masks_per_image=masks_per_image, refine=refine, progress=progress,
+                            total=count)
+    report = {
+        "settings": {"data": resolve_root(data), "split": split, "val_fraction": val_fraction, "model_type": model_type,
+                     "checkpoint": next((i["path"] for _, i in built.values() if i["kind"] != "full"), None),
+                     "image_size": list(image_size), "max_images": max_images, "masks_per_image": masks_per_image,
+                     "max_clicks": max_clicks, "refine": refine, "seed": seed,
+                     "device": device},
+        "models": {name: {**info, **results[name]} for name, (_, info) in built.items()},
+    }
+    if out is not None:
+        write_eval(out, report)
+    return report

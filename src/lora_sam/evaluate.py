@@ -1,0 +1,332 @@
+"""Evaluation runner: every model on the same images, target masks and simulated prompts.
+
+Per image and target mask (every kept mask of the image by default; at most
+``masks_per_image`` of them drawn from (seed, image_id); or the sample's own ``targets``):
+
+- **clicks**: SAM's interactive evaluation. Click 1 is ``prompts.click_points`` on an empty
+  prediction, the GT's most interior point; the model answers with 3 masks (multimask) and the
+  one with the highest predicted IoU is kept. Each later click goes to the centre of the larger
+  error region of the kept mask (positive in a false negative, negative in a false positive);
+  the model gets all clicks so far plus the kept mask's low-resolution logits as mask prompt and
+  answers with 3 masks again, the highest predicted IoU kept (``refine="multi"``, the default: the
+  training recipe of DESIGN.md section 5, which trains the 3 outputs at every iteration), or with
+  its single-mask output (``refine="single"``, as the released SAM is used). IoU with the GT after
+  every click, up to ``max_clicks``.
+- **box**: the exact GT box (``masks_to_boxes``), answered like a later click.
+- **oracle** and **IoU head**: the IoUs of the 3 first-click outputs, their best, and
+  |predicted - true IoU| over the 3.
+
+The protocol is deterministic: clicks are chosen by a distance transform, not drawn; the seed
+only picks the target masks when ``masks_per_image`` caps them. Metrics: ``metrics.summarize``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from lora_sam.losses import mask_iou
+from lora_sam.metrics import NOC_THRESHOLDS, format_table, number_of_clicks, summarize
+from lora_sam.prompts import click_points, masks_to_boxes
+from lora_sam.samples import choose_targets
+from lora_sam.segmenters import LowResSegmenter, Prediction, PredictorSegmenter, Segmenter
+
+__all__ = [
+    "LowResSegmenter",
+    "PredictorSegmenter",
+    "Segmenter",
+    "evaluate",
+    "evaluate_image",
+    "evaluate_many",
+    "json_safe",
+    "sample_targets",
+    "add_arguments",
+    "run",
+]
+
+Refine = Literal["single", "multi"]
+PROMPT_COLUMNS = ("click_ious", "click_points", "click_labels", "box", "box_iou", "output_ious", "iou_pred")
+
+
+def _chosen(out: Prediction, best: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The kept mask (K, H, W) and its low-resolution logits (K, 1, h, w) as the next mask prompt."""
+    rows = torch.arange(len(best))
+    low = None
+    if out.low_res is not None:
+        device = out.low_res.device
+        low = out.low_res[rows.to(device), best.to(device)][:, None]
+    return out.masks[rows, best], low
+
+
+def _refined(segmenter: Segmenter, refine: Refine, **prompts: Any) -> tuple[Tensor, Tensor | None]:
+    if refine == "multi":
+        out = segmenter.predict(**prompts, multimask=True)
+        return _chosen(out, out.iou_pred.argmax(1))
+    out = segmenter.predict(**prompts, multimask=False)
+    return _chosen(out, torch.zeros(out.masks.shape[0], dtype=torch.long))
+
+
+@torch.no_grad()
+def evaluate_image(
+    segmenter: Segmenter,
+    sample: dict[str, Any],
+    targets: Tensor,
+    *,
+    max_clicks: int = 20,
+    refine: Refine = "multi",
+    prompt_batch: int = 32,
+    keep_masks: bool = False,
+) -> dict[str, Tensor]:
+    """Run the protocol of the module docstring for K target masks of one sample.
+
+    Args:
+        segmenter: the model (see ``lora_sam.segmenters.Segmenter``); ``set_image`` is called here.
+        sample: the dict of ``docs/contracts.md``.
+        targets: (K,) int64 indices into ``sample["masks"]`` of non-empty masks.
+        max_clicks: C, clicks per target.
+        refine: ``"single"`` (SAM) or ``"multi"``: the output used after the first click and for boxes.
+        prompt_batch: at most this many prompts per ``predict`` call.
+        keep_masks: also return the kept masks.
+
+    Returns:
+        ``click_ious`` (K, C) float32; ``click_points`` (K, C, 2) float32 (x, y) and
+        ``click_labels`` (K, C) int64 (1 / 0, -1 when the mask was already exact); ``box`` (K, 4)
+        XYXY; ``box_iou`` (K,); ``output_ious`` and ``iou_pred`` (K, 3) of the first click. With
+        ``keep_masks``: ``click_masks`` bool (K, C, H, W) and ``box_masks`` (K, H, W).
+    """
+    if max_clicks < 1:
+        raise ValueError(f"max_clicks must be >= 1, got {max_clicks}")
+    if refine not in ("single", "multi"):
+        raise ValueError(f"refine must be 'single' or 'multi', got {refine!r}")
+    segmenter.set_image(sample)
+    gt_all = sample["masks"][targets.cpu()].bool().cpu()  # (K, H, W)
+    parts: dict[str, list[Tensor]] = {}
+    for start in range(0, len(gt_all), prompt_batch):
+        gt = gt_all[start : start + prompt_batch]
+        k = len(gt)
+        pred = torch.zeros_like(gt)
+        points = torch.zeros((k, 0, 2))
+        labels = torch.zeros((k, 0), dtype=torch.long)
+        low: Tensor | None = None
+        ious, masks = [], []
+        for click in range(max_clicks):
+            point, label = click_points(pred, gt)
+            points = torch.cat([points, point[:, None]], dim=1)
+            labels = torch.cat([labels, label[:, None]], dim=1)
+            if click == 0:
+                out = segmenter.predict(points=points, labels=labels, multimask=True)
+                output_ious = mask_iou(out.masks, gt[:, None])  # (k, 3)
+                iou_pred = out.iou_pred
+                pred, low = _chosen(out, out.iou_pred.argmax(1))
+            else:
+                pred, low = _refined(segmenter, refine, points=points, labels=labels, mask_input=low)
+            ious.append(mask_iou(pred, gt))
+            if keep_masks:
+                masks.append(pred)
+        box = masks_to_boxes(gt).float()
+        box_pred, _ = _refined(segmenter, refine, boxes=box)
+        result = {"click_ious": torch.stack(ious, 1), "click_points": points, "click_labels": labels,
+                  "box": box, "box_iou": mask_iou(box_pred, gt), "output_ious": output_ious, "iou_pred": iou_pred}
+        if keep_masks:
+            result.update(click_masks=torch.stack(masks, 1), box_masks=box_pred)
+        for key, value in result.items():
+            parts.setdefault(key, []).append(value.cpu())
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
+def sample_targets(sample: dict[str, Any], *, masks_per_image: int | None = None, seed: int = 0,
+                   use_sample_targets: bool = False) -> Tensor:
+    """The target masks of a sample: (K,) int64 indices of non-empty masks.
+
+    Every mask by default; at most ``masks_per_image`` drawn from (seed, image_id) when given;
+    ``sample["targets"]`` with ``use_sample_targets``. Sorted.
+    """
+    masks = sample["masks"]
+    if use_sample_targets:
+        chosen = sample["targets"].long().cpu()
+    elif masks_per_image is not None and len(masks) > masks_per_image:
+        chosen = choose_targets(len(masks), masks_per_image, seed=seed, epoch=0, image_id=str(sample["image_id"]))
+    else:
+        chosen = torch.arange(len(masks))
+    chosen = chosen.sort().values
+    return chosen[masks[chosen].flatten(1).any(1).cpu()]
+
+
+def json_safe(value: Any, digits: int = 6) -> Any:
+    """Tensors, arrays and numbers as JSON values; NaN and infinities become None."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, digits) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return round(value, digits) if math.isfinite(value) else None
+    return value
+
+
+def _finish(columns: dict[str, list[Any]], max_clicks: int) -> dict[str, Any]:
+    if not columns.get("click_ious"):
+        raise ValueError("no prompts were evaluated: every sample was skipped or had no usable mask")
+    arrays = {k: torch.cat(v) for k, v in columns.items() if k in PROMPT_COLUMNS or k in ("mask_index", "area")}
+    metrics = summarize(click_ious=arrays["click_ious"], box_ious=arrays["box_iou"],
+                        output_ious=arrays["output_ious"], iou_pred=arrays["iou_pred"],
+                        iou_true=arrays["output_ious"], max_clicks=max_clicks)
+    prompts: dict[str, Any] = {"image_id": columns["image_id"], **arrays}
+    for threshold in NOC_THRESHOLDS:
+        prompts[f"noc@{round(threshold * 100)}"] = number_of_clicks(arrays["click_ious"], threshold,
+                                                                    max_clicks=max_clicks)
+    return {"metrics": json_safe(metrics), "prompts": json_safe(prompts)}
+
+
+def evaluate_many(
+    segmenters: Mapping[str, Segmenter],
+    samples: Iterable[Any],
+    *,
+    max_clicks: int = 20,
+    seed: int = 0,
+    masks_per_image: int | None = None,
+    use_sample_targets: bool = False,
+    refine: Refine = "multi",
+    prompt_batch: int = 32,
+    progress: bool = True,
+    total: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate several models image by image on the same targets and prompts (see the module docstring).
+
+    Args:
+        segmenters: {name: segmenter}.
+        samples: sample dicts (``docs/contracts.md``); ``BadSample`` entries are skipped and listed.
+        max_clicks, refine, prompt_batch: see ``evaluate_image``.
+        seed, masks_per_image, use_sample_targets: which masks are targets (``sample_targets``).
+        progress: show a tqdm bar over images; ``total`` its length.
+
+    Returns:
+        {name: {"metrics": {metric: float | None} (``metrics.METRIC_KEYS``),
+        "prompts": {"image_id": [P], "mask_index": [P], "area": [P] (pixels at training resolution),
+        "click_ious": [P][C], "click_points": [P][C][2], "click_labels": [P][C], "box": [P][4],
+        "box_iou": [P], "output_ious": [P][3], "iou_pred": [P][3], "noc@85": [P], "noc@90": [P]},
+        "images": int, "prompt_count": P, "skipped": [str], "seconds": float (the model's own time)}}.
+        JSON-serialisable; NaN is None.
+    """
+    if not segmenters:
+        raise ValueError("evaluate_many needs at least one segmenter")
+    columns: dict[str, dict[str, list[Any]]] = {name: {} for name in segmenters}
+    seconds = dict.fromkeys(segmenters, 0.0)
+    skipped: list[str] = []
+    images = 0
+    bar = tqdm(samples, total=total, desc="eval", unit="image", disable=not progress)
+    for sample in bar:
+        if not isinstance(sample, dict):
+            skipped.append(str(sample))
+            continue
+        targets = sample_targets(sample, masks_per_image=masks_per_image, seed=seed,
+                                 use_sample_targets=use_sample_targets)
+        if len(targets) == 0:
+            skipped.append(f"{sample['image_id']}: no non-empty target mask")
+            continue
+        images += 1
+        areas = sample["masks"][targets].flatten(1).sum(1).cpu()
+        for name, segmenter in segmenters.items():
+            start = time.perf_counter()
+            result = evaluate_image(segmenter, sample, targets, max_clicks=max_clicks, refine=refine,
+                                    prompt_batch=prompt_batch)
+            seconds[name] += time.perf_counter() - start
+            col = columns[name]
+            col.setdefault("image_id", []).extend([str(sample["image_id"])] * len(targets))
+            col.setdefault("mask_index", []).append(targets.cpu())
+            col.setdefault("area", []).append(areas)
+            for key, value in result.items():
+                col.setdefault(key, []).append(value)
+        bar.set_postfix(prompts=sum(len(v) for v in columns[next(iter(segmenters))].get("mask_index", [])))
+    results = {}
+    for name in segmenters:
+        entry = _finish(columns[name], max_clicks)
+        entry.update(images=images, prompt_count=len(entry["prompts"]["image_id"]), skipped=skipped,
+                     seconds=round(seconds[name], 3))
+        results[name] = entry
+    return results
+
+
+def evaluate(
+    segmenter: Segmenter,
+    samples: Iterable[Any],
+    *,
+    max_clicks: int = 20,
+    seed: int = 0,
+    progress: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
+    """Evaluate one model; the entry of ``evaluate_many`` for it ({"metrics", "prompts", ...})."""
+    return evaluate_many({"model": segmenter}, samples, max_clicks=max_clicks, seed=seed, progress=progress,
+                         **options)["model"]
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Evaluate models on the same images, target masks and simulated clicks; writes DIR/eval.json "
+        "(metrics and per-prompt IoUs) and DIR/eval.md (one table row per model)."
+    )
+    parser.add_argument("--data", default=None, help="data root (default $LORA_SAM_DATA, then ./data)")
+    parser.add_argument("--split", choices=("val", "all"), default="val",
+                        help="the val split of get_loaders (default) or every image")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="val share, as in training (default 0.1)")
+    parser.add_argument("--model-type", default="vit_b", help="vit_b / vit_l / vit_h / tiny (default vit_b)")
+    parser.add_argument("--checkpoint", default=None, help="base SAM checkpoint (official format)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=(160, 256), metavar=("H", "W"),
+                        help="training resolution (default 160 256)")
+    parser.add_argument("--adapter", action="append", default=[], metavar="A",
+                        help="a LoRA adapter (.safetensors) on the base; repeatable")
+    parser.add_argument("--full", action="append", default=[], metavar="F",
+                        help="a fully fine-tuned model.pth at the training resolution; repeatable")
+    parser.add_argument("--original", action="store_true",
+                        help="add the original SAM pipeline (SamPredictor at 1024 px) on the base checkpoint")
+    parser.add_argument("--no-base", action="store_true", help="leave out the base model at training resolution")
+    parser.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate the first N images")
+    parser.add_argument("--masks-per-image", type=int, default=None, metavar="K",
+                        help="at most K target masks per image, drawn from the seed (default: every mask)")
+    parser.add_argument("--max-clicks", type=int, default=20, help="clicks per target (default 20)")
+    parser.add_argument("--refine", choices=("single", "multi"), default="multi",
+                        help="output after the first click and for boxes: the highest predicted IoU of 3 "
+                             "(multi, default, as the training recipe) or SAM's single-mask output (single)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the target choice (default 0)")
+    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    parser.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder (default runs/eval)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lora_sam.annotations import DataError
+    from lora_sam.eval_run import evaluate_models
+
+    try:
+        report = evaluate_models(
+            args.data, args.out, model_type=args.model_type, checkpoint=args.checkpoint,
+            image_size=tuple(args.image_size), adapters=args.adapter, fulls=args.full, original=args.original,
+            base=not args.no_base, split=args.split, val_fraction=args.val_fraction, max_images=args.max_images,
+            masks_per_image=args.masks_per_image, max_clicks=args.max_clicks, refine=args.refine, seed=args.seed,
+            device=args.device, progress=not args.quiet,
+        )
+    except (FileNotFoundError, ValueError, DataError) as err:
+        print(f"lora-sam eval: error: {err}", file=sys.stderr)
+        return 2
+    print(format_table({name: entry["metrics"] for name, entry in report["models"].items()}), end="")
+    print(f"wrote {args.out / 'eval.json'} and {args.out / 'eval.md'}")
+    return 0

@@ -1,0 +1,276 @@
+"""Segmenters: one interface over the models that ``lora_sam.evaluate`` scores on the same prompts.
+
+A segmenter is set to one sample (``docs/contracts.md``) and then answers batches of K prompts
+given in pixels of the training image; its masks come back at the training resolution (H, W),
+so every model is scored against the same ground truth at the same resolution.
+
+- ``LowResSegmenter``: a model built at the training resolution (base, LoRA, fully fine-tuned),
+  through ``lora_sam.model.encode`` / ``decode`` / ``upscale``.
+- ``PredictorSegmenter``: the original SAM pipeline, ``segment_anything.SamPredictor`` on a model
+  built at 1024 x 1024, given the training image upscaled back to the original size or the
+  original full-resolution image; prompts are scaled into its frame and its masks (original
+  size) resized back to the training resolution on the dataset's own nearest-neighbour grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from segment_anything import SamPredictor
+from segment_anything.modeling import Sam
+from torch import Tensor
+
+from lora_sam.model import decode, encode, image_size_of, upscale
+from lora_sam.rle import nearest_grid
+
+__all__ = [
+    "LowResSegmenter",
+    "Prediction",
+    "PredictorSegmenter",
+    "Segmenter",
+    "original_image",
+    "upscaled_image",
+]
+
+ORIGINAL_FRAME = (1024, 1024)
+
+
+@dataclass
+class Prediction:
+    """The answer of a segmenter to K prompts.
+
+    ``masks``: bool (K, M, H, W) on the CPU at the training resolution, nothing outside the
+    sample's ``input_size``; ``iou_pred``: float (K, M) on the CPU, the IoU head's predictions;
+    ``low_res``: (K, M, h, w) unthresholded low-resolution logits in the segmenter's own frame
+    (on its device), fed back as ``mask_input`` (K, 1, h, w) with the next click.
+    M = 3 with ``multimask`` else 1.
+    """
+
+    masks: Tensor
+    iou_pred: Tensor
+    low_res: Tensor | None = None
+
+
+class Segmenter(Protocol):
+    """What ``lora_sam.evaluate`` needs of a model."""
+
+    def set_image(self, sample: dict[str, Any]) -> None:
+        """Prepare for prompts on ``sample`` (the dict of ``docs/contracts.md``)."""
+
+    def predict(
+        self,
+        points: Tensor | None = None,
+        labels: Tensor | None = None,
+        boxes: Tensor | None = None,
+        mask_input: Tensor | None = None,
+        multimask: bool = True,
+    ) -> Prediction:
+        """Masks for K prompts: points (K, P, 2) (x, y) and labels (K, P) (1 / 0 / -1), or boxes
+        (K, 4) XYXY, all in pixels of the training image; ``mask_input`` (K, 1, h, w) is a previous
+        ``Prediction.low_res`` of this segmenter."""
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _sample_sizes(sample: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(H, W) of the padded training frame, (h, w) of the image in it, (h0, w0) of the original."""
+    frame = tuple(int(v) for v in sample["image"].shape[-2:])
+    input_size = tuple(int(v) for v in sample["input_size"])
+    original = tuple(int(v) for v in sample["original_size"])
+    return frame, input_size, original  # type: ignore[return-value]
+
+
+class LowResSegmenter:
+    """A SAM built at the training resolution (``build_sam(..., image_size)``), LoRA or not.
+
+    The image encoder runs once in ``set_image``; ``predict`` decodes all K prompts in one call
+    and upscales the low-resolution logits bilinearly to (H, W). Pixels in the padding (outside
+    ``input_size``) are never part of a mask, as ``Sam.postprocess_masks`` crops them away. The
+    click protocol that drives it (3 outputs for the first click, then the single-mask output with
+    the kept mask's low-resolution logits fed back as mask prompt, as in SAM's interactive
+    evaluation) is ``lora_sam.evaluate``'s.
+    """
+
+    def __init__(self, sam: Sam) -> None:
+        self.sam = sam.eval()
+        self.image_size = image_size_of(sam)
+        self.embedding: Tensor | None = None
+        self.valid: Tensor | None = None
+
+    @torch.no_grad()
+    def set_image(self, sample: dict[str, Any]) -> None:
+        frame, (h, w), _ = _sample_sizes(sample)
+        if frame != tuple(self.image_size):
+            raise ValueError(f"sample {sample.get('image_id')}: image is {frame[0]}x{frame[1]} but the model "
+                             f"was built at {self.image_size[0]}x{self.image_size[1]}; evaluate at the model's "
+                             f"training resolution")
+        device = _device(self.sam)
+        image = sample["image"].to(device=device, dtype=torch.float32)[None]
+        self.embedding = encode(self.sam, image, torch.tensor([[h, w]], device=device))
+        valid = torch.zeros(frame, dtype=torch.bool)
+        valid[:h, :w] = True
+        self.valid = valid
+
+    @torch.no_grad()
+    def predict(
+        self,
+        points: Tensor | None = None,
+        labels: Tensor | None = None,
+        boxes: Tensor | None = None,
+        mask_input: Tensor | None = None,
+        multimask: bool = True,
+    ) -> Prediction:
+        if self.embedding is None or self.valid is None:
+            raise RuntimeError("call set_image(sample) before predict")
+        device = self.embedding.device
+        low, iou_pred = decode(
+            self.sam,
+            self.embedding,
+            points=None if points is None else points.to(device, torch.float32),
+            labels=None if labels is None else labels.to(device),
+            boxes=None if boxes is None else boxes.to(device, torch.float32),
+            mask_input=None if mask_input is None else mask_input.to(device),
+            multimask=multimask,
+        )
+        masks = (upscale(low, self.image_size) > self.sam.mask_threshold).cpu() & self.valid
+        return Prediction(masks=masks, iou_pred=iou_pred.float().cpu(), low_res=low)
+
+
+def upscaled_image(sample: dict[str, Any]) -> np.ndarray:
+    """The training image without its padding, resized back to the original size.
+
+    Returns uint8 (h0, w0, 3) RGB: the (h, w) region of ``sample["image"]`` resized bilinearly
+    (area averaging when shrinking) to ``original_size``.
+    """
+    _, (h, w), (h0, w0) = _sample_sizes(sample)
+    crop = sample["image"][:, :h, :w].permute(1, 2, 0).float().round().clamp(0, 255).to(torch.uint8).numpy()
+    if (h, w) == (h0, w0):
+        return np.ascontiguousarray(crop)
+    shrink = h0 * w0 < h * w
+    return cv2.resize(crop, (w0, h0), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def original_image(sample: dict[str, Any]) -> np.ndarray:
+    """The original full-resolution image of a sample, uint8 (h0, w0, 3) RGB.
+
+    Taken from ``sample["original_image"]`` (an array) or read from ``sample["original_path"]``
+    (``lora_sam.evaluate`` adds it for SA-1B folders and COCO files).
+    """
+    _, _, (h0, w0) = _sample_sizes(sample)
+    if sample.get("original_image") is not None:
+        image, source = np.asarray(sample["original_image"]), f"sample {sample.get('image_id')}: original_image"
+    elif sample.get("original_path"):
+        path = Path(sample["original_path"])
+        try:
+            with Image.open(path) as opened:
+                image = np.asarray(opened.convert("RGB"))
+        except OSError as err:
+            raise ValueError(f"{path}: cannot read the original image ({err})") from err
+        source = str(path)
+    else:
+        raise ValueError(f"sample {sample.get('image_id')}: no original image (neither 'original_image' nor "
+                         f"'original_path'); this dataset cannot give it, use the upscaled training image")
+    if image.shape != (h0, w0, 3) or image.dtype != np.uint8:
+        raise ValueError(f"{source}: expected uint8 ({h0}, {w0}, 3) (the sample's original_size), "
+                         f"got {image.dtype} {image.shape}")
+    return image
+
+
+class PredictorSegmenter:
+    """The original SAM pipeline: ``SamPredictor`` on a model built at 1024 x 1024.
+
+    Args:
+        sam_1024: ``build_sam(model_type, checkpoint, (1024, 1024))``.
+        source: ``"upscaled"``: the predictor gets the training image (padding cropped) resized
+            back to the original size, so it sees what the low-resolution models saw;
+            ``"original"``: the original full-resolution image (see ``original_image``).
+        budget_bytes: prompts are decoded in chunks whose full-size masks stay under this.
+
+    Prompts in training pixels are scaled to original pixels, x by w0 / w and y by h0 / h,
+    then into the predictor's frame with ``predictor.transform.apply_coords_torch`` /
+    ``apply_boxes_torch`` (SAM's own scale-only convention); all K prompts go through
+    ``predict_torch`` at once (chunked only for memory). Its masks, at the original size, are
+    resized to (h, w) on the nearest-neighbour grid that resized the ground truth
+    (``rle.nearest_grid``) and zero padded to (H, W).
+    """
+
+    def __init__(self, sam_1024: Sam, *, source: Literal["upscaled", "original"] = "upscaled",
+                 budget_bytes: int = 256 * 2**20) -> None:
+        if tuple(image_size_of(sam_1024)) != ORIGINAL_FRAME:
+            raise ValueError(f"PredictorSegmenter needs a model built at 1024x1024 (the original SAM), got "
+                             f"{image_size_of(sam_1024)}; use build_sam(model_type, checkpoint, (1024, 1024))")
+        if source not in ("upscaled", "original"):
+            raise ValueError(f"source must be 'upscaled' or 'original', got {source!r}")
+        self.predictor = SamPredictor(sam_1024.eval())
+        self.source = source
+        self.budget_bytes = budget_bytes
+        self.sizes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None
+
+    @torch.no_grad()
+    def set_image(self, sample: dict[str, Any]) -> None:
+        self.sizes = _sample_sizes(sample)
+        image = upscaled_image(sample) if self.source == "upscaled" else original_image(sample)
+        self.predictor.set_image(image, image_format="RGB")
+        _, (h, w), (h0, w0) = self.sizes
+        self.scale = torch.tensor([w0 / w, h0 / h], dtype=torch.float64)
+        self.rows = torch.from_numpy(nearest_grid(h0, h)).to(self.predictor.device)
+        self.cols = torch.from_numpy(nearest_grid(w0, w)).to(self.predictor.device)
+
+    def _to_original(self, coords: Tensor) -> Tensor:
+        """(..., 2) (x, y) training pixels -> the predictor's frame, float32 on its device."""
+        assert self.sizes is not None
+        original = (coords.double().cpu() * self.scale).float()
+        return self.predictor.transform.apply_coords_torch(original, self.sizes[2]).to(self.predictor.device)
+
+    def _boxes_to_original(self, boxes: Tensor) -> Tensor:
+        """(K, 4) XYXY training pixels -> the predictor's frame, float32 on its device."""
+        assert self.sizes is not None
+        original = (boxes.double().cpu() * self.scale.repeat(2)).float()
+        return self.predictor.transform.apply_boxes_torch(original, self.sizes[2]).to(self.predictor.device)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        points: Tensor | None = None,
+        labels: Tensor | None = None,
+        boxes: Tensor | None = None,
+        mask_input: Tensor | None = None,
+        multimask: bool = True,
+    ) -> Prediction:
+        if self.sizes is None:
+            raise RuntimeError("call set_image(sample) before predict")
+        (height, width), (h, w), (h0, w0) = self.sizes
+        device = self.predictor.device
+        coords = None if points is None else self._to_original(points)
+        labels_d = None if labels is None else labels.to(device)
+        boxes_d = None if boxes is None else self._boxes_to_original(boxes)
+        mask_d = None if mask_input is None else mask_input.to(device)
+        k = next(t.shape[0] for t in (coords, boxes_d, mask_d) if t is not None)
+        outputs = 3 if multimask else 1
+        chunk = max(1, self.budget_bytes // (5 * outputs * h0 * w0))
+        masks, ious, lows = [], [], []
+        for start in range(0, k, chunk):
+            part = slice(start, start + chunk)
+            full, iou_pred, low = self.predictor.predict_torch(
+                None if coords is None else coords[part],
+                None if labels_d is None else labels_d[part],
+                None if boxes_d is None else boxes_d[part],
+                None if mask_d is None else mask_d[part],
+                multimask_output=multimask,
+            )  # full: bool (k, M, h0, w0)
+            small = full.index_select(2, self.rows).index_select(3, self.cols).cpu()
+            frame = torch.zeros((small.shape[0], small.shape[1], height, width), dtype=torch.bool)
+            frame[..., :h, :w] = small
+            masks.append(frame)
+            ious.append(iou_pred.float().cpu())
+            lows.append(low)
+        return Prediction(masks=torch.cat(masks), iou_pred=torch.cat(ious), low_res=torch.cat(lows))
+

@@ -188,9 +188,9 @@ def test_merge_lora_gives_plain_layers_and_same_output() -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_adapter_round_trip_and_mismatch(tmp_path: Path) -> None:
+def test_adapter_round_trip_and_mismatch(tmp_path: Path, tiny_checkpoint: Path) -> None:
     torch.manual_seed(0)
-    sam = build_sam("tiny", image_size=(64, 64))
+    sam = build_sam("tiny", tiny_checkpoint, image_size=(64, 64))
     inject_lora(sam, 4, 2)
     for layer in lora_layers(sam).values():
         randomize_b(layer)
@@ -199,16 +199,16 @@ def test_adapter_round_trip_and_mismatch(tmp_path: Path) -> None:
     info = read_adapter_info(path)
     assert (info.rank, info.alpha, info.model_type, info.image_size) == (4, 2.0, "tiny", [64, 64])
 
-    other = build_sam("tiny", image_size=(128, 128))  # another resolution is fine
+    other = build_sam("tiny", tiny_checkpoint, image_size=(128, 128))  # another resolution is fine
     apply_adapter(other, path)
     for k, v in lora_state_dict(sam).items():
         assert torch.equal(lora_state_dict(other)[k], v)
 
-    rank8 = build_sam("tiny", image_size=(64, 64))
+    rank8 = build_sam("tiny", tiny_checkpoint, image_size=(64, 64))
     inject_lora(rank8, 8, 2)
     with pytest.raises(ValueError, match="rank: adapter 4, model \\[8\\]"):
         load_adapter(rank8, path)
-    qkv = build_sam("tiny", image_size=(64, 64))
+    qkv = build_sam("tiny", tiny_checkpoint, image_size=(64, 64))
     inject_lora(qkv, 4, 2, targets="qkv")
     with pytest.raises(ValueError, match="LoRA layers differ"):
         load_adapter(qkv, path)
@@ -216,3 +216,15 @@ def test_adapter_round_trip_and_mismatch(tmp_path: Path) -> None:
         bad = tmp_path / "bad.safetensors"
         bad.write_bytes(b"garbage")
         read_adapter_info(bad)
+
+
+def test_adapter_refuses_another_base(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    sam = build_sam("tiny", image_size=(64, 64))
+    inject_lora(sam, 2, 2)
+    path = tmp_path / "adapter.safetensors"
+    save_adapter(sam, path, model_type="tiny")
+    torch.manual_seed(1)
+    other = build_sam("tiny", image_size=(64, 64))
+    with pytest.raises(ValueError, match="another base checkpoint"):
+        apply_adapter(other, path)

@@ -3,11 +3,13 @@
 The file's metadata records ``rank``, ``alpha``, ``targets`` (the patterns asked for),
 ``layers`` (the layers replaced), ``model_type`` and ``image_size`` (the training
 resolution, for information: LoRA changes only Linear / Conv weights, so an adapter
-loads into the same model type at any resolution).
+loads into the same model type at any resolution) and ``base_fingerprint``, a hash of a few
+frozen base tensors, so an adapter applied to another base checkpoint is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -32,6 +34,26 @@ class AdapterInfo:
     layers: list[str]
     model_type: str | None
     image_size: list[int] | None
+    base_fingerprint: str | None = None
+
+
+_FINGERPRINT_TENSORS = (
+    "mask_decoder.iou_token.weight",
+    "mask_decoder.mask_tokens.weight",
+    "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+    "prompt_encoder.not_a_point_embed.weight",
+)
+
+
+def base_fingerprint(module: nn.Module) -> str | None:
+    """sha256 (16 hex digits) of a few SAM tensors that LoRA never wraps; None for a non-SAM module."""
+    state = module.state_dict()
+    if not all(k in state for k in _FINGERPRINT_TENSORS):
+        return None
+    digest = hashlib.sha256()
+    for key in _FINGERPRINT_TENSORS:
+        digest.update(state[key].detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _info_of(module: nn.Module, targets: Sequence[str] | str | None, model_type: str | None,
@@ -46,7 +68,8 @@ def _info_of(module: nn.Module, targets: Sequence[str] | str | None, model_type:
     if targets is None or isinstance(targets, str):
         targets = [targets or "default"]
     return AdapterInfo(rank=ranks.pop(), alpha=alphas.pop(), targets=list(targets), layers=list(layers),
-                       model_type=model_type, image_size=list(image_size) if image_size else None)
+                       model_type=model_type, image_size=list(image_size) if image_size else None,
+                       base_fingerprint=base_fingerprint(module))
 
 
 def save_adapter(
@@ -80,7 +103,7 @@ def read_adapter_info(path: str | os.PathLike) -> AdapterInfo:
         raise ValueError(f"adapter file {path} was not written by lora_sam (metadata 'format' is "
                          f"{meta.get('format')!r}, expected {FORMAT!r})")
     try:
-        return AdapterInfo(**{k: json.loads(meta[k]) for k in AdapterInfo.__dataclass_fields__})
+        return AdapterInfo(**{k: json.loads(meta[k]) for k in AdapterInfo.__dataclass_fields__ if k in meta})
     except (KeyError, json.JSONDecodeError) as err:
         raise ValueError(f"adapter file {path}: metadata field {err} is missing or damaged") from err
 
@@ -95,6 +118,11 @@ def load_adapter(module: nn.Module, path: str | os.PathLike) -> AdapterInfo:
     found_type = model_type_of(module) if hasattr(module, "image_encoder") else None
     if info.model_type and found_type and info.model_type != found_type:
         problems.append(f"model type: adapter {info.model_type}, model {found_type}")
+    found_base = base_fingerprint(module)
+    if info.base_fingerprint and found_base and info.base_fingerprint != found_base:
+        problems.append(f"base weights: the adapter was trained on another base checkpoint (fingerprint "
+                        f"{info.base_fingerprint}, this model {found_base}); build the model from the checkpoint "
+                        f"the run used")
     if set(layers) != set(info.layers):
         only_file = sorted(set(info.layers) - set(layers))
         only_model = sorted(set(layers) - set(info.layers))

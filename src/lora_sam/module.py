@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,51 @@ from lora_sam.summary import parameter_summary
 from lora_sam.targets import box_sample, point_sample
 
 LOSS_TERMS = ("focal", "dice", "iou", "total")
+
+
+@dataclass
+class _Image:
+    """One image of a batch inside the step: its embedding and every mask, with areas and boxes."""
+
+    embedding: Tensor  # (1, C, h, w)
+    masks: Tensor  # (N, H, W) bool
+    areas: Tensor  # (N,)
+    boxes: Tensor  # (N, 4) XYXY
+    input_size: tuple[int, int]  # (h, w) before padding
+
+
+@dataclass
+class StepResult:
+    """Losses of one step, summed over prompts per (iteration, term), and the IoU of the chosen outputs."""
+
+    terms: dict[tuple[int, str], tuple[Tensor, int]] = field(default_factory=dict)
+    ious: dict[int, list[Tensor]] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, iteration: int, losses: dict[str, Tensor], chosen_iou: Tensor) -> None:
+        k = chosen_iou.numel()
+        for name in LOSS_TERMS:
+            s, n = self.terms.get((iteration, name), (0.0, 0))
+            self.terms[(iteration, name)] = (s + losses[name] * k, n + k)
+        self.ious.setdefault(iteration, []).append(chosen_iou)
+
+    def mean(self, name: str, iteration: int | None = None) -> Tensor:
+        pairs = [v for (it, n), v in self.terms.items() if n == name and iteration in (None, it)]
+        return sum(s for s, _ in pairs) / sum(n for _, n in pairs)
+
+    def miou(self, iteration: int) -> Tensor:
+        return torch.cat(self.ious[iteration]).float().mean()
+
+    def log_values(self, stage: str) -> dict[str, Tensor]:
+        """``{stage}/{loss,focal,dice,iou}``, the same per iteration (``{stage}/it{n}/...``) and mIoU."""
+        short = {"total": "loss"}
+        iterations = sorted(self.ious)
+        out = {f"{stage}/{short.get(n, n)}": self.mean(n) for n in LOSS_TERMS}
+        for it in iterations:
+            out.update({f"{stage}/it{it}/{short.get(n, n)}": self.mean(n, it) for n in LOSS_TERMS})
+            out[f"{stage}/miou_it{it}"] = self.miou(it)
+        out[f"{stage}/miou"] = self.miou(iterations[0])
+        return out
 
 
 class LoRASAM(pl.LightningModule):
@@ -111,95 +157,86 @@ class LoRASAM(pl.LightningModule):
                         focal_weight=hp.focal_weight, dice_weight=hp.dice_weight, iou_weight=hp.iou_weight,
                         min_only=hp.min_only)
 
-    def interactive_step(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
-        """Run the recipe on one batch; returns losses per iteration and the records behind them.
+    def interactive_step(
+        self, batch: dict[str, Any], generator: torch.Generator, *, keep_records: bool = False
+    ) -> StepResult:
+        """Run the recipe on one batch (see the module docstring).
 
-        Returns a dict with ``terms``: {(iteration, term): (sum over prompts, prompt count)},
-        ``miou``: {iteration: (sum of IoU of the chosen output vs the target, count)} and
-        ``records``: per image, per group, per iteration the points, labels, boxes and GT used.
+        ``keep_records=True`` also returns, per image, every round's points, labels, boxes, assigned
+        GT masks, chosen prediction and targets (on the CPU), for tests and the report's figures.
         """
         images = batch["image"]
-        height, width = images.shape[-2:]
         embeddings = encode(self.sam, images, batch["input_size"])  # (B, C, h, w): once per image
-        terms: dict[tuple[int, str], list[Tensor | int]] = {}
-        miou: dict[int, list[float]] = {}
-        records: list[dict[str, Any]] = []
-
-        def account(it: int, losses: dict[str, Tensor], k: int, chosen_iou: Tensor) -> None:
-            for name in LOSS_TERMS:
-                acc = terms.setdefault((it, name), [0.0, 0])
-                acc[0] = acc[0] + losses[name] * k
-                acc[1] += k
-            acc = miou.setdefault(it, [0.0, 0])
-            acc[0] += float(chosen_iou.sum())
-            acc[1] += int(chosen_iou.numel())
-
+        result = StepResult()
         for b in range(images.shape[0]):
             masks = batch["masks"][b].to(images.device)
             targets = batch["targets"][b].to(images.device)
             if targets.numel() == 0:
                 continue
-            areas = masks.flatten(1).sum(1)
-            mask_boxes = masks_to_boxes(masks)
-            target_masks = masks[targets]  # (K, H, W)
-            use_point = torch.rand(len(targets), generator=generator) < self.hparams.point_prob
-            emb = embeddings[b : b + 1]
-            record: dict[str, Any] = {"image_id": batch["image_id"][b], "point": [], "box": None}
+            image = _Image(embedding=embeddings[b : b + 1], masks=masks, areas=masks.flatten(1).sum(1),
+                           boxes=masks_to_boxes(masks), input_size=tuple(batch["input_size"][b].tolist()))
+            use_point = (torch.rand(len(targets), generator=generator) < self.hparams.point_prob).to(masks.device)
+            record: dict[str, Any] | None = {"image_id": batch["image_id"][b], "point": [], "box": None} \
+                if keep_records else None
+            if use_point.any():
+                self._point_rounds(image, targets[use_point], generator, result, record)
+            if (~use_point).any():
+                self._box_round(image, targets[~use_point], generator, result, record)
+            if record is not None:
+                result.records.append(record)
+        return result
 
-            point_targets = target_masks[use_point.to(masks.device)]
-            if len(point_targets):
-                points = sample_points(point_targets, generator)[:, None]  # (Kp, 1, 2)
-                labels = torch.ones(points.shape[:2], dtype=torch.long, device=masks.device)
-                mask_input = None
-                for it in range(1, self.hparams.iterations + 1):
-                    gt = torch.stack([point_sample(masks, p, lab, areas=areas) for p, lab in zip(points, labels)])
-                    keep = gt.flatten(1).any(1)
-                    low, iou_pred = decode(self.sam, emb, points, labels, mask_input=mask_input)
-                    logits = upscale(low, (height, width))
-                    best = iou_pred.argmax(1)
-                    rows = torch.arange(len(best), device=best.device)
-                    chosen = logits[rows, best] > 0
-                    record["point"].append({"points": points.detach().cpu(), "labels": labels.detach().cpu(),
-                                            "gt": gt.detach().cpu(), "pred": chosen.detach().cpu(),
-                                            "target": point_targets.detach().cpu()})
-                    if keep.any():
-                        losses = self._loss(logits[keep], iou_pred[keep], gt[keep], point_targets[keep])
-                        account(it, losses, int(keep.sum()), mask_iou(chosen[keep], point_targets[keep]).detach())
-                    if it == self.hparams.iterations:
-                        break
-                    new_points, new_labels = sample_error_points(chosen.detach(), point_targets, generator)
-                    points = torch.cat([points, new_points[:, None]], dim=1)
-                    labels = torch.cat([labels, new_labels[:, None]], dim=1)
-                    mask_input = low[rows, best][:, None].detach()  # (Kp, 1, 4h, 4w), unthresholded
+    def _decode_and_score(self, image: _Image, result: StepResult, iteration: int, gt: Tensor, target: Tensor,
+                          **prompts: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Decode K prompts, add their losses; returns low-res logits, the best output index, its mask."""
+        low, iou_pred = decode(self.sam, image.embedding, **prompts)
+        logits = upscale(low, image.masks.shape[-2:])
+        best = iou_pred.argmax(1)
+        chosen = logits[torch.arange(len(best), device=best.device), best] > 0
+        keep = gt.flatten(1).any(1)  # prompts that no mask fits are skipped (point_sample's empty answer)
+        if keep.any():
+            losses = self._loss(logits[keep], iou_pred[keep], gt[keep], target[keep])
+            result.add(iteration, losses, mask_iou(chosen[keep], target[keep]).detach())
+        return low, best, chosen
 
-            box_targets = target_masks[~use_point.to(masks.device)]
-            if len(box_targets):
-                limit = batch["input_size"][b].tolist()
-                boxes = noisy_boxes(mask_boxes[targets[~use_point.to(masks.device)]].float(), generator, image_size=tuple(limit))
-                gt = torch.stack([box_sample(masks, box, areas=areas, mask_boxes=mask_boxes) for box in boxes])
-                keep = gt.flatten(1).any(1)
-                low, iou_pred = decode(self.sam, emb, boxes=boxes)
-                logits = upscale(low, (height, width))
-                best = iou_pred.argmax(1)
-                chosen = logits[torch.arange(len(best), device=best.device), best] > 0
-                record["box"] = {"boxes": boxes.detach().cpu(), "gt": gt.detach().cpu(),
-                                 "pred": chosen.detach().cpu(), "target": box_targets.detach().cpu()}
-                if keep.any():
-                    losses = self._loss(logits[keep], iou_pred[keep], gt[keep], box_targets[keep])
-                    account(1, losses, int(keep.sum()), mask_iou(chosen[keep], box_targets[keep]).detach())
-            records.append(record)
-        return {"terms": terms, "miou": miou, "records": records}
+    def _point_rounds(self, image: _Image, targets: Tensor, generator: torch.Generator, result: StepResult,
+                      record: dict[str, Any] | None) -> None:
+        target = image.masks[targets]  # (Kp, H, W)
+        points = sample_points(target, generator)[:, None]  # (Kp, 1, 2)
+        labels = torch.ones(points.shape[:2], dtype=torch.long, device=points.device)
+        mask_input = None
+        for it in range(1, self.hparams.iterations + 1):
+            gt = torch.stack([point_sample(image.masks, p, lab, areas=image.areas) for p, lab in zip(points, labels)])
+            low, best, chosen = self._decode_and_score(image, result, it, gt, target, points=points, labels=labels,
+                                                       mask_input=mask_input)
+            if record is not None:
+                record["point"].append({"points": points.cpu(), "labels": labels.cpu(), "gt": gt.cpu(),
+                                        "pred": chosen.cpu(), "target": target.cpu()})
+            if it == self.hparams.iterations:
+                break
+            new_points, new_labels = sample_error_points(chosen, target, generator)
+            points = torch.cat([points, new_points[:, None]], dim=1)
+            labels = torch.cat([labels, new_labels[:, None]], dim=1)
+            rows = torch.arange(len(best), device=best.device)
+            mask_input = low[rows, best][:, None].detach()  # (Kp, 1, 4h, 4w), unthresholded
+
+    def _box_round(self, image: _Image, targets: Tensor, generator: torch.Generator, result: StepResult,
+                   record: dict[str, Any] | None) -> None:
+        target = image.masks[targets]
+        boxes = noisy_boxes(image.boxes[targets].float(), generator, image_size=image.input_size)
+        gt = torch.stack([box_sample(image.masks, box, areas=image.areas, mask_boxes=image.boxes) for box in boxes])
+        _, _, chosen = self._decode_and_score(image, result, 1, gt, target, boxes=boxes)
+        if record is not None:
+            record["box"] = {"boxes": boxes.cpu(), "gt": gt.cpu(), "pred": chosen.cpu(), "target": target.cpu()}
 
     def _shared_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> Tensor | None:
         self._skipped += len(batch.get("skipped", ()))
         if batch["image"].shape[0] == 0:
             return None
-        out = self.interactive_step(batch, self._generator(stage, batch_idx))
-        terms = out["terms"]
-        if not terms:
+        result = self.interactive_step(batch, self._generator(stage, batch_idx))
+        if not result.terms:
             return None
-        count = sum(n for (it, name), (_, n) in terms.items() if name == "total")
-        total = sum(s for (it, name), (s, _) in terms.items() if name == "total") / count
+        total = result.mean("total")
         if not torch.isfinite(total):
             message = (f"non-finite {stage} loss ({float(total)}) at global step {self.global_step}, "
                        f"batch {batch_idx}, images {batch['image_id']}")
@@ -208,18 +245,9 @@ class LoRASAM(pl.LightningModule):
             warnings.warn(message + ": batch skipped", RuntimeWarning, stacklevel=2)
             return None
         batch_size = batch["image"].shape[0]
-        log = {}
-        for name in LOSS_TERMS:
-            s = sum(v[0] for (it, n), v in terms.items() if n == name)
-            log[f"{stage}/{'loss' if name == 'total' else name}"] = s / count
-        for (it, name), (s, n) in terms.items():
-            log[f"{stage}/it{it}/{'loss' if name == 'total' else name}"] = s / n
-        for it, (s, n) in out["miou"].items():
-            log[f"{stage}/miou_it{it}"] = s / max(n, 1)
-        log[f"{stage}/miou"] = out["miou"][1][0] / max(out["miou"][1][1], 1)
         on_step = stage == "train"
-        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32).detach() for k, v in log.items()},
-                      on_step=on_step, on_epoch=True, batch_size=batch_size, prog_bar=False, sync_dist=not on_step)
+        self.log_dict({k: v.detach() for k, v in result.log_values(stage).items()}, on_step=on_step, on_epoch=True,
+                      batch_size=batch_size, sync_dist=not on_step)
         self.log(f"{stage}_loss", total.detach(), on_step=on_step, on_epoch=True, prog_bar=True,
                  batch_size=batch_size, sync_dist=not on_step, logger=False)
         return total

@@ -80,3 +80,20 @@ def test_user_code_from_the_design(tmp_path: Path, synthetic_root: Path, monkeyp
     assert trainer.global_step == 2
     assert {"train/loss", "val/loss", "val/miou"} <= set(trainer.callback_metrics)
     assert list(tmp_path.glob("lightning_logs/version_0/adapter.safetensors"))
+
+
+def test_bf16_mixed_precision_trains(tmp_path: Path, tiny_checkpoint: Path, synthetic_root: Path) -> None:
+    import pytorch_lightning as pl
+
+    import lora_sam
+
+    model = lora_sam.LoRASAM(4, 4, model_type="tiny", checkpoint=str(tiny_checkpoint), image_size=(64, 96),
+                             masks_per_image=4, iterations=2)
+    train, val = lora_sam.get_loaders(synthetic_root, image_size=(64, 96), batch_size=1, num_workers=0,
+                                      masks_per_image=4)
+    trainer = pl.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=1,
+                         default_root_dir=tmp_path)
+    trainer.fit(model, train, val)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert (tmp_path / "adapter.safetensors").stat().st_size > 0

@@ -151,6 +151,8 @@ def test_short_run_lowers_loss_and_raises_val_miou(tmp_path: Path, tiny_checkpoi
 
     make_synthetic(tmp_path, images=1, seed=0, image_size=(120, 160))
     pl.seed_everything(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops: one thread is as fast and never oversubscribes a busy machine
     model = tiny(tiny_checkpoint, finetune="full", lr=3e-3, warmup_steps=5, dice_weight=5.0, masks_per_image=12)
     train, _ = get_loaders(tmp_path, image_size=SIZE, batch_size=1, num_workers=0, masks_per_image=12,
                            val_fraction=0.0)
@@ -161,5 +163,6 @@ def test_short_run_lowers_loss_and_raises_val_miou(tmp_path: Path, tiny_checkpoi
     before = trainer.validate(model, val, verbose=False)[0]
     trainer.fit(model, train)
     after = trainer.validate(model, val, verbose=False)[0]
+    torch.set_num_threads(threads)
     assert after["val/loss"] < 0.8 * before["val/loss"]
     assert after["val/miou"] > before["val/miou"] + 0.1

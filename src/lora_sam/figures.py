@@ -8,8 +8,10 @@ boxes XYXY inclusive pixel extents.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +23,16 @@ from matplotlib.patches import Rectangle
 from lora_sam.prompts import sample_points
 from lora_sam.targets import box_sample, masks_to_boxes, point_sample
 
-__all__ = ["plot_box_sample", "plot_point_sample", "target_figure_prompts", "target_figures"]
+__all__ = [
+    "plot_bars",
+    "plot_box_sample",
+    "plot_curves",
+    "plot_examples",
+    "plot_interactive_rounds",
+    "plot_point_sample",
+    "target_figure_prompts",
+    "target_figures",
+]
 
 _RANK_NAMES = ("1 (largest)", "2", "3 (smallest)")
 _MASK_COLOR = np.array([0.12, 0.47, 0.95])
@@ -273,3 +284,185 @@ def _rgb(image: np.ndarray | torch.Tensor) -> np.ndarray:
     if img.max(initial=0.0) > 1.0:
         img = img / 255.0
     return img.clip(0.0, 1.0)
+
+
+def _save(fig: Figure, out_path: str | Path, dpi: int = 100) -> Path:
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _overlay(ax: Axes, image: np.ndarray, mask: np.ndarray | None, color: np.ndarray = _MASK_COLOR) -> None:
+    height, width = image.shape[:2]
+    ax.imshow(image)
+    if mask is not None and mask.any():
+        layer = np.zeros((height, width, 4))
+        layer[..., :3] = color
+        layer[..., 3] = 0.55 * mask
+        ax.imshow(layer)
+        ax.contour(mask.astype(float), levels=[0.5], colors=[color], linewidths=0.8)
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_curves(
+    panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
+    out_path: str | Path,
+    *,
+    title: str | None = None,
+    xlabel: str = "training step",
+) -> Path:
+    """Line plots, one panel per key: ``{panel title: {series label: (x, y)}}``.
+
+    A series whose label contains ``val`` is drawn dashed with markers; the train and val series of one
+    run (``"LoRA train"``, ``"LoRA val"``) share a colour. An empty panel says "not logged".
+    """
+    names = list(panels)
+    columns = min(len(names), 4) or 1
+    rows = max(1, -(-len(names) // columns))
+    fig = _new_figure(4.0 * columns, 3.0 * rows + (0.4 if title else 0.0))
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    colours: dict[str, str] = {}
+    for ax, name in zip(axes, names):
+        for label, (x, y) in panels[name].items():
+            series = re.sub(r" (train|val)\b", "", label)
+            colour = colours.setdefault(series, f"C{len(colours)}")
+            if "val" in label:
+                ax.plot(x, y, "o--", color=colour, label=label, markersize=3, linewidth=1)
+            else:
+                ax.plot(x, y, "-", color=colour, label=label, linewidth=1.2)
+        if not panels[name]:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        if panels[name]:
+            ax.legend(fontsize=7)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out_path)
+
+
+def plot_bars(
+    panels: Mapping[str, Mapping[str, float | None]],
+    out_path: str | Path,
+    *,
+    title: str | None = None,
+) -> Path:
+    """Bar charts, one panel per key: ``{panel title: {bar label: value}}``; None is drawn as "n/a".
+
+    A label keeps its colour in every panel.
+    """
+    names = list(panels)
+    colours = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(k for p in panels.values() for k in p))}
+    fig = _new_figure(3.2 * max(len(names), 1), 3.2 + (0.4 if title else 0.0))
+    axes = np.atleast_1d(fig.subplots(1, max(len(names), 1))).ravel()
+    for ax, name in zip(axes, names):
+        labels = list(panels[name])
+        values = [panels[name][k] for k in labels]
+        heights = [0.0 if v is None else float(v) for v in values]
+        bars = ax.bar(range(len(labels)), heights, color=[colours[k] for k in labels])
+        for bar, value in zip(bars, values):
+            text = "n/a" if value is None else (f"{value:.3f}" if abs(value) < 10 else f"{value:,.0f}")
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                        fontsize=7)
+        ax.set_xticks(range(len(labels)), labels, rotation=25, ha="right", fontsize=8)
+        ax.set_title(name, fontsize=10)
+        ax.margins(y=0.15)
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out_path)
+
+
+def plot_interactive_rounds(
+    image: np.ndarray | torch.Tensor,
+    rounds: Sequence[Mapping[str, np.ndarray | torch.Tensor]],
+    out_path: str | Path,
+    *,
+    title: str | None = None,
+) -> Path:
+    """One target through the interactive iterations: a row per iteration.
+
+    Each row shows the image with every point so far (positive green, negative red, the point added
+    in this iteration ringed in yellow), the target's outline (white) and the model's chosen mask,
+    then the 3 GT masks assigned at that iteration (``point_sample`` over all points so far), big to small.
+
+    Arguments:
+      image: (H, W, 3) or (3, H, W) image.
+      rounds: per iteration {"points": (P, 2), "labels": (P,), "gt": (3, H, W), "pred": (H, W),
+        "target": (H, W)}.
+      out_path: PNG file to write.
+    """
+    img = _rgb(image)
+    height, width = img.shape[:2]
+    panel = 2.6
+    fig = _new_figure(4 * panel, len(rounds) * panel * height / width + 0.5 + (0.3 if title else 0.0))
+    axes = np.atleast_2d(fig.subplots(len(rounds), 4))
+    for it, (row, rnd) in enumerate(zip(axes, rounds), start=1):
+        points, labels = _numpy(rnd["points"]).reshape(-1, 2), _numpy(rnd["labels"]).reshape(-1)
+        gt, pred, target = (_numpy(rnd[k]).astype(bool) for k in ("gt", "pred", "target"))
+        _overlay(row[0], img, pred, np.array([0.95, 0.55, 0.1]))
+        row[0].contour(target.astype(float), levels=[0.5], colors=["white"], linewidths=1.0, linestyles="--")
+        row[0].set_title(f"iteration {it}: {len(points)} point{'s' * (len(points) > 1)}", fontsize=9)
+        for ax, mask, name in zip(row[1:], gt, _RANK_NAMES):
+            _overlay(ax, img, mask)
+            ax.set_title(f"GT {name}" if mask.any() else f"GT {name}: none", fontsize=9)
+        for ax in row:
+            _draw_points(ax, points, labels)
+            if len(points) and labels[-1] >= 0:
+                ax.scatter(points[-1:, 0], points[-1:, 1], s=220, facecolors="none", edgecolors=_BOX, linewidths=2)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, out_path)
+
+
+def plot_examples(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    out_path: str | Path,
+    *,
+    title: str | None = None,
+) -> Path:
+    """Prompts side by side: the image with its click(s), then one mask per column.
+
+    Arguments:
+      rows: each {"image": (H, W, 3), "points": (P, 2), "labels": (P,), "label": str (row title),
+        "masks": [(H, W) bool per column], "captions": [str per column]}.
+      columns: column titles of the masks (e.g. "GT", "LoRA 96x128", "original 1024 px").
+      out_path: PNG file to write.
+    """
+    if not rows:
+        raise ValueError("plot_examples: no rows")
+    first = _rgb(rows[0]["image"])
+    panel = 2.4
+    aspect = first.shape[0] / first.shape[1]
+    fig = _new_figure((len(columns) + 1) * panel, len(rows) * (panel * aspect + 0.45) + (0.3 if title else 0.0))
+    axes = np.atleast_2d(fig.subplots(len(rows), len(columns) + 1))
+    colours = [np.array([0.1, 0.75, 0.3]), _MASK_COLOR, np.array([0.95, 0.55, 0.1]), np.array([0.7, 0.3, 0.9])]
+    for line, row in zip(axes, rows):
+        img = _rgb(row["image"])
+        points, labels = _numpy(row["points"]).reshape(-1, 2), _numpy(row["labels"]).reshape(-1)
+        _overlay(line[0], img, None)
+        line[0].set_title(row.get("label", ""), fontsize=8)
+        for j, (ax, mask, caption) in enumerate(zip(line[1:], row["masks"], row["captions"])):
+            _overlay(ax, img, _numpy(mask).astype(bool), colours[j % len(colours)])
+            ax.set_title(caption, fontsize=8)
+        for ax in line:
+            _draw_points(ax, points, labels)
+    for ax, name in zip(axes[0, 1:], columns):
+        ax.set_title(f"{name}\n{ax.get_title()}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, out_path)

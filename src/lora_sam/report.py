@@ -1,0 +1,114 @@
+"""``lora-sam report RUN_DIR``: a Markdown report with PNG figures, from a run folder's files only.
+
+The report answers DESIGN.md section 6 point by point, one section each (``report_sections``,
+``report_results``); numbers come from ``compare.json``, ``eval.json``, the runs' ``metrics.csv`` and
+``hparams.yaml``, and figures from the run's weights and data. A section whose files are absent says
+which file is missing instead of stopping the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lora_sam.report_results import curves_section, examples_section, iterations_section, metrics_section
+from lora_sam.report_run import Missing, Run
+from lora_sam.report_sections import compare_section, lora_section, parameters_section, targets_section
+
+__all__ = ["SECTIONS", "add_arguments", "run", "write_report"]
+
+SECTIONS: list[tuple[str, Callable[[Run], str]]] = [
+    ("1. How LoRA is implemented and which SAM parts are fine-tuned", lora_section),
+    ("2. Parameters before and after LoRA", parameters_section),
+    ("3. Fully unfrozen SAM vs LoRA", compare_section),
+    ("4. The 3 masks of point_sample and box_sample", targets_section),
+    ("5. Multi-iteration training: points and GT masks per iteration", iterations_section),
+    ("6. Train / val loss curves", curves_section),
+    ("7. Metrics for SAM, and the measured table", metrics_section),
+    ("8. Good and bad examples: low resolution vs the original pipeline at 1024 px", examples_section),
+]
+
+MISSING = "**Missing:**"
+
+
+def _base_description(run: Run) -> str:
+    demo = run.demo
+    if demo is not None and demo.get("base", {}).get("source") == "trained":
+        b = demo["base"]
+        return (f"**Base model: a `{b['model_type']}` SAM (the official SAM classes with small dimensions, "
+                f"{b['parameters']:,} parameters) trained briefly by `lora-sam demo` from random weights: "
+                f"{b['steps']} steps of full fine-tuning at {b['image_size'][0]}x{b['image_size'][1]} on synthetic "
+                f"SA-1B-format images (`{b['data']}`), {b['seconds']:.0f} s on {b['device']}. It is not Meta's "
+                "SAM: its numbers show how the pipeline behaves, not how good SAM is.**" + _init_note(b))
+    if demo is not None and demo.get("base", {}).get("source") == "checkpoint":
+        return f"Base model: the checkpoint `{demo['base']['checkpoint']}` ({demo['base']['model_type']})."
+    try:
+        base = run.compare["base"]
+    except Missing:
+        return "Base model: not recorded (no compare.json)."
+    if base.get("generated"):
+        return f"**Base model: random `{run.model_type}` weights drawn by `lora-sam compare` (`{base['checkpoint']}`).**"
+    return f"Base model: `{base['checkpoint']}` ({run.model_type})."
+
+
+def _init_note(base: dict[str, Any]) -> str:
+    init = (base.get("random_init_metrics") or {}).get("miou@1")
+    if init is None:
+        return ""
+    loss = base.get("loss", {})
+    return (f" On the evaluation prompts of section 7 its random initialisation (`init.pth`) scores mIoU@1 "
+            f"{init:.3f}. Base recipe: lr {base['lr']:g}, {base['masks_per_image']} masks per image, "
+            f"{base['iterations']} iteration(s), loss {loss.get('focal', 20):g} x focal + {loss.get('dice', 1):g} x "
+            f"dice + {loss.get('iou', 1):g} x IoU-head MSE, the image encoder's position table frozen.")
+
+
+def write_report(run_dir: str | Path, *, device: str | None = None, progress: bool = True) -> Path:
+    """Write ``run_dir/report.md`` and ``run_dir/figures/*.png``; returns the report's path."""
+    run = Run(run_dir, device=device)
+    run.figures.mkdir(parents=True, exist_ok=True)
+    parts = [
+        "# lora_sam report", "",
+        f"Run folder `{run.root}`; written {time.strftime('%Y-%m-%d %H:%M')} by `lora-sam report` from the run's "
+        "files only. Sections follow the questions of DESIGN.md section 6.", "",
+        _base_description(run), "",
+    ]
+    for title, section in SECTIONS:
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                body = section(run)
+        except Missing as err:
+            body = f"{MISSING} {err}; this section cannot be made without it."
+        except (ValueError, KeyError, OSError, RuntimeError) as err:
+            body = f"**Could not be made:** {type(err).__name__}: {err}"
+            print(f"lora-sam report: section '{title}': {type(err).__name__}: {err}", file=sys.stderr)
+        if progress:
+            print(f"  report: {title} ({time.perf_counter() - start:.1f} s)", flush=True)
+        parts += [f"## {title}", "", body, ""]
+    path = run.root / "report.md"
+    path.write_text("\n".join(parts))
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Write RUN_DIR/report.md and RUN_DIR/figures/*.png from a run folder of 'lora-sam compare' "
+                          "or 'lora-sam demo' (compare.json, eval.json, lora/ and full/ logs and weights, the data)")
+    parser.add_argument("run_dir", type=Path, help="the run folder")
+    parser.add_argument("--device", default=None, help="device for the figures' models (default cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        path = write_report(args.run_dir, device=args.device, progress=not args.quiet)
+    except FileNotFoundError as err:
+        print(f"lora-sam report: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} (figures in {path.parent / 'figures'})")
+    return 0

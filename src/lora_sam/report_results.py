@@ -1,0 +1,281 @@
+"""Sections 5 to 8 of the report: interactive iterations, loss curves, metrics, good and bad examples."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lora_sam.report_data import discussion, loss_curves, mean_by_area, pick_examples, read_metrics_csv
+from lora_sam.report_run import Missing, Run
+from lora_sam.report_sections import md_table
+
+__all__ = ["curves_section", "examples_section", "iterations_section", "metrics_section"]
+
+_TERM_TITLES = {"focal": "focal", "dice": "dice", "iou": "IoU head (MSE)", "total": "total (weighted sum)"}
+
+
+def _records(result: Any) -> list[dict[str, Any]]:
+    return result.records if hasattr(result, "records") else result["records"]
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 1.0
+
+
+def iterations_section(run: Run, *, targets: int = 3) -> str:
+    """5. The points sampled at each interactive iteration and the GT masks assigned, for a few targets."""
+    from lora_sam.data import get_loaders
+    from lora_sam.figures import plot_interactive_rounds
+
+    module = run.trained_lora_module()
+    hp = module.hparams
+    module.hparams.point_prob = 1.0  # every target of the figure starts from a point
+    _, val = get_loaders(run.data_root, image_size=run.image_size, batch_size=1, masks_per_image=8,
+                         val_fraction=run.settings.get("val_fraction", 0.1), num_workers=0,
+                         seed=run.settings.get("seed", 0))
+    if val is None:
+        raise Missing(f"validation images in `{run.data_root}`")
+    batch = next(b for b in val if len(b["targets"]) and len(b["targets"][0]))
+    with torch.no_grad():
+        result = module.interactive_step(batch, torch.Generator().manual_seed(0), keep_records=True)
+    rounds = _records(result)[0]["point"]
+    ih, iw = (int(v) for v in batch["input_size"][0])
+    image = batch["image"][0][:, :ih, :iw]
+    areas = rounds[0]["target"].flatten(1).sum(1)
+    order = torch.argsort(areas, descending=True).tolist()
+    picks = sorted({order[round(i * (len(order) - 1) / max(targets - 1, 1))] for i in range(min(targets, len(order)))},
+                   key=order.index)
+    text = [
+        f"Training runs {hp.iterations} iterations per point prompt (box prompts one). Iteration 1: one positive "
+        "point uniform over the target. Each later iteration adds one point drawn uniformly from the error region of "
+        "the output with the highest predicted IoU (positive in a false negative, negative in a false positive), "
+        "feeds that output's low-resolution logits back as the mask prompt, and reassigns the 3 GT masks with "
+        "`point_sample` over all points so far. The figures replay this with the trained LoRA model on the first "
+        f"validation image `{batch['image_id'][0]}` (prompt sampler seed 0). Left: every point so far (green "
+        "positive, red negative, the new one ringed in yellow), the target's outline (white, dashed) and the chosen "
+        "mask (orange); then the 3 GT masks assigned at that iteration, largest first.",
+        "",
+    ]
+    for n, j in enumerate(picks, start=1):
+        steps = [{"points": r["points"][j], "labels": r["labels"][j], "gt": r["gt"][j][:, :ih, :iw],
+                  "pred": r["pred"][j][:ih, :iw], "target": r["target"][j][:ih, :iw]} for r in rounds]
+        ious = [_iou(s["pred"], s["target"]) for s in steps]
+        labels = steps[-1]["labels"].tolist()
+        changed = [it for it in range(2, len(steps) + 1) if not torch.equal(steps[it - 1]["gt"], steps[it - 2]["gt"])]
+        reassigned = (f"the assigned GT masks changed at iteration {', '.join(map(str, changed))}" if changed
+                      else "the assigned GT masks stayed the same")
+        path = plot_interactive_rounds(image, steps, run.figures / f"iterations_{n}.png",
+                                       title=f"target {n}: {int(areas[j])} px")
+        text += [f"Target {n} ({int(areas[j])} px): {labels.count(1)} positive and {labels.count(0)} negative points "
+                 f"after {len(steps)} iterations; IoU of the chosen mask with the target per iteration: "
+                 + " -> ".join(f"{v:.2f}" for v in ious) + f"; {reassigned}.", "",
+                 f"![iterations, target {n}](figures/{path.name})", ""]
+    return "\n".join(text).rstrip()
+
+
+def curves_section(run: Run) -> str:
+    """6. Train and val curves of each loss term and their sum, and the train loss of each iteration."""
+    from lora_sam.figures import plot_curves
+
+    names = {"lora": "LoRA", "full": "full"}
+    curves, weights = {}, {}
+    for mode in names:
+        curves[mode] = loss_curves(read_metrics_csv(run.need(f"{mode}/metrics.csv")))
+        try:
+            hp = run.hparams(mode)
+            weights[mode] = (hp.get("focal_weight", 20.0), hp.get("dice_weight", 1.0), hp.get("iou_weight", 1.0))
+        except Missing:
+            weights[mode] = None
+    panels = {title: {f"{names[m]} {split}": curves[m][split][term] for m in names
+                      for split in ("train", "val") if term in curves[m][split]}
+              for term, title in _TERM_TITLES.items()}
+    main = plot_curves(panels, run.figures / "loss_curves.png",
+                       title="loss terms, train (moving average of steps) and val (each validation)")
+    per_iteration = {names[m]: {f"iteration {n}": s for n, s in curves[m]["iterations"].items()} for m in names}
+    its = plot_curves(per_iteration, run.figures / "loss_iterations.png", title="train loss per interactive iteration")
+    rows = []
+    for mode, label in names.items():
+        for term in _TERM_TITLES:
+            train, val = curves[mode]["train"].get(term), curves[mode]["val"].get(term)
+            rows.append([label, term,
+                         *(f"{s[1][0]:.4f} -> {s[1][-1]:.4f}" if s is not None and len(s[1]) else "not logged"
+                           for s in (train, val))])
+    w = weights.get("lora")
+    text = [
+        "Logged by `LoRASAM` every step (train, `train/<term>_step`) and at each validation (val, `val/<term>`), "
+        "written by Lightning's CSVLogger to `lora/metrics.csv` and `full/metrics.csv`. "
+        + (f"Total = {w[0]:g} x focal + {w[1]:g} x dice + {w[2]:g} x IoU-head MSE. " if w else "")
+        + "Train curves are moving averages over about 1/20 of the steps.",
+        "",
+        f"![loss curves](figures/{main.name})",
+        "",
+        md_table(["run", "term", "train (smoothed), first -> last", "val, first -> last"], rows, "llrr"),
+        "",
+        "Per interactive iteration (iteration 1 includes the box prompts; later ones are point prompts with more "
+        "clicks and the previous mask as prompt):",
+        "",
+        f"![loss per iteration](figures/{its.name})",
+    ]
+    return "\n".join(text)
+
+
+def metrics_section(run: Run) -> str:
+    """7. Which metrics fit SAM and why, and the measured table (eval.json)."""
+    from lora_sam.metrics import format_table
+
+    report = run.eval
+    s, models = report["settings"], report["models"]
+    first = next(iter(models.values()))
+    text = [
+        "SAM has no categories and never segments without a prompt: every mask answers one prompt. Detection and "
+        "instance segmentation metrics such as COCO mAP rank scored, class-labelled detections over a whole image "
+        "and need confidences to sweep precision-recall; here there is nothing to detect, no class to match and "
+        "exactly one answer per prompt, so mAP would measure the prompt sampler, not the model. What fits is the "
+        "interactive-segmentation protocol (used by SAM's paper and the click-based literature):",
+        "",
+        "- **mIoU@k**: mean IoU with the target after k simulated clicks (k = 1, 2, 3, 5, 9). Click 1 is the most "
+        "interior point of the target; each later click goes to the centre of the largest error region. mIoU@1 is "
+        "the single-point quality that SAM's ambiguity-aware outputs are about.",
+        f"- **NoC@85 / NoC@90**: clicks needed to reach IoU 0.85 / 0.90 within a budget (a failure costs the whole "
+        f"budget, here {s['max_clicks']} clicks): the user's effort, the standard interactive-segmentation score. "
+        f"mIoU@k for k above the budget repeats the last click's value.",
+        "- **box mIoU**: IoU from the exact GT box as prompt (SAM's other prompt type).",
+        "- **oracle mIoU@1**: the best of the 3 first-click outputs, i.e. the quality if the IoU head chose perfectly.",
+        "- **IoU-head error**: mean |predicted IoU - true IoU| over the 3 first-click outputs; the head picks the "
+        "mask SAM returns, so its calibration matters.",
+        "",
+        f"Measured on `{s['data']}` ({s['split']} split), {first['images']} images, {first['prompt_count']} target "
+        f"masks, the same targets and prompts for every model; masks compared at the training resolution "
+        f"{s['image_size'][0]}x{s['image_size'][1]}; after click 1, {s['refine']} output; at most {s['max_clicks']} "
+        f"clicks (`eval.json`, `eval.md`):",
+        "",
+        format_table({name: entry["metrics"] for name, entry in models.items()}).rstrip("\n"),
+        "",
+        md_table(["model", "kind", "input", "resolution", "weights"],
+                 [[name, e["kind"], e["input"], f"{e['resolution'][0]}x{e['resolution'][1]}",
+                   f"`{e['path']}`" if e.get("path") else "n/a"] for name, e in models.items()], "lllll"),
+    ]
+    return "\n".join(text)
+
+
+def _find_samples(run: Run, image_ids: set[str]) -> dict[str, dict[str, Any]]:
+    from lora_sam.eval_run import eval_samples
+
+    s = run.eval["settings"]
+    if not Path(s["data"]).exists():
+        raise Missing(f"the evaluation data `{s['data']}` recorded in eval.json")
+    samples, _, _ = eval_samples(s["data"], image_size=tuple(s["image_size"]), split=s["split"],
+                                 val_fraction=s["val_fraction"], max_images=s.get("max_images"), seed=s["seed"])
+    found = {}
+    for sample in samples:
+        if isinstance(sample, dict) and str(sample["image_id"]) in image_ids:
+            found[str(sample["image_id"])] = sample
+            if len(found) == len(image_ids):
+                break
+    return found
+
+
+def _first_click_masks(run: Run, adapter: str | None, prompts: dict[str, Any], picked: list[int],
+                       samples: dict[str, dict[str, Any]]) -> dict[tuple[str, int], torch.Tensor]:
+    """The LoRA model's and the 1024 px pipeline's answer (highest predicted IoU of 3) to the first click of
+    each picked prompt: {("lora" | "original", prompt index): (H, W) bool}. One image encoding per image."""
+    from lora_sam.eval_run import build_segmenters
+
+    built = build_segmenters(model_type=run.model_type, checkpoint=run.base_checkpoint, image_size=run.image_size,
+                             adapters=[run.locate(adapter, "lora/adapter.safetensors")], base=False, original=True,
+                             device=run.device)
+    segmenters = {"lora": next(seg for seg, info in built.values() if info["kind"] == "lora"),
+                  "original": built["original-1024"][0]}
+    by_image: dict[str, list[int]] = {}
+    for i in picked:
+        by_image.setdefault(prompts["image_id"][i], []).append(i)
+    out = {}
+    for image_id, rows in by_image.items():
+        if image_id not in samples:
+            raise Missing(f"image `{image_id}` of eval.json in `{run.eval['settings']['data']}`")
+        points = torch.tensor([prompts["click_points"][i][:1] for i in rows], dtype=torch.float32)  # (K, 1, 2)
+        labels = torch.tensor([prompts["click_labels"][i][:1] for i in rows])  # (K, 1)
+        for key, segmenter in segmenters.items():
+            segmenter.set_image(samples[image_id])
+            answer = segmenter.predict(points=points, labels=labels, multimask=True)
+            chosen = answer.iou_pred.argmax(1)
+            out.update({(key, i): answer.masks[r, int(chosen[r])] for r, i in enumerate(rows)})
+    return out
+
+
+def examples_section(run: Run, *, count: int = 3) -> str:
+    """8. Good and bad examples by the LoRA model's 1-click IoU, beside the 1024 px pipeline, and a discussion."""
+    from lora_sam.figures import plot_examples
+    from lora_sam.losses import mask_iou
+
+    lora, orig = run.eval_model("lora"), run.eval_model("original", "training image upscaled")
+    if lora is None or orig is None:
+        raise Missing(f"a {'LoRA' if lora is None else 'original-1024'} model in `{run.root / 'eval.json'}`")
+    (lora_name, lora_entry), (orig_name, orig_entry) = lora, orig
+    recorded = {"lora": lora_entry["prompts"]["click_ious"], "original": orig_entry["prompts"]["click_ious"]}
+    prompts = lora_entry["prompts"]
+    first = np.array([row[0] for row in prompts["click_ious"]], dtype=np.float64)
+    best, worst = pick_examples(first, count)
+    samples = _find_samples(run, {prompts["image_id"][i] for i in best + worst})
+    masks = _first_click_masks(run, lora_entry["path"], prompts, best + worst, samples)
+    h, w = run.image_size
+    figures = []
+    for tag, picked in (("good", best), ("bad", worst)):
+        rows = []
+        for rank, i in enumerate(picked, start=1):
+            sample = samples[prompts["image_id"][i]]
+            gt = sample["masks"][int(prompts["mask_index"][i])].bool()
+            shown, ious = [gt], []
+            for key in ("lora", "original"):
+                shown.append(masks[key, i])
+                ious.append(float(mask_iou(masks[key, i], gt)))
+                if abs(ious[-1] - recorded[key][i][0]) > 1e-3:
+                    warnings.warn(f"{run.root / 'eval.json'}: prompt {i} ({key}): 1-click IoU {recorded[key][i][0]:.4f} "
+                                  f"recorded, {ious[-1]:.4f} recomputed for the figure", RuntimeWarning, stacklevel=2)
+            ih, iw = (int(v) for v in sample["input_size"])
+            rows.append({"image": sample["image"][:, :ih, :iw], "points": prompts["click_points"][i][:1],
+                         "labels": prompts["click_labels"][i][:1], "masks": [m[:ih, :iw] for m in shown],
+                         "label": f"{tag} #{rank}: {sample['image_id']}, mask {prompts['mask_index'][i]}",
+                         "captions": [f"{int(gt.sum())} px", f"IoU {ious[0]:.2f}", f"IoU {ious[1]:.2f}"]})
+        if rows:
+            figures.append(plot_examples(rows, ["GT", f"LoRA {h}x{w}", "original SAM pipeline 1024 px"],
+                                         run.figures / f"examples_{tag}.png",
+                                         title=f"{tag} examples: {'highest' if tag == 'good' else 'lowest'} LoRA "
+                                               f"1-click IoU"))
+    roles = {role: found[1]["metrics"] for role, found in
+             (("base", run.eval_model("base")), ("lora", lora), ("full", run.eval_model("full")), ("original", orig))
+             if found is not None}
+    areas = prompts["area"]
+    orig_first = [row[0] for row in orig_entry["prompts"]["click_ious"]]
+    by_area = {"lora": mean_by_area(first, areas), "original": mean_by_area(orig_first, areas)}
+    costs = run.compare.get("runs") if (run.root / "compare.json").is_file() else None
+    trained = (run.demo or {}).get("base", {})
+    base_resolution = tuple(trained["image_size"]) if trained.get("source") == "trained" else None
+    text = [
+        f"Rule: of the {len(first)} evaluation prompts, the {len(best)} with the highest and the {len(worst)} with "
+        f"the lowest 1-click IoU of the LoRA model (`{lora_name}` in eval.json; ties to the earlier prompt), beside "
+        f"`{orig_name}`. Each row: "
+        f"the image with the first click (the target's most interior point), the GT mask, the LoRA model's answer at "
+        f"{h}x{w} and the original SAM pipeline's (`SamPredictor` at 1024 px on the base weights, given the training "
+        "image upscaled back to its original size; its mask resized to the training resolution), each the output "
+        "with the highest predicted IoU.",
+        "",
+        *[f"![{p.stem}](figures/{p.name})" for p in figures],
+        "",
+        "**Discussion** (generated from the numbers above):",
+        "",
+        *[f"- {sentence}" for sentence in discussion(roles, costs=costs, by_area=by_area,
+                                                         base_resolution=base_resolution)],
+    ]
+    full_res = run.eval_model("original", "original image")
+    if full_res is not None:
+        value = full_res[1]["metrics"].get("miou@1")
+        if value is not None:
+            text.append(f"- Given the original full-resolution image instead (`{full_res[0]}`), the 1024 px pipeline "
+                        f"scores mIoU@1 {value:.3f}.")
+    return "\n".join(text)

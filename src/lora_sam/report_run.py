@@ -1,0 +1,168 @@
+"""A run folder as the report sees it: its files, settings and the models rebuilt from them.
+
+A run folder is what ``lora-sam compare`` (or ``lora-sam demo``) writes::
+
+    compare.json, eval.json          settings, costs, metrics and per-prompt results
+    base.pth                         the base checkpoint (when generated or trained by the demo)
+    lora/ full/                      hparams.yaml, metrics.csv, adapter.safetensors / model.pth
+    demo.json                        (demo only) how the base model was made
+
+Paths recorded inside the JSON files are used when they exist, else the same file name inside
+the folder, so a run folder can be moved.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import warnings
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from segment_anything.modeling import Sam
+
+__all__ = ["Missing", "Run", "SHARED_DATA"]
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+"""``<repo>/../shared/data``: real sample files, present on development machines only."""
+
+
+class Missing(Exception):
+    """A file that a section needs is not in the run folder; the message names it."""
+
+
+class Run:
+    """Lazy access to a run folder's files; every accessor raises ``Missing`` naming the absent file."""
+
+    def __init__(self, root: str | Path, *, device: str | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"run folder {self.root} does not exist")
+        self.figures = self.root / "figures"
+        self.device = torch.device(device or "cpu")
+
+    # ------------------------------------------------------------------ files
+
+    def need(self, relative: str) -> Path:
+        path = self.root / relative
+        if not path.exists():
+            raise Missing(f"`{path}`")
+        return path
+
+    def locate(self, recorded: str | None, relative: str) -> Path:
+        """The recorded path when it exists, else ``relative`` inside the run folder."""
+        if recorded and Path(recorded).exists():
+            return Path(recorded)
+        return self.need(relative)
+
+    def json(self, relative: str) -> dict[str, Any]:
+        path = self.need(relative)
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+    @cached_property
+    def compare(self) -> dict[str, Any]:
+        return self.json("compare.json")
+
+    @cached_property
+    def eval(self) -> dict[str, Any]:
+        return self.json("eval.json")
+
+    @cached_property
+    def demo(self) -> dict[str, Any] | None:
+        return self.json("demo.json") if (self.root / "demo.json").is_file() else None
+
+    def hparams(self, mode: str) -> dict[str, Any]:
+        path = self.need(f"{mode}/hparams.yaml")
+        with path.open() as f:
+            values = yaml.load(f, Loader=yaml.FullLoader) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of hyperparameters")
+        return values
+
+    def weights(self, mode: str) -> Path:
+        name = "adapter.safetensors" if mode == "lora" else "model.pth"
+        recorded = self.compare.get("runs", {}).get(mode, {}).get("weights_file") if self._has("compare.json") else None
+        return self.locate(recorded, f"{mode}/{name}")
+
+    def _has(self, relative: str) -> bool:
+        return (self.root / relative).exists()
+
+    # --------------------------------------------------------------- settings
+
+    @cached_property
+    def settings(self) -> dict[str, Any]:
+        """``compare.json`` settings, else ``eval.json`` settings (fields: model_type, image_size, data, ...)."""
+        if self._has("compare.json"):
+            return self.compare["settings"]
+        return self.eval["settings"]
+
+    @property
+    def model_type(self) -> str:
+        return str(self.settings["model_type"])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        h, w = self.settings["image_size"]
+        return int(h), int(w)
+
+    @cached_property
+    def base_checkpoint(self) -> Path:
+        recorded = self.settings.get("checkpoint")
+        return self.locate(recorded, "base.pth" if not recorded else Path(recorded).name)
+
+    @cached_property
+    def data_root(self) -> Path:
+        recorded = self.settings.get("data")
+        if recorded and Path(recorded).exists():
+            return Path(recorded)
+        for candidate in ("data/finetune", "data"):
+            if self._has(candidate):
+                return self.root / candidate
+        raise Missing(f"the data folder `{recorded}` recorded in the run")
+
+    def eval_model(self, kind: str, source: str | None = None) -> tuple[str, dict[str, Any]] | None:
+        """The first ``eval.json`` model of a kind (``base``, ``lora``, ``full``, ``original``)."""
+        for name, entry in self.eval["models"].items():
+            if entry.get("kind") == kind and (source is None or entry.get("input") == source):
+                return name, entry
+        return None
+
+    # ----------------------------------------------------------------- models
+
+    @cached_property
+    def plain_model(self) -> Sam:
+        """The run's model type at its training resolution, random weights, every parameter trainable."""
+        from lora_sam.model import build_sam
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return build_sam(self.model_type, "random", self.image_size).requires_grad_(True)
+
+    def lora_model(self, layers: list[str], rank: int, alpha: float) -> Sam:
+        """``plain_model`` with LoRA on ``layers`` (a copy)."""
+        from lora_sam.lora import inject_lora
+
+        sam = copy.deepcopy(self.plain_model)
+        inject_lora(sam, rank, alpha, targets=layers)
+        return sam
+
+    def trained_lora_module(self) -> Any:
+        """The LoRA run's ``LoRASAM`` (from its hparams.yaml) with the trained adapter loaded, in eval mode."""
+        from lora_sam.adapter import load_adapter
+        from lora_sam.module import LoRASAM
+
+        hp = self.hparams("lora")
+        adapter = self.weights("lora")
+        names = set(inspect.signature(LoRASAM.__init__).parameters) - {"self", "checkpoint"}
+        options = {k: v for k, v in hp.items() if k in names}
+        options["image_size"] = tuple(options.get("image_size", self.image_size))
+        module = LoRASAM(checkpoint=str(self.base_checkpoint), **options)
+        load_adapter(module.sam, adapter)
+        return module.to(self.device).eval()

@@ -1,0 +1,106 @@
+"""End to end: ``lora-sam demo --quick`` writes every stage's files and a complete report."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from lora_sam.cli import main
+from lora_sam.metrics import METRIC_KEYS
+from lora_sam.model import build_sam
+from lora_sam.report import MISSING, SECTIONS
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(demo_run: Path) -> str:
+    return (demo_run / "report.md").read_text()
+
+
+def test_stages_write_their_files(demo_run: Path) -> None:
+    for name in ("init.pth", "base.pth", "compare.json", "compare.md", "eval.json", "eval.md", "demo.json",
+                 "lora/adapter.safetensors", "lora/metrics.csv", "lora/hparams.yaml", "full/model.pth",
+                 "full/metrics.csv", "base_train/metrics.csv"):
+        assert (demo_run / name).is_file(), name
+    base_ids = {p.stem for p in (demo_run / "data" / "base").glob("sa_*.jpg")}
+    finetune_ids = {p.stem for p in (demo_run / "data" / "finetune").glob("sa_*.jpg")}
+    assert base_ids and finetune_ids and not base_ids & finetune_ids
+
+
+def test_base_is_an_official_1024_checkpoint(demo_run: Path) -> None:
+    init = torch.load(demo_run / "init.pth", weights_only=True)
+    base = torch.load(demo_run / "base.pth", weights_only=True)
+    assert torch.equal(base["image_encoder.pos_embed"], init["image_encoder.pos_embed"])
+    assert base["image_encoder.pos_embed"].shape[1:3] == (64, 64)
+    assert any(not torch.equal(base[k], init[k]) for k in init)  # it was trained
+    build_sam("tiny", demo_run / "base.pth", (1024, 1024))
+    build_sam("tiny", demo_run / "base.pth", (64, 96))
+
+
+def test_eval_has_every_model(demo_run: Path) -> None:
+    models = json.loads((demo_run / "eval.json").read_text())["models"]
+    kinds = {entry["kind"] for entry in models.values()}
+    assert {"base", "lora", "full", "original"} <= kinds and "original-1024" in models
+    for entry in models.values():
+        assert set(entry["metrics"]) == set(METRIC_KEYS)
+        assert entry["metrics"]["miou@1"] is not None
+
+
+def test_report_has_the_eight_sections_and_nothing_missing(report: str) -> None:
+    headings = re.findall(r"^## (.+)$", report, flags=re.M)
+    assert headings == [title for title, _ in SECTIONS]
+    assert MISSING not in report and "Could not be made" not in report
+    assert "not Meta's SAM" in report
+
+
+def test_report_figures_exist_and_are_pngs(demo_run: Path, report: str) -> None:
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(links) >= 12
+    for link in links:
+        path = demo_run / link
+        assert path.is_file(), link
+        assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 5000, link
+        with Image.open(path) as image:
+            assert min(image.size) > 100
+
+
+def test_report_tables_hold_numbers(report: str) -> None:
+    for model in ("base", "lora:adapter", "full:model", "original-1024"):
+        assert re.search(rf"^\| {re.escape(model)} \| \d+\.\d{{3}} \|", report, flags=re.M), model
+    assert re.search(r"\| trainable parameters \| [\d,]+ \| [\d,]+ \|", report)
+    assert re.search(r"\| total \| [\d,]+ \| [\d,]+ \| [\d.]+ \|", report)
+    assert "**Discussion**" in report and "1-click mIoU (mIoU@1): the base" in report
+
+
+def test_report_says_what_is_missing(demo_run: Path, tmp_path: Path) -> None:
+    """A run folder with only eval.json, whose recorded data and weights are gone."""
+    report = json.loads((demo_run / "eval.json").read_text())
+    report["settings"].update(data=str(tmp_path / "gone"), checkpoint=str(tmp_path / "gone.pth"))
+    for entry in report["models"].values():
+        entry["path"] = str(tmp_path / "gone" / Path(entry["path"]).name)
+    partial = tmp_path / "run"
+    partial.mkdir()
+    (partial / "eval.json").write_text(json.dumps(report))
+    assert main(["report", str(partial), "--quiet"]) == 0
+    text = (partial / "report.md").read_text()
+    sections = re.split(r"^## ", text, flags=re.M)[1:]
+    assert len(sections) == 8
+    for number, section in enumerate(sections, start=1):
+        if number == 7:  # the metrics section needs eval.json only
+            assert MISSING not in section and re.search(r"^\| base \| \d+\.\d{3} \|", section, flags=re.M)
+        else:
+            assert MISSING in section, section[:200]
+    assert "compare.json" in text and "adapter.safetensors" in text

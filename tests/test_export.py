@@ -10,7 +10,8 @@ from segment_anything import SamPredictor, sam_model_registry
 from lora_sam.adapter import save_adapter
 from lora_sam.cli import main
 from lora_sam.lora import inject_lora, lora_layers
-from lora_sam.model import build_sam, decode, encode
+from lora_sam.model import build_sam
+from test_model import ours_at_1024
 
 
 @pytest.mark.slow
@@ -42,14 +43,9 @@ def test_merged_vit_b_export_runs_in_official_predictor(tmp_path: Path) -> None:
     from lora_sam.adapter import apply_adapter
 
     apply_adapter(lora_1024, adapter)
-    resized = predictor.transform.apply_image(image)
-    h, w = resized.shape[:2]
-    x = torch.zeros(1, 3, 1024, 1024)
-    x[0, :, :h, :w] = torch.as_tensor(resized).permute(2, 0, 1).float()
-    with torch.no_grad():
-        emb = encode(lora_1024, x, torch.tensor([[h, w]]))
-        coords = torch.as_tensor(predictor.transform.apply_coords(point, image.shape[:2])).float()[None]
-        low_ours, iou_ours = decode(lora_1024, emb, coords, torch.ones(1, 1, dtype=torch.long))
+    coords = torch.as_tensor(predictor.transform.apply_coords(point, image.shape[:2])).float()[None]
+    low_ours, iou_ours, _ = ours_at_1024(lora_1024, predictor, image, points=coords,
+                                         labels=torch.ones(1, 1, dtype=torch.long))
     torch.testing.assert_close(low_ours[0], torch.as_tensor(low), rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(iou_ours[0], torch.as_tensor(iou), rtol=1e-3, atol=1e-3)
     # The merge really changed the weights.

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from lora_sam.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss
+from lora_sam.losses import dice_loss, focal_dice_loss, mask_iou, sam_loss, sigmoid_focal_loss
 
 
 def _random(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,3 +212,35 @@ def test_sam_loss_rejects_bad_shapes(
             torch.zeros(gt_shape, dtype=torch.bool),
             min_only=min_only,
         )
+
+
+@pytest.mark.parametrize(("alpha", "gamma"), [(0.25, 2.0), (-1.0, 2.0), (0.7, 0.0), (0.25, 3.0)])
+def test_fused_focal_dice_matches_autograd_of_the_plain_losses(alpha: float, gamma: float) -> None:
+    logits, targets = _random((3, 2, 9, 7), seed=4)
+    targets[0, 0] = False  # an empty target
+    fused_x = logits.clone().requires_grad_()
+    plain_x = logits.clone().requires_grad_()
+    focal, dice = focal_dice_loss(fused_x, targets, alpha=alpha, gamma=gamma)
+    want_focal = sigmoid_focal_loss(plain_x, targets, alpha=alpha, gamma=gamma)
+    want_dice = dice_loss(plain_x, targets)
+    torch.testing.assert_close(focal, want_focal, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(dice, want_dice, rtol=1e-5, atol=1e-7)
+    weights = torch.rand(2, 3, 2, generator=torch.Generator().manual_seed(5))
+    ((weights[0] * focal).sum() + (weights[1] * dice).sum()).backward()
+    ((weights[0] * want_focal).sum() + (weights[1] * want_dice).sum()).backward()
+    torch.testing.assert_close(fused_x.grad, plain_x.grad, rtol=1e-4, atol=1e-8)
+
+
+def test_fused_focal_dice_passes_gradcheck_in_float64() -> None:
+    logits, targets = _random((2, 3, 6, 5), seed=6)
+    x = logits.double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: focal_dice_loss(v, targets), (x,))
+
+
+def test_fused_focal_dice_keeps_bfloat16_gradients() -> None:
+    logits, targets = _random((2, 3, 6, 5), seed=7)
+    x = logits.to(torch.bfloat16).requires_grad_()
+    focal, dice = focal_dice_loss(x, targets)
+    (focal.sum() + dice.sum()).backward()
+    assert focal.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
+    assert torch.isfinite(x.grad.float()).all() and x.grad.float().abs().sum() > 0

@@ -194,7 +194,10 @@ class LoRASAM(pl.LightningModule):
         best = iou_pred.argmax(1)
         chosen = logits[torch.arange(len(best), device=best.device), best] > 0
         keep = gt.flatten(1).any(1)  # prompts that no mask fits are skipped (point_sample's empty answer)
-        if keep.any():
+        if keep.all():  # the usual case: no (K, 3, H, W) copies
+            losses = self._loss(logits, iou_pred, gt, target)
+            result.add(iteration, losses, mask_iou(chosen, target).detach())
+        elif keep.any():
             losses = self._loss(logits[keep], iou_pred[keep], gt[keep], target[keep])
             result.add(iteration, losses, mask_iou(chosen[keep], target[keep]).detach())
         return low, best, chosen

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from lora_sam.figures import plot_bars, plot_curves, plot_examples, plot_interactive_rounds
 from lora_sam.report_data import (
     discussion,
     loss_curves,
@@ -134,3 +136,30 @@ def test_discussion_numbers_all_come_from_the_inputs() -> None:
     text = " ".join(discussion(METRICS)).replace("reach IoU 0.90", "")
     for number in re.findall(r"(?<![\d.+-])\d+\.\d+", text):
         assert number in inputs, number
+
+
+def _assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 3000
+    with Image.open(path) as image:
+        image.verify()
+
+
+def test_report_figures_write_pngs(tmp_path: Path) -> None:
+    steps = np.arange(10.0)
+    _assert_png(plot_curves({"dice": {"LoRA train": (steps, steps / 10), "LoRA val": (steps[::3], steps[::3] / 9)},
+                             "focal": {}}, tmp_path / "curves.png", title="t"))
+    _assert_png(plot_bars({"mIoU@1": {"base": 0.2, "LoRA": 0.3}, "ms": {"LoRA": 120.0, "full": None}},
+                          tmp_path / "bars.png"))
+    image = np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)
+    masks = np.zeros((3, 32, 48), dtype=bool)
+    masks[0, 4:28, 4:40], masks[1, 8:20, 8:20], masks[2, 10:14, 10:14] = True, True, True
+    rounds = [{"points": np.array([[12.0, 12.0]]), "labels": np.array([1]), "gt": masks, "pred": masks[1],
+               "target": masks[1]},
+              {"points": np.array([[12.0, 12.0], [30.0, 6.0]]), "labels": np.array([1, 0]), "gt": masks,
+               "pred": masks[2], "target": masks[1]}]
+    _assert_png(plot_interactive_rounds(image, rounds, tmp_path / "rounds.png", title="target"))
+    row = {"image": image, "points": np.array([[12.0, 12.0]]), "labels": np.array([1]), "label": "good #1",
+           "masks": [masks[1], masks[0], masks[2]], "captions": ["144 px", "IoU 0.17", "IoU 0.11"]}
+    _assert_png(plot_examples([row, row], ["GT", "LoRA", "original"], tmp_path / "examples.png"))
+    with pytest.raises(ValueError, match="no rows"):
+        plot_examples([], ["GT"], tmp_path / "none.png")

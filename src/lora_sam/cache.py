@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
 from lora_sam.annotations import DataError, Problem, errors
-from lora_sam.data import CACHE_MANIFEST, open_dataset
+from lora_sam.data import CACHE_MANIFEST, add_data_arguments, open_dataset
 from lora_sam.datasets import SampleDataset
 from lora_sam.samples import Raw
 from lora_sam.shards import SA1BShards
@@ -211,24 +211,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Write a low-resolution cache of a dataset (resized images, np.packbits masks, a manifest) "
         "so repeated epochs skip JPEG and RLE decoding. Train on it with get_loaders(OUT)."
     )
-    parser.add_argument(
-        "root", help="data: SA-1B folder, .tar shards (folder, glob or brace pattern), or COCO .json"
+    add_data_arguments(
+        parser,
+        root_help="data: SA-1B folder, .tar shards (folder, glob or brace pattern), or COCO .json",
+        size_help="training size, multiples of 16 (default 160 256); the cache is read at this size only",
     )
     parser.add_argument("out", type=Path, help="cache folder to write (outside the data root)")
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        nargs=2,
-        default=(160, 256),
-        metavar=("H", "W"),
-        help="training size, multiples of 16 (default 160 256); the cache is read at this size only",
-    )
-    parser.add_argument(
-        "--image-dir",
-        type=Path,
-        default=None,
-        help="COCO only: folder of the images (default: the JSON's folder)",
-    )
     parser.add_argument(
         "--workers", type=int, default=0, help="reader processes (default 0: read in this process)"
     )

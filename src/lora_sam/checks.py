@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lora_sam.annotations import BadSample, DataError, Problem, errors
-from lora_sam.data import open_dataset
+from lora_sam.data import add_data_arguments, open_dataset
 from lora_sam.datasets import CocoInstances, SampleDataset
 from lora_sam.samples import Raw, SampleOptions, finish
 from lora_sam.shards import SA1BShards
@@ -95,22 +95,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Errors are samples training skips (or fails on with strict=True); warnings are tolerated "
         "(e.g. grayscale images converted to RGB on load). Nothing is written."
     )
-    parser.add_argument(
-        "root", help="data: SA-1B folder, .tar shards (folder, glob or brace pattern), COCO .json, or a cache"
-    )
-    parser.add_argument(
-        "--image-dir",
-        type=Path,
-        default=None,
-        help="COCO only: folder of the images (default: the JSON's folder)",
-    )
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        nargs=2,
-        default=(160, 256),
-        metavar=("H", "W"),
-        help="training size; images whose masks all become too small at it are reported (default 160 256)",
+    add_data_arguments(
+        parser,
+        root_help="data: SA-1B folder, .tar shards (folder, glob or brace pattern), COCO .json, or a cache",
+        size_help="training size; images whose masks all become too small at it are reported (default 160 256)",
     )
 
 

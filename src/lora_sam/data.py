@@ -8,6 +8,7 @@ Samples and batches follow ``docs/contracts.md``.
 
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 import random
@@ -163,6 +164,14 @@ class EpochSampler(Sampler[tuple[int, int]]):
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(self.size, generator=generator).tolist()
         return iter([(i, epoch) for i in order])
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, *, root_help: str, size_help: str) -> None:
+    """The ``root``, ``--image-dir`` and ``--image-size`` arguments that ``prepare`` and ``check-data`` share."""
+    parser.add_argument("root", help=root_help)
+    parser.add_argument("--image-dir", type=Path, default=None,
+                        help="COCO only: folder of the images (default: the JSON's folder)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=(160, 256), metavar=("H", "W"), help=size_help)
 
 
 def default_workers() -> int:

@@ -76,6 +76,8 @@ class LoRALayer(nn.Module):
         raise NotImplementedError
 
     def lora_forward(self, x: Tensor) -> Tensor:
+        """The scaled update applied to ``x`` (the scaling is applied to the rank-r hidden tensor,
+        the smallest one, rather than to the full output)."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -96,7 +98,7 @@ class LoRALayer(nn.Module):
         out = self.base(x)
         if self.merged:
             return out
-        return out + self.lora_forward(self.dropout(x)) * self.scaling
+        return out + self.lora_forward(self.dropout(x))
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha:g}, merged={self.merged}"
@@ -116,8 +118,14 @@ class LoRALinear(LoRALayer):
     def delta_weight(self) -> Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
 
-    def lora_forward(self, x: Tensor) -> Tensor:
-        return F.linear(F.linear(x, self.lora_A), self.lora_B)
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base(x)
+        if self.merged:
+            return out
+        hidden = F.linear(self.dropout(x), self.lora_A) * self.scaling  # (..., r)
+        # out + hidden @ B^T in one GEMM call (beta = 1) instead of a matmul and a full-size add
+        flat = torch.addmm(out.reshape(-1, out.shape[-1]), hidden.reshape(-1, self.rank), self.lora_B.t())
+        return flat.view(out.shape)
 
 
 class LoRAConv2d(LoRALayer):
@@ -140,10 +148,9 @@ class LoRAConv2d(LoRALayer):
     def lora_forward(self, x: Tensor) -> Tensor:
         conv = self.base
         if conv.groups > 1:
-            return F.conv2d(x, self.delta_weight() / self.scaling, None, conv.stride, conv.padding,
-                            conv.dilation, conv.groups)
+            return F.conv2d(x, self.delta_weight(), None, conv.stride, conv.padding, conv.dilation, conv.groups)
         hidden = F.conv2d(x, self.lora_A, None, conv.stride, conv.padding, conv.dilation)  # (B, r, h, w)
-        return F.conv2d(hidden, self.lora_B[:, :, None, None])
+        return F.conv2d(hidden * self.scaling, self.lora_B[:, :, None, None])
 
 
 class LoRAConvTranspose2d(LoRALayer):
@@ -177,12 +184,11 @@ class LoRAConvTranspose2d(LoRALayer):
         )
         x = self.dropout(x)
         if conv.groups > 1:
-            weight, x_in = self.delta_weight() / self.scaling, x
+            weight, x_in = self.delta_weight(), x
         else:
-            weight, x_in = self.lora_B, F.conv2d(x, self.lora_A[:, :, None, None])  # (B, r, h, w)
-        update = F.conv_transpose2d(x_in, weight, None, conv.stride, conv.padding, output_padding,
-                                    conv.groups, conv.dilation)
-        return out + update * self.scaling
+            weight, x_in = self.lora_B, F.conv2d(x, self.lora_A[:, :, None, None]) * self.scaling  # (B, r, h, w)
+        return out + F.conv_transpose2d(x_in, weight, None, conv.stride, conv.padding, output_padding,
+                                        conv.groups, conv.dilation)
 
 
 _WRAPPERS: dict[type[nn.Module], type[LoRALayer]] = {

@@ -3,8 +3,9 @@
 Layout of a cache folder::
 
     lora_sam_cache.json      manifest: format version, image_size (H, W), source, items
-    samples/00000000.npz     image uint8 (h, w, 3); masks np.packbits of bool (M, h * w);
-                             mask_shape (M, h, w); fractions float64 (M,); original_size (h0, w0)
+    samples/00000000.npz     image uint8 (h, w, 3); masks np.packbits of bool (M, H * W), each
+                             mask at training size (H, W), zero padded as in the samples;
+                             mask_shape (M, H, W); fractions float64 (M,); original_size (h0, w0)
 
 Every decodable mask is stored with its area fraction, so mask filtering and the target draws
 happen at read time exactly as for the source dataset: ``CachedDataset`` returns the same

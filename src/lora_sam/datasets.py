@@ -41,6 +41,55 @@ def bad_sample(path: str, problems: Sequence[Problem]) -> BadSample:
     return BadSample(path, "; ".join(_describe(p, path) for p in problems))
 
 
+def data_error(problems: Sequence[Problem]) -> DataError:
+    """The ``DataError`` of the error problems among ``problems``, one per line."""
+    return DataError("\n".join(str(p) for p in errors(problems)))
+
+
+def to_sample(
+    path: str, raw: Raw | None, problems: Sequence[Problem], options: SampleOptions, epoch: int, *, strict: bool
+) -> dict | BadSample:
+    """The sample of ``raw``, or a ``BadSample`` of ``path`` (``DataError`` when ``strict``) if a problem is an error."""
+    bad = errors(problems)
+    if bad:
+        if strict:
+            raise data_error(bad)
+        return bad_sample(path, bad)
+    assert raw is not None
+    return finish(raw, options, epoch)
+
+
+def read_sa1b(
+    json_source: Path | bytes | None,
+    image_source: Path | bytes | None,
+    json_path: str,
+    image_path: str,
+    image_id: str,
+    options: SampleOptions,
+    *,
+    check_sa1b_fields: bool,
+) -> tuple[Raw | None, list[Problem]]:
+    """The raw image and masks of one SA-1B JSON + JPEG pair, and its problems.
+
+    A ``None`` source is a file missing from a tar shard (a missing file of a folder is a
+    ``Path`` that does not exist); the image is not read when it is missing.
+    """
+    annotations = None
+    if json_source is None:
+        problems = [Problem(json_path, "", "missing from the shard")]
+    else:
+        doc, problems = load_json(json_source, json_path)
+        if doc is not None:
+            annotations, parse_problems = parse_sa1b(doc, json_path, image_id=image_id)
+            problems += parse_problems
+    if image_source is None:
+        return None, [*problems, Problem(image_path, "", "missing from the shard")]
+    raw, read_problems = read_raw(
+        annotations, image_source, json_path, image_path, options, check_sa1b_fields=check_sa1b_fields
+    )
+    return raw, problems + read_problems
+
+
 class SampleDataset(Dataset):
     """Base class: ``read(i)`` gives the raw image and masks and the problems of item ``i``.
 
@@ -106,13 +155,7 @@ class SampleDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict | BadSample:
         index, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (int(key), self.epoch)
         raw, problems = self.read(index)
-        bad = errors(problems)
-        if bad:
-            if self.strict:
-                raise DataError("\n".join(str(p) for p in bad))
-            return bad_sample(self.path(index), bad)
-        assert raw is not None
-        return finish(raw, self.options, epoch)
+        return to_sample(self.path(index), raw, problems, self.options, epoch, strict=self.strict)
 
 
 def _sa1b_stems(root: Path) -> list[Path]:
@@ -147,20 +190,15 @@ class SA1BFolder(SampleDataset):
     def read(self, index: int) -> tuple[Raw | None, list[Problem]]:
         stem = self.items[index]
         json_path, image_path = stem.with_suffix(".json"), stem.with_suffix(".jpg")
-        doc, problems = load_json(json_path, str(json_path))
-        annotations = None
-        if doc is not None:
-            annotations, parse_problems = parse_sa1b(doc, str(json_path), image_id=stem.name)
-            problems += parse_problems
-        raw, read_problems = read_raw(
-            annotations,
+        return read_sa1b(
+            json_path,
             image_path,
             str(json_path),
             str(image_path),
+            stem.name,
             self.options,
             check_sa1b_fields=self.check_fields,
         )
-        return raw, problems + read_problems
 
 
 class CocoInstances(SampleDataset):
@@ -184,11 +222,11 @@ class CocoInstances(SampleDataset):
         if doc is not None:
             images, problems = parse_coco(doc, str(self.json_path))
         if doc is None or (not images and errors(problems)):
-            raise DataError("\n".join(str(p) for p in errors(problems)))
+            raise data_error(problems)
         self.file_problems = problems
         if errors(problems):
             if self.strict:
-                raise DataError("\n".join(str(p) for p in errors(problems)))
+                raise data_error(problems)
             warnings.warn(
                 f"{self.json_path}: {len(errors(problems))} problems (run 'lora-sam check-data {self.json_path}')",
                 stacklevel=2,

@@ -145,6 +145,8 @@ def decode_many(counts: Sequence[str | bytes | Sequence[int]]) -> Runs:
             )
         except RLEError as exc:
             raise RLEError(str(exc), i) from exc
+        except OverflowError as exc:
+            raise RLEError("counts has a run length too large for int64", i) from exc
         if masks[-1].size and masks[-1].min() < 0:
             raise RLEError("counts has a negative run length", i)
     return Runs.concat(masks)

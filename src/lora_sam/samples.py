@@ -88,7 +88,7 @@ def read_image(
         image = Image.open(source if isinstance(source, Path) else io.BytesIO(source))
     except FileNotFoundError:
         return None, None, [Problem(path, "", "image file not found")]
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         return None, None, [Problem(path, "", f"not a readable image ({exc})")]
     size = (image.height, image.width)
     if image.mode != "RGB":

@@ -20,9 +20,9 @@ import torch.distributed as dist
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lora_sam.annotations import BadSample, DataError, Problem, errors, load_json, parse_sa1b
-from lora_sam.datasets import bad_sample
-from lora_sam.samples import Raw, SampleOptions, finish, read_raw
+from lora_sam.annotations import BadSample, Problem
+from lora_sam.datasets import read_sa1b, to_sample
+from lora_sam.samples import Raw, SampleOptions
 
 
 def expand_shards(urls_or_glob: str | Path | Sequence[str | Path]) -> list[str]:
@@ -158,38 +158,22 @@ class SA1BShards(IterableDataset):
         """The path (``shard.tar:sa_1.json``), raw image and masks, and problems of a tar record."""
         key = Path(record["__key__"]).name
         prefix = f"{record['__url__']}:{key}"
-        json_path, image_path = f"{prefix}.json", f"{prefix}.jpg"
-        problems: list[Problem] = []
-        annotations = None
-        if "json" not in record:
-            problems.append(Problem(json_path, "", "missing from the shard"))
-        else:
-            doc, problems = load_json(record["json"], json_path)
-            if doc is not None:
-                annotations, parse_problems = parse_sa1b(doc, json_path, image_id=key)
-                problems += parse_problems
-        if "jpg" not in record:
-            return json_path, None, [*problems, Problem(image_path, "", "missing from the shard")]
-        raw, read_problems = read_raw(
-            annotations,
-            record["jpg"],
+        json_path = f"{prefix}.json"
+        raw, problems = read_sa1b(
+            record.get("json"),
+            record.get("jpg"),
             json_path,
-            image_path,
+            f"{prefix}.jpg",
+            key,
             self.options,
             check_sa1b_fields=self.check_fields,
         )
-        return json_path, raw, problems + read_problems
+        return json_path, raw, problems
 
     def sample(self, record: dict, epoch: int) -> dict | BadSample:
         """The sample (or ``BadSample``) of one tar record."""
         path, raw, problems = self.read_record(record)
-        bad = errors(problems)
-        if bad:
-            if self.strict:
-                raise DataError("\n".join(str(p) for p in bad))
-            return bad_sample(path, bad)
-        assert raw is not None
-        return finish(raw, self.options, epoch)
+        return to_sample(path, raw, problems, self.options, epoch, strict=self.strict)
 
     def __iter__(self) -> Iterator[dict | BadSample]:
         epoch = self.epoch + self._iterations

@@ -228,7 +228,7 @@ def evaluate_many(
     columns: dict[str, dict[str, list[Any]]] = {name: {} for name in segmenters}
     seconds = dict.fromkeys(segmenters, 0.0)
     skipped: list[str] = []
-    images = 0
+    images = n_prompts = 0
     bar = tqdm(samples, total=total, desc="eval", unit="image", disable=not progress)
     for sample in bar:
         if not isinstance(sample, dict):
@@ -240,6 +240,7 @@ def evaluate_many(
             skipped.append(f"{sample['image_id']}: no non-empty target mask")
             continue
         images += 1
+        n_prompts += len(targets)
         areas = sample["masks"][targets].flatten(1).sum(1).cpu()
         for name, segmenter in segmenters.items():
             start = time.perf_counter()
@@ -252,7 +253,7 @@ def evaluate_many(
             col.setdefault("area", []).append(areas)
             for key, value in result.items():
                 col.setdefault(key, []).append(value)
-        bar.set_postfix(prompts=sum(len(v) for v in columns[next(iter(segmenters))].get("mask_index", [])))
+        bar.set_postfix(prompts=n_prompts)
     results = {}
     for name in segmenters:
         entry = _finish(columns[name], max_clicks)

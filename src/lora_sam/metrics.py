@@ -29,7 +29,7 @@ METRIC_KEYS = (
 
 def _array(values: Any, name: str, ndim: int | None) -> np.ndarray:
     if hasattr(values, "detach"):
-        values = values.detach().float().cpu().numpy()
+        values = values.detach().double().cpu().numpy()
     array = np.asarray(values, dtype=np.float64)
     if ndim is None:
         return array
@@ -144,10 +144,10 @@ def summarize(
 
 
 def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None:
         return "n/a"
     if isinstance(value, float | np.floating):
-        return f"{value:.3f}"
+        return "n/a" if math.isnan(value) else f"{value:.3f}"
     return str(value)
 
 

@@ -224,17 +224,14 @@ class PredictorSegmenter:
         self.rows = torch.from_numpy(nearest_grid(h0, h)).to(self.predictor.device)
         self.cols = torch.from_numpy(nearest_grid(w0, w)).to(self.predictor.device)
 
-    def _to_original(self, coords: Tensor) -> Tensor:
-        """(..., 2) (x, y) training pixels -> the predictor's frame, float32 on its device."""
+    def _to_frame(self, coords: Tensor) -> Tensor:
+        """(..., 2) (x, y) training pixels -> the predictor's frame, float32 on its device.
+
+        Boxes go through as (K, 2, 2) corner pairs, which is what ``apply_boxes_torch`` does.
+        """
         assert self.sizes is not None
         original = (coords.double().cpu() * self.scale).float()
         return self.predictor.transform.apply_coords_torch(original, self.sizes[2]).to(self.predictor.device)
-
-    def _boxes_to_original(self, boxes: Tensor) -> Tensor:
-        """(K, 4) XYXY training pixels -> the predictor's frame, float32 on its device."""
-        assert self.sizes is not None
-        original = (boxes.double().cpu() * self.scale.repeat(2)).float()
-        return self.predictor.transform.apply_boxes_torch(original, self.sizes[2]).to(self.predictor.device)
 
     @torch.no_grad()
     def predict(
@@ -249,9 +246,9 @@ class PredictorSegmenter:
             raise RuntimeError("call set_image(sample) before predict")
         (height, width), (h, w), (h0, w0) = self.sizes
         device = self.predictor.device
-        coords = None if points is None else self._to_original(points)
+        coords = None if points is None else self._to_frame(points)
         labels_d = None if labels is None else labels.to(device)
-        boxes_d = None if boxes is None else self._boxes_to_original(boxes)
+        boxes_d = None if boxes is None else self._to_frame(boxes.reshape(-1, 2, 2)).reshape(-1, 4)
         mask_d = None if mask_input is None else mask_input.to(device)
         k = next(t.shape[0] for t in (coords, boxes_d, mask_d) if t is not None)
         outputs = 3 if multimask else 1

@@ -121,6 +121,32 @@ def test_nonfinite_loss_stops_or_skips(tiny_checkpoint: Path, synthetic_root: Pa
         assert tiny(tiny_checkpoint, on_nonfinite="skip").training_step(batch, 0) is None
 
 
+def test_skipped_batch_under_ddp_still_gives_every_parameter_a_zero_gradient(
+    tiny_checkpoint: Path, synthetic_root: Path, monkeypatch
+) -> None:
+    """Under DDP a rank whose batch has nothing to learn must still run the backward (the all-reduce waits)."""
+    batch = first_batch(synthetic_root)
+    empty = {**batch, "image": batch["image"][:0], "masks": [], "targets": [], "input_size": batch["input_size"][:0],
+             "image_id": []}
+
+    class FakeTrainer:
+        world_size = 2
+
+    for world_size in (1, 2):
+        model = tiny(tiny_checkpoint)
+        FakeTrainer.world_size = world_size
+        monkeypatch.setattr(model, "_trainer", FakeTrainer(), raising=False)
+        monkeypatch.setattr(type(model), "trainer", property(lambda self: self._trainer))
+        loss = model.training_step(empty, 0)
+        if world_size == 1:
+            assert loss is None  # one process: Lightning just skips the batch
+            continue
+        assert loss.item() == 0.0
+        loss.backward()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        assert trainable and all(p.grad is not None and not p.grad.any() for p in trainable)
+
+
 def test_lora_checkpoint_holds_only_trainable_tensors(tiny_checkpoint: Path) -> None:
     model = tiny(tiny_checkpoint)
     checkpoint = {"state_dict": model.state_dict()}

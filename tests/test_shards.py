@@ -84,6 +84,35 @@ def test_ranks_each_read_a_disjoint_part(
     assert sorted(seen[0] + seen[1]) == sorted(f"sa_{i}" for i in range(1, 8))
 
 
+@pytest.mark.parametrize(("samples_per_epoch", "workers", "shuffle"), [(10, 0, False), (4, 0, True), (10, 2, True)])
+def test_samples_per_epoch_gives_every_rank_the_same_share(
+    data: tuple[Path, list[Path]], monkeypatch: pytest.MonkeyPatch, samples_per_epoch: int, workers: int,
+    shuffle: bool,
+) -> None:
+    _, shards = data  # 3 + 3 + 1 images; unshuffled, rank 0 reads 3 + 1 of them and rank 1 reads 3 (one pass)
+    seen = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        stream = SA1BShards(shards, image_size=(32, 48), samples_per_epoch=samples_per_epoch, shuffle=shuffle)
+        loader = DataLoader(stream, batch_size=1, num_workers=workers, collate_fn=collate)
+        seen.append([i for batch in loader for i in batch["image_id"]])
+    assert [len(ids) for ids in seen] == [samples_per_epoch // 2] * 2
+    assert not set(seen[0]) & set(seen[1])  # a rank goes round its own part again, never another's
+    if not shuffle:  # 5 samples a rank, more than its shards hold: every image of them, some twice
+        assert sorted(set(seen[0])) == ["sa_1", "sa_2", "sa_3", "sa_7"]
+        assert sorted(set(seen[1])) == ["sa_4", "sa_5", "sa_6"]
+
+
+def test_samples_per_epoch_reader_without_data_is_an_error(data: tuple[Path, list[Path]]) -> None:
+    _, shards = data
+    stream = SA1BShards(shards[2:], image_size=(32, 48), samples_per_epoch=4, split="val", val_fraction=1e-9)
+    with pytest.raises(ValueError, match="has no samples"):
+        list(stream)
+    with pytest.raises(ValueError, match="samples_per_epoch"):
+        SA1BShards(shards, samples_per_epoch=0)
+
+
 def test_bad_records_are_skipped_or_raise(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
     folder, _ = data
     path = tmp_path / "bad.tar"

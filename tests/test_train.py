@@ -64,6 +64,27 @@ def test_ddp_two_cpu_processes_see_different_data(tmp_path: Path, tiny_checkpoin
     assert seen[0] and seen[1] and not seen[0] & seen[1]
 
 
+@pytest.mark.slow
+def test_ddp_on_shards_of_different_sizes_runs_whole_epochs(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """Rank 0 reads shards of 3 + 1 images, rank 1 one of 3: with samples_per_epoch both run 2 steps an
+    epoch and whole epochs end cleanly (without it, rank 0 runs a 4th step alone: its all-reduce waits for
+    rank 1, a hang on NCCL and a crash on gloo, checked by hand)."""
+    from data_fixtures import synth, write_shards
+
+    shards = write_shards(synth(tmp_path / "folder", images=7, size=(64, 96)), tmp_path / "tars", per_shard=3)
+    assert len(shards) == 3
+    out = tmp_path / "ddp_shards"
+    out.mkdir()
+    proc = start(str(shards[0].parent), str(out), str(tiny_checkpoint), "-1", "2", "--samples-per-epoch", "4",
+                 "--epochs", "2")
+    log, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, log
+    assert (out / "final_step.txt").read_text() == "4"
+    for rank in (0, 1):
+        steps = [json.loads(line)["step"] for line in (out / f"rank{rank}.txt").read_text().splitlines()]
+        assert steps == [0, 1, 2, 3]
+
+
 def test_user_code_from_the_design(tmp_path: Path, synthetic_root: Path, monkeypatch) -> None:
     """DESIGN.md section 3, verbatim but for the CPU and a short run; model and data from the environment."""
     monkeypatch.setenv("LORA_SAM_MODEL_TYPE", "tiny")

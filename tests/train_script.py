@@ -1,6 +1,7 @@
 """Run by tests/test_train.py in subprocesses: a small LoRA run that records what it sees.
 
     python train_script.py DATA OUT CHECKPOINT MAX_STEPS DEVICES [--resume] [--pause-after N]
+                           [--samples-per-epoch N --epochs E]   (MAX_STEPS -1: run E epochs)
 """
 
 from __future__ import annotations
@@ -44,16 +45,18 @@ def main() -> None:
     parser.add_argument("devices", type=int)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--pause-after", type=int, default=None)
+    parser.add_argument("--samples-per-epoch", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     pl.seed_everything(0)
     model = lora_sam.LoRASAM(4, 4, model_type="tiny", checkpoint=args.checkpoint, image_size=(64, 96),
                              masks_per_image=4, iterations=2, lr=1e-3, warmup_steps=0)
     train, _ = lora_sam.get_loaders(args.data, image_size=(64, 96), batch_size=1, masks_per_image=4,
-                                    num_workers=0, val_fraction=0.0)
+                                    num_workers=0, val_fraction=0.0, samples_per_epoch=args.samples_per_epoch)
     trainer = pl.Trainer(
         accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto",
-        max_steps=args.max_steps, default_root_dir=args.out, logger=False, enable_progress_bar=False,
+        max_steps=args.max_steps, max_epochs=args.epochs, default_root_dir=args.out, logger=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0,
         callbacks=[ModelCheckpoint(dirpath=args.out / "checkpoints", save_last=True, every_n_train_steps=1,
                                    save_top_k=-1), Record(args.out, args.pause_after)],

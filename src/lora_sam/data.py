@@ -188,16 +188,17 @@ def seed_worker(worker_id: int) -> None:
 
 
 def _shard_datasets(
-    root: str, val_fraction: float, options: dict[str, Any]
+    root: str, val_fraction: float, samples_per_epoch: int | None, options: dict[str, Any]
 ) -> tuple[IterableDataset, IterableDataset | None]:
     urls = expand_shards(root)
     if val_fraction <= 0:
-        return SA1BShards(urls, **options), None
+        return SA1BShards(urls, samples_per_epoch=samples_per_epoch, **options), None
     if len(urls) < 2:
-        train = SA1BShards(urls, split="train", val_fraction=val_fraction, **options)
+        train = SA1BShards(urls, split="train", val_fraction=val_fraction, samples_per_epoch=samples_per_epoch,
+                           **options)
         return train, SA1BShards(urls, shuffle=False, split="val", val_fraction=val_fraction, **options)
     train_idx, val_idx = split_indices([Path(u).name for u in urls], val_fraction)
-    train = SA1BShards([urls[i] for i in train_idx], **options)
+    train = SA1BShards([urls[i] for i in train_idx], samples_per_epoch=samples_per_epoch, **options)
     return train, SA1BShards([urls[i] for i in val_idx], shuffle=False, **options)
 
 
@@ -211,6 +212,7 @@ def get_loaders(
     num_workers: int | None = None,
     seed: int = 0,
     strict: bool = False,
+    samples_per_epoch: int | None = None,
     **dataset_options: Any,
 ) -> tuple[DataLoader, DataLoader | None]:
     """Train and val DataLoaders of batches (``docs/contracts.md``) from a data root.
@@ -225,6 +227,10 @@ def get_loaders(
         num_workers: DataLoader workers (default ``min(4, cpu_count - 1)``); persistent when > 0.
         seed: seed of the shuffle and of the target draws.
         strict: raise ``DataError`` on a bad sample instead of skipping it.
+        samples_per_epoch: tar shards only: training samples per epoch over all DDP ranks, each
+            rank yielding the same share (see ``SA1BShards``); set it for multi-GPU training on
+            shards. Other roots are split evenly across ranks by Lightning's sampler already, and
+            ignore it.
         dataset_options: ``max_mask_fraction``, ``min_mask_pixels``, ``fast``, ``image_dir``
             (COCO), ``shuffle_buffer`` (shards).
 
@@ -252,7 +258,7 @@ def get_loaders(
     )
     if detect_kind(root) == "shards":
         options.pop("image_dir", None)
-        train, val = _shard_datasets(root, val_fraction, options)
+        train, val = _shard_datasets(root, val_fraction, samples_per_epoch, options)
         return DataLoader(train, **loader_args), DataLoader(val, **loader_args) if val is not None else None
     options.pop("shuffle_buffer", None)
     dataset = open_dataset(root, **options)

@@ -232,13 +232,22 @@ class LoRASAM(pl.LightningModule):
         if record is not None:
             record["box"] = {"boxes": boxes.cpu(), "gt": gt.cpu(), "pred": chosen.cpu(), "target": target.cpu()}
 
+    def _nothing_to_learn(self, stage: str) -> Tensor | None:
+        """What a step without a usable loss returns: ``None`` (Lightning skips the batch), except when
+        training under DDP, where every rank must run a backward (the gradient all-reduce waits for all
+        of them): a zero loss that reaches every trainable parameter, so this rank adds zero gradients."""
+        if stage != "train" or self._trainer is None or self.trainer.world_size <= 1:
+            return None
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.stack([p.sum() for p in params]).sum() * 0.0
+
     def _shared_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> Tensor | None:
         self._skipped += len(batch.get("skipped", ()))
         if batch["image"].shape[0] == 0:
-            return None
+            return self._nothing_to_learn(stage)
         result = self.interactive_step(batch, self._generator(stage, batch_idx))
         if not result.terms:
-            return None
+            return self._nothing_to_learn(stage)
         total = result.mean("total")
         if not torch.isfinite(total):
             message = (f"non-finite {stage} loss ({float(total)}) at global step {self.global_step}, "
@@ -246,7 +255,7 @@ class LoRASAM(pl.LightningModule):
             if self.hparams.on_nonfinite == "error":
                 raise FloatingPointError(message + "; lower the learning rate or set on_nonfinite='skip'")
             warnings.warn(message + ": batch skipped", RuntimeWarning, stacklevel=2)
-            return None
+            return self._nothing_to_learn(stage)
         batch_size = batch["image"].shape[0]
         on_step = stage == "train"
         self.log_dict({k: v.detach() for k, v in result.log_values(stage).items()}, on_step=on_step, on_epoch=True,

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import os
 import random
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -54,8 +56,8 @@ def _rank_world() -> tuple[int, int] | None:
     return None
 
 
-def reader_info(parent: tuple[int, int] | None = None) -> tuple[int, int]:
-    """(this reader's index, number of readers) over DDP ranks x DataLoader workers.
+def _placement(parent: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+    """(rank, world size, DataLoader worker id, workers) of the calling reader.
 
     The rank comes from torch.distributed when initialised here, else from ``parent`` (the
     rank seen by the process that started this worker), else from ``RANK`` / ``WORLD_SIZE``.
@@ -64,7 +66,24 @@ def reader_info(parent: tuple[int, int] | None = None) -> tuple[int, int]:
     rank, world = _rank_world() or parent or env
     worker = get_worker_info()
     worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+    return rank, world, worker_id, workers
+
+
+def reader_info(parent: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(this reader's index, number of readers) over DDP ranks x DataLoader workers."""
+    rank, world, worker_id, workers = _placement(parent)
     return rank * workers + worker_id, world * workers
+
+
+def reader_quota(samples_per_epoch: int, parent: tuple[int, int] | None = None) -> int:
+    """How many samples this reader yields per epoch so that every rank yields ``samples_per_epoch // world``.
+
+    The rank's share is split over its DataLoader workers as evenly as possible; every rank
+    has the same workers, so every rank gets the same number of batches.
+    """
+    _, world, worker_id, workers = _placement(parent)
+    per_rank = samples_per_epoch // world
+    return per_rank // workers + (1 if worker_id < per_rank % workers else 0)
 
 
 def _shuffled(items: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
@@ -90,6 +109,11 @@ class SA1BShards(IterableDataset):
         split: ``"train"`` or ``"val"`` keeps only the images whose id falls in that split
             (``in_val_split``); ``"all"`` keeps every image.
         val_fraction: the val share used by ``split``.
+        samples_per_epoch: samples per epoch over all ranks. Each rank then yields exactly
+            ``samples_per_epoch // world_size`` (going round its shards again when they hold
+            fewer), so DDP ranks run the same number of steps: needed for multi-GPU training,
+            where a rank that runs out of data first leaves the others waiting in a gradient
+            all-reduce. ``None`` (default): one pass over this reader's shards, whose sizes differ.
         options: see ``SampleDataset`` (image_size, masks_per_image, ..., strict).
 
     Iterating again draws a new epoch; ``set_epoch(e)`` sets the next one explicitly.
@@ -103,6 +127,7 @@ class SA1BShards(IterableDataset):
         shuffle_buffer: int = 100,
         split: Literal["all", "train", "val"] = "all",
         val_fraction: float = 0.1,
+        samples_per_epoch: int | None = None,
         image_size: tuple[int, int] = (160, 256),
         masks_per_image: int = 16,
         max_mask_fraction: float = 0.9,
@@ -119,6 +144,9 @@ class SA1BShards(IterableDataset):
         )
         self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
         self.split, self.val_fraction = split, val_fraction
+        if samples_per_epoch is not None and samples_per_epoch < 1:
+            raise ValueError(f"samples_per_epoch must be a positive number of samples or None, got {samples_per_epoch}")
+        self.samples_per_epoch = samples_per_epoch
         self.strict = strict
         self.epoch = 0
         self._iterations = 0
@@ -128,11 +156,14 @@ class SA1BShards(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self._iterations = int(epoch), 0
 
-    def records(self, epoch: int = 0, handler: Callable[[Exception], bool] | None = None) -> Iterator[dict]:
+    def records(
+        self, epoch: int = 0, handler: Callable[[Exception], bool] | None = None, *, round_: int = 0
+    ) -> Iterator[dict]:
         """This reader's raw tar records ``{"__key__", "__url__", "jpg", "json"}`` for ``epoch``.
 
         ``handler`` gets each tar reading error and returns True to go on (default: raise when
-        strict, else warn and go on).
+        strict, else warn and go on). ``round_`` > 0: a further pass over the same shards in the
+        same epoch (in another order), for ``samples_per_epoch``.
         """
         reader, readers = reader_info(self._parent_rank)
         shards = list(self.urls)
@@ -140,7 +171,9 @@ class SA1BShards(IterableDataset):
             random.Random(f"{self.options.seed}/{epoch}").shuffle(shards)
         stride, offset = 1, 0
         if len(shards) >= readers:
-            shards = shards[reader::readers]
+            shards = shards[reader::readers]  # the same shards in every round of an epoch
+            if self.shuffle and round_:
+                random.Random(f"{self.options.seed}/{epoch}/{reader}/{round_}").shuffle(shards)
         else:
             stride, offset = readers, reader
         if handler is None:
@@ -175,17 +208,43 @@ class SA1BShards(IterableDataset):
         path, raw, problems = self.read_record(record)
         return to_sample(path, raw, problems, self.options, epoch, strict=self.strict)
 
+    def _round(self, epoch: int, round_: int) -> Iterator[dict]:
+        records: Iterator[dict] = self.records(epoch, round_=round_)
+        if self.shuffle and self.shuffle_buffer > 1:
+            reader, _ = reader_info(self._parent_rank)
+            key = f"{self.options.seed}/{epoch}/{reader}" + (f"/{round_}" if round_ else "")
+            records = _shuffled(records, self.shuffle_buffer, random.Random(key))
+        return records
+
     def __iter__(self) -> Iterator[dict | BadSample]:
         epoch = self.epoch + self._iterations
         self._iterations += 1
-        records: Iterator[dict] = self.records(epoch)
-        if self.shuffle and self.shuffle_buffer > 1:
-            reader, _ = reader_info(self._parent_rank)
-            records = _shuffled(
-                records, self.shuffle_buffer, random.Random(f"{self.options.seed}/{epoch}/{reader}")
-            )
-        for record in records:
-            yield self.sample(record, epoch if self.shuffle else 0)
+        sample_epoch = epoch if self.shuffle else 0
+        if self.samples_per_epoch is None:
+            if _placement(self._parent_rank)[1] > 1:
+                warnings.warn("SA1BShards under DDP without samples_per_epoch: ranks read shards of different "
+                              "sizes, and a rank that runs out first can leave the others waiting at the end "
+                              "of an epoch; set samples_per_epoch (get_loaders(..., samples_per_epoch=N))",
+                              RuntimeWarning, stacklevel=2)
+            for record in self._round(epoch, 0):
+                yield self.sample(record, sample_epoch)
+            return
+        quota = reader_quota(self.samples_per_epoch, self._parent_rank)
+        done = 0
+        for round_ in itertools.count():
+            before = done
+            for record in self._round(epoch, round_):
+                if done == quota:
+                    return
+                yield self.sample(record, sample_epoch)
+                done += 1
+            if done == quota:
+                return
+            if done == before:
+                reader, readers = reader_info(self._parent_rank)
+                raise ValueError(f"reader {reader} of {readers} (DDP ranks x DataLoader workers) has no samples in "
+                                 f"{len(self.urls)} shard(s) (split {self.split!r}); use more shards or fewer "
+                                 f"workers")
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -30,6 +30,8 @@ class SAMDataModule(pl.LightningDataModule):
         root: data root (SA-1B folder, .tar shards, COCO json, or a prepared cache); default
             $LORA_SAM_DATA, then ./data.
         image_size: training (H, W); linked to ``model.image_size`` in ``lora-sam fit``.
+        samples_per_epoch: tar shards only, and needed for multi-GPU training on them: training
+            samples per epoch over all ranks, the same share per rank (``get_loaders``).
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class SAMDataModule(pl.LightningDataModule):
         num_workers: int | None = None,
         seed: int = 0,
         strict: bool = False,
+        samples_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -52,7 +55,8 @@ class SAMDataModule(pl.LightningDataModule):
             hp = self.hparams
             self._loaders = get_loaders(hp.root, image_size=tuple(hp.image_size), batch_size=hp.batch_size,
                                         masks_per_image=hp.masks_per_image, val_fraction=hp.val_fraction,
-                                        num_workers=hp.num_workers, seed=hp.seed, strict=hp.strict)
+                                        num_workers=hp.num_workers, seed=hp.seed, strict=hp.strict,
+                                        samples_per_epoch=hp.samples_per_epoch)
         return self._loaders
 
     def train_dataloader(self) -> DataLoader:

@@ -103,6 +103,27 @@ def test_low_resolution_shapes_and_position_embedding(tiny_checkpoint: Path) -> 
     assert torch.equal(full.image_encoder.pos_embed, state["image_encoder.pos_embed"])
 
 
+@pytest.mark.parametrize("size", [(64, 96), (96, 128), (1024, 1024)])
+def test_checkpoint_saved_at_a_training_resolution_loads_at_any_size(tiny_checkpoint: Path, tmp_path: Path,
+                                                                     size: tuple[int, int]) -> None:
+    """A fully fine-tuned model.pth keeps its 4x6 position table; built at another size, the table is
+    resized bicubically (as from the official 64x64 grid) and every other tensor loads unchanged."""
+    low = build_sam("tiny", tiny_checkpoint, image_size=(64, 96))
+    with torch.no_grad():
+        low.image_encoder.pos_embed.normal_()
+    path = tmp_path / "model.pth"
+    torch.save(low.state_dict(), path)
+    sam = build_sam("tiny", path, image_size=size)
+    table = low.image_encoder.pos_embed.detach().permute(0, 3, 1, 2)
+    want = torch.nn.functional.interpolate(table, size=(size[0] // 16, size[1] // 16), mode="bicubic",
+                                           align_corners=False).permute(0, 2, 3, 1)
+    torch.testing.assert_close(sam.image_encoder.pos_embed.detach(), want)
+    if size == (64, 96):
+        assert torch.equal(sam.image_encoder.pos_embed, low.image_encoder.pos_embed)
+    others = {k: v for k, v in low.state_dict().items() if k != "image_encoder.pos_embed"}
+    assert all(torch.equal(sam.state_dict()[k], v) for k, v in others.items())
+
+
 def test_vit_b_builds_like_the_official_registry(tmp_path: Path) -> None:
     torch.manual_seed(1)
     official = sam_model_registry["vit_b"]()

@@ -21,6 +21,7 @@ _EXPORTS = {
     "parameter_summary": "summary",
     "save_adapter": "adapter",
     "load_adapter": "adapter",
+    "apply_adapter": "adapter",
     "build_sam": "model",
     "export_merged": "export",
     "point_sample": "targets",

@@ -216,14 +216,23 @@ def _load_into(sam: Sam, state: dict[str, Tensor], model_type: str, path: Path) 
 
 
 @torch.no_grad()
-def _resize_position_embedding(sam: Sam, image_size: tuple[int, int]) -> None:
-    grid = (image_size[0] // PATCH_SIZE, image_size[1] // PATCH_SIZE)
-    pos = sam.image_encoder.pos_embed  # (1, 64, 64, C)
+def _resized_table(pos: Tensor, grid: tuple[int, int]) -> Tensor:
+    """A (1, h, w, C) position table bicubically resized to ``grid``."""
     if tuple(pos.shape[1:3]) == grid:
-        return
+        return pos
     resized = F.interpolate(pos.permute(0, 3, 1, 2), size=grid, mode="bicubic", align_corners=False)
-    sam.image_encoder.pos_embed = torch.nn.Parameter(resized.permute(0, 2, 3, 1).contiguous(),
-                                                     requires_grad=pos.requires_grad)
+    return resized.permute(0, 2, 3, 1).contiguous()
+
+
+def _grid(image_size: tuple[int, int]) -> tuple[int, int]:
+    return image_size[0] // PATCH_SIZE, image_size[1] // PATCH_SIZE
+
+
+def _resize_position_embedding(sam: Sam, image_size: tuple[int, int]) -> None:
+    pos = sam.image_encoder.pos_embed  # (1, 64, 64, C)
+    if tuple(pos.shape[1:3]) != _grid(image_size):
+        sam.image_encoder.pos_embed = torch.nn.Parameter(_resized_table(pos.detach(), _grid(image_size)),
+                                                         requires_grad=pos.requires_grad)
 
 
 def build_sam(
@@ -250,7 +259,11 @@ def build_sam(
     if state is not None:
         pos = state.get("image_encoder.pos_embed")
         if pos is not None and pos.shape != sam.image_encoder.pos_embed.shape:
-            _resize_position_embedding(sam, size)  # a checkpoint saved at the training resolution
+            # a checkpoint saved at a training resolution (a fully fine-tuned model.pth): load its table
+            # at the size asked for (the same size: exact; another, e.g. 1024 px: bicubic, as from 64x64)
+            _resize_position_embedding(sam, size)
+            if pos.dim() == 4 and pos.shape[-1] == sam.image_encoder.pos_embed.shape[-1]:
+                state = {**state, "image_encoder.pos_embed": _resized_table(pos, _grid(size))}
         _load_into(sam, state, model_type, path)
     _resize_position_embedding(sam, size)
     return sam.eval()

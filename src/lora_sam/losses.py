@@ -74,12 +74,17 @@ class _FocalDice(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, logits: Tensor, targets: Tensor, alpha: float, gamma: float, eps: float):
+    def _terms(logits: Tensor, targets: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor, Tensor | float]:
+        """x (at least float32), the sign of s = x * sign, log p_t and the alpha weight a_t."""
         x = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> f32, f64 kept
         sign = torch.where(targets, 1.0, -1.0)
-        log_pt = F.logsigmoid(x * sign)
-        one_minus = 1.0 - log_pt.exp()
         weight = torch.where(targets, alpha, 1.0 - alpha) if alpha >= 0 else 1.0
+        return x, sign, F.logsigmoid(x * sign), weight
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, targets: Tensor, alpha: float, gamma: float, eps: float):
+        x, _, log_pt, weight = _FocalDice._terms(logits, targets, alpha)
+        one_minus = 1.0 - log_pt.exp()
         focal = (-(weight * one_minus.pow(gamma)) * log_pt).mean(dim=(-2, -1))
         prob = torch.sigmoid(x)
         t = targets.to(prob.dtype)
@@ -93,12 +98,9 @@ class _FocalDice(torch.autograd.Function):
     def backward(ctx: Any, grad_focal: Tensor, grad_dice: Tensor):
         logits, targets, numerator, denominator = ctx.saved_tensors
         alpha, gamma = ctx.options
-        x = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> f32, f64 kept
-        sign = torch.where(targets, 1.0, -1.0)
-        log_pt = F.logsigmoid(x * sign)
+        x, sign, log_pt, weight = _FocalDice._terms(logits, targets, alpha)
         p_t = log_pt.exp()
         one_minus = 1.0 - p_t
-        weight = torch.where(targets, alpha, 1.0 - alpha) if alpha >= 0 else 1.0
         pixels = x.shape[-1] * x.shape[-2]
         d_focal = weight * one_minus.pow(gamma) * (gamma * p_t * log_pt - one_minus) * sign
         grad = d_focal * (grad_focal / pixels)[..., None, None]

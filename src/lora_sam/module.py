@@ -194,12 +194,13 @@ class LoRASAM(pl.LightningModule):
         best = iou_pred.argmax(1)
         chosen = logits[torch.arange(len(best), device=best.device), best] > 0
         keep = gt.flatten(1).any(1)  # prompts that no mask fits are skipped (point_sample's empty answer)
-        if keep.all():  # the usual case: no (K, 3, H, W) copies
-            losses = self._loss(logits, iou_pred, gt, target)
-            result.add(iteration, losses, mask_iou(chosen, target).detach())
-        elif keep.any():
-            losses = self._loss(logits[keep], iou_pred[keep], gt[keep], target[keep])
-            result.add(iteration, losses, mask_iou(chosen[keep], target[keep]).detach())
+        if keep.any():
+            kept = (logits, iou_pred, gt, target, chosen)
+            if not keep.all():  # index only when needed: each is a (K, ..., H, W) copy
+                kept = tuple(t[keep] for t in kept)
+            k_logits, k_iou_pred, k_gt, k_target, k_chosen = kept
+            losses = self._loss(k_logits, k_iou_pred, k_gt, k_target)
+            result.add(iteration, losses, mask_iou(k_chosen, k_target).detach())
         return low, best, chosen
 
     def _point_rounds(self, image: _Image, targets: Tensor, generator: torch.Generator, result: StepResult,

@@ -220,25 +220,23 @@ class SA1BShards(IterableDataset):
         epoch = self.epoch + self._iterations
         self._iterations += 1
         sample_epoch = epoch if self.shuffle else 0
-        if self.samples_per_epoch is None:
-            if _placement(self._parent_rank)[1] > 1:
-                warnings.warn("SA1BShards under DDP without samples_per_epoch: ranks read shards of different "
-                              "sizes, and a rank that runs out first can leave the others waiting at the end "
-                              "of an epoch; set samples_per_epoch (get_loaders(..., samples_per_epoch=N))",
-                              RuntimeWarning, stacklevel=2)
-            for record in self._round(epoch, 0):
-                yield self.sample(record, sample_epoch)
-            return
-        quota = reader_quota(self.samples_per_epoch, self._parent_rank)
+        quota = None
+        if self.samples_per_epoch is not None:
+            quota = reader_quota(self.samples_per_epoch, self._parent_rank)
+        elif _placement(self._parent_rank)[1] > 1:
+            warnings.warn("SA1BShards under DDP without samples_per_epoch: ranks read shards of different "
+                          "sizes, and a rank that runs out first can leave the others waiting at the end "
+                          "of an epoch; set samples_per_epoch (get_loaders(..., samples_per_epoch=N))",
+                          RuntimeWarning, stacklevel=2)
         done = 0
-        for round_ in itertools.count():
+        for round_ in itertools.count():  # one round without a quota; with one, rounds until it is met
             before = done
             for record in self._round(epoch, round_):
                 if done == quota:
                     return
                 yield self.sample(record, sample_epoch)
                 done += 1
-            if done == quota:
+            if quota is None or done == quota:
                 return
             if done == before:
                 reader, readers = reader_info(self._parent_rank)

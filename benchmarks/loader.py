@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from lora_sam.annotations import parse_sa1b
-from lora_sam.cache import CachedDataset, prepare_cache
-from lora_sam.datasets import SA1BFolder
-from lora_sam.rle import decode_many, decode_naive, resize_shape, sample_runs
+from lora_sam.data.annotations import parse_sa1b
+from lora_sam.data.datasets import CachedDataset, SA1BFolder
+from lora_sam.data.prepare import prepare_cache
+from lora_sam.data.rle import decode_many, decode_naive, resize_shape, sample_runs
 
 
 def _random_mask(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

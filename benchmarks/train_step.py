@@ -140,7 +140,7 @@ def matmul_rate(device: Any, size: int = 2048, repeats: int = 7, shape: tuple[in
 
 def load_batch(data: str, image_size: tuple[int, int], masks: int, seed: int) -> dict[str, Any]:
     """One real synthetic SA-1B image with its masks, through the library's loader path."""
-    from lora_sam.data import collate, open_dataset
+    from lora_sam.data.loaders import collate, open_dataset
 
     dataset = open_dataset(data, image_size=image_size, masks_per_image=masks, seed=seed)
     for i in range(len(dataset)):
@@ -743,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
         if data is None:
-            from lora_sam.synth import make_synthetic
+            from lora_sam.data.synth import make_synthetic
 
             data = str(Path(tmp) / "sa1b")
             make_synthetic(data, 4, seed=args.seed)

@@ -34,7 +34,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight synthetic SA-1B images (120x160) with nested masks."""
-    from lora_sam.synth import make_synthetic
+    from lora_sam.data.synth import make_synthetic
 
     root = tmp_path_factory.mktemp("synthetic")
     make_synthetic(root, images=8, seed=0, image_size=(120, 160))

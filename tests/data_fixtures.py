@@ -23,8 +23,8 @@ def shared_data() -> Path:
 
 
 def synth(folder: Path, images: int = 6, *, seed: int = 0, size: tuple[int, int] = (96, 128)) -> Path:
-    """``images`` synthetic SA-1B samples (lora_sam.synth) in ``folder``."""
-    from lora_sam.synth import make_synthetic
+    """``images`` synthetic SA-1B samples (lora_sam.data.synth) in ``folder``."""
+    from lora_sam.data.synth import make_synthetic
 
     make_synthetic(folder, images=images, seed=seed, image_size=size)
     return folder

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from data_fixtures import assert_same_sample, synth, write_shards
-from lora_sam.annotations import BadSample, DataError
-from lora_sam.cache import CachedDataset, prepare_cache
 from lora_sam.cli import main
-from lora_sam.data import SA1BFolder, detect_kind, get_loaders
+from lora_sam.data.annotations import BadSample, DataError
+from lora_sam.data.datasets import CachedDataset
+from lora_sam.data.loaders import SA1BFolder, detect_kind, get_loaders
+from lora_sam.data.prepare import prepare_cache
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from data_fixtures import sa1b_annotation, shared_data, synth, write_shards
-from lora_sam.annotations import Problem
-from lora_sam.checks import check_data
 from lora_sam.cli import main
-from lora_sam.data import get_loaders
+from lora_sam.data.annotations import Problem
+from lora_sam.data.check import check_data
+from lora_sam.data.loaders import get_loaders
 
 # (file, field, part of the message, severity) expected for each damaged sample.
 EXPECTED = [

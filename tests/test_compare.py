@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from lora_sam.cli import main
+from lora_sam.data.synth import make_synthetic
 from lora_sam.metrics import METRIC_KEYS
-from lora_sam.synth import make_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from data_fixtures import shared_data, synth, write_sa1b
-from lora_sam.annotations import BadSample, DataError
-from lora_sam.data import (
+from lora_sam.data.annotations import BadSample, DataError
+from lora_sam.data.loaders import (
     CocoInstances,
     EpochSampler,
     SA1BFolder,
@@ -24,7 +24,7 @@ from lora_sam.data import (
     resolve_root,
     split_indices,
 )
-from lora_sam.rle import decode_naive, resize_shape
+from lora_sam.data.rle import decode_naive, resize_shape
 
 
 @pytest.fixture(scope="module")

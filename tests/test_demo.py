@@ -13,7 +13,7 @@ from PIL import Image
 from lora_sam.cli import main
 from lora_sam.metrics import METRIC_KEYS
 from lora_sam.model import build_sam
-from lora_sam.report import MISSING, SECTIONS
+from lora_sam.report.build import MISSING, SECTIONS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -11,13 +11,19 @@ from torch import Tensor
 
 from lora_sam.adapter import save_adapter
 from lora_sam.cli import main
-from lora_sam.data import open_dataset
-from lora_sam.evaluate import LowResSegmenter, PredictorSegmenter, evaluate, evaluate_image, sample_targets
+from lora_sam.data.loaders import open_dataset
+from lora_sam.data.synth import make_synthetic
+from lora_sam.evaluation.protocol import (
+    LowResSegmenter,
+    PredictorSegmenter,
+    evaluate,
+    evaluate_image,
+    sample_targets,
+)
+from lora_sam.evaluation.segmenters import Prediction
 from lora_sam.lora import inject_lora, lora_layers
 from lora_sam.metrics import METRIC_KEYS
 from lora_sam.model import build_sam
-from lora_sam.segmenters import Prediction
-from lora_sam.synth import make_synthetic
 
 SIZE = (64, 96)
 

@@ -61,7 +61,7 @@ def test_export_refuses_other_model_type(tmp_path: Path, tiny_checkpoint: Path) 
     inject_lora(sam, 2, 2)
     adapter = tmp_path / "a.safetensors"
     save_adapter(sam, adapter, model_type="tiny", image_size=(64, 64))
-    from lora_sam.export import export_merged
+    from lora_sam.adapter import export_merged
 
     with pytest.raises(ValueError, match="trained on tiny, not vit_b"):
         export_merged(adapter, tmp_path / "m.pth", tiny_checkpoint, model_type="vit_b")

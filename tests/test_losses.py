@@ -7,7 +7,8 @@ import pytest
 import torch
 import torchvision
 
-from lora_sam.losses import dice_loss, focal_dice_loss, mask_iou, sam_loss, sigmoid_focal_loss
+from lora_sam.losses import dice_loss, focal_dice_loss, sam_loss, sigmoid_focal_loss
+from lora_sam.metrics import mask_iou
 
 
 def _random(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -172,8 +172,8 @@ def test_short_run_lowers_loss_and_raises_val_miou(tmp_path: Path, tiny_checkpoi
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    from lora_sam.data import collate, open_dataset
-    from lora_sam.synth import make_synthetic
+    from lora_sam.data.loaders import collate, open_dataset
+    from lora_sam.data.synth import make_synthetic
 
     make_synthetic(tmp_path, images=1, seed=0, image_size=(120, 160))
     pl.seed_everything(0)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_sam.figures import plot_bars, plot_curves, plot_examples, plot_interactive_rounds
-from lora_sam.report_data import (
+from lora_sam.report.figures import plot_bars, plot_curves, plot_examples, plot_interactive_rounds
+from lora_sam.report.numbers import (
     discussion,
     loss_curves,
     mean_by_area,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
 from data_fixtures import shared_data
-from lora_sam import rle
+from lora_sam.data import rle
 
 
 def _runs_of(mask: np.ndarray) -> np.ndarray:

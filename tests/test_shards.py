@@ -10,9 +10,9 @@ import pytest
 from torch.utils.data import DataLoader
 
 from data_fixtures import assert_same_sample, synth, write_shards
-from lora_sam.annotations import BadSample, DataError
-from lora_sam.data import SA1BFolder, SA1BShards, collate, detect_kind, get_loaders
-from lora_sam.shards import expand_shards
+from lora_sam.data.annotations import BadSample, DataError
+from lora_sam.data.loaders import SA1BFolder, SA1BShards, collate, detect_kind, get_loaders
+from lora_sam.data.shards import expand_shards
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from lora_sam.cli import main
-from lora_sam.synth import make_synthetic
+from lora_sam.data.synth import make_synthetic
 
 SIZE = (120, 160)
 REAL_JSON = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sa1b" / "sa_1.json"

@@ -23,10 +23,10 @@ _EXPORTS = {
     "load_adapter": "adapter",
     "apply_adapter": "adapter",
     "build_sam": "model",
-    "export_merged": "export",
+    "export_merged": "adapter",
     "point_sample": "targets",
     "box_sample": "targets",
-    "get_loaders": "data",
+    "get_loaders": "data.loaders",
     "LoRASAM": "module",
 }
 

@@ -1,14 +1,21 @@
-"""Adapter files: the LoRA tensors of a model in ``.safetensors``, with what is needed to rebuild it.
+"""Adapter files: the LoRA tensors of a model in ``.safetensors``, with what is needed to rebuild it;
+and the merged export (``lora-sam export``): base checkpoint + adapter folded into an official SAM checkpoint.
 
 The file's metadata records ``rank``, ``alpha``, ``targets`` (the patterns asked for),
 ``layers`` (the layers replaced), ``model_type`` and ``image_size`` (the training
 resolution, for information: LoRA changes only Linear / Conv weights, so an adapter
 loads into the same model type at any resolution) and ``base_fingerprint``, a hash of a few
 frozen base tensors, so an adapter applied to another base checkpoint is refused.
+
+``export_merged`` rebuilds the model at 1024 px from the base checkpoint (its own position
+embedding kept), merges the adapter's updates into the Linear / Conv weights and saves the plain
+``state_dict``: ``segment_anything.sam_model_registry[model_type](checkpoint=out)`` loads it with
+strict key checking and ``SamPredictor`` runs it as any SAM.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -16,12 +23,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from lora_sam.files import atomic_path
-from lora_sam.lora import inject_lora, lora_layers, lora_state_dict
+from lora_sam.io import atomic_path
+from lora_sam.lora import inject_lora, lora_layers, lora_state_dict, merge_lora
+from lora_sam.model import ORIGINAL_SIZE, build_sam
 
 FORMAT = "lora_sam.adapter/1"
 
@@ -153,3 +162,52 @@ def apply_adapter(module: nn.Module, path: str | os.PathLike) -> AdapterInfo:
     info = read_adapter_info(path)
     inject_lora(module, info.rank, info.alpha, targets=info.layers)
     return load_adapter(module, path)
+
+
+def export_merged(
+    adapter: str | os.PathLike,
+    out: str | os.PathLike,
+    base_checkpoint: str | os.PathLike | None = None,
+    model_type: str | None = None,
+) -> Path:
+    """Write ``base_checkpoint`` + ``adapter`` merged, in the official format, to ``out``.
+
+    Args:
+        adapter: a ``.safetensors`` adapter written by ``save_adapter`` (or a training run).
+        base_checkpoint: the official checkpoint the adapter was trained on; None resolves it like
+            ``build_sam`` does ($LORA_SAM_CHECKPOINT, then the default path).
+        model_type: defaults to the adapter's own; a different one is an error.
+    Returns:
+        ``out`` as a Path.
+    """
+    info = read_adapter_info(adapter)
+    if model_type and info.model_type and model_type != info.model_type:
+        raise ValueError(f"adapter {adapter} was trained on {info.model_type}, not {model_type}")
+    model_type = model_type or info.model_type
+    if model_type is None:
+        raise ValueError(f"adapter {adapter} does not record its model type: pass model_type")
+    sam = build_sam(model_type, base_checkpoint, image_size=(ORIGINAL_SIZE, ORIGINAL_SIZE))
+    apply_adapter(sam, adapter)
+    merged = merge_lora(sam)
+    state = {k: v.detach().contiguous() for k, v in merged.state_dict().items()}
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("adapter", type=Path, help="adapter file (.safetensors) from a LoRA run")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="base SAM checkpoint the adapter was trained on (default: $LORA_SAM_CHECKPOINT, "
+                             "then ~/.cache/lora_sam/<official file>)")
+    parser.add_argument("--model-type", default=None, help="vit_b / vit_l / vit_h / tiny (default: the adapter's)")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the merged checkpoint (.pth)")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = export_merged(args.adapter, args.out, args.checkpoint, args.model_type)
+    info = read_adapter_info(args.adapter)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {info.model_type} with the rank-{info.rank} "
+          f"adapter merged into {len(info.layers)} layers, official SAM format, 1024 px")
+    return 0

@@ -12,16 +12,16 @@ import importlib
 import sys
 
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("lora_sam.demo", "run the whole job on built-in synthetic data and write a report"),
-    "synth": ("lora_sam.synth", "write synthetic SA-1B-format data (JPEG + JSON with RLE masks)"),
-    "check-data": ("lora_sam.checks", "read every sample of a dataset and report each problem"),
-    "prepare": ("lora_sam.cache", "write a low-resolution cache of images and packed masks"),
-    "fit": ("lora_sam.train", "train LoRA (or full) SAM with a YAML config (LightningCLI)"),
-    "export": ("lora_sam.export", "fold an adapter into the base checkpoint (official SAM format)"),
+    "demo": ("lora_sam.runs.demo", "run the whole job on built-in synthetic data and write a report"),
+    "synth": ("lora_sam.data.synth", "write synthetic SA-1B-format data (JPEG + JSON with RLE masks)"),
+    "check-data": ("lora_sam.data.check", "read every sample of a dataset and report each problem"),
+    "prepare": ("lora_sam.data.prepare", "write a low-resolution cache of images and packed masks"),
+    "fit": ("lora_sam.runs.fit", "train LoRA (or full) SAM with a YAML config (LightningCLI)"),
+    "export": ("lora_sam.adapter", "fold an adapter into the base checkpoint (official SAM format)"),
     "summary": ("lora_sam.summary", "print total / trainable parameters per SAM part"),
-    "eval": ("lora_sam.evaluate", "evaluate models on the same data and prompts"),
-    "compare": ("lora_sam.compare", "train LoRA and fully unfrozen SAM alike and compare them"),
-    "report": ("lora_sam.report", "write a Markdown report with figures from a run folder"),
+    "eval": ("lora_sam.evaluation.run", "evaluate models on the same data and prompts"),
+    "compare": ("lora_sam.runs.compare", "train LoRA and fully unfrozen SAM alike and compare them"),
+    "report": ("lora_sam.report.build", "write a Markdown report with figures from a run folder"),
 }
 
 # Subcommands that parse their own arguments (LightningCLI).

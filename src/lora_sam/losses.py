@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lora_sam.metrics import mask_iou
+
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, *, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
     """Focal loss of mask logits, averaged over the pixels of each mask.
@@ -129,22 +131,6 @@ def focal_dice_loss(
         focal (...) and dice (...), one value per mask.
     """
     return _FocalDice.apply(logits, targets.bool(), float(alpha), float(gamma), float(eps))
-
-
-def mask_iou(pred: Tensor, gt: Tensor) -> Tensor:
-    """Intersection over union of binary masks, per mask.
-
-    Args:
-        pred: (..., H, W) bool.
-        gt: (..., H, W) bool.
-
-    Returns:
-        (...) float32 IoU in 0..1; two empty masks have IoU 1.
-    """
-    pred, gt = pred.bool(), gt.bool()
-    intersection = (pred & gt).sum(dim=(-2, -1)).float()
-    union = (pred | gt).sum(dim=(-2, -1)).float()
-    return torch.where(union > 0, intersection / union.clamp(min=1.0), torch.ones_like(union))
 
 
 def sam_loss(

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
 CLICKS = (1, 2, 3, 5, 9)
 NOC_THRESHOLDS = (0.85, 0.90)
@@ -172,3 +174,19 @@ def format_table(results: Mapping[str, Mapping[str, float]]) -> str:
         cells = [str(name).replace("|", "\\|"), *(_cell(row.get(k)) for k in columns)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def mask_iou(pred: Tensor, gt: Tensor) -> Tensor:
+    """Intersection over union of binary masks, per mask.
+
+    Args:
+        pred: (..., H, W) bool.
+        gt: (..., H, W) bool.
+
+    Returns:
+        (...) float32 IoU in 0..1; two empty masks have IoU 1.
+    """
+    pred, gt = pred.bool(), gt.bool()
+    intersection = (pred & gt).sum(dim=(-2, -1)).float()
+    union = (pred | gt).sum(dim=(-2, -1)).float()
+    return torch.where(union > 0, intersection / union.clamp(min=1.0), torch.ones_like(union))

@@ -28,7 +28,9 @@ __all__ = [
     "SamConfig",
     "MODEL_CONFIGS",
     "CHECKPOINT_FILES",
+    "DEFAULT_IMAGE_SIZE",
     "build_sam",
+    "check_image_size",
     "resolve_checkpoint",
     "load_checkpoint",
     "detect_model_type",
@@ -41,6 +43,8 @@ __all__ = [
 
 PATCH_SIZE = 16
 ORIGINAL_SIZE = 1024
+DEFAULT_IMAGE_SIZE: tuple[int, int] = (160, 256)
+"""The default training resolution (H, W): longest side 256, SA-1B's usual 3:2 aspect, multiples of 16."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ def _check_model_type(model_type: str) -> SamConfig:
     return MODEL_CONFIGS[model_type]
 
 
-def _check_image_size(image_size: tuple[int, int] | int) -> tuple[int, int]:
+def check_image_size(image_size: tuple[int, int] | int) -> tuple[int, int]:
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
     if len(size) != 2 or any(s <= 0 or s % PATCH_SIZE for s in size):
         raise ValueError(
@@ -238,7 +242,7 @@ def _resize_position_embedding(sam: Sam, image_size: tuple[int, int]) -> None:
 def build_sam(
     model_type: str = "vit_b",
     checkpoint: str | os.PathLike | None = None,
-    image_size: tuple[int, int] | int = (160, 256),
+    image_size: tuple[int, int] | int = DEFAULT_IMAGE_SIZE,
 ) -> Sam:
     """Build the official ``Sam`` for ``model_type`` at training resolution ``image_size`` (H, W).
 
@@ -252,7 +256,7 @@ def build_sam(
         ``segment_anything.modeling.Sam`` in eval mode, on the CPU.
     """
     cfg = _check_model_type(model_type)
-    size = _check_image_size(image_size)
+    size = check_image_size(image_size)
     path = resolve_checkpoint(model_type, checkpoint)
     state = load_checkpoint(path) if path is not None else None
     sam = _sam_from_config(cfg, size)

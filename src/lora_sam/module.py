@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from lora_sam.lora import inject_lora, lora_state_dict
-from lora_sam.losses import mask_iou, sam_loss
+from lora_sam.losses import sam_loss
+from lora_sam.metrics import mask_iou
 from lora_sam.model import build_sam, decode, encode, upscale
 from lora_sam.prompts import masks_to_boxes, noisy_boxes, sample_error_points, sample_points
 from lora_sam.summary import parameter_summary
@@ -76,7 +77,7 @@ class StepResult:
 
 
 class LoRASAM(pl.LightningModule):
-    """Fine-tune SAM with LoRA (or fully) on SA-1B-style batches (see ``lora_sam.data.collate``).
+    """Fine-tune SAM with LoRA (or fully) on SA-1B-style batches (see ``lora_sam.data.samples.collate``).
 
     Args:
         rank, alpha: LoRA rank and alpha (scaling = alpha / rank).
@@ -323,7 +324,7 @@ class LoRASAM(pl.LightningModule):
         """LoRA: the adapter (``.safetensors``, LoRA tensors only). Full: the whole state dict at the
         training resolution (``.pth``; ``build_sam(model_type, path, image_size)`` loads it)."""
         from lora_sam.adapter import save_adapter
-        from lora_sam.files import atomic_path
+        from lora_sam.io import atomic_path
 
         path = Path(path)
         if self.hparams.finetune == "lora":

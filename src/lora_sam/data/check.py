@@ -15,11 +15,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lora_sam.annotations import BadSample, DataError, Problem, errors
-from lora_sam.data import add_data_arguments, open_dataset
-from lora_sam.datasets import CocoInstances, SampleDataset
-from lora_sam.samples import Raw, SampleOptions, finish
-from lora_sam.shards import SA1BShards
+from lora_sam.data.annotations import BadSample, DataError, Problem, errors
+from lora_sam.data.datasets import CocoInstances, SampleDataset
+from lora_sam.data.loaders import add_data_arguments, open_dataset
+from lora_sam.data.samples import Raw, SampleOptions, finish
+from lora_sam.data.shards import SA1BShards
 
 __all__ = ["Problem", "check_data"]
 

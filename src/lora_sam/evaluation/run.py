@@ -1,4 +1,4 @@
-"""What ``lora-sam eval`` does: choose the images, build the models, evaluate them alike, write the files.
+"""``lora-sam eval``: choose the images, build the models, evaluate them alike, write the files.
 
 ``evaluate_models`` writes ``eval.json`` (settings, and per model its description, metrics and
 per-prompt arrays, see ``evaluate.evaluate_many``) and ``eval.md`` (the metrics table).
@@ -6,7 +6,9 @@ per-prompt arrays, see ``evaluate.evaluate_many``) and ``eval.md`` (the metrics 
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -15,13 +17,14 @@ import torch
 from segment_anything.modeling import Sam
 
 from lora_sam.adapter import apply_adapter, read_adapter_info
-from lora_sam.evaluate import Refine, evaluate_many, json_safe
+from lora_sam.data.annotations import DataError
+from lora_sam.evaluation.protocol import Refine, evaluate_many, json_safe
+from lora_sam.evaluation.segmenters import ORIGINAL_FRAME, LowResSegmenter, PredictorSegmenter, Segmenter
 from lora_sam.lora import merge_lora
 from lora_sam.metrics import format_table
 from lora_sam.model import build_sam, resolve_checkpoint
-from lora_sam.segmenters import ORIGINAL_FRAME, LowResSegmenter, PredictorSegmenter, Segmenter
 
-__all__ = ["build_segmenters", "eval_samples", "evaluate_models", "write_eval"]
+__all__ = ["add_arguments", "build_segmenters", "eval_samples", "evaluate_models", "run", "write_eval"]
 
 
 def _unique_names(kind: str, paths: list[Path]) -> list[str]:
@@ -122,7 +125,7 @@ def build_segmenters(
 
 def _original_path(dataset: Any, index: int) -> str | None:
     """The full-resolution image file of item ``index`` of an SA-1B folder or COCO dataset, if any."""
-    from lora_sam.datasets import CocoInstances, SA1BFolder
+    from lora_sam.data.datasets import CocoInstances, SA1BFolder
 
     if isinstance(dataset, SA1BFolder):
         path = dataset.items[index].with_suffix(".jpg")
@@ -148,7 +151,7 @@ def eval_samples(
     unreadable ones), with ``"original_path"`` added where the dataset keeps full-resolution image
     files (SA-1B folders, COCO), and whether it does.
     """
-    from lora_sam.data import get_loaders, open_dataset, resolve_root
+    from lora_sam.data.loaders import get_loaders, open_dataset, resolve_root
 
     if split == "val":
         _, loader = get_loaders(root, image_size=image_size, batch_size=1, val_fraction=val_fraction,
@@ -227,7 +230,7 @@ def evaluate_models(
     device: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """What ``lora-sam eval`` does: build the models, evaluate them on the same data, write the files.
+    """``lora-sam eval``: build the models, evaluate them on the same data, write the files.
 
     Returns (and writes to ``out/eval.json`` unless ``out`` is None)::
 
@@ -235,7 +238,7 @@ def evaluate_models(
                       "max_images", "masks_per_image", "max_clicks", "refine", "seed", "device"},
          "models": {name: {"kind", "path", "resolution", "input", **evaluate_many entry}}}
     """
-    from lora_sam.data import resolve_root
+    from lora_sam.data.loaders import resolve_root
 
     image_size = (int(image_size[0]), int(image_size[1]))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -258,3 +261,56 @@ def evaluate_models(
     if out is not None:
         write_eval(out, report)
     return report
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Evaluate models on the same images, target masks and simulated clicks; writes DIR/eval.json "
+        "(metrics and per-prompt IoUs) and DIR/eval.md (one table row per model)."
+    )
+    parser.add_argument("--data", default=None, help="data root (default $LORA_SAM_DATA, then ./data)")
+    parser.add_argument("--split", choices=("val", "all"), default="val",
+                        help="the val split of get_loaders (default) or every image")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="val share, as in training (default 0.1)")
+    parser.add_argument("--model-type", default="vit_b", help="vit_b / vit_l / vit_h / tiny (default vit_b)")
+    parser.add_argument("--checkpoint", default=None, help="base SAM checkpoint (official format)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=(160, 256), metavar=("H", "W"),
+                        help="training resolution (default 160 256)")
+    parser.add_argument("--adapter", action="append", default=[], metavar="A",
+                        help="a LoRA adapter (.safetensors) on the base; repeatable")
+    parser.add_argument("--full", action="append", default=[], metavar="F",
+                        help="a fully fine-tuned model.pth at the training resolution; repeatable")
+    parser.add_argument("--original", action="store_true",
+                        help="add the original SAM pipeline (SamPredictor at 1024 px) on the base checkpoint")
+    parser.add_argument("--no-base", action="store_true", help="leave out the base model at training resolution")
+    parser.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate the first N images")
+    parser.add_argument("--masks-per-image", type=int, default=None, metavar="K",
+                        help="at most K target masks per image, drawn from the seed (default: every mask)")
+    parser.add_argument("--max-clicks", type=int, default=20, help="clicks per target (default 20)")
+    parser.add_argument("--refine", choices=("single", "multi"), default="multi",
+                        help="output after the first click and for boxes: the highest predicted IoU of 3 "
+                             "(multi, default, as the training recipe) or SAM's single-mask output (single)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the target choice (default 0)")
+    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    parser.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder (default runs/eval)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        report = evaluate_models(
+            args.data, args.out, model_type=args.model_type, checkpoint=args.checkpoint,
+            image_size=tuple(args.image_size), adapters=args.adapter, fulls=args.full, original=args.original,
+            base=not args.no_base, split=args.split, val_fraction=args.val_fraction, max_images=args.max_images,
+            masks_per_image=args.masks_per_image, max_clicks=args.max_clicks, refine=args.refine, seed=args.seed,
+            device=args.device, progress=not args.quiet,
+        )
+    except (FileNotFoundError, ValueError, DataError) as err:
+        print(f"lora-sam eval: error: {err}", file=sys.stderr)
+        return 2
+    print(format_table({name: entry["metrics"] for name, entry in report["models"].items()}), end="")
+    print(f"wrote {args.out / 'eval.json'} and {args.out / 'eval.md'}")
+    return 0

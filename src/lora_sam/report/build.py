@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lora_sam.report_results import curves_section, examples_section, iterations_section, metrics_section
-from lora_sam.report_run import Missing, Run
-from lora_sam.report_sections import compare_section, lora_section, parameters_section, targets_section
+from lora_sam.report.methods import compare_section, lora_section, parameters_section, targets_section
+from lora_sam.report.results import curves_section, examples_section, iterations_section, metrics_section
+from lora_sam.report.run_folder import Missing, Run
 
 __all__ = ["SECTIONS", "add_arguments", "run", "write_report"]
 

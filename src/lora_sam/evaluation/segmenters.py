@@ -1,4 +1,4 @@
-"""Segmenters: one interface over the models that ``lora_sam.evaluate`` scores on the same prompts.
+"""Segmenters: one interface over the models that ``lora_sam.evaluation.protocol`` scores on the same prompts.
 
 A segmenter is set to one sample (``docs/contracts.md``) and then answers batches of K prompts
 given in pixels of the training image; its masks come back at the training resolution (H, W),
@@ -26,8 +26,8 @@ from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 from torch import Tensor
 
+from lora_sam.data.rle import nearest_grid
 from lora_sam.model import decode, encode, image_size_of, upscale
-from lora_sam.rle import nearest_grid
 
 __all__ = [
     "LowResSegmenter",
@@ -58,7 +58,7 @@ class Prediction:
 
 
 class Segmenter(Protocol):
-    """What ``lora_sam.evaluate`` needs of a model."""
+    """What ``lora_sam.evaluation.protocol`` needs of a model."""
 
     def set_image(self, sample: dict[str, Any]) -> None:
         """Prepare for prompts on ``sample`` (the dict of ``docs/contracts.md``)."""
@@ -96,7 +96,7 @@ class LowResSegmenter:
     ``input_size``) are never part of a mask, as ``Sam.postprocess_masks`` crops them away. The
     click protocol that drives it (3 outputs for the first click, then the single-mask output with
     the kept mask's low-resolution logits fed back as mask prompt, as in SAM's interactive
-    evaluation) is ``lora_sam.evaluate``'s.
+    evaluation) is ``lora_sam.evaluation.protocol``'s.
     """
 
     def __init__(self, sam: Sam) -> None:
@@ -162,7 +162,7 @@ def original_image(sample: dict[str, Any]) -> np.ndarray:
     """The original full-resolution image of a sample, uint8 (h0, w0, 3) RGB.
 
     Taken from ``sample["original_image"]`` (an array) or read from ``sample["original_path"]``
-    (``lora_sam.evaluate`` adds it for SA-1B folders and COCO files).
+    (``lora_sam.evaluation.protocol`` adds it for SA-1B folders and COCO files).
     """
     _, _, (h0, w0) = _sample_sizes(sample)
     if sample.get("original_image") is not None:

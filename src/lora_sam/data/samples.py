@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from lora_sam import rle
-from lora_sam.annotations import BadSample, ImageAnnotations, Problem, decode_segments, errors
+from lora_sam.data import rle
+from lora_sam.data.annotations import BadSample, ImageAnnotations, Problem, decode_segments, errors
 
 _WARNED: set[str] = set()
 

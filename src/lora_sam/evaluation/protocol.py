@@ -1,4 +1,4 @@
-"""Evaluation runner: every model on the same images, target masks and simulated prompts.
+"""The evaluation protocol: every model on the same images, target masks and simulated prompts.
 
 Per image and target mask (every kept mask of the image by default; at most
 ``masks_per_image`` of them drawn from (seed, image_id); or the sample's own ``targets``):
@@ -22,12 +22,9 @@ only picks the target masks when ``masks_per_image`` caps them. Metrics: ``metri
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import time
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -35,11 +32,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from lora_sam.losses import mask_iou
-from lora_sam.metrics import NOC_THRESHOLDS, format_table, number_of_clicks, summarize
+from lora_sam.data.samples import choose_targets
+from lora_sam.evaluation.segmenters import LowResSegmenter, Prediction, PredictorSegmenter, Segmenter
+from lora_sam.metrics import mask_iou
+from lora_sam.metrics import NOC_THRESHOLDS, number_of_clicks, summarize
 from lora_sam.prompts import click_points, masks_to_boxes
-from lora_sam.samples import choose_targets
-from lora_sam.segmenters import LowResSegmenter, Prediction, PredictorSegmenter, Segmenter
 
 __all__ = [
     "LowResSegmenter",
@@ -50,8 +47,6 @@ __all__ = [
     "evaluate_many",
     "json_safe",
     "sample_targets",
-    "add_arguments",
-    "run",
 ]
 
 Refine = Literal["single", "multi"]
@@ -90,7 +85,7 @@ def evaluate_image(
     """Run the protocol of the module docstring for K target masks of one sample.
 
     Args:
-        segmenter: the model (see ``lora_sam.segmenters.Segmenter``); ``set_image`` is called here.
+        segmenter: the model (see ``lora_sam.evaluation.segmenters.Segmenter``); ``set_image`` is called here.
         sample: the dict of ``docs/contracts.md``.
         targets: (K,) int64 indices into ``sample["masks"]`` of non-empty masks.
         max_clicks: C, clicks per target.
@@ -275,59 +270,3 @@ def evaluate(
     """Evaluate one model; the entry of ``evaluate_many`` for it ({"metrics", "prompts", ...})."""
     return evaluate_many({"model": segmenter}, samples, max_clicks=max_clicks, seed=seed, progress=progress,
                          **options)["model"]
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Evaluate models on the same images, target masks and simulated clicks; writes DIR/eval.json "
-        "(metrics and per-prompt IoUs) and DIR/eval.md (one table row per model)."
-    )
-    parser.add_argument("--data", default=None, help="data root (default $LORA_SAM_DATA, then ./data)")
-    parser.add_argument("--split", choices=("val", "all"), default="val",
-                        help="the val split of get_loaders (default) or every image")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="val share, as in training (default 0.1)")
-    parser.add_argument("--model-type", default="vit_b", help="vit_b / vit_l / vit_h / tiny (default vit_b)")
-    parser.add_argument("--checkpoint", default=None, help="base SAM checkpoint (official format)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=(160, 256), metavar=("H", "W"),
-                        help="training resolution (default 160 256)")
-    parser.add_argument("--adapter", action="append", default=[], metavar="A",
-                        help="a LoRA adapter (.safetensors) on the base; repeatable")
-    parser.add_argument("--full", action="append", default=[], metavar="F",
-                        help="a fully fine-tuned model.pth at the training resolution; repeatable")
-    parser.add_argument("--original", action="store_true",
-                        help="add the original SAM pipeline (SamPredictor at 1024 px) on the base checkpoint")
-    parser.add_argument("--no-base", action="store_true", help="leave out the base model at training resolution")
-    parser.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate the first N images")
-    parser.add_argument("--masks-per-image", type=int, default=None, metavar="K",
-                        help="at most K target masks per image, drawn from the seed (default: every mask)")
-    parser.add_argument("--max-clicks", type=int, default=20, help="clicks per target (default 20)")
-    parser.add_argument("--refine", choices=("single", "multi"), default="multi",
-                        help="output after the first click and for boxes: the highest predicted IoU of 3 "
-                             "(multi, default, as the training recipe) or SAM's single-mask output (single)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the target choice (default 0)")
-    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    parser.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder (default runs/eval)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    from lora_sam.annotations import DataError
-    from lora_sam.eval_run import evaluate_models
-
-    try:
-        report = evaluate_models(
-            args.data, args.out, model_type=args.model_type, checkpoint=args.checkpoint,
-            image_size=tuple(args.image_size), adapters=args.adapter, fulls=args.full, original=args.original,
-            base=not args.no_base, split=args.split, val_fraction=args.val_fraction, max_images=args.max_images,
-            masks_per_image=args.masks_per_image, max_clicks=args.max_clicks, refine=args.refine, seed=args.seed,
-            device=args.device, progress=not args.quiet,
-        )
-    except (FileNotFoundError, ValueError, DataError) as err:
-        print(f"lora-sam eval: error: {err}", file=sys.stderr)
-        return 2
-    print(format_table({name: entry["metrics"] for name, entry in report["models"].items()}), end="")
-    print(f"wrote {args.out / 'eval.json'} and {args.out / 'eval.md'}")
-    return 0

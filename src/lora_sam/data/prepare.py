@@ -1,4 +1,4 @@
-"""``lora-sam prepare``: a low-resolution cache of images and packed masks, and the dataset reading it.
+"""``lora-sam prepare``: write a low-resolution cache of images and packed masks (read by ``CachedDataset``).
 
 Layout of a cache folder::
 
@@ -26,13 +26,11 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
-from lora_sam.annotations import DataError, Problem, errors
-from lora_sam.data import CACHE_MANIFEST, add_data_arguments, open_dataset
-from lora_sam.datasets import SampleDataset
-from lora_sam.samples import Raw
-from lora_sam.shards import SA1BShards
-
-FORMAT_VERSION = 1
+from lora_sam.data.annotations import Problem, errors
+from lora_sam.data.datasets import CACHE_MANIFEST, FORMAT_VERSION, SampleDataset
+from lora_sam.data.loaders import add_data_arguments, open_dataset
+from lora_sam.data.samples import Raw
+from lora_sam.data.shards import SA1BShards
 
 # (image_id, path, raw or None, error problems) of one source image.
 Entry = tuple[str, str, Raw | None, list[Problem]]
@@ -147,64 +145,6 @@ def prepare_cache(
     partial.write_text(json.dumps(manifest, indent=1))
     partial.replace(path)
     return path
-
-
-class CachedDataset(SampleDataset):
-    """Samples read from a cache written by ``prepare_cache``; equal to the source dataset's.
-
-    Args:
-        root: the cache folder.
-        image_size: must equal the cache's (H, W); ``None`` takes the cache's.
-        options: as ``SampleDataset`` (``fast`` is ignored: the masks are already resized).
-    """
-
-    def __init__(
-        self, root: str | Path, *, image_size: tuple[int, int] | None = None, **options: Any
-    ) -> None:
-        self.root = Path(root)
-        manifest_path = self.root / CACHE_MANIFEST
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(
-                f"{manifest_path} not found; write the cache with 'lora-sam prepare ROOT {root}'"
-            ) from exc
-        if manifest.get("version") != FORMAT_VERSION:
-            raise DataError(
-                f"{manifest_path}: version: cache format {manifest.get('version')}, expected {FORMAT_VERSION}; prepare it again"
-            )
-        cached = tuple(manifest["image_size"])
-        if image_size is not None and tuple(image_size) != cached:
-            raise DataError(
-                f"{manifest_path}: image_size: the cache was prepared at {cached[0]}x{cached[1]} but "
-                f"{image_size[0]}x{image_size[1]} was asked for; use image_size={cached} or run "
-                f"'lora-sam prepare {manifest['source']} OUT --image-size {image_size[0]} {image_size[1]}'"
-            )
-        super().__init__(image_size=cached, **options)
-        self.items = manifest["items"]
-
-    def path(self, index: int) -> str:
-        return self.items[index]["path"]
-
-    def image_id(self, index: int) -> str:
-        return self.items[index]["image_id"]
-
-    def read(self, index: int) -> tuple[Raw | None, list[Problem]]:
-        item = self.items[index]
-        if "file" not in item:
-            return None, [Problem(*p) for p in item["problems"]]
-        file = self.root / item["file"]
-        try:
-            with np.load(file) as data:
-                count, h, w = (int(v) for v in data["mask_shape"])
-                masks = np.unpackbits(data["masks"], axis=1, count=h * w).reshape(count, h, w).view(bool)
-                original = tuple(int(v) for v in data["original_size"])
-                raw = Raw(data["image"], masks, data["fractions"], original, item["image_id"], item["path"])
-        except (OSError, KeyError, ValueError) as exc:
-            return None, [
-                Problem(str(file), "", f"cannot read the cached sample ({exc}); prepare the cache again")
-            ]
-        return raw, []
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from lora_sam.report_run import SHARED_DATA, Missing, Run
+from lora_sam.report.run_folder import SHARED_DATA, Missing, Run
 
 __all__ = ["compare_section", "lora_section", "md_table", "parameters_section", "targets_section"]
 
@@ -137,7 +137,7 @@ def parameters_section(run: Run) -> str:
 
 def compare_section(run: Run) -> str:
     """3. LoRA against fully unfrozen SAM: metrics, time per step, peak memory, file sizes, with a figure."""
-    from lora_sam.figures import plot_bars
+    from lora_sam.report.figures import plot_bars
 
     result = run.compare
     s, runs = result["settings"], result["runs"]
@@ -202,8 +202,8 @@ def _scaled(value: float | None, factor: float) -> float | None:
 
 def targets_section(run: Run) -> str:
     """4. The 3 masks ``point_sample`` and ``box_sample`` assign, on an image of the run's data (and real SA-1B)."""
-    from lora_sam.data import open_dataset
-    from lora_sam.figures import target_figures
+    from lora_sam.data.loaders import open_dataset
+    from lora_sam.report.figures import target_figures
 
     root = run.data_root
     size = (192, 256)  # above the training resolution, so that small parts stay visible

@@ -19,7 +19,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from torch.utils.data import DataLoader
 
-from lora_sam.data import get_loaders
+from lora_sam.data.loaders import get_loaders
 from lora_sam.module import LoRASAM
 
 

@@ -1,4 +1,4 @@
-"""Map-style datasets of SA-1B folders and COCO instances files.
+"""Map-style datasets of SA-1B folders, COCO instances files and prepared caches.
 
 Every dataset returns, per image, the sample dict of ``docs/contracts.md``, or a ``BadSample``
 for an image that cannot be used (``strict=True`` raises ``DataError`` instead). An undamaged
@@ -10,14 +10,16 @@ The targets of a sample depend only on (seed, epoch, image_id): index with ``(in
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import Dataset
 
-from lora_sam.annotations import (
+from lora_sam.data.annotations import (
     BadSample,
     DataError,
     ImageAnnotations,
@@ -27,7 +29,10 @@ from lora_sam.annotations import (
     parse_coco,
     parse_sa1b,
 )
-from lora_sam.samples import Raw, SampleOptions, finish, read_raw
+from lora_sam.data.samples import Raw, SampleOptions, finish, read_raw
+
+CACHE_MANIFEST = "lora_sam_cache.json"  # the manifest that marks a folder as a prepared cache
+FORMAT_VERSION = 1  # of the cache layout written by ``lora-sam prepare``
 
 
 def _describe(problem: Problem, path: str) -> str:
@@ -245,3 +250,61 @@ class CocoInstances(SampleDataset):
         return read_raw(
             record, image_path, str(self.json_path), str(image_path), self.options, check_sa1b_fields=False
         )
+
+
+class CachedDataset(SampleDataset):
+    """Samples read from a cache written by ``prepare_cache``; equal to the source dataset's.
+
+    Args:
+        root: the cache folder.
+        image_size: must equal the cache's (H, W); ``None`` takes the cache's.
+        options: as ``SampleDataset`` (``fast`` is ignored: the masks are already resized).
+    """
+
+    def __init__(
+        self, root: str | Path, *, image_size: tuple[int, int] | None = None, **options: Any
+    ) -> None:
+        self.root = Path(root)
+        manifest_path = self.root / CACHE_MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(
+                f"{manifest_path} not found; write the cache with 'lora-sam prepare ROOT {root}'"
+            ) from exc
+        if manifest.get("version") != FORMAT_VERSION:
+            raise DataError(
+                f"{manifest_path}: version: cache format {manifest.get('version')}, expected {FORMAT_VERSION}; prepare it again"
+            )
+        cached = tuple(manifest["image_size"])
+        if image_size is not None and tuple(image_size) != cached:
+            raise DataError(
+                f"{manifest_path}: image_size: the cache was prepared at {cached[0]}x{cached[1]} but "
+                f"{image_size[0]}x{image_size[1]} was asked for; use image_size={cached} or run "
+                f"'lora-sam prepare {manifest['source']} OUT --image-size {image_size[0]} {image_size[1]}'"
+            )
+        super().__init__(image_size=cached, **options)
+        self.items = manifest["items"]
+
+    def path(self, index: int) -> str:
+        return self.items[index]["path"]
+
+    def image_id(self, index: int) -> str:
+        return self.items[index]["image_id"]
+
+    def read(self, index: int) -> tuple[Raw | None, list[Problem]]:
+        item = self.items[index]
+        if "file" not in item:
+            return None, [Problem(*p) for p in item["problems"]]
+        file = self.root / item["file"]
+        try:
+            with np.load(file) as data:
+                count, h, w = (int(v) for v in data["mask_shape"])
+                masks = np.unpackbits(data["masks"], axis=1, count=h * w).reshape(count, h, w).view(bool)
+                original = tuple(int(v) for v in data["original_size"])
+                raw = Raw(data["image"], masks, data["fractions"], original, item["image_id"], item["path"])
+        except (OSError, KeyError, ValueError) as exc:
+            return None, [
+                Problem(str(file), "", f"cannot read the cached sample ({exc}); prepare the cache again")
+            ]
+        return raw, []

@@ -21,14 +21,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from lora_sam.annotations import BadSample, DataError, Problem
-from lora_sam.datasets import CocoInstances, SA1BFolder, SampleDataset
-from lora_sam.samples import SampleOptions, collate
-from lora_sam.shards import SA1BShards, expand_shards, split_score
+from lora_sam.data.annotations import BadSample, DataError, Problem
+from lora_sam.data.datasets import CACHE_MANIFEST, CachedDataset, CocoInstances, SA1BFolder, SampleDataset
+from lora_sam.data.samples import SampleOptions, collate
+from lora_sam.data.shards import SA1BShards, expand_shards, split_score
 
 ENV_VAR = "LORA_SAM_DATA"
 DEFAULT_ROOT = "data"
-CACHE_MANIFEST = "lora_sam_cache.json"
 Kind = Literal["sa1b", "shards", "coco", "cache"]
 
 __all__ = [
@@ -110,8 +109,6 @@ def open_dataset(root: str | Path, *, image_dir: str | Path | None = None, **opt
     """The dataset of ``root`` (see ``detect_kind``); ``options`` as for ``SampleDataset``."""
     kind = detect_kind(root)
     if kind == "cache":
-        from lora_sam.cache import CachedDataset
-
         return CachedDataset(root, **options)
     if kind == "sa1b":
         return SA1BFolder(root, **options)

@@ -3,7 +3,7 @@
 ``compare`` trains ``LoRASAM(finetune="lora")`` and ``LoRASAM(finetune="full")`` one after the
 other and records, for each: trainable parameters, mean time per training step, peak memory,
 the sizes of the weights file and of the Lightning checkpoint, and the evaluation metrics of the
-result (``lora_sam.evaluate``), beside those of the base model at step 0. Layout of ``out_dir``::
+result (``lora_sam.evaluation.protocol``), beside those of the base model at step 0. Layout of ``out_dir``::
 
     base.pth                  the base weights, when none were given (random tiny / random vit_*)
     lora/ full/               metrics.csv (train and val curves), hparams.yaml, adapter.safetensors
@@ -27,9 +27,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from lora_sam.costs import PeakMemory, StepTimer
-from lora_sam.eval_run import evaluate_models
-from lora_sam.evaluate import json_safe
+from lora_sam.runs.callbacks import PeakMemory, StepTimer
+from lora_sam.evaluation.run import evaluate_models
+from lora_sam.evaluation.protocol import json_safe
 from lora_sam.metrics import format_table
 
 __all__ = ["MODES", "add_arguments", "compare", "compare_markdown", "run"]
@@ -53,7 +53,7 @@ def _base_checkpoint(out_dir: Path, model_type: str, checkpoint: str | Path | No
 
 
 def _train(mode: str, out_dir: Path, settings: dict[str, Any], module_options: dict[str, Any]) -> dict[str, Any]:
-    from lora_sam.data import get_loaders
+    from lora_sam.data.loaders import get_loaders
     from lora_sam.module import LoRASAM
     from lora_sam.summary import parameter_summary
 
@@ -130,7 +130,7 @@ def _train_isolated(mode: str, out_dir: Path, settings: dict[str, Any], module_o
     job.write_text(json.dumps({"mode": mode, "out_dir": str(out_dir), "settings": settings,
                                "module_options": module_options, "threads": torch.get_num_threads(),
                                "result": str(result)}))
-    code = "import sys; from lora_sam.compare import _train_job; _train_job(sys.argv[1])"
+    code = "import sys; from lora_sam.runs.compare import _train_job; _train_job(sys.argv[1])"
     returncode = subprocess.run([sys.executable, "-c", code, str(job)], check=False).returncode
     if returncode != 0 or not result.is_file():
         raise RuntimeError(f"the {mode} training run failed (exit code {returncode}; job {job}); "
@@ -197,7 +197,7 @@ def compare(
                       "metrics_csv", "device", "eval_name", "metrics": {metric: float | None}}},
              "original": {"metrics": ...} (with ``original``), "eval_json": str}
     """
-    from lora_sam.data import resolve_root
+    from lora_sam.data.loaders import resolve_root
 
     data_root = resolve_root(data_root)
     out = Path(out_dir)
@@ -323,7 +323,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lora_sam.annotations import DataError
+    from lora_sam.data.annotations import DataError
 
     try:
         result = compare(

@@ -88,7 +88,7 @@ def make_data(out: Path, config: DemoConfig) -> dict[str, Path]:
     """Write the two synthetic parts, one image at a time under a progress bar (same bytes as one call)."""
     from tqdm import tqdm
 
-    from lora_sam.synth import make_synthetic
+    from lora_sam.data.synth import make_synthetic
 
     parts = {"base": (config.seed + 1, 1), "finetune": (config.seed + 2, 1_000_001)}
     folders = {}
@@ -105,7 +105,7 @@ def train_base(out: Path, data: Path, config: DemoConfig) -> dict[str, Any]:
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
-    from lora_sam.data import get_loaders
+    from lora_sam.data.loaders import get_loaders
     from lora_sam.model import build_sam
     from lora_sam.module import LoRASAM
 
@@ -140,7 +140,7 @@ def train_base(out: Path, data: Path, config: DemoConfig) -> dict[str, Any]:
 
 def _evaluate_low_res(checkpoint: str, data: Path, config: DemoConfig) -> dict[str, Any]:
     """Metrics of a ``tiny`` checkpoint at the training resolution on the demo's evaluation prompts."""
-    from lora_sam.eval_run import evaluate_models
+    from lora_sam.evaluation.run import evaluate_models
 
     report = evaluate_models(data, None, model_type="tiny", checkpoint=checkpoint, image_size=config.image_size,
                              val_fraction=config.val_fraction, max_images=config.eval_images,
@@ -152,8 +152,8 @@ def _evaluate_low_res(checkpoint: str, data: Path, config: DemoConfig) -> dict[s
 def run_demo(out: str | Path, config: DemoConfig = DEFAULT, *, checkpoint: str | None = None,
              model_type: str | None = None) -> dict[str, Any]:
     """Run the 4 stages of the module docstring into ``out``; returns what ``demo.json`` records."""
-    from lora_sam.compare import compare
-    from lora_sam.report import write_report
+    from lora_sam.runs.compare import compare
+    from lora_sam.report.build import write_report
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -209,7 +209,7 @@ def run_demo(out: str | Path, config: DemoConfig = DEFAULT, *, checkpoint: str |
 
 
 def _write_record(out: Path, record: dict[str, Any]) -> None:
-    from lora_sam.evaluate import json_safe
+    from lora_sam.evaluation.protocol import json_safe
 
     (out / "demo.json").write_text(json.dumps(json_safe(record), indent=1))
 

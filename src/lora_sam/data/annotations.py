@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from lora_sam import rle
+from lora_sam.data import rle
 
 Severity = Literal["error", "warning"]
 SA1B_KEYS = ("id", "bbox", "area", "predicted_iou", "point_coords", "stability_score", "crop_box")

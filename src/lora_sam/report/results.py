@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lora_sam.report_data import discussion, loss_curves, mean_by_area, pick_examples, read_metrics_csv
-from lora_sam.report_run import Missing, Run
-from lora_sam.report_sections import md_table
+from lora_sam.report.methods import md_table
+from lora_sam.report.numbers import discussion, loss_curves, mean_by_area, pick_examples, read_metrics_csv
+from lora_sam.report.run_folder import Missing, Run
 
 __all__ = ["curves_section", "examples_section", "iterations_section", "metrics_section"]
 
@@ -29,8 +29,8 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def iterations_section(run: Run, *, targets: int = 3) -> str:
     """5. The points sampled at each interactive iteration and the GT masks assigned, for a few targets."""
-    from lora_sam.data import get_loaders
-    from lora_sam.figures import plot_interactive_rounds
+    from lora_sam.data.loaders import get_loaders
+    from lora_sam.report.figures import plot_interactive_rounds
 
     module = run.trained_lora_module()
     hp = module.hparams
@@ -80,7 +80,7 @@ def iterations_section(run: Run, *, targets: int = 3) -> str:
 
 def curves_section(run: Run) -> str:
     """6. Train and val curves of each loss term and their sum, and the train loss of each iteration."""
-    from lora_sam.figures import plot_curves
+    from lora_sam.report.figures import plot_curves
 
     names = {"lora": "LoRA", "full": "full"}
     curves, weights = {}, {}
@@ -164,7 +164,7 @@ def metrics_section(run: Run) -> str:
 
 
 def _find_samples(run: Run, image_ids: set[str]) -> dict[str, dict[str, Any]]:
-    from lora_sam.eval_run import eval_samples
+    from lora_sam.evaluation.run import eval_samples
 
     s = run.eval["settings"]
     if not Path(s["data"]).exists():
@@ -184,7 +184,7 @@ def _first_click_masks(run: Run, adapter: str | None, prompts: dict[str, Any], p
                        samples: dict[str, dict[str, Any]]) -> dict[tuple[str, int], torch.Tensor]:
     """The LoRA model's and the 1024 px pipeline's answer (highest predicted IoU of 3) to the first click of
     each picked prompt: {("lora" | "original", prompt index): (H, W) bool}. One image encoding per image."""
-    from lora_sam.eval_run import build_segmenters
+    from lora_sam.evaluation.run import build_segmenters
 
     built = build_segmenters(model_type=run.model_type, checkpoint=run.base_checkpoint, image_size=run.image_size,
                              adapters=[run.locate(adapter, "lora/adapter.safetensors")], base=False, original=True,
@@ -210,8 +210,8 @@ def _first_click_masks(run: Run, adapter: str | None, prompts: dict[str, Any], p
 
 def examples_section(run: Run, *, count: int = 3) -> str:
     """8. Good and bad examples by the LoRA model's 1-click IoU, beside the 1024 px pipeline, and a discussion."""
-    from lora_sam.figures import plot_examples
-    from lora_sam.losses import mask_iou
+    from lora_sam.metrics import mask_iou
+    from lora_sam.report.figures import plot_examples
 
     lora, orig = run.eval_model("lora"), run.eval_model("original", "training image upscaled")
     if lora is None or orig is None:

@@ -34,8 +34,7 @@ from tqdm import tqdm
 
 from lora_sam.data.samples import choose_targets
 from lora_sam.evaluation.segmenters import LowResSegmenter, Prediction, PredictorSegmenter, Segmenter
-from lora_sam.metrics import mask_iou
-from lora_sam.metrics import NOC_THRESHOLDS, number_of_clicks, summarize
+from lora_sam.metrics import NOC_THRESHOLDS, mask_iou, number_of_clicks, summarize
 from lora_sam.prompts import click_points, masks_to_boxes
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Training-step benchmark: LoRA vs fully unfrozen vs a naive re-encoding step (issue 4).
 
 One *step* is what ``LoRASAM.training_step`` does for one batch plus the optimiser: the
-interactive forward (``LoRASAM.interactive_step``: image encoder once per image, then for K
+interactive forward (``recipe.interactive_step`` through ``LoRASAM``: image encoder once per image, then for K
 target masks a point sequence of up to ``--iterations`` clicks or one noisy box, all targets
 of a prompt type decoded in one call per iteration), the loss (mean over decoded prompts, as
 ``_shared_step``), ``backward`` and ``AdamW.step`` over the trainable parameters.
@@ -253,13 +253,16 @@ PROFILED = ("encode", "decode", "upscale", "point_sample", "box_sample", "sample
 def timed_parts(stepper: Stepper):  # noqa: ANN201
     """Wall time of each part of ``interactive_step`` (forward), of backward split at the image
     embedding (decoder side vs encoder side, by a gradient hook on the embedding), and of the
-    optimiser.  Patches the names ``lora_sam.module`` looks up, for the duration only."""
-    import lora_sam.module as lm
+    optimiser.  Patches the names ``lora_sam.recipe`` and ``lora_sam.model`` (``SamV1``) look up,
+    for the duration only."""
+    import lora_sam.model as lmodel
+    import lora_sam.recipe as lrecipe
 
     times: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
     device = stepper.device
-    originals = {name: getattr(lm, name) for name in PROFILED if hasattr(lm, name)}
+    originals = {(lib, name): getattr(lib, name) for lib in (lrecipe, lmodel) for name in PROFILED
+                 if hasattr(lib, name) and (lib is lrecipe or name in ("encode", "decode", "upscale"))}
     hook_times: list[float] = []
 
     def wrap(name: str, fn: Any) -> Any:
@@ -278,11 +281,10 @@ def timed_parts(stepper: Stepper):  # noqa: ANN201
             return result
         return inner
 
-    module = stepper.module
-    loss_fn = module._loss
-    module._loss = wrap("loss (focal+dice+IoU MSE)", loss_fn)
-    for name, fn in originals.items():
-        setattr(lm, name, wrap(name, fn))
+    loss_fn = lrecipe.sam_loss
+    lrecipe.sam_loss = wrap("loss (focal+dice+IoU MSE)", loss_fn)
+    for (lib, name), fn in originals.items():
+        setattr(lib, name, wrap(name, fn))
     original_backward = stepper._backward
 
     def backward(loss: Any) -> None:
@@ -303,9 +305,9 @@ def timed_parts(stepper: Stepper):  # noqa: ANN201
     try:
         yield times, calls
     finally:
-        for name, fn in originals.items():
-            setattr(lm, name, fn)
-        module._loss = loss_fn
+        for (lib, name), fn in originals.items():
+            setattr(lib, name, fn)
+        lrecipe.sam_loss = loss_fn
         stepper._backward = original_backward  # type: ignore[method-assign]
 
 

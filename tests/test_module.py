@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import lora_sam.module as module_lib
+import lora_sam.model as model_lib
+import lora_sam.recipe as recipe_lib
 from lora_sam import LoRASAM, get_loaders, point_sample
 from lora_sam.lora import lora_state_dict
 
@@ -37,14 +38,14 @@ def test_interactive_iterations(tiny_checkpoint: Path, synthetic_root: Path, mon
     model = tiny(tiny_checkpoint, point_prob=1.0, iterations=3)
     batch = first_batch(synthetic_root, batch_size=1)
     calls = []
-    real_decode = module_lib.decode
+    real_decode = model_lib.decode
 
     def recording_decode(sam, emb, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
         low, iou = real_decode(sam, emb, points, labels, boxes=boxes, mask_input=mask_input, multimask=multimask)
         calls.append({"points": points, "mask_input": mask_input, "low": low.detach(), "iou": iou.detach()})
         return low, iou
 
-    monkeypatch.setattr(module_lib, "decode", recording_decode)
+    monkeypatch.setattr(model_lib, "decode", recording_decode)
     out = model.interactive_step(batch, torch.Generator().manual_seed(3), keep_records=True)
     rounds = out.records[0]["point"]
     assert len(rounds) == 3 and len(calls) == 3
@@ -114,7 +115,7 @@ def test_nonfinite_loss_stops_or_skips(tiny_checkpoint: Path, synthetic_root: Pa
         nan = logits.sum() * float("nan")
         return {"focal": nan, "dice": nan, "iou": nan, "total": nan}
 
-    monkeypatch.setattr(module_lib, "sam_loss", nan_loss)
+    monkeypatch.setattr(recipe_lib, "sam_loss", nan_loss)
     with pytest.raises(FloatingPointError, match="global step 0"):
         tiny(tiny_checkpoint).training_step(batch, 0)
     with pytest.warns(RuntimeWarning, match="batch skipped"):

@@ -39,6 +39,7 @@ __all__ = [
     "upscale",
     "image_size_of",
     "model_type_of",
+    "SamV1",
 ]
 
 PATCH_SIZE = 16
@@ -340,3 +341,28 @@ def model_type_of(sam: Sam) -> str | None:
     width, depth = sam.image_encoder.pos_embed.shape[-1], len(sam.image_encoder.blocks)
     return next((name for name, cfg in MODEL_CONFIGS.items()
                  if cfg.encoder_embed_dim == width and cfg.encoder_depth == depth), None)
+
+
+class SamV1:
+    """SAM v1 as a ``promptable.PromptableModel``: ``encode`` / ``decode`` / ``upscale`` on an official ``Sam``.
+
+    A view, not a copy: it holds ``sam`` (LoRA-wrapped or not), so training it trains ``sam``.
+    """
+
+    def __init__(self, sam: Sam) -> None:
+        self.sam = sam
+
+    @property
+    def low_res_size(self) -> tuple[int, int]:
+        return tuple(self.sam.prompt_encoder.mask_input_size)  # type: ignore[return-value]
+
+    def encode(self, images: Tensor, input_size: Tensor | None = None) -> Tensor:
+        return encode(self.sam, images, input_size)
+
+    def decode(self, embedding: Tensor, *, points: Tensor | None = None, labels: Tensor | None = None,
+               boxes: Tensor | None = None, mask_input: Tensor | None = None,
+               multimask: bool = True) -> tuple[Tensor, Tensor]:
+        return decode(self.sam, embedding, points, labels, boxes, mask_input, multimask)
+
+    def upscale(self, low_res_logits: Tensor, size: tuple[int, int]) -> Tensor:
+        return upscale(low_res_logits, size)

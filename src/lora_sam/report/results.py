@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from lora_sam.metrics import mask_iou
+from lora_sam.model import SamV1
+from lora_sam.recipe import interactive_step
 from lora_sam.report.methods import md_table
 from lora_sam.report.numbers import discussion, loss_curves, mean_by_area, pick_examples, read_metrics_csv
 from lora_sam.report.run_folder import Missing, Run
@@ -18,23 +22,13 @@ __all__ = ["curves_section", "examples_section", "iterations_section", "metrics_
 _TERM_TITLES = {"focal": "focal", "dice": "dice", "iou": "IoU head (MSE)", "total": "total (weighted sum)"}
 
 
-def _records(result: Any) -> list[dict[str, Any]]:
-    return result.records if hasattr(result, "records") else result["records"]
-
-
-def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    union = (a | b).sum()
-    return float((a & b).sum() / union) if union else 1.0
-
-
 def iterations_section(run: Run, *, targets: int = 3) -> str:
     """5. The points sampled at each interactive iteration and the GT masks assigned, for a few targets."""
     from lora_sam.data.loaders import get_loaders
     from lora_sam.report.figures import plot_interactive_rounds
 
-    module = run.trained_lora_module()
-    hp = module.hparams
-    module.hparams.point_prob = 1.0  # every target of the figure starts from a point
+    sam = run.trained_lora_model()
+    options = replace(run.recipe_options("lora"), point_prob=1.0)  # every target of the figure starts from a point
     _, val = get_loaders(run.data_root, image_size=run.image_size, batch_size=1, masks_per_image=8,
                          val_fraction=run.settings.get("val_fraction", 0.1), num_workers=0,
                          seed=run.settings.get("seed", 0))
@@ -42,8 +36,8 @@ def iterations_section(run: Run, *, targets: int = 3) -> str:
         raise Missing(f"validation images in `{run.data_root}`")
     batch = next(b for b in val if len(b["targets"]) and len(b["targets"][0]))
     with torch.no_grad():
-        result = module.interactive_step(batch, torch.Generator().manual_seed(0), keep_records=True)
-    rounds = _records(result)[0]["point"]
+        result = interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(0), options, keep_records=True)
+    rounds = result.records[0]["point"]
     ih, iw = (int(v) for v in batch["input_size"][0])
     image = batch["image"][0][:, :ih, :iw]
     areas = rounds[0]["target"].flatten(1).sum(1)
@@ -51,7 +45,7 @@ def iterations_section(run: Run, *, targets: int = 3) -> str:
     picks = sorted({order[round(i * (len(order) - 1) / max(targets - 1, 1))] for i in range(min(targets, len(order)))},
                    key=order.index)
     text = [
-        f"Training runs {hp.iterations} iterations per point prompt (box prompts one). Iteration 1: one positive "
+        f"Training runs {options.iterations} iterations per point prompt (box prompts one). Iteration 1: one positive "
         "point uniform over the target. Each later iteration adds one point drawn uniformly from the error region of "
         "the output with the highest predicted IoU (positive in a false negative, negative in a false positive), "
         "feeds that output's low-resolution logits back as the mask prompt, and reassigns the 3 GT masks with "
@@ -64,7 +58,7 @@ def iterations_section(run: Run, *, targets: int = 3) -> str:
     for n, j in enumerate(picks, start=1):
         steps = [{"points": r["points"][j], "labels": r["labels"][j], "gt": r["gt"][j][:, :ih, :iw],
                   "pred": r["pred"][j][:ih, :iw], "target": r["target"][j][:ih, :iw]} for r in rounds]
-        ious = [_iou(s["pred"], s["target"]) for s in steps]
+        ious = [float(mask_iou(s["pred"], s["target"])) for s in steps]
         labels = steps[-1]["labels"].tolist()
         changed = [it for it in range(2, len(steps) + 1) if not torch.equal(steps[it - 1]["gt"], steps[it - 2]["gt"])]
         reassigned = (f"the assigned GT masks changed at iteration {', '.join(map(str, changed))}" if changed
@@ -87,8 +81,8 @@ def curves_section(run: Run) -> str:
     for mode in names:
         curves[mode] = loss_curves(read_metrics_csv(run.need(f"{mode}/metrics.csv")))
         try:
-            hp = run.hparams(mode)
-            weights[mode] = (hp.get("focal_weight", 20.0), hp.get("dice_weight", 1.0), hp.get("iou_weight", 1.0))
+            o = run.recipe_options(mode)
+            weights[mode] = (o.focal_weight, o.dice_weight, o.iou_weight)
         except Missing:
             weights[mode] = None
     panels = {title: {f"{names[m]} {split}": curves[m][split][term] for m in names
@@ -210,7 +204,6 @@ def _first_click_masks(run: Run, adapter: str | None, prompts: dict[str, Any], p
 
 def examples_section(run: Run, *, count: int = 3) -> str:
     """8. Good and bad examples by the LoRA model's 1-click IoU, beside the 1024 px pipeline, and a discussion."""
-    from lora_sam.metrics import mask_iou
     from lora_sam.report.figures import plot_examples
 
     lora, orig = run.eval_model("lora"), run.eval_model("original", "training image upscaled")

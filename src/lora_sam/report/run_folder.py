@@ -14,7 +14,6 @@ the folder, so a run folder can be moved.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import warnings
 from functools import cached_property
@@ -24,6 +23,8 @@ from typing import Any
 import torch
 import yaml
 from segment_anything.modeling import Sam
+
+from lora_sam.recipe import RecipeOptions
 
 __all__ = ["Missing", "Run", "SHARED_DATA"]
 
@@ -153,16 +154,16 @@ class Run:
         inject_lora(sam, rank, alpha, targets=layers)
         return sam
 
-    def trained_lora_module(self) -> Any:
-        """The LoRA run's ``LoRASAM`` (from its hparams.yaml) with the trained adapter loaded, in eval mode."""
-        from lora_sam.adapter import load_adapter
-        from lora_sam.module import LoRASAM
+    def trained_lora_model(self) -> Sam:
+        """The LoRA run's model: the base checkpoint at the training resolution with the trained adapter
+        applied (its own rank, alpha and layers), on ``self.device``, in eval mode."""
+        from lora_sam.adapter import apply_adapter
+        from lora_sam.model import build_sam
 
-        hp = self.hparams("lora")
-        adapter = self.weights("lora")
-        names = set(inspect.signature(LoRASAM.__init__).parameters) - {"self", "checkpoint"}
-        options = {k: v for k, v in hp.items() if k in names}
-        options["image_size"] = tuple(options.get("image_size", self.image_size))
-        module = LoRASAM(checkpoint=str(self.base_checkpoint), **options)
-        load_adapter(module.sam, adapter)
-        return module.to(self.device).eval()
+        sam = build_sam(self.model_type, str(self.base_checkpoint), self.image_size)
+        apply_adapter(sam, self.weights("lora"))
+        return sam.to(self.device).eval()
+
+    def recipe_options(self, mode: str) -> RecipeOptions:
+        """The training recipe's options of a run (``lora`` / ``full``), read from its hparams.yaml."""
+        return RecipeOptions.from_mapping(self.hparams(mode))

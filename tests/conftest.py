@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+import data_fixtures
 
 torch.set_num_threads(2)
 
@@ -26,9 +26,8 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real sample data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    """The real sample data folder (see ``data_fixtures.SHARED_DATA``), or skip."""
+    return data_fixtures.shared_data()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -12,13 +13,15 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("LORA_SAM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+"""Real sample files (one SA-1B image, two COCO images): $LORA_SAM_SHARED_DATA, else ``../shared/data`` beside
+the checkout. Never part of the repository; tests that read them skip when the folder is absent."""
 
 
 def shared_data() -> Path:
     """The real sample data folder, or skip the test."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real sample data not found at {SHARED_DATA}")
+        pytest.skip(f"real sample data not found at {SHARED_DATA} (set LORA_SAM_SHARED_DATA to its folder)")
     return SHARED_DATA
 
 

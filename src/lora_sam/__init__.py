@@ -6,7 +6,7 @@ Names are imported lazily, so ``import lora_sam`` and ``lora-sam --help`` stay f
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -30,7 +30,42 @@ _EXPORTS = {
     "LoRASAM": "module",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "LoRAConv2d",
+    "LoRAConvTranspose2d",
+    "LoRALinear",
+    "LoRASAM",
+    "apply_adapter",
+    "box_sample",
+    "build_sam",
+    "export_merged",
+    "get_loaders",
+    "inject_lora",
+    "load_adapter",
+    "lora_state_dict",
+    "merge_lora",
+    "parameter_summary",
+    "point_sample",
+    "save_adapter",
+    "unmerge_lora",
+]  # the keys of _EXPORTS, written out for static tools
+
+if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs; at run time __getattr__ imports them
+    from lora_sam.adapter import apply_adapter, export_merged, load_adapter, save_adapter
+    from lora_sam.data.loaders import get_loaders
+    from lora_sam.lora import (
+        LoRAConv2d,
+        LoRAConvTranspose2d,
+        LoRALinear,
+        inject_lora,
+        lora_state_dict,
+        merge_lora,
+        unmerge_lora,
+    )
+    from lora_sam.model import build_sam
+    from lora_sam.module import LoRASAM
+    from lora_sam.summary import parameter_summary
+    from lora_sam.targets import box_sample, point_sample
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,9 @@
 """``lora-sam report RUN_DIR``: a Markdown report with PNG figures, from a run folder's files only.
 
-The report answers DESIGN.md section 6 point by point, one section each (``report_sections``,
-``report_results``); numbers come from ``compare.json``, ``eval.json``, the runs' ``metrics.csv`` and
+The report answers eight questions, one section each (``SECTIONS``: how LoRA sits in SAM, parameter
+counts, LoRA vs full fine-tuning, the GT masks of ``point_sample`` / ``box_sample``, the interactive
+iterations, loss curves, metrics, good and bad examples vs the 1024 px pipeline; ``methods`` and
+``results`` write them); numbers come from ``compare.json``, ``eval.json``, the runs' ``metrics.csv`` and
 ``hparams.yaml``, and figures from the run's weights and data. A section whose files are absent says
 which file is missing instead of stopping the report.
 """
@@ -67,14 +69,19 @@ def _init_note(base: dict[str, Any]) -> str:
             f"dice + {loss.get('iou', 1):g} x IoU-head MSE, the image encoder's position table frozen.")
 
 
-def write_report(run_dir: str | Path, *, device: str | None = None, progress: bool = True) -> Path:
-    """Write ``run_dir/report.md`` and ``run_dir/figures/*.png``; returns the report's path."""
-    run = Run(run_dir, device=device)
+def write_report(run_dir: str | Path, *, device: str | None = None, progress: bool = True,
+                 real_data: str | Path | None = None) -> Path:
+    """Write ``run_dir/report.md`` and ``run_dir/figures/*.png``; returns the report's path.
+
+    ``real_data``: an optional folder of real samples (``sa1b/sa_1.jpg`` + ``.json``) whose GT masks
+    section 4 also draws; default $LORA_SAM_REAL_DATA, else none.
+    """
+    run = Run(run_dir, device=device, real_data=real_data)
     run.figures.mkdir(parents=True, exist_ok=True)
     parts = [
         "# lora_sam report", "",
         f"Run folder `{run.root}`; written {time.strftime('%Y-%m-%d %H:%M')} by `lora-sam report` from the run's "
-        "files only. Sections follow the questions of DESIGN.md section 6.", "",
+        "files only.", "",
         _base_description(run), "",
     ]
     for title, section in SECTIONS:
@@ -101,12 +108,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "or 'lora-sam demo' (compare.json, eval.json, lora/ and full/ logs and weights, the data)")
     parser.add_argument("run_dir", type=Path, help="the run folder")
     parser.add_argument("--device", default=None, help="device for the figures' models (default cpu)")
+    parser.add_argument("--real-data", type=Path, default=None, metavar="DIR",
+                        help="a folder of real samples (sa1b/sa_1.jpg + sa_1.json) to draw in section 4 too "
+                             "(default $LORA_SAM_REAL_DATA, else none)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        path = write_report(args.run_dir, device=args.device, progress=not args.quiet)
+        path = write_report(args.run_dir, device=args.device, progress=not args.quiet, real_data=args.real_data)
     except FileNotFoundError as err:
         print(f"lora-sam report: error: {err}", file=sys.stderr)
         return 2

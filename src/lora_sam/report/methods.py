@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from lora_sam.report.run_folder import SHARED_DATA, Missing, Run
+from lora_sam.report.run_folder import Missing, Run
 
 __all__ = ["compare_section", "lora_section", "md_table", "parameters_section", "targets_section"]
 
@@ -229,8 +229,8 @@ def targets_section(run: Run) -> str:
     paths = target_figures(sample["image"], sample["masks"], run.figures, torch.Generator().manual_seed(0),
                            prefix="targets_data")
     text += [f"![{case}](figures/{p.name})" for case, p in zip(cases, paths)]
-    real = SHARED_DATA / "sa1b"
-    if (real / "sa_1.jpg").is_file() and (real / "sa_1.json").is_file():
+    real = run.real_data / "sa1b" if run.real_data else None
+    if real is not None and (real / "sa_1.jpg").is_file() and (real / "sa_1.json").is_file():
         sa1b = open_dataset(real, image_size=(256, 192))[0]
         if isinstance(sa1b, dict):
             paths = target_figures(sa1b["image"], sa1b["masks"], run.figures, torch.Generator().manual_seed(0),

@@ -202,6 +202,30 @@ def _first_click_masks(run: Run, adapter: str | None, prompts: dict[str, Any], p
     return out
 
 
+def _example_rows(run: Run, tag: str, picked: list[int], prompts: dict[str, Any],
+                  samples: dict[str, dict[str, Any]], masks: dict[tuple[str, int], torch.Tensor],
+                  recorded: dict[str, list[list[float]]]) -> list[dict[str, Any]]:
+    """One figure row per picked prompt: the image cropped to its input size, the first click, GT, LoRA's
+    and the 1024 px pipeline's masks with their IoUs (warning when they differ from eval.json's)."""
+    rows = []
+    for rank, i in enumerate(picked, start=1):
+        sample = samples[prompts["image_id"][i]]
+        gt = sample["masks"][int(prompts["mask_index"][i])].bool()
+        shown, ious = [gt], []
+        for key in ("lora", "original"):
+            shown.append(masks[key, i])
+            ious.append(float(mask_iou(masks[key, i], gt)))
+            if abs(ious[-1] - recorded[key][i][0]) > 1e-3:
+                warnings.warn(f"{run.root / 'eval.json'}: prompt {i} ({key}): 1-click IoU {recorded[key][i][0]:.4f} "
+                              f"recorded, {ious[-1]:.4f} recomputed for the figure", RuntimeWarning, stacklevel=3)
+        ih, iw = (int(v) for v in sample["input_size"])
+        rows.append({"image": sample["image"][:, :ih, :iw], "points": prompts["click_points"][i][:1],
+                     "labels": prompts["click_labels"][i][:1], "masks": [m[:ih, :iw] for m in shown],
+                     "label": f"{tag} #{rank}: {sample['image_id']}, mask {prompts['mask_index'][i]}",
+                     "captions": [f"{int(gt.sum())} px", f"IoU {ious[0]:.2f}", f"IoU {ious[1]:.2f}"]})
+    return rows
+
+
 def examples_section(run: Run, *, count: int = 3) -> str:
     """8. Good and bad examples by the LoRA model's 1-click IoU, beside the 1024 px pipeline, and a discussion."""
     from lora_sam.report.figures import plot_examples
@@ -219,22 +243,7 @@ def examples_section(run: Run, *, count: int = 3) -> str:
     h, w = run.image_size
     figures = []
     for tag, picked in (("good", best), ("bad", worst)):
-        rows = []
-        for rank, i in enumerate(picked, start=1):
-            sample = samples[prompts["image_id"][i]]
-            gt = sample["masks"][int(prompts["mask_index"][i])].bool()
-            shown, ious = [gt], []
-            for key in ("lora", "original"):
-                shown.append(masks[key, i])
-                ious.append(float(mask_iou(masks[key, i], gt)))
-                if abs(ious[-1] - recorded[key][i][0]) > 1e-3:
-                    warnings.warn(f"{run.root / 'eval.json'}: prompt {i} ({key}): 1-click IoU {recorded[key][i][0]:.4f} "
-                                  f"recorded, {ious[-1]:.4f} recomputed for the figure", RuntimeWarning, stacklevel=2)
-            ih, iw = (int(v) for v in sample["input_size"])
-            rows.append({"image": sample["image"][:, :ih, :iw], "points": prompts["click_points"][i][:1],
-                         "labels": prompts["click_labels"][i][:1], "masks": [m[:ih, :iw] for m in shown],
-                         "label": f"{tag} #{rank}: {sample['image_id']}, mask {prompts['mask_index'][i]}",
-                         "captions": [f"{int(gt.sum())} px", f"IoU {ious[0]:.2f}", f"IoU {ious[1]:.2f}"]})
+        rows = _example_rows(run, tag, picked, prompts, samples, masks, recorded)
         if rows:
             figures.append(plot_examples(rows, ["GT", f"LoRA {h}x{w}", "original SAM pipeline 1024 px"],
                                          run.figures / f"examples_{tag}.png",

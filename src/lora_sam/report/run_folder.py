@@ -14,6 +14,7 @@ the folder, so a run folder can be moved.
 from __future__ import annotations
 
 import copy
+import os
 import json
 import warnings
 from functools import cached_property
@@ -26,10 +27,9 @@ from segment_anything.modeling import Sam
 
 from lora_sam.recipe import RecipeOptions
 
-__all__ = ["Missing", "Run", "SHARED_DATA"]
+__all__ = ["Missing", "REAL_DATA_ENV", "Run"]
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-"""``<repo>/../shared/data``: real sample files, present on development machines only."""
+REAL_DATA_ENV = "LORA_SAM_REAL_DATA"
 
 
 class Missing(Exception):
@@ -39,8 +39,10 @@ class Missing(Exception):
 class Run:
     """Lazy access to a run folder's files; every accessor raises ``Missing`` naming the absent file."""
 
-    def __init__(self, root: str | Path, *, device: str | None = None) -> None:
+    def __init__(self, root: str | Path, *, device: str | None = None, real_data: str | Path | None = None) -> None:
         self.root = Path(root)
+        real = real_data or os.environ.get(REAL_DATA_ENV)
+        self.real_data = Path(real) if real else None  # optional real samples for the figures
         if not self.root.is_dir():
             raise FileNotFoundError(f"run folder {self.root} does not exist")
         self.figures = self.root / "figures"

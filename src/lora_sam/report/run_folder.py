@@ -14,8 +14,8 @@ the folder, so a run folder can be moved.
 from __future__ import annotations
 
 import copy
-import os
 import json
+import os
 import warnings
 from functools import cached_property
 from pathlib import Path

@@ -245,3 +245,35 @@ def test_fused_focal_dice_keeps_bfloat16_gradients() -> None:
     (focal.sum() + dice.sum()).backward()
     assert focal.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
     assert torch.isfinite(x.grad.float()).all() and x.grad.float().abs().sum() > 0
+
+
+def test_pairwise_mask_loss_equals_every_pair_of_plain_losses() -> None:
+    from lora_sam.losses import pairwise_mask_loss
+
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 3, 12, 17, generator=gen) * 4
+    gt = torch.rand(4, 2, 12, 17, generator=gen) > 0.5
+    table = pairwise_mask_loss(logits, gt, focal_weight=20.0, dice_weight=1.0)
+    for m in range(3):
+        for j in range(2):
+            expected = 20.0 * sigmoid_focal_loss(logits[:, m], gt[:, j]) + dice_loss(logits[:, m], gt[:, j])
+            assert torch.allclose(table[:, m, j], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_assign_outputs_is_the_permutation_of_lowest_total_loss() -> None:
+    import itertools
+
+    from lora_sam.losses import assign_outputs
+
+    gen = torch.Generator().manual_seed(6)
+    gt = torch.rand(8, 3, 10, 10, generator=gen) > 0.5
+    order = torch.stack([torch.randperm(3, generator=gen) for _ in range(8)])  # outputs shuffled GT + noise
+    logits = (gt.float()[torch.arange(8)[:, None], order] * 2 - 1) * 3 + torch.randn(8, 3, 10, 10, generator=gen)
+    found = assign_outputs(logits, gt)
+    for k in range(8):
+        def total(perm: tuple[int, ...], k: int = k) -> float:
+            return sum(float(20 * sigmoid_focal_loss(logits[k, m], gt[k, perm[m]]) + dice_loss(logits[k, m], gt[k, perm[m]]))
+                       for m in range(3))
+        assert tuple(found[k].tolist()) == min(itertools.permutations(range(3)), key=total)
+    assert torch.equal(found, order)  # each output found the GT it was made from
+    assert torch.equal(assign_outputs(logits, gt, "fixed"), torch.arange(3).expand(8, 3))

@@ -6,7 +6,8 @@ so one call scores every mask of a batch: logits (K, M, H, W) give losses (K, M)
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -145,9 +146,8 @@ def sam_loss(
 ) -> dict[str, Tensor]:
     """SAM's loss for K prompts with M outputs each.
 
-    Default: output m of prompt k is compared with its own target ``gt[k, m]`` (the project
-    pairs the 3 outputs with the 3 masks of ``point_sample`` / ``box_sample``, big to small);
-    the focal and dice terms are means over the K x M masks.
+    Default: output m of prompt k is compared with its own target ``gt[k, m]`` (the recipe orders
+    ``gt`` by ``assign_outputs`` first); the focal and dice terms are means over the K x M masks.
 
     ``min_only=True`` (the SAM paper's variant): ``gt`` holds one target per prompt, every
     output is compared with it, and per prompt only the output with the lowest mask loss
@@ -188,3 +188,65 @@ def sam_loss(
     focal, dice = focal.mean(), dice.mean()
     total = focal_weight * focal + dice_weight * dice + iou_weight * iou
     return {"focal": focal, "dice": dice, "iou": iou, "total": total}
+
+
+Pairing = Literal["optimal", "min", "fixed"]
+_PERMUTATIONS = torch.tensor(list(itertools.permutations(range(3))))  # (6, 3): output m -> GT perm[m]
+
+
+@torch.no_grad()
+def pairwise_mask_loss(
+    logits: Tensor, gt: Tensor, *, focal_weight: float = 20.0, dice_weight: float = 1.0,
+    alpha: float = 0.25, gamma: float = 2.0, eps: float = 1.0,
+) -> Tensor:
+    """``focal_weight * focal + dice_weight * dice`` of every output against every GT mask, without gradient.
+
+    Both losses are sums over pixels of a per-output term times the GT (or its complement), so the
+    (M x J) table costs one elementwise pass over the outputs and two batched matmuls, not M x J losses.
+
+    Args:
+        logits: (K, M, H, W) mask logits.
+        gt: (K, J, H, W) bool GT masks.
+    Returns:
+        (K, M, J): entry [k, m, j] is the loss of output m of prompt k against gt[k, j], equal to
+        ``focal_weight * sigmoid_focal_loss(logits[k, m], gt[k, j]) + dice_weight * dice_loss(...)``.
+    """
+    x = logits.float().flatten(2)  # (K, M, P)
+    g = gt.to(x.dtype).flatten(2)  # (K, J, P)
+    prob = torch.sigmoid(x)
+    log_p, log_not_p = F.logsigmoid(x), F.logsigmoid(-x)
+    on = -(1.0 - prob) ** gamma * log_p  # focal of a pixel whose GT is 1
+    off = -prob ** gamma * log_not_p  # ... and 0
+    if alpha >= 0:
+        on, off = on * alpha, off * (1.0 - alpha)
+    pixels = x.shape[-1]
+    focal = (off.sum(-1, keepdim=True) + torch.bmm(on - off, g.transpose(1, 2))) / pixels  # (K, M, J)
+    intersection = torch.bmm(prob, g.transpose(1, 2))
+    dice = 1.0 - (2.0 * intersection + eps) / (prob.sum(-1, keepdim=True) + g.sum(-1)[:, None, :] + eps)
+    return focal_weight * focal + dice_weight * dice
+
+
+def assign_outputs(
+    logits: Tensor, gt: Tensor, pairing: Pairing = "optimal", *, focal_weight: float = 20.0, dice_weight: float = 1.0,
+) -> Tensor:
+    """Which GT mask each of the 3 outputs trains against.
+
+    ``optimal``: the one-to-one assignment of lowest total mask loss (of the 6 permutations): the
+    released SAM emits its 3 outputs smallest first, a model trained here may emit them in any order,
+    and either way each output keeps the GT it is closest to. ``fixed``: output m against GT m (GT
+    big to small). ``min`` is the SAM paper's min-loss and is not an assignment (see ``sam_loss``).
+
+    Args:
+        logits: (K, 3, H, W) mask logits; gt: (K, 3, H, W) bool GT masks.
+    Returns:
+        (K, 3) int64: output m of prompt k is paired with ``gt[k, result[k, m]]``.
+    """
+    k = logits.shape[0]
+    if pairing == "fixed":
+        return torch.arange(3, device=logits.device).expand(k, 3)
+    if pairing != "optimal":
+        raise ValueError(f"assign_outputs: pairing must be 'optimal' or 'fixed', got {pairing!r}")
+    cost = pairwise_mask_loss(logits, gt, focal_weight=focal_weight, dice_weight=dice_weight)  # (K, 3, 3)
+    perms = _PERMUTATIONS.to(logits.device)
+    totals = cost[:, torch.arange(3, device=logits.device), perms].sum(-1)  # (K, 6)
+    return perms[totals.argmin(1)]

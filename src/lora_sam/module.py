@@ -29,8 +29,9 @@ __all__ = ["LOSS_TERMS", "LoRASAM", "StepResult"]
 class LoRASAM(pl.LightningModule):
     """Fine-tune SAM with LoRA (or fully) on SA-1B-style batches (see ``lora_sam.data.samples.collate``).
 
-    The recipe options (iterations, point_prob, masks_per_image, min_only, the loss weights) are
-    ``recipe.RecipeOptions``'s; the rest builds the model and the optimiser.
+    The recipe options (iterations, point_prob, masks_per_image, pairing, box_output, box noise,
+    mask_only_iterations, the loss weights) are ``recipe.RecipeOptions``'s, documented there; the rest
+    builds the model and the optimiser.
 
     Args:
         rank, alpha: LoRA rank and alpha (scaling = alpha / rank).
@@ -45,7 +46,10 @@ class LoRASAM(pl.LightningModule):
         masks_per_image: at most this many of a sample's target masks per step (the loader draws them;
             ``get_loaders(masks_per_image=...)`` should match, so that no drawn target goes unused).
         lr, weight_decay, warmup_steps: AdamW with linear warm-up, then constant.
-        min_only: the SAM paper's loss (one target, backpropagate the best of 3 outputs only).
+        pairing: ``optimal`` (default), ``min`` (the SAM paper's min-loss) or ``fixed`` (big to small).
+        box_output: ``multi`` (3 outputs against ``box_sample``) or ``single`` (the single-mask output).
+        box_noise_std, box_noise_cap: box noise, std as a fraction of the side, cap in 1024 px-frame pixels.
+        mask_only_iterations: extra rounds feeding the mask prompt back with no new point (default 0).
         focal_weight, dice_weight, iou_weight: loss weights (20, 1, 1 as in SAM).
         on_nonfinite: ``"error"`` stops with the step named; ``"skip"`` skips that batch.
         seed: base seed of the prompt sampler (with the global step, so resumed runs reproduce).
@@ -68,7 +72,11 @@ class LoRASAM(pl.LightningModule):
         lr: float = 1e-4,
         weight_decay: float = 0.01,
         warmup_steps: int = 50,
-        min_only: bool = False,
+        pairing: Literal["optimal", "min", "fixed"] = "optimal",
+        box_output: Literal["multi", "single"] = "multi",
+        box_noise_std: float = 0.1,
+        box_noise_cap: float = 20.0,
+        mask_only_iterations: int = 0,
         focal_weight: float = 20.0,
         dice_weight: float = 1.0,
         iou_weight: float = 1.0,
@@ -84,7 +92,9 @@ class LoRASAM(pl.LightningModule):
         if on_nonfinite not in ("error", "skip"):
             raise ValueError(f"on_nonfinite must be 'error' or 'skip', got {on_nonfinite!r}")
         self.recipe = RecipeOptions(iterations=iterations, point_prob=point_prob, masks_per_image=masks_per_image,
-                                    min_only=min_only, focal_weight=focal_weight, dice_weight=dice_weight,
+                                    pairing=pairing, box_output=box_output, box_noise_std=box_noise_std,
+                                    box_noise_cap=box_noise_cap, mask_only_iterations=mask_only_iterations,
+                                    focal_weight=focal_weight, dice_weight=dice_weight,
                                     iou_weight=iou_weight)  # validates them
         image_size = (int(image_size[0]), int(image_size[1]))
         self.save_hyperparameters()

@@ -1,11 +1,22 @@
 """SAM's interactive training step as plain functions: (model, batch, generator, options) -> losses + records.
 
-Per image: the image encoder runs once; up to ``masks_per_image`` target masks get a first
-prompt, a foreground point (GT: ``point_sample``) or the target's noisy box (GT: ``box_sample``,
-one iteration); point prompts go on for up to ``iterations`` rounds, each adding a point drawn
-from the error region of the output with the highest predicted IoU, reassigning the GT over all
-points so far and feeding that output's low-resolution logits back as the mask prompt. All
-prompts of a group (points / boxes) of one image are decoded in one call.
+The SAM paper's recipe (Section 3 and Appendix A), per image of a batch:
+
+- the image encoder runs once; up to ``masks_per_image`` targets get a first prompt: a
+  foreground point uniform over the target, or the target's box with Gaussian noise (std 10 % of
+  each side, capped at 20 px of SAM's 1024 px frame, converted to training pixels);
+- outputs: one point and no mask prompt -> the 3 multimask outputs against ``point_sample``'s 3
+  GT masks (target among them); several points or a mask prompt -> the single-mask output
+  against the target; a box -> the 3 outputs against ``box_sample``'s masks (``box_output``);
+- the 3 outputs are paired with the 3 GT masks by the assignment of lowest total loss
+  (``pairing``; the paper's min-loss and a fixed big-to-small order as options);
+- point prompts go on for up to ``iterations`` rounds: the next point is uniform over the error
+  region of the previous prediction (the output with the highest predicted IoU when 3 were
+  returned), positive in a false negative, negative in a false positive; that output's
+  low-resolution logits are fed back as the mask prompt. ``mask_only_iterations`` adds rounds that
+  feed the logits back with no new point (the paper has 2 of 11);
+- the padding of the (H, W) frame is cropped, as ``Sam.postprocess_masks`` does: losses, IoU
+  targets, error regions and sampled points use only the image's ``input_size``.
 
 Nothing here knows Lightning: ``module.LoRASAM`` calls ``interactive_step`` and logs its
 ``StepResult``; the report replays it with a trained model and explicit options.
@@ -15,20 +26,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from lora_sam.losses import sam_loss
+from lora_sam.losses import Pairing, assign_outputs, sam_loss
 from lora_sam.metrics import mask_iou
 from lora_sam.promptable import PromptableModel
 from lora_sam.prompts import masks_to_boxes, noisy_boxes, sample_error_points, sample_points
 from lora_sam.targets import box_sample, point_sample
 
-__all__ = ["LOSS_TERMS", "RecipeOptions", "StepResult", "interactive_step"]
+__all__ = ["LOSS_TERMS", "SAM_FRAME", "RecipeOptions", "StepResult", "interactive_step"]
 
 LOSS_TERMS = ("focal", "dice", "iou", "total")
+SAM_FRAME = 1024  # the longest side of SAM's own input frame, where the paper's pixel constants live
 
 
 @dataclass(frozen=True)
@@ -40,14 +52,25 @@ class RecipeOptions:
         point_prob: probability that a target's first prompt is a point rather than a box.
         masks_per_image: at most this many of a sample's targets per step (the first ones; the
             loader draws them at random).
-        min_only: the SAM paper's loss (one target, backpropagate the best of 3 outputs only).
+        pairing: how the 3 outputs meet the 3 GT masks: ``optimal`` (the assignment of lowest total
+            loss), ``min`` (the SAM paper: every output against the target, only the best one
+            backpropagated) or ``fixed`` (output m against the m-th largest GT mask).
+        box_output: ``multi`` (3 outputs against ``box_sample``'s masks) or ``single`` (SAM's
+            single-mask output against the target).
+        box_noise_std: std of each box coordinate's noise, as a fraction of the box side.
+        box_noise_cap: largest noise in pixels of SAM's 1024 px frame (converted per image).
+        mask_only_iterations: extra rounds at the end that feed the mask prompt back without a new point.
         focal_weight, dice_weight, iou_weight: loss weights (20, 1, 1 as in SAM).
     """
 
     iterations: int = 3
     point_prob: float = 0.5
     masks_per_image: int = 16
-    min_only: bool = False
+    pairing: Pairing = "optimal"
+    box_output: Literal["multi", "single"] = "multi"
+    box_noise_std: float = 0.1
+    box_noise_cap: float = 20.0
+    mask_only_iterations: int = 0
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
@@ -59,12 +82,22 @@ class RecipeOptions:
             raise ValueError(f"point_prob must be in [0, 1], got {self.point_prob}")
         if self.masks_per_image < 1:
             raise ValueError(f"masks_per_image must be >= 1, got {self.masks_per_image}")
+        if self.pairing not in ("optimal", "min", "fixed"):
+            raise ValueError(f"pairing must be 'optimal', 'min' or 'fixed', got {self.pairing!r}")
+        if self.box_output not in ("multi", "single"):
+            raise ValueError(f"box_output must be 'multi' or 'single', got {self.box_output!r}")
+        if self.mask_only_iterations < 0 or self.box_noise_std < 0 or self.box_noise_cap < 0:
+            raise ValueError("mask_only_iterations, box_noise_std and box_noise_cap must be >= 0")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RecipeOptions:
-        """The options named in ``values`` (e.g. a run's hparams.yaml); other keys are ignored."""
+        """The options named in ``values`` (e.g. a run's hparams.yaml); other keys are ignored.
+        Runs saved before ``pairing`` existed recorded ``min_only``; True reads as ``pairing="min"``."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        options = {k: v for k, v in values.items() if k in names}
+        if "pairing" not in values and "min_only" in values:
+            options["pairing"] = "min" if values["min_only"] else "fixed"
+        return cls(**options)
 
 
 @dataclass
@@ -103,13 +136,13 @@ class StepResult:
 
 @dataclass
 class _Image:
-    """One image of a batch inside the step: its embedding and every mask, with areas and boxes."""
+    """One image of a batch inside the step, cropped to its ``input_size`` (the padding left out)."""
 
     embedding: Tensor  # (1, ...)
-    masks: Tensor  # (N, H, W) bool
+    masks: Tensor  # (N, h, w) bool, h, w = input_size
     areas: Tensor  # (N,)
     boxes: Tensor  # (N, 4) XYXY
-    input_size: tuple[int, int]  # (h, w) before padding
+    frame: tuple[int, int]  # (H, W) of the padded training frame the logits are upscaled to
 
 
 @dataclass
@@ -137,18 +170,20 @@ def interactive_step(
             targets (lists of (N, H, W) bool and (K,) indices), image_id.
         generator: the prompt sampler's randomness (first prompts, box noise, error points).
         keep_records: also return, per image, every round's points, labels, boxes, assigned GT
-            masks, chosen prediction and targets (on the CPU), for tests and the report's figures.
+            masks, which GT each output was paired with, the chosen prediction and the targets (on
+            the CPU, cropped to the image), for tests and the report's figures.
     """
     images = batch["image"]
     embeddings = model.encode(images, batch["input_size"])  # (B, ...): once per image
     step = _Step(model, options, generator, StepResult())
     for b in range(images.shape[0]):
-        masks = batch["masks"][b].to(images.device)
+        h, w = (int(v) for v in batch["input_size"][b])
+        masks = batch["masks"][b][:, :h, :w].to(images.device)
         targets = batch["targets"][b][: options.masks_per_image].to(images.device)
         if targets.numel() == 0:
             continue
         image = _Image(embedding=embeddings[b : b + 1], masks=masks, areas=masks.flatten(1).sum(1),
-                       boxes=masks_to_boxes(masks), input_size=tuple(batch["input_size"][b].tolist()))
+                       boxes=masks_to_boxes(masks), frame=tuple(images.shape[-2:]))
         use_point = (torch.rand(len(targets), generator=generator) < options.point_prob).to(masks.device)
         record: dict[str, Any] | None = {"image_id": batch["image_id"][b], "point": [], "box": None} \
             if keep_records else None
@@ -161,53 +196,82 @@ def interactive_step(
     return step.result
 
 
-def _decode_and_score(step: _Step, image: _Image, iteration: int, gt: Tensor, target: Tensor,
-                      **prompts: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Decode K prompts, add their losses; returns low-res logits, the best output index, its mask."""
-    low, iou_pred = step.model.decode(image.embedding, **prompts)
-    logits = step.model.upscale(low, image.masks.shape[-2:])
+def _decode_and_score(step: _Step, image: _Image, iteration: int, gt: Tensor | None, target: Tensor,
+                      **prompts: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Decode K prompts and add their losses.
+
+    ``gt`` (K, 3, h, w) trains the 3 multimask outputs, paired by ``options.pairing``; ``gt=None``
+    decodes the single-mask output and trains it against ``target``. Returns the low-resolution
+    logits (K, M, h', w'), the chosen output per prompt (highest predicted IoU), its mask cropped
+    to the image (K, h, w), and the GT index each output was paired with (K, M; -1: the target).
+    """
+    o = step.options
+    multimask = gt is not None
+    low, iou_pred = step.model.decode(image.embedding, multimask=multimask, **prompts)
+    h, w = image.masks.shape[-2:]
+    logits = step.model.upscale(low, image.frame)[..., :h, :w]  # padding cropped, as Sam.postprocess_masks
     best = iou_pred.argmax(1)
-    chosen = logits[torch.arange(len(best), device=best.device), best] > 0
-    keep = gt.flatten(1).any(1)  # prompts that no mask fits are skipped (point_sample's empty answer)
+    rows = torch.arange(len(best), device=best.device)
+    chosen = logits[rows, best] > 0
+    paired = torch.full(iou_pred.shape, -1, dtype=torch.long, device=best.device)
+    if not multimask or o.pairing == "min":
+        gt_used = target[:, None]
+        keep = torch.ones(len(target), dtype=torch.bool, device=target.device)
+    else:
+        keep = gt.flatten(1).any(1)  # prompts that no mask fits are skipped (point_sample's empty answer)
+        paired = assign_outputs(logits, gt, o.pairing, focal_weight=o.focal_weight, dice_weight=o.dice_weight)
+        gt_used = gt.gather(1, paired[:, :, None, None].expand_as(logits))
     if keep.any():
-        kept = (logits, iou_pred, gt, target, chosen)
-        if not keep.all():  # index only when needed: each is a (K, ..., H, W) copy
+        kept = (logits, iou_pred, gt_used, target, chosen)
+        if not keep.all():  # index only when needed: each is a (K, ..., h, w) copy
             kept = tuple(t[keep] for t in kept)
         k_logits, k_iou_pred, k_gt, k_target, k_chosen = kept
-        o = step.options
-        losses = sam_loss(k_logits, k_iou_pred, k_target[:, None] if o.min_only else k_gt,
-                          focal_weight=o.focal_weight, dice_weight=o.dice_weight, iou_weight=o.iou_weight,
-                          min_only=o.min_only)
+        losses = sam_loss(k_logits, k_iou_pred, k_gt, focal_weight=o.focal_weight, dice_weight=o.dice_weight,
+                          iou_weight=o.iou_weight, min_only=multimask and o.pairing == "min")
         step.result.add(iteration, losses, mask_iou(k_chosen, k_target).detach())
-    return low, best, chosen
+    return low, best, chosen, paired
 
 
 def _point_rounds(step: _Step, image: _Image, targets: Tensor, record: dict[str, Any] | None) -> None:
-    target = image.masks[targets]  # (Kp, H, W)
+    """Point prompts: round 1 one point (3 outputs), then a new error point and the mask prompt per round
+    (single output), then ``mask_only_iterations`` rounds of the mask prompt alone."""
+    target = image.masks[targets]  # (Kp, h, w)
     points = sample_points(target, step.generator)[:, None]  # (Kp, 1, 2)
     labels = torch.ones(points.shape[:2], dtype=torch.long, device=points.device)
     mask_input = None
-    iterations = step.options.iterations
-    for it in range(1, iterations + 1):
-        gt = torch.stack([point_sample(image.masks, p, lab, areas=image.areas) for p, lab in zip(points, labels)])
-        low, best, chosen = _decode_and_score(step, image, it, gt, target, points=points, labels=labels,
-                                              mask_input=mask_input)
+    o = step.options
+    rounds = o.iterations + o.mask_only_iterations
+    for it in range(1, rounds + 1):
+        first = it == 1
+        gt = torch.stack([point_sample(image.masks, p, lab, areas=image.areas) for p, lab in zip(points, labels)]) \
+            if first else None
+        low, best, chosen, paired = _decode_and_score(step, image, it, gt, target, points=points, labels=labels,
+                                                      mask_input=mask_input)
         if record is not None:
-            record["point"].append({"points": points.cpu(), "labels": labels.cpu(), "gt": gt.cpu(),
+            record["point"].append({"points": points.cpu(), "labels": labels.cpu(),
+                                    "gt": (gt if first else target[:, None]).cpu(), "paired": paired.cpu(),
                                     "pred": chosen.cpu(), "target": target.cpu()})
-        if it == iterations:
+        if it == rounds:
             break
-        new_points, new_labels = sample_error_points(chosen, target, step.generator)
-        points = torch.cat([points, new_points[:, None]], dim=1)
-        labels = torch.cat([labels, new_labels[:, None]], dim=1)
+        if it < o.iterations:
+            new_points, new_labels = sample_error_points(chosen, target, step.generator)
+            points = torch.cat([points, new_points[:, None]], dim=1)
+            labels = torch.cat([labels, new_labels[:, None]], dim=1)
         rows = torch.arange(len(best), device=best.device)
-        mask_input = low[rows, best][:, None].detach()  # (Kp, 1, h, w), unthresholded
+        mask_input = low[rows, best][:, None].detach()  # (Kp, 1, h', w'), unthresholded
 
 
 def _box_round(step: _Step, image: _Image, targets: Tensor, record: dict[str, Any] | None) -> None:
+    """Box prompts: one round; noise capped at ``box_noise_cap`` px of SAM's frame, in training pixels."""
+    o = step.options
     target = image.masks[targets]
-    boxes = noisy_boxes(image.boxes[targets].float(), step.generator, image_size=image.input_size)
-    gt = torch.stack([box_sample(image.masks, box, areas=image.areas, mask_boxes=image.boxes) for box in boxes])
-    _, _, chosen = _decode_and_score(step, image, 1, gt, target, boxes=boxes)
+    h, w = image.masks.shape[-2:]
+    cap = o.box_noise_cap * max(h, w) / SAM_FRAME  # the image's longest side is SAM_FRAME px in SAM's frame
+    boxes = noisy_boxes(image.boxes[targets].float(), step.generator, image_size=(h, w),
+                        std_fraction=o.box_noise_std, max_noise=cap)
+    gt = torch.stack([box_sample(image.masks, box, areas=image.areas, mask_boxes=image.boxes) for box in boxes]) \
+        if o.box_output == "multi" else None
+    _, _, chosen, paired = _decode_and_score(step, image, 1, gt, target, boxes=boxes)
     if record is not None:
-        record["box"] = {"boxes": boxes.cpu(), "gt": gt.cpu(), "pred": chosen.cpu(), "target": target.cpu()}
+        record["box"] = {"boxes": boxes.cpu(), "gt": (gt if gt is not None else target[:, None]).cpu(),
+                         "paired": paired.cpu(), "pred": chosen.cpu(), "target": target.cpu()}

@@ -1,0 +1,205 @@
+"""The interactive recipe (``lora_sam.recipe``) on a tiny SAM of the official classes, without Lightning.
+
+References: ``point_sample`` / ``box_sample`` and ``masks_to_boxes`` called directly, the official decoder's
+outputs recorded during the step, brute force over the pixels of the padding, and the paper's rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import lora_sam.model as model_lib
+from lora_sam import get_loaders, point_sample
+from lora_sam.model import SamV1, build_sam
+from lora_sam.prompts import masks_to_boxes
+from lora_sam.recipe import SAM_FRAME, RecipeOptions, interactive_step
+
+SIZE = (96, 128)
+
+
+@pytest.fixture(scope="module")
+def sam(tiny_checkpoint: Path):
+    return build_sam("tiny", str(tiny_checkpoint), SIZE).train()
+
+
+@pytest.fixture(scope="module")
+def portrait_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Portrait synthetic images (160x120): in the 96x128 frame each fills 96x72, the rest is padding."""
+    from lora_sam.data.synth import make_synthetic
+
+    root = tmp_path_factory.mktemp("portrait")
+    make_synthetic(root, images=4, seed=3, image_size=(160, 120))
+    return root
+
+
+def first_batch(root: Path, batch_size: int = 2, masks: int = 6) -> dict:
+    train, _ = get_loaders(root, image_size=SIZE, batch_size=batch_size, num_workers=0, masks_per_image=masks,
+                           val_fraction=0.25)
+    return next(iter(train))
+
+
+def record_decodes(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    calls: list[dict] = []
+    real = model_lib.decode
+
+    def recording(sam, emb, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
+        low, iou = real(sam, emb, points, labels, boxes, mask_input, multimask)
+        calls.append({"points": points, "mask_input": mask_input, "multimask": multimask, "low": low.detach(),
+                      "iou": iou.detach()})
+        return low, iou
+
+    monkeypatch.setattr(model_lib, "decode", recording)
+    return calls
+
+
+def test_encoder_runs_once_per_image(sam, synthetic_root: Path) -> None:
+    batch = first_batch(synthetic_root)
+    seen = []
+    handle = sam.image_encoder.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(0), RecipeOptions())
+    handle.remove()
+    assert seen == [batch["image"].shape[0]]
+
+
+def test_iterations_follow_the_papers_output_rule(sam, synthetic_root: Path, monkeypatch) -> None:
+    batch = first_batch(synthetic_root, batch_size=1)
+    calls = record_decodes(monkeypatch)
+    out = interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(3),
+                           RecipeOptions(point_prob=1.0, iterations=3), keep_records=True)
+    rounds = out.records[0]["point"]
+    assert len(rounds) == 3 and len(calls) == 3
+    # Round 1: one point, no mask prompt -> the 3 outputs against point_sample's 3 GT masks.
+    assert calls[0]["mask_input"] is None and calls[0]["multimask"] and calls[0]["low"].shape[1] == 3
+    masks = batch["masks"][0]
+    for k in range(rounds[0]["points"].shape[0]):
+        assert torch.equal(rounds[0]["gt"][k], point_sample(masks, rounds[0]["points"][k], rounds[0]["labels"][k]))
+    for it in (1, 2):
+        # Later rounds: several points and a mask prompt -> the single-mask output against the target.
+        assert not calls[it]["multimask"] and calls[it]["low"].shape[1] == 1
+        assert torch.equal(rounds[it]["gt"][:, 0], rounds[it]["target"])
+        # The mask prompt is the previous round's low-res logits of the output with the highest predicted IoU.
+        prev = calls[it - 1]
+        rows = torch.arange(prev["low"].shape[0])
+        assert torch.equal(calls[it]["mask_input"], prev["low"][rows, prev["iou"].argmax(1)][:, None])
+        # The new point lies in the error region of the previous prediction, with the right label.
+        pred, target = rounds[it - 1]["pred"], rounds[it - 1]["target"]
+        for k, ((x, y), label) in enumerate(zip(rounds[it]["points"][:, it].long().tolist(),
+                                                rounds[it]["labels"][:, it].tolist())):
+            fn, fp = bool(target[k, y, x] and not pred[k, y, x]), bool(pred[k, y, x] and not target[k, y, x])
+            assert (label == 1 and fn) or (label == 0 and fp) or (label == -1 and torch.equal(pred[k], target[k]))
+
+
+def test_box_prompts_get_one_iteration_with_three_or_one_outputs(sam, synthetic_root: Path, monkeypatch) -> None:
+    batch = first_batch(synthetic_root)
+    calls = record_decodes(monkeypatch)
+    out = interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(0), RecipeOptions(point_prob=0.0),
+                           keep_records=True)
+    assert all(r["point"] == [] and r["box"] is not None for r in out.records)
+    assert {it for it, _ in out.terms} == {1} and all(c["multimask"] for c in calls)
+    calls.clear()
+    interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(0),
+                     RecipeOptions(point_prob=0.0, box_output="single"))
+    assert calls and not any(c["multimask"] for c in calls)
+
+
+def test_padding_is_cropped_from_points_losses_and_error_regions(sam, portrait_root: Path, monkeypatch) -> None:
+    batch = first_batch(portrait_root)
+    h, w = (int(v) for v in batch["input_size"][0])
+    assert (h, w) == (96, 72) and batch["image"].shape[-2:] == SIZE
+    options = RecipeOptions(point_prob=0.5, iterations=3)
+    out = interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(1), options, keep_records=True)
+    for record in out.records:
+        for rnd in record["point"]:
+            assert rnd["pred"].shape[-2:] == (h, w) and rnd["target"].shape[-2:] == (h, w)
+            pts = rnd["points"][rnd["labels"] >= 0]
+            assert (pts[:, 0] <= w - 1).all() and (pts[:, 1] <= h - 1).all()  # no point in the padding
+        if record["box"] is not None:
+            boxes = record["box"]["boxes"]
+            assert (boxes[:, [0, 2]] <= w - 1).all() and (boxes[:, [1, 3]] <= h - 1).all()
+    # Whatever the model predicts in the padding changes nothing: force it to "foreground" there.
+    real_upscale = model_lib.upscale
+
+    def foreground_in_padding(low, size):
+        logits = real_upscale(low, size).clone()
+        logits[..., h:, :] = 50.0
+        logits[..., :, w:] = 50.0
+        return logits
+
+    monkeypatch.setattr(model_lib, "upscale", foreground_in_padding)
+    again = interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(1), options, keep_records=True)
+    for key, (value, count) in out.terms.items():
+        assert again.terms[key][1] == count
+        assert torch.allclose(again.terms[key][0], value, rtol=1e-5, atol=1e-6), key
+
+
+def test_box_noise_is_capped_in_sams_1024_px_frame(sam, synthetic_root: Path) -> None:
+    batch = first_batch(synthetic_root, batch_size=1, masks=12)
+    h, w = (int(v) for v in batch["input_size"][0])
+    options = RecipeOptions(point_prob=0.0, box_noise_std=50.0, masks_per_image=12)  # noise always at the cap
+    out = interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(0), options, keep_records=True)
+    box = out.records[0]["box"]
+    cap = 20.0 * max(h, w) / SAM_FRAME  # 2.5 training px at 128 px: 20 px at 1024
+    gt_boxes = masks_to_boxes(box["target"]).float()
+    big = ((gt_boxes[:, 2] - gt_boxes[:, 0]) > 2 * cap + 1) & ((gt_boxes[:, 3] - gt_boxes[:, 1]) > 2 * cap + 1)
+    assert big.any()
+    diff = (box["boxes"][big] - gt_boxes[big]).abs()
+    assert diff.max() <= cap + 1e-4
+    inside = (box["boxes"][big] > 0) & (box["boxes"][big] < torch.tensor([w - 1, h - 1, w - 1, h - 1]))
+    assert torch.allclose(diff[inside], torch.full_like(diff[inside], cap), atol=1e-4)  # clipped, not smaller
+
+
+def test_single_mask_output_gets_gradient_only_when_the_rule_asks(tiny_checkpoint: Path, synthetic_root: Path):
+    batch = first_batch(synthetic_root)
+    token0 = "mask_decoder.output_hypernetworks_mlps.0."
+
+    def grads(options: RecipeOptions) -> float:
+        sam = build_sam("tiny", str(tiny_checkpoint), SIZE).train().requires_grad_(True)
+        interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(0), options).mean("total").backward()
+        head = sam.mask_decoder.iou_prediction_head.layers[-1]
+        token = sum(float(p.grad.abs().sum()) for n, p in sam.named_parameters() if n.startswith(token0))
+        return token + float(head.weight.grad[0].abs().sum())
+
+    assert grads(RecipeOptions(point_prob=1.0, iterations=1)) == 0.0  # one point: 3 outputs only
+    assert grads(RecipeOptions(point_prob=0.0)) == 0.0  # boxes, 3 outputs
+    assert grads(RecipeOptions(point_prob=1.0, iterations=2)) > 0.0  # several points + mask prompt
+    assert grads(RecipeOptions(point_prob=0.0, box_output="single")) > 0.0
+
+
+def test_optimal_pairing_never_costs_more_mask_loss_than_fixed(sam, synthetic_root: Path) -> None:
+    batch = first_batch(synthetic_root)
+    base = RecipeOptions(point_prob=0.5, iterations=1)
+
+    def mask_loss(pairing: str) -> tuple[float, list]:
+        out = interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(2), replace(base, pairing=pairing),
+                               keep_records=True)
+        paired = [r["point"][0]["paired"] for r in out.records if r["point"]]
+        return float(20 * out.mean("focal") + out.mean("dice")), paired
+
+    optimal, paired = mask_loss("optimal")
+    fixed, fixed_paired = mask_loss("fixed")
+    assert optimal <= fixed + 1e-6
+    assert all(sorted(row.tolist()) == [0, 1, 2] for p in paired for row in p)  # a permutation per prompt
+    assert all(torch.equal(p, torch.arange(3).expand_as(p)) for p in fixed_paired)
+
+
+def test_mask_only_iterations_feed_the_mask_back_without_a_new_point(sam, synthetic_root: Path, monkeypatch):
+    batch = first_batch(synthetic_root, batch_size=1)
+    calls = record_decodes(monkeypatch)
+    out = interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(0),
+                           RecipeOptions(point_prob=1.0, iterations=2, mask_only_iterations=1), keep_records=True)
+    rounds = out.records[0]["point"]
+    assert len(rounds) == 3 and sorted({it for it, _ in out.terms}) == [1, 2, 3]
+    assert torch.equal(rounds[2]["points"], rounds[1]["points"])  # no new point
+    prev = calls[1]
+    assert torch.equal(calls[2]["mask_input"], prev["low"][torch.arange(prev["low"].shape[0]), prev["iou"].argmax(1)][:, None])
+
+
+def test_options_from_a_run_record() -> None:
+    assert RecipeOptions.from_mapping({"iterations": 2, "lr": 1e-3}).iterations == 2
+    assert RecipeOptions.from_mapping({"min_only": True}).pairing == "min"
+    with pytest.raises(ValueError, match="box_output"):
+        RecipeOptions(box_output="many")

@@ -136,6 +136,7 @@ def test_short_run_lowers_loss_and_raises_val_miou(tmp_path: Path, tiny_checkpoi
     trainer.fit(model, train)
     after = trainer.validate(model, val, verbose=False)[0]
     torch.set_num_threads(threads)
-    # Measured on Intel Xeon (AMX) and AMD EPYC: loss x0.37, mIoU 0.01 -> 0.37; the bounds leave margin for BLAS.
+    # Measured on an Intel Xeon (where the bound of the old recipe failed): loss x0.37, mIoU 0.01 -> 0.37,
+    # so both bounds hold with a wide margin for other CPUs and BLAS kernels.
     assert after["val/loss"] < 0.8 * before["val/loss"], (before["val/loss"], after["val/loss"])
     assert after["val/miou"] > before["val/miou"] + 0.1, (before["val/miou"], after["val/miou"])

@@ -118,6 +118,32 @@ def test_clicks_lie_in_the_error_region_and_logits_are_fed_back(samples: list[di
     assert out["click_ious"].shape == (len(targets), 6) and out["output_ious"].shape == (len(targets), 3)
 
 
+def test_default_protocol_follows_the_training_rule_and_never_clicks_a_pixel_twice(
+    samples: list[dict[str, Any]], tiny_checkpoint: Path
+) -> None:
+    segmenter = FixedSegmenter("shifted")
+    sample = samples[0]
+    targets = sample_targets(sample, use_sample_targets=True)
+    evaluate_image(segmenter, sample, targets, max_clicks=4)
+    calls = segmenter.calls
+    assert calls[0]["multimask"] and not any(c["multimask"] for c in calls[1:4])  # later clicks: single output
+    assert calls[4]["boxes"] is not None and calls[4]["multimask"]  # the box: 3 outputs, as trained
+    # A real model that stops improving: no (target, pixel) is clicked twice in 12 clicks.
+    real = LowResSegmenter(build_sam("tiny", tiny_checkpoint, SIZE))
+    out = evaluate_image(real, sample, targets, max_clicks=12, keep_masks=True)
+    for k in range(len(targets)):
+        clicked = [tuple(p) for p, label in zip(out["click_points"][k].long().tolist(), out["click_labels"][k].tolist())
+                   if label >= 0]
+        assert len(clicked) == len(set(clicked))
+    # The 3 first-click outputs are reported big to small by area, each with the token that made it.
+    again = real.predict(points=out["click_points"][:, :1], labels=out["click_labels"][:, :1], multimask=True)
+    areas = again.masks.flatten(2).sum(2)
+    tokens = out["output_tokens"]
+    assert all(sorted(row.tolist()) == [0, 1, 2] for row in tokens)
+    assert (areas.gather(1, tokens).diff(dim=1) <= 0).all()
+    assert torch.allclose(out["iou_pred"], again.iou_pred.gather(1, tokens), atol=1e-5)
+
+
 def test_refine_multi_keeps_the_highest_predicted_iou(samples: list[dict[str, Any]]) -> None:
     segmenter = FixedSegmenter("shifted")
     sample = samples[1]

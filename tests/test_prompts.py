@@ -131,28 +131,33 @@ def test_sample_error_points_same_seed_same_output() -> None:
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-def _naive_click(pred: np.ndarray, gt: np.ndarray) -> tuple[tuple[int, int], int]:
-    """Distance of each region pixel to the nearest pixel outside it (image border counts), by loops."""
-    fn, fp = gt & ~pred, pred & ~gt
-    if not fn.any() and not fp.any():
-        return (-1, -1), -1
-    positive = fn.sum() >= fp.sum()
-    region = fn if positive else fp
+def _naive_distances(region: np.ndarray) -> np.ndarray:
+    """Distance of each region pixel to the nearest pixel outside it (the image border counts), by loops."""
     height, width = region.shape
-    outside = [(y, x) for y in range(-1, height + 1) for x in range(-1, width + 1)]
-    outside = [(y, x) for y, x in outside if not (0 <= y < height and 0 <= x < width and region[y, x])]
-    best, best_d = None, -1.0
+    outside = [(y, x) for y in range(-1, height + 1) for x in range(-1, width + 1)
+               if not (0 <= y < height and 0 <= x < width and region[y, x])]
+    out = np.zeros(region.shape)
     for y in range(height):
         for x in range(width):
-            if not region[y, x]:
-                continue
-            d = min(math.sqrt((y - oy) ** 2 + (x - ox) ** 2) for oy, ox in outside)
-            if d > best_d:
-                best, best_d = (x, y), d
-    return best, int(positive)
+            if region[y, x]:
+                out[y, x] = min(math.sqrt((y - oy) ** 2 + (x - ox) ** 2) for oy, ox in outside)
+    return out
 
 
-def test_click_points_match_naive_distance_argmax() -> None:
+def _naive_click(pred: np.ndarray, gt: np.ndarray, not_clicked: np.ndarray | None = None) -> tuple[tuple[int, int], int]:
+    """RITM's clicker / SAM 2's sample_one_point_from_error_center, written out: the sign is that of the error
+    region with the larger maximal distance (ties negative); the click is that region's first maximal pixel."""
+    allowed = np.ones_like(gt) if not_clicked is None else not_clicked
+    fn_d, fp_d = _naive_distances(gt & ~pred & allowed), _naive_distances(pred & ~gt & allowed)
+    if max(fn_d.max(), fp_d.max()) == 0:
+        return (-1, -1), -1
+    positive = fn_d.max() > fp_d.max()
+    d = fn_d if positive else fp_d
+    ys, xs = np.nonzero(d == d.max())  # row-major order
+    return (int(xs[0]), int(ys[0])), int(positive)
+
+
+def test_click_points_match_the_reference_clicker() -> None:
     rng = np.random.default_rng(8)
     k, height, width = 40, 9, 11
     gt = np.zeros((k, height, width), bool)
@@ -163,25 +168,55 @@ def test_click_points_match_naive_distance_argmax() -> None:
                 x0, y0 = rng.integers(0, width), rng.integers(0, height)
                 masks[i, y0 : y0 + rng.integers(1, 8), x0 : x0 + rng.integers(1, 9)] = True
     pred[0] = gt[0]
-    points, labels = click_points(torch.from_numpy(pred), torch.from_numpy(gt))
-    assert points.shape == (k, 2) and labels.dtype == torch.int64
-    for i in range(k):
-        point, label = _naive_click(pred[i], gt[i])
-        assert int(labels[i]) == label
-        if label != -1:
-            assert tuple(int(v) for v in points[i].tolist()) == point
-            x, y = point
-            assert bool(gt[i, y, x]) == bool(label) and bool(pred[i, y, x]) != bool(label)
-    assert labels[0] == -1 and (points[0] >= 0).all()
+    not_clicked = rng.random((k, height, width)) > 0.1
+    for allowed in (None, not_clicked):
+        points, labels = click_points(torch.from_numpy(pred), torch.from_numpy(gt),
+                                      not_clicked=None if allowed is None else torch.from_numpy(allowed))
+        assert points.shape == (k, 2) and labels.dtype == torch.int64
+        for i in range(k):
+            point, label = _naive_click(pred[i], gt[i], None if allowed is None else allowed[i])
+            assert int(labels[i]) == label, i
+            if label != -1:
+                assert tuple(int(v) for v in points[i].tolist()) == point
+                x, y = point
+                assert bool(gt[i, y, x]) == bool(label) and bool(pred[i, y, x]) != bool(label)
+                assert allowed is None or allowed[i, y, x]
+        assert labels[0] == -1 and (points[0] >= 0).all()
 
 
-def test_click_points_positive_on_equal_error_areas() -> None:
+def test_a_compact_false_positive_beats_a_larger_thin_false_negative() -> None:
+    gt = torch.zeros(1, 40, 140, dtype=torch.bool)
+    pred = torch.zeros(1, 40, 140, dtype=torch.bool)
+    gt[0, 2, 10:130] = True  # a 120 px false-negative strip, 1 px thick
+    pred[0, 20:30, 20:30] = True  # a compact 100 px false-positive square
+    points, labels = click_points(pred, gt)
+    assert labels.tolist() == [0]  # the area rule would click the strip's edge
+    x, y = points[0].long().tolist()
+    assert 24 <= x <= 25 and 24 <= y <= 25
+
+
+def test_equal_error_regions_give_a_negative_click() -> None:
     gt = torch.zeros(1, 8, 8, dtype=torch.bool)
     pred = torch.zeros(1, 8, 8, dtype=torch.bool)
     gt[0, 0:3, 0:3] = True
     pred[0, 5:8, 5:8] = True
     points, labels = click_points(pred, gt)
-    assert labels.tolist() == [1] and points.tolist() == [[1.0, 1.0]]
+    assert labels.tolist() == [0] and points.tolist() == [[6.0, 6.0]]
+
+
+def test_clicks_never_land_twice_on_one_pixel() -> None:
+    gt = torch.zeros(1, 12, 12, dtype=torch.bool)
+    gt[0, 3:6, 3:6] = True
+    pred = torch.zeros_like(gt)  # the prediction never improves
+    not_clicked = torch.ones_like(gt)
+    seen = set()
+    for _ in range(9):
+        points, labels = click_points(pred, gt, not_clicked=not_clicked)
+        x, y = points[0].long().tolist()
+        assert labels.tolist() == [1] and (x, y) not in seen
+        seen.add((x, y))
+        not_clicked[0, y, x] = False
+    assert click_points(pred, gt, not_clicked=not_clicked)[1].tolist() == [-1]  # every error pixel clicked
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

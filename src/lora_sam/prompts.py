@@ -89,42 +89,54 @@ def sample_error_points(
     return points, labels
 
 
-def click_points(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The standard deterministic evaluation click.
+def click_points(
+    pred: torch.Tensor, gt: torch.Tensor, *, not_clicked: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The standard deterministic evaluation click (RITM's clicker, SAM 2's ``sample_one_point_from_error_center``).
 
-    The click goes into the larger error region: the false negatives (``gt & ~pred``, a
-    positive click) when their area is at least that of the false positives (``pred & ~gt``,
-    a negative click), else the false positives. It lands on the pixel of that region farthest
-    from the region's boundary, by the Euclidean distance transform of the region padded with
-    a False border, so the image border counts as boundary. Ties go to the first pixel in
-    row-major order (smallest y, then smallest x).
+    The error regions are the false negatives ``gt & ~pred`` and the false positives ``pred & ~gt``,
+    both restricted to ``not_clicked``. Each gets the Euclidean distance transform of the region
+    padded with a False border (so the image border counts as boundary). The click is positive when
+    the false negatives' largest distance is strictly larger than the false positives' (a tie is a
+    negative click, as in both references), and lands on the first pixel, in row-major order
+    (smallest y, then smallest x), where that region's distance is largest.
 
     Arguments:
       pred: (K, H, W) bool predicted masks.
       gt: (K, H, W) bool ground-truth masks.
+      not_clicked: (K, H, W) bool, False at pixels clicked before (they are never clicked again);
+        None: every pixel may be clicked.
 
     Returns:
-      points (K, 2) float32 (x, y) and labels (K,) int64 on the masks' device. A row without
-      error gets label -1 and the image centre as its point.
+      points (K, 2) float32 (x, y) and labels (K,) int64 on the masks' device. A row without a
+      clickable error pixel gets label -1 and the image centre as its point.
     """
     p, g = pred.bool(), gt.bool()
     fn, fp = g & ~p, p & ~g
-    positive = fn.flatten(1).sum(1) >= fp.flatten(1).sum(1)
-    region = torch.where(positive[:, None, None], fn, fp).cpu().numpy()
-    k, height, width = region.shape
+    if not_clicked is not None:
+        fn, fp = fn & not_clicked.bool(), fp & not_clicked.bool()
+    fn_np, fp_np = fn.cpu().numpy(), fp.cpu().numpy()
+    k, height, width = fn_np.shape
     points = np.zeros((k, 2), dtype=np.float32)
-    found = np.zeros(k, dtype=bool)
+    labels = np.full(k, -1, dtype=np.int64)
     for i in range(k):
-        if not region[i].any():
+        fn_dt, fp_dt = _interior_distance(fn_np[i]), _interior_distance(fp_np[i])
+        positive = fn_dt.max() > fp_dt.max()
+        distance = fn_dt if positive else fp_dt
+        if distance.max() <= 0:
             points[i] = (width // 2, height // 2)
             continue
-        distance = distance_transform_edt(np.pad(region[i], 1))[1:-1, 1:-1]
         y, x = np.unravel_index(int(np.argmax(distance)), (height, width))
         points[i] = (x, y)
-        found[i] = True
-    found_t = torch.from_numpy(found).to(g.device)
-    labels = torch.where(found_t, positive.long(), torch.full_like(positive, -1, dtype=torch.long))
-    return torch.from_numpy(points).to(g.device), labels
+        labels[i] = int(positive)
+    return torch.from_numpy(points).to(g.device), torch.from_numpy(labels).to(g.device)
+
+
+def _interior_distance(region: np.ndarray) -> np.ndarray:
+    """Distance of each pixel of ``region`` (H, W) to the nearest pixel outside it, the border counting as outside."""
+    if not region.any():
+        return np.zeros(region.shape, dtype=np.float64)
+    return distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
 
 
 def _uniform_pixels(region: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,18 +3,22 @@
 Per image and target mask (every kept mask of the image by default; at most
 ``masks_per_image`` of them drawn from (seed, image_id); or the sample's own ``targets``):
 
-- **clicks**: SAM's interactive evaluation. Click 1 is ``prompts.click_points`` on an empty
-  prediction, the GT's most interior point; the model answers with 3 masks (multimask) and the
-  one with the highest predicted IoU is kept. Each later click goes to the centre of the larger
-  error region of the kept mask (positive in a false negative, negative in a false positive);
-  the model gets all clicks so far plus the kept mask's low-resolution logits as mask prompt and
-  answers with 3 masks again, the highest predicted IoU kept (``refine="multi"``, the default: the
-  training recipe of DESIGN.md section 5, which trains the 3 outputs at every iteration), or with
-  its single-mask output (``refine="single"``, as the released SAM is used). IoU with the GT after
-  every click, up to ``max_clicks``.
-- **box**: the exact GT box (``masks_to_boxes``), answered like a later click.
+- **clicks**: SAM's interactive evaluation with the standard click of RITM and SAM 2
+  (``prompts.click_points``): each click lands on the most interior pixel of the error region
+  whose distance transform has the larger maximum (positive in a false negative, negative in a
+  false positive), never twice on one pixel; click 1, on an empty prediction, is the GT's most
+  interior point. As in training, click 1 is answered with the 3 multimask outputs and the one
+  with the highest predicted IoU is kept; each later click gets all clicks so far plus the kept
+  mask's low-resolution logits as mask prompt and is answered by SAM's single-mask output
+  (``refine="single"``, the default, as the recipe trains it and ``SamPredictor`` is used), or by
+  the 3 outputs, the highest predicted IoU kept (``refine="multi"``). IoU with the GT after every
+  click, up to ``max_clicks``.
+- **box**: the exact GT box (``masks_to_boxes``), answered by the 3 outputs, the highest
+  predicted IoU kept (``box_output="multi"``, the default, as the recipe trains boxes), or by
+  the single-mask output (``box_output="single"``).
 - **oracle** and **IoU head**: the IoUs of the 3 first-click outputs, their best, and
-  |predicted - true IoU| over the 3.
+  |predicted - true IoU| over the 3; the 3 are listed big to small by area, with ``output_tokens``
+  naming the mask token that made each.
 
 The protocol is deterministic: clicks are chosen by a distance transform, not drawn; the seed
 only picks the target masks when ``masks_per_image`` caps them. Metrics: ``metrics.summarize``.
@@ -49,7 +53,8 @@ __all__ = [
 ]
 
 Refine = Literal["single", "multi"]
-PROMPT_COLUMNS = ("click_ious", "click_points", "click_labels", "box", "box_iou", "output_ious", "iou_pred")
+PROMPT_COLUMNS = ("click_ious", "click_points", "click_labels", "box", "box_iou", "output_ious", "iou_pred",
+                  "output_tokens")
 
 
 def _chosen(out: Prediction, best: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -77,7 +82,8 @@ def evaluate_image(
     targets: Tensor,
     *,
     max_clicks: int = 20,
-    refine: Refine = "multi",
+    refine: Refine = "single",
+    box_output: Refine = "multi",
     prompt_batch: int = 32,
     keep_masks: bool = False,
 ) -> dict[str, Tensor]:
@@ -88,20 +94,23 @@ def evaluate_image(
         sample: the dict of ``docs/contracts.md``.
         targets: (K,) int64 indices into ``sample["masks"]`` of non-empty masks.
         max_clicks: C, clicks per target.
-        refine: ``"single"`` (SAM) or ``"multi"``: the output used after the first click and for boxes.
+        refine: ``"single"`` (default) or ``"multi"``: the output used after the first click.
+        box_output: ``"multi"`` (default) or ``"single"``: the output used for the box.
         prompt_batch: at most this many prompts per ``predict`` call.
         keep_masks: also return the kept masks.
 
     Returns:
         ``click_ious`` (K, C) float32; ``click_points`` (K, C, 2) float32 (x, y) and
         ``click_labels`` (K, C) int64 (1 / 0, -1 when the mask was already exact); ``box`` (K, 4)
-        XYXY; ``box_iou`` (K,); ``output_ious`` and ``iou_pred`` (K, 3) of the first click. With
+        XYXY; ``box_iou`` (K,); ``output_ious`` and ``iou_pred`` (K, 3) of the first click, big to
+        small by output area, and ``output_tokens`` (K, 3) the mask token of each. With
         ``keep_masks``: ``click_masks`` bool (K, C, H, W) and ``box_masks`` (K, H, W).
     """
     if max_clicks < 1:
         raise ValueError(f"max_clicks must be >= 1, got {max_clicks}")
-    if refine not in ("single", "multi"):
-        raise ValueError(f"refine must be 'single' or 'multi', got {refine!r}")
+    for name, value in (("refine", refine), ("box_output", box_output)):
+        if value not in ("single", "multi"):
+            raise ValueError(f"{name} must be 'single' or 'multi', got {value!r}")
     segmenter.set_image(sample)
     gt_all = sample["masks"][targets.cpu()].bool().cpu()  # (K, H, W)
     parts: dict[str, list[Tensor]] = {}
@@ -112,15 +121,19 @@ def evaluate_image(
         points = torch.zeros((k, 0, 2))
         labels = torch.zeros((k, 0), dtype=torch.long)
         low: Tensor | None = None
+        not_clicked = torch.ones_like(gt)
         ious, masks = [], []
         for click in range(max_clicks):
-            point, label = click_points(pred, gt)
+            point, label = click_points(pred, gt, not_clicked=not_clicked)
+            clicked = label >= 0
+            not_clicked[clicked, point[clicked, 1].long(), point[clicked, 0].long()] = False
             points = torch.cat([points, point[:, None]], dim=1)
             labels = torch.cat([labels, label[:, None]], dim=1)
             if click == 0:
                 out = segmenter.predict(points=points, labels=labels, multimask=True)
-                output_ious = mask_iou(out.masks, gt[:, None])  # (k, 3)
-                iou_pred = out.iou_pred
+                tokens = torch.argsort(out.masks.flatten(2).sum(2), dim=1, descending=True, stable=True)  # big first
+                output_ious = mask_iou(out.masks, gt[:, None]).gather(1, tokens)  # (k, 3)
+                iou_pred = out.iou_pred.cpu().gather(1, tokens)
                 pred, low = _chosen(out, out.iou_pred.argmax(1))
             else:
                 pred, low = _refined(segmenter, refine, points=points, labels=labels, mask_input=low)
@@ -128,9 +141,10 @@ def evaluate_image(
             if keep_masks:
                 masks.append(pred)
         box = masks_to_boxes(gt).float()
-        box_pred, _ = _refined(segmenter, refine, boxes=box)
+        box_pred, _ = _refined(segmenter, box_output, boxes=box)
         result = {"click_ious": torch.stack(ious, 1), "click_points": points, "click_labels": labels,
-                  "box": box, "box_iou": mask_iou(box_pred, gt), "output_ious": output_ious, "iou_pred": iou_pred}
+                  "box": box, "box_iou": mask_iou(box_pred, gt), "output_ious": output_ious, "iou_pred": iou_pred,
+                  "output_tokens": tokens}
         if keep_masks:
             result.update(click_masks=torch.stack(masks, 1), box_masks=box_pred)
         for key, value in result.items():
@@ -195,7 +209,8 @@ def evaluate_many(
     seed: int = 0,
     masks_per_image: int | None = None,
     use_sample_targets: bool = False,
-    refine: Refine = "multi",
+    refine: Refine = "single",
+    box_output: Refine = "multi",
     prompt_batch: int = 32,
     progress: bool = True,
     total: int | None = None,
@@ -205,7 +220,7 @@ def evaluate_many(
     Args:
         segmenters: {name: segmenter}.
         samples: sample dicts (``docs/contracts.md``); ``BadSample`` entries are skipped and listed.
-        max_clicks, refine, prompt_batch: see ``evaluate_image``.
+        max_clicks, refine, box_output, prompt_batch: see ``evaluate_image``.
         seed, masks_per_image, use_sample_targets: which masks are targets (``sample_targets``).
         progress: show a tqdm bar over images; ``total`` its length.
 
@@ -213,7 +228,8 @@ def evaluate_many(
         {name: {"metrics": {metric: float | None} (``metrics.METRIC_KEYS``),
         "prompts": {"image_id": [P], "mask_index": [P], "area": [P] (pixels at training resolution),
         "click_ious": [P][C], "click_points": [P][C][2], "click_labels": [P][C], "box": [P][4],
-        "box_iou": [P], "output_ious": [P][3], "iou_pred": [P][3], "noc@85": [P], "noc@90": [P]},
+        "box_iou": [P], "output_ious": [P][3], "iou_pred": [P][3], "output_tokens": [P][3],
+        "noc@85": [P], "noc@90": [P]},
         "images": int, "prompt_count": P, "skipped": [str], "seconds": float (the model's own time)}}.
         JSON-serialisable; NaN is None.
     """
@@ -239,7 +255,7 @@ def evaluate_many(
         for name, segmenter in segmenters.items():
             start = time.perf_counter()
             result = evaluate_image(segmenter, sample, targets, max_clicks=max_clicks, refine=refine,
-                                    prompt_batch=prompt_batch)
+                                    box_output=box_output, prompt_batch=prompt_batch)
             seconds[name] += time.perf_counter() - start
             col = columns[name]
             col.setdefault("image_id", []).extend([str(sample["image_id"])] * len(targets))

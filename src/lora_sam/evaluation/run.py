@@ -194,10 +194,11 @@ def write_eval(out: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:
         f"Data: `{settings['data']}` ({settings['split']} split), {first['images']} images, "
         f"{first['prompt_count']} target masks; training resolution {settings['image_size'][0]}x"
         f"{settings['image_size'][1]}, {settings['model_type']}, base checkpoint `{settings['checkpoint']}`.", "",
-        f"Protocol: up to {settings['max_clicks']} clicks per target, each at the centre of the larger error "
-        f"region (first click: the most interior point of the mask; 3 outputs, the highest predicted IoU kept; "
-        f"later clicks and the exact GT box: {settings['refine']} output); masks compared with the GT at the "
-        f"training resolution.", "",
+        f"Protocol: up to {settings['max_clicks']} clicks per target, the standard click (RITM, SAM 2: the most "
+        f"interior pixel of the error region with the larger distance-transform maximum, never twice on one pixel; "
+        f"first click: 3 outputs, the highest predicted IoU kept; later clicks: {settings['refine']} output; the "
+        f"exact GT box: {settings.get('box_output', 'multi')} output); masks compared with the GT at the training "
+        f"resolution.", "",
         format_table({name: entry["metrics"] for name, entry in models.items()}).rstrip("\n"), "",
         "| model | kind | input | resolution | seconds |", "|---|---|---|---|---:|",
         *(f"| {name} | {e['kind']} | {e['input']} | {e['resolution'][0]}x{e['resolution'][1]} | {e['seconds']:.1f} |"
@@ -225,7 +226,8 @@ def evaluate_models(
     max_images: int | None = None,
     masks_per_image: int | None = None,
     max_clicks: int = 20,
-    refine: Refine = "multi",
+    refine: Refine = "single",
+    box_output: Refine = "multi",
     seed: int = 0,
     device: str | None = None,
     progress: bool = True,
@@ -235,7 +237,7 @@ def evaluate_models(
     Returns (and writes to ``out/eval.json`` unless ``out`` is None)::
 
         {"settings": {"data", "split", "val_fraction", "model_type", "checkpoint", "image_size": [H, W],
-                      "max_images", "masks_per_image", "max_clicks", "refine", "seed", "device"},
+                      "max_images", "masks_per_image", "max_clicks", "refine", "box_output", "seed", "device"},
          "models": {name: {"kind", "path", "resolution", "input", **evaluate_many entry}}}
     """
     from lora_sam.data.loaders import resolve_root
@@ -248,13 +250,14 @@ def evaluate_models(
                              adapters=adapters, fulls=fulls, base=base, original=original,
                              original_full_res=original and originals, device=device)
     results = evaluate_many({name: seg for name, (seg, _) in built.items()}, samples, max_clicks=max_clicks,
-                            seed=seed, masks_per_image=masks_per_image, refine=refine, progress=progress,
+                            seed=seed, masks_per_image=masks_per_image, refine=refine, box_output=box_output,
+                            progress=progress,
                             total=count)
     report = {
         "settings": {"data": resolve_root(data), "split": split, "val_fraction": val_fraction, "model_type": model_type,
                      "checkpoint": next((i["path"] for _, i in built.values() if i["kind"] != "full"), None),
                      "image_size": list(image_size), "max_images": max_images, "masks_per_image": masks_per_image,
-                     "max_clicks": max_clicks, "refine": refine, "seed": seed,
+                     "max_clicks": max_clicks, "refine": refine, "box_output": box_output, "seed": seed,
                      "device": device},
         "models": {name: {**info, **results[name]} for name, (_, info) in built.items()},
     }
@@ -290,9 +293,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--masks-per-image", type=int, default=None, metavar="K",
                         help="at most K target masks per image, drawn from the seed (default: every mask)")
     parser.add_argument("--max-clicks", type=int, default=20, help="clicks per target (default 20)")
-    parser.add_argument("--refine", choices=("single", "multi"), default="multi",
-                        help="output after the first click and for boxes: the highest predicted IoU of 3 "
-                             "(multi, default, as the training recipe) or SAM's single-mask output (single)")
+    parser.add_argument("--refine", choices=("single", "multi"), default="single",
+                        help="output after the first click: SAM's single-mask output (single, default, as the "
+                             "training recipe and SamPredictor use it) or the highest predicted IoU of 3 (multi)")
+    parser.add_argument("--box-output", choices=("single", "multi"), default="multi",
+                        help="output for the GT box: the highest predicted IoU of 3 (multi, default, as the "
+                             "training recipe) or the single-mask output (single)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the target choice (default 0)")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder (default runs/eval)")
@@ -305,7 +311,8 @@ def run(args: argparse.Namespace) -> int:
             args.data, args.out, model_type=args.model_type, checkpoint=args.checkpoint,
             image_size=tuple(args.image_size), adapters=args.adapter, fulls=args.full, original=args.original,
             base=not args.no_base, split=args.split, val_fraction=args.val_fraction, max_images=args.max_images,
-            masks_per_image=args.masks_per_image, max_clicks=args.max_clicks, refine=args.refine, seed=args.seed,
+            masks_per_image=args.masks_per_image, max_clicks=args.max_clicks, refine=args.refine,
+            box_output=args.box_output, seed=args.seed,
             device=args.device, progress=not args.quiet,
         )
     except (FileNotFoundError, ValueError, DataError) as err:

@@ -76,7 +76,10 @@ def test_iterations_follow_the_papers_output_rule(sam, synthetic_root: Path, mon
     assert calls[0]["mask_input"] is None and calls[0]["multimask"] and calls[0]["low"].shape[1] == 3
     masks = batch["masks"][0]
     for k in range(rounds[0]["points"].shape[0]):
-        assert torch.equal(rounds[0]["gt"][k], point_sample(masks, rounds[0]["points"][k], rounds[0]["labels"][k]))
+        index = int(rounds[0]["target_index"][k])
+        expected = point_sample(masks, rounds[0]["points"][k], rounds[0]["labels"][k], include=index)
+        assert torch.equal(rounds[0]["gt"][k], expected)
+        assert any(torch.equal(g, masks[index]) for g in rounds[0]["gt"][k])  # the target is among the 3
     for it in (1, 2):
         # Later rounds: several points and a mask prompt -> the single-mask output against the target.
         assert not calls[it]["multimask"] and calls[it]["low"].shape[1] == 1
@@ -100,6 +103,10 @@ def test_box_prompts_get_one_iteration_with_three_or_one_outputs(sam, synthetic_
                            keep_records=True)
     assert all(r["point"] == [] and r["box"] is not None for r in out.records)
     assert {it for it, _ in out.terms} == {1} and all(c["multimask"] for c in calls)
+    for record, masks in zip(out.records, batch["masks"]):
+        box = record["box"]
+        for k, index in enumerate(box["target_index"].tolist()):
+            assert any(torch.equal(g, masks[index]) for g in box["gt"][k])  # a noisy box keeps its own mask
     calls.clear()
     interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(0),
                      RecipeOptions(point_prob=0.0, box_output="single"))

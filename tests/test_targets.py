@@ -232,7 +232,11 @@ def test_box_sample_matches_reference(masks: np.ndarray, data: st.DataObject) ->
         assert not out.any()
         return
     ranked = sorted(scored, key=lambda s: (-s[0], -s[1], s[2]))
-    chosen = [ranked[0]] + [s for s in ranked[1:] if s[3]][:2]
+    chosen = []
+    for s in [ranked[0]] + [s for s in ranked[1:] if s[3]]:  # near-duplicates (mask IoU > 0.9) passed over
+        a = masks[s[2]]
+        if len(chosen) < 3 and all((a & masks[c[2]]).sum() <= 0.9 * (a | masks[c[2]]).sum() for c in chosen):
+            chosen.append(s)
     chosen.sort(key=lambda s: -s[1])
     chosen += [chosen[-1]] * (3 - len(chosen))
     for result, s in zip(out, chosen):
@@ -331,3 +335,48 @@ def test_targets_on_cuda_match_cpu() -> None:
     assert torch.equal(cuda.cpu(), point_sample(masks, points, labels))
     box = torch.tensor([3.0, 2.0, 18.0, 16.0])
     assert torch.equal(box_sample(masks.cuda(), box.cuda()).cpu(), box_sample(masks, box))
+
+
+def _square(size: int, half: int, cx: int = 12, cy: int = 12) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[cy - half : cy + half, cx - half : cx + half] = True
+    return mask
+
+
+def test_point_sample_keeps_the_target_among_the_three() -> None:
+    masks = np.stack([_square(24, h) for h in (10, 8, 6, 4, 2)])  # nested: areas 400, 256, 144, 64, 16
+    point, label = np.array([[12.0, 12.0]]), np.array([1])
+    plain = point_sample(masks, point, label)
+    assert [int(m.sum()) for m in plain] == [400, 64, 16]  # largest, closest to the geometric mean 80, smallest
+    for target, expected in ((2, [400, 144, 16]), (1, [400, 256, 16]), (3, [400, 64, 16]), (0, [400, 64, 16])):
+        out = point_sample(masks, point, label, include=target)
+        assert [int(m.sum()) for m in out] == expected
+        assert any(np.array_equal(m, masks[target]) for m in out)
+    torch_out = point_sample(torch.from_numpy(masks), torch.from_numpy(point), torch.from_numpy(label), include=2)
+    assert np.array_equal(torch_out.numpy(), point_sample(masks, point, label, include=2))
+    # A target that no point would pick (the point is off it) is still returned, in its area's place.
+    off = point_sample(masks, np.array([[0.0, 0.0]]), label, include=4)
+    assert all(np.array_equal(m, masks[4]) for m in off)
+
+
+def test_box_sample_prefers_distinct_masks_and_keeps_the_target() -> None:
+    whole = np.zeros((30, 30), bool)
+    whole[5:25, 5:25] = True  # 400 px
+    twin = whole.copy()
+    twin[5, 5:15] = False  # 390 px, mask IoU 0.975 with whole, same box
+    part = np.zeros_like(whole)
+    part[6:16, 6:16] = True
+    sub = np.zeros_like(whole)
+    sub[18:22, 18:22] = True
+    masks = np.stack([whole, twin, part, sub])
+    box = np.array([5.0, 5.0, 24.0, 24.0])
+    out = box_sample(masks, box)
+    assert [int(m.sum()) for m in out] == [400, 100, 16]  # the twin passed over while distinct masks remain
+    out = box_sample(masks, box, include=1)
+    assert np.array_equal(out[0], twin) and [int(m.sum()) for m in out[1:]] == [100, 16]
+    # A noisy box that cuts the target off: the target is returned anyway, in place of the lowest-ranked choice.
+    small = np.array([5.0, 5.0, 16.0, 16.0])
+    assert not any(np.array_equal(m, sub) for m in box_sample(masks, small))
+    assert any(np.array_equal(m, sub) for m in box_sample(masks, small, include=3))
+    # Only near-duplicates: the best of them, repeated.
+    assert int(box_sample(masks[:2], box)[0].sum()) == 400

@@ -6,8 +6,9 @@ The SAM paper's recipe (Section 3 and Appendix A), per image of a batch:
   foreground point uniform over the target, or the target's box with Gaussian noise (std 10 % of
   each side, capped at 20 px of SAM's 1024 px frame, converted to training pixels);
 - outputs: one point and no mask prompt -> the 3 multimask outputs against ``point_sample``'s 3
-  GT masks (target among them); several points or a mask prompt -> the single-mask output
-  against the target; a box -> the 3 outputs against ``box_sample``'s masks (``box_output``);
+  GT masks; several points or a mask prompt -> the single-mask output against the target; a box
+  -> the 3 outputs against ``box_sample``'s masks (``box_output``); the target is always among
+  the 3 GT masks (``include=``);
 - the 3 outputs are paired with the 3 GT masks by the assignment of lowest total loss
   (``pairing``; the paper's min-loss and a fixed big-to-small order as options);
 - point prompts go on for up to ``iterations`` rounds: the next point is uniform over the error
@@ -243,14 +244,14 @@ def _point_rounds(step: _Step, image: _Image, targets: Tensor, record: dict[str,
     rounds = o.iterations + o.mask_only_iterations
     for it in range(1, rounds + 1):
         first = it == 1
-        gt = torch.stack([point_sample(image.masks, p, lab, areas=image.areas) for p, lab in zip(points, labels)]) \
-            if first else None
+        gt = torch.stack([point_sample(image.masks, p, lab, areas=image.areas, include=t)
+                          for p, lab, t in zip(points, labels, targets.tolist())]) if first else None
         low, best, chosen, paired = _decode_and_score(step, image, it, gt, target, points=points, labels=labels,
                                                       mask_input=mask_input)
         if record is not None:
             record["point"].append({"points": points.cpu(), "labels": labels.cpu(),
                                     "gt": (gt if first else target[:, None]).cpu(), "paired": paired.cpu(),
-                                    "pred": chosen.cpu(), "target": target.cpu()})
+                                    "pred": chosen.cpu(), "target": target.cpu(), "target_index": targets.cpu()})
         if it == rounds:
             break
         if it < o.iterations:
@@ -269,9 +270,10 @@ def _box_round(step: _Step, image: _Image, targets: Tensor, record: dict[str, An
     cap = o.box_noise_cap * max(h, w) / SAM_FRAME  # the image's longest side is SAM_FRAME px in SAM's frame
     boxes = noisy_boxes(image.boxes[targets].float(), step.generator, image_size=(h, w),
                         std_fraction=o.box_noise_std, max_noise=cap)
-    gt = torch.stack([box_sample(image.masks, box, areas=image.areas, mask_boxes=image.boxes) for box in boxes]) \
-        if o.box_output == "multi" else None
+    gt = torch.stack([box_sample(image.masks, box, areas=image.areas, mask_boxes=image.boxes, include=t)
+                      for box, t in zip(boxes, targets.tolist())]) if o.box_output == "multi" else None
     _, _, chosen, paired = _decode_and_score(step, image, 1, gt, target, boxes=boxes)
     if record is not None:
         record["box"] = {"boxes": boxes.cpu(), "gt": (gt if gt is not None else target[:, None]).cpu(),
-                         "paired": paired.cpu(), "pred": chosen.cpu(), "target": target.cpu()}
+                         "paired": paired.cpu(), "pred": chosen.cpu(), "target": target.cpu(),
+                         "target_index": targets.cpu()}

@@ -59,6 +59,7 @@ def point_sample(
     points_label: ArrayLike,
     *,
     areas: ArrayLike | None = None,
+    include: int | None = None,
 ) -> ArrayLike:
     """The 3 ground-truth masks for a point prompt, from big to small.
 
@@ -79,12 +80,17 @@ def point_sample(
     times. With no candidate the result is all False: training detects it with ``.any()``
     and skips the prompt.
 
+    ``include`` (the index of the mask the prompt was drawn from) is always among the 3: when
+    more than 3 masks lie under the point and the rule above leaves it out, it takes the middle
+    place (it lies between the largest and the smallest candidate), and the 3 are re-sorted by area.
+
     Arguments:
       all_masks: (N, H, W) bool (or 0/1) masks, numpy or torch.
       points_coords: (P, 2) points as (x, y) pixels.
       points_label: (P,) or (P, 1) labels in {1, 0, -1}.
       areas: optional (N,) pixel counts of the masks, to avoid recounting them when the same
         masks are sampled many times.
+      include: optional index of a mask that must be among the 3 (the prompt's target).
 
     Returns:
       (3, H, W) masks with the dtype and type of ``all_masks`` (torch: same device), areas
@@ -93,6 +99,23 @@ def point_sample(
     m, is_numpy = _as_tensor(all_masks)
     if m.shape[0] == 0:
         return _empty_result(m, is_numpy)
+    picks, n, area = _point_picks(m, points_coords, points_label, areas)
+    if include is not None:
+        target = torch.as_tensor(int(include), device=m.device)
+        picks = torch.stack([picks[0], torch.where((picks == target).any(), picks[1], target), picks[2]])
+        picks = torch.where(n > 0, picks[torch.sort(area[picks], descending=True, stable=True).indices],
+                            target.expand(3))
+        n = n.clamp(min=1)
+    picked = m[picks]
+    out = torch.where(n > 0, picked, torch.zeros_like(picked))
+    return out.numpy() if is_numpy else out
+
+
+def _point_picks(masks: torch.Tensor, points_coords: ArrayLike, points_label: ArrayLike,
+                 areas: ArrayLike | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``point_sample``'s rule: (largest, middle, smallest) candidate indices (3,), the candidate count
+    and the areas (N,); the indices mean nothing when the count is 0."""
+    m = masks
     ok = _candidates(m.bool(), points_coords, points_label)
     area = _areas(m, areas)
     ok = ok & (area > 0)
@@ -106,9 +129,7 @@ def point_sample(
     inner = (rank > 0) & (rank < last)
     distance = torch.where(inner, (log_area - target).abs(), torch.full_like(log_area, float("inf")))
     middle = torch.where(n >= 3, order[distance.argmin()], smallest)
-    picked = m[torch.stack([largest, middle, smallest])]
-    out = torch.where(n > 0, picked, torch.zeros_like(picked))
-    return out.numpy() if is_numpy else out
+    return torch.stack([largest, middle, smallest]), n, area
 
 
 def box_sample(
@@ -118,6 +139,8 @@ def box_sample(
     areas: ArrayLike | None = None,
     mask_boxes: ArrayLike | None = None,
     min_inside: float = 0.8,
+    include: int | None = None,
+    duplicate_iou: float = 0.9,
 ) -> ArrayLike:
     """The 3 ground-truth masks for a box prompt, from big to small.
 
@@ -133,9 +156,14 @@ def box_sample(
          (noise std 10 % of the side), which cuts off a few columns of parts that touch the
          object's edge, while masks that merely cross the box are left out.
       3. Masks whose box does not meet ``bbox`` (IoU 0) are never chosen.
+      4. Distinct masks first: a candidate whose mask IoU with one already chosen is above
+         ``duplicate_iou`` (0.9) is passed over while other candidates remain.
+      5. ``include`` (the mask the box was drawn from) is always returned: it replaces its own
+         near-duplicate among the chosen, else the lowest-ranked choice.
 
     The chosen masks (at most 3) are ordered by area, largest first, and padded by repeating
-    the smallest. If no mask meets the box (or there is none) the result is all False.
+    the smallest. If no mask meets the box (or there is none) and nothing is included, the
+    result is all False.
 
     Arguments:
       all_masks: (N, H, W) bool (or 0/1) masks, numpy or torch.
@@ -143,44 +171,72 @@ def box_sample(
       areas: optional (N,) pixel counts of the masks.
       mask_boxes: optional (N, 4) XYXY boxes of the masks, as from ``masks_to_boxes``.
       min_inside: fraction of a mask's pixels that must lie in the box for it to count as inside.
+      include: optional index of a mask that must be among the 3 (the prompt's target).
+      duplicate_iou: mask IoU above which two masks count as near-duplicates.
 
     Returns:
       (3, H, W) masks with the dtype and type of ``all_masks`` (torch: same device), areas
       non-increasing.
     """
     m, is_numpy = _as_tensor(all_masks)
-    n_masks, height, width = m.shape
-    if n_masks == 0:
+    if m.shape[0] == 0:
         return _empty_result(m, is_numpy)
     mb = m.bool()
     area = _areas(m, areas)
-    boxes = _boxes(mb) if mask_boxes is None else torch.as_tensor(mask_boxes, device=m.device).float()
+    ranking = _box_candidates(mb, area, bbox, mask_boxes, min_inside)
+    chosen = _distinct(mb, ranking, include, duplicate_iou)
+    if not chosen:
+        return _empty_result(m, is_numpy)
+    chosen.sort(key=lambda i: -float(area[i]))  # stable: equal areas keep their rank
+    out = m[torch.tensor(chosen + [chosen[-1]] * (3 - len(chosen)), device=m.device)]
+    return out.numpy() if is_numpy else out
+
+
+def _box_candidates(masks: torch.Tensor, area: torch.Tensor, bbox: ArrayLike, mask_boxes: ArrayLike | None,
+                    min_inside: float) -> list[int]:
+    """Indices of the masks ``box_sample`` may choose, best first (rules 1 to 3)."""
+    n_masks, height, width = masks.shape
+    boxes = _boxes(masks) if mask_boxes is None else torch.as_tensor(mask_boxes, device=masks.device).float()
     box = torch.as_tensor(bbox, dtype=torch.float32).reshape(4)
     box = torch.stack([box[[0, 2]].min(), box[[1, 3]].min(), box[[0, 2]].max(), box[[1, 3]].max()])
-    iou = _box_iou(boxes, box.to(m.device)) * (area > 0)
-
+    iou = _box_iou(boxes, box.to(masks.device)) * (area > 0)
     x0, y0, x1, y1 = box.round().long().tolist()
     x0, x1 = max(x0, 0), min(x1, width - 1)
     y0, y1 = max(y0, 0), min(y1, height - 1)
     if x0 <= x1 and y0 <= y1:
-        in_box = mb[:, y0 : y1 + 1, x0 : x1 + 1].sum(dim=(1, 2)).float()
+        in_box = masks[:, y0 : y1 + 1, x0 : x1 + 1].sum(dim=(1, 2)).float()
     else:
         in_box = torch.zeros_like(area)
     inside = in_box >= min_inside * area
-
     by_area = torch.sort(area, descending=True, stable=True).indices
     ranking = by_area[torch.sort(iou[by_area], descending=True, stable=True).indices]
     best = ranking[0]
-    allowed = (iou > 0) & (inside | (torch.arange(n_masks, device=m.device) == best))
-    order = ranking[torch.sort(allowed[ranking].float(), descending=True, stable=True).indices]
-    top = order[torch.arange(3, device=m.device).clamp(max=n_masks - 1)]
-    n = allowed.sum().clamp(max=3)
-    valid = torch.arange(3, device=m.device) < n
-    top = top[torch.sort(torch.where(valid, area[top], -1.0), descending=True, stable=True).indices]
-    top = torch.where(valid, top, top[(n - 1).clamp(min=0)])
-    picked = m[top]
-    out = torch.where(n > 0, picked, torch.zeros_like(picked))
-    return out.numpy() if is_numpy else out
+    allowed = (iou > 0) & (inside | (torch.arange(n_masks, device=masks.device) == best))
+    return [i for i in ranking.tolist() if allowed[i]]
+
+
+def _distinct(masks: torch.Tensor, ranking: list[int], include: int | None, duplicate_iou: float) -> list[int]:
+    """Up to 3 of ``ranking``, skipping near-duplicates of those taken, with ``include`` forced in (rules 4, 5)."""
+
+    def same(i: int, j: int) -> bool:
+        union = (masks[i] | masks[j]).sum()
+        return bool(union > 0 and (masks[i] & masks[j]).sum() > duplicate_iou * union)
+
+    chosen: list[int] = []
+    for i in ranking:
+        if len(chosen) == 3:
+            break
+        if not any(same(i, j) for j in chosen):
+            chosen.append(i)
+    if include is not None and int(include) not in chosen:
+        twins = [j for j in chosen if same(j, int(include))]
+        if twins:
+            chosen[chosen.index(twins[0])] = int(include)
+        elif len(chosen) < 3:
+            chosen.append(int(include))
+        else:
+            chosen[-1] = int(include)
+    return chosen
 
 
 def _as_tensor(masks: ArrayLike) -> tuple[torch.Tensor, bool]:

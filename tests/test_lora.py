@@ -228,3 +228,39 @@ def test_adapter_refuses_another_base(tmp_path: Path) -> None:
     other = build_sam("tiny", image_size=(64, 64))
     with pytest.raises(ValueError, match="another base checkpoint"):
         apply_adapter(other, path)
+
+
+def test_merge_then_unmerge_restores_a_bf16_weight_exactly_and_merges_in_float32() -> None:
+    torch.manual_seed(3)
+    for layer in (LoRALinear(nn.Linear(64, 48).to(torch.bfloat16), rank=4, alpha=8),
+                  LoRAConv2d(nn.Conv2d(8, 6, 3).to(torch.bfloat16), rank=2, alpha=4)):
+        nn.init.normal_(layer.lora_B, std=0.5)
+        original = layer.base.weight.detach().clone()
+        # the reference: the sum of the float32 weight and the float32 update, rounded once
+        expected = (original.float() + layer.delta_weight(torch.float32)).to(torch.bfloat16)
+        layer.merge()
+        assert torch.equal(layer.base.weight, expected)
+        layer.unmerge()
+        assert torch.equal(layer.base.weight, original)
+
+
+def test_unmerge_lora_undoes_merge_lora() -> None:
+    from lora_sam import inject_lora, merge_lora, unmerge_lora
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    inject_lora(model, 2, 2.0, targets=["0", "2"])
+    for p in model.parameters():
+        if p.requires_grad:
+            nn.init.normal_(p)
+    x = torch.randn(5, 6)
+    with_lora = model(x)
+    merge_lora(model)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    torch.testing.assert_close(model(x), with_lora, rtol=1e-5, atol=1e-5)
+    unmerge_lora(model)
+    assert isinstance(model[0], LoRALinear) and isinstance(model[2], LoRALinear)
+    torch.testing.assert_close(model(x), with_lora, rtol=1e-5, atol=1e-5)
+    for k, v in before.items():  # the base weights are the originals again
+        torch.testing.assert_close(model.state_dict()[k.replace(".weight", ".base.weight").replace(".bias", ".base.bias")], v)

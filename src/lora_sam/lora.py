@@ -34,7 +34,6 @@ __all__ = [
     "unmerge_lora",
     "lora_layers",
     "lora_state_dict",
-    "mark_only_lora_trainable",
 ]
 
 
@@ -71,8 +70,16 @@ class LoRALayer(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
 
-    def delta_weight(self) -> Tensor:
-        """The update, scaled, in the base weight's own layout and dtype."""
+    def delta_weight(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The update, scaled, in the base weight's own layout; in the LoRA tensors' dtype, or ``dtype``
+        (A and B cast first, so ``torch.float32`` computes a bf16 adapter's update in float32)."""
+        a, b = self.lora_A, self.lora_B
+        if dtype is not None:
+            a, b = a.to(dtype), b.to(dtype)
+        return self._delta(a, b) * self.scaling
+
+    def _delta(self, a: Tensor, b: Tensor) -> Tensor:
+        """B A in the base weight's layout, unscaled."""
         raise NotImplementedError
 
     def lora_forward(self, x: Tensor) -> Tensor:
@@ -82,17 +89,33 @@ class LoRALayer(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold the update into ``base.weight``; the layer then runs as its base alone."""
+        """Fold the update into ``base.weight``; the layer then runs as its base alone.
+
+        The sum is formed in float32 and cast once to the weight's dtype. A weight held in a lower
+        precision (bf16, fp16) is remembered as it was, so that ``unmerge`` restores it exactly
+        rather than subtracting a rounded update from a rounded sum."""
         if not self.merged:
-            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            weight = self.base.weight
+            if weight.dtype not in (torch.float32, torch.float64):
+                self._unmerged_weight = weight.detach().clone()
+            weight.copy_((weight.float() + self._delta_float()).to(weight.dtype))
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Take the update back out of ``base.weight``."""
+        """Take the update back out of ``base.weight`` (exactly, for a low-precision weight)."""
         if self.merged:
-            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            weight = self.base.weight
+            saved = getattr(self, "_unmerged_weight", None)
+            if saved is not None:
+                weight.copy_(saved)
+                del self._unmerged_weight
+            else:
+                weight.copy_((weight.float() - self._delta_float()).to(weight.dtype))
             self.merged = False
+
+    def _delta_float(self) -> Tensor:
+        return self.delta_weight(torch.float32)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base(x)
@@ -115,8 +138,8 @@ class LoRALinear(LoRALayer):
         self.lora_B = self._new_parameter(base.out_features, rank)
         self.reset_lora_parameters()
 
-    def delta_weight(self) -> Tensor:
-        return (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
+    def _delta(self, a: Tensor, b: Tensor) -> Tensor:
+        return b @ a  # (out, in)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base(x)
@@ -142,8 +165,8 @@ class LoRAConv2d(LoRALayer):
         self.lora_B = self._new_parameter(base.out_channels, rank)
         self.reset_lora_parameters()
 
-    def delta_weight(self) -> Tensor:
-        return torch.einsum("or,rikl->oikl", self.lora_B, self.lora_A) * self.scaling
+    def _delta(self, a: Tensor, b: Tensor) -> Tensor:
+        return torch.einsum("or,rikl->oikl", b, a)
 
     def lora_forward(self, x: Tensor) -> Tensor:
         conv = self.base
@@ -170,8 +193,8 @@ class LoRAConvTranspose2d(LoRALayer):
         self.lora_B = self._new_parameter(rank, base.out_channels // base.groups, kh, kw)
         self.reset_lora_parameters()
 
-    def delta_weight(self) -> Tensor:
-        return torch.einsum("ri,rokl->iokl", self.lora_A, self.lora_B) * self.scaling
+    def _delta(self, a: Tensor, b: Tensor) -> Tensor:
+        return torch.einsum("ri,rokl->iokl", a, b)
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         out = self.base(x, output_size)
@@ -280,22 +303,31 @@ def lora_layers(module: nn.Module) -> dict[str, LoRALayer]:
     return {name: sub for name, sub in module.named_modules() if isinstance(sub, LoRALayer)}
 
 
-def mark_only_lora_trainable(module: nn.Module) -> None:
-    """``requires_grad`` on the LoRA A / B tensors only."""
-    for name, p in module.named_parameters():
-        p.requires_grad_(name.endswith(("lora_A", "lora_B")))
+_MERGED = "_lora_merged_layers"  # attribute of a module merged by merge_lora: {name: the LoRA wrapper taken out}
 
 
 def merge_lora(module: nn.Module) -> nn.Module:
-    """Fold every LoRA update into its base weight and put the plain base layers back."""
+    """Fold every LoRA update into its base weight and put the plain base layers back (in place).
+
+    The module then holds plain layers only (its state dict is the base model's); the LoRA
+    wrappers are remembered on it, so ``unmerge_lora`` can take the updates out again.
+    """
+    merged = dict(getattr(module, _MERGED, {}))
     for name, layer in lora_layers(module).items():
         layer.merge()
         _set_submodule(module, name, layer.base)
+        merged[name] = layer
+    object.__setattr__(module, _MERGED, merged)  # a plain attribute: not a submodule, not in the state dict
     return module
 
 
 def unmerge_lora(module: nn.Module) -> nn.Module:
-    """Undo ``merge()`` on every LoRA layer that is still wrapped (after layer-level merges)."""
+    """Undo ``merge_lora`` (and any layer-level ``merge()``): the base weights as they were, LoRA wrappers back."""
+    for name, layer in getattr(module, _MERGED, {}).items():
+        layer.unmerge()
+        _set_submodule(module, name, layer)
+    if hasattr(module, _MERGED):
+        object.__delattr__(module, _MERGED)
     for layer in lora_layers(module).values():
         layer.unmerge()
     return module

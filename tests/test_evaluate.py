@@ -263,3 +263,29 @@ def test_eval_cli_names_the_adapter_that_does_not_fit(tmp_path: Path, synth_root
     broken.write_bytes(b"not a safetensors file")
     assert main([*args, "--adapter", str(broken)]) == 2
     assert str(broken) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("original", [(333, 517), (517, 333), (101, 99)])
+def test_predictor_prompts_map_pixel_centres_to_the_1024_frame(tiny_checkpoint: Path,
+                                                               original: tuple[int, int]) -> None:
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    h0, w0 = original
+    s = min(96 / h0, 128 / w0)
+    h, w = round(h0 * s), round(w0 * s)
+    sample = _hand_sample(original, (h, w), torch.zeros(3, h, w))
+    sample["original_image"] = np.zeros((h0, w0, 3), dtype=np.uint8)
+    pred = PredictorSegmenter(build_sam("tiny", tiny_checkpoint, (1024, 1024)), source="original")
+    pred.set_image(sample)
+    new_h, new_w = ResizeLongestSide.get_preprocess_shape(h0, w0, 1024)
+    xs, ys = torch.meshgrid(torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32), indexing="xy")
+    points = torch.stack([xs.flatten(), ys.flatten()], dim=1)
+    got = pred._to_frame(points)
+    # The centre of training pixel (x, y) sits at the same fraction of the image in both frames.
+    expected = torch.stack([(points[:, 0] + 0.5) * new_w / w - 0.5, (points[:, 1] + 0.5) * new_h / h - 0.5], dim=1)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+    # The corners of the whole image land half a training pixel inside the 1024 px frame's edges.
+    corners = pred._to_frame(torch.tensor([[0.0, 0.0], [w - 1.0, h - 1.0]]))
+    assert torch.allclose(corners[0], torch.tensor([0.5 * new_w / w - 0.5, 0.5 * new_h / h - 0.5]), atol=1e-4)
+    assert torch.allclose(corners[1], torch.tensor([new_w - 0.5 * new_w / w - 0.5, new_h - 0.5 * new_h / h - 0.5]),
+                          atol=1e-3)

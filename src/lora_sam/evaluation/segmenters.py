@@ -194,9 +194,11 @@ class PredictorSegmenter:
             ``"original"``: the original full-resolution image (see ``original_image``).
         budget_bytes: prompts are decoded in chunks whose full-size masks stay under this.
 
-    Prompts in training pixels are scaled to original pixels, x by w0 / w and y by h0 / h,
-    then into the predictor's frame with ``predictor.transform.apply_coords_torch`` /
-    ``apply_boxes_torch`` (SAM's own scale-only convention); all K prompts go through
+    Prompts map between frames at pixel centres: the centre of training pixel x, (x + 0.5) in
+    continuous coordinates, is (x + 0.5) * w0 / w in the original image and, through
+    ``predictor.transform.apply_coords_torch`` (``ResizeLongestSide``'s per-axis scale), a
+    continuous position in the 1024 px frame; half a pixel is taken off there because SAM's prompt
+    encoder adds it back (its "shift to centre of pixel"). Box corners map the same way. All K prompts go through
     ``predict_torch`` at once (chunked only for memory). Its masks, at the original size, are
     resized to (h, w) on the nearest-neighbour grid that resized the ground truth
     (``rle.nearest_grid``) and zero padded to (H, W).
@@ -225,13 +227,15 @@ class PredictorSegmenter:
         self.cols = torch.from_numpy(nearest_grid(w0, w)).to(self.predictor.device)
 
     def _to_frame(self, coords: Tensor) -> Tensor:
-        """(..., 2) (x, y) training pixels -> the predictor's frame, float32 on its device.
+        """(..., 2) (x, y) training pixels -> pixel coordinates of the predictor's frame, float32 on its device.
 
-        Boxes go through as (K, 2, 2) corner pairs, which is what ``apply_boxes_torch`` does.
+        Pixel centre to pixel centre (see the class docstring). Boxes go through as (K, 2, 2) corner
+        pairs, which is what ``apply_boxes_torch`` does.
         """
         assert self.sizes is not None
-        original = (coords.double().cpu() * self.scale).float()
-        return self.predictor.transform.apply_coords_torch(original, self.sizes[2]).to(self.predictor.device)
+        centres = ((coords.double().cpu() + 0.5) * self.scale).float()  # continuous, original image
+        frame = self.predictor.transform.apply_coords_torch(centres, self.sizes[2]) - 0.5
+        return frame.to(self.predictor.device)
 
     @torch.no_grad()
     def predict(

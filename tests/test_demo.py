@@ -80,7 +80,7 @@ def test_report_figures_exist_and_are_pngs(demo_run: Path, report: str) -> None:
 def test_report_tables_hold_numbers(report: str) -> None:
     for model in ("base", "lora:adapter", "full:model", "original-1024"):
         assert re.search(rf"^\| {re.escape(model)} \| \d+\.\d{{3}} \|", report, flags=re.M), model
-    assert re.search(r"\| trainable parameters \| [\d,]+ \| [\d,]+ \|", report)
+    assert re.search(r"\| trainable parameters \| [\d,]+ \([\d.]+ % of [\d,]+\) \| [\d,]+ \(100.00 % of [\d,]+\) \|", report)
     assert re.search(r"\| total \| [\d,]+ \| [\d,]+ \| [\d.]+ \|", report)
     assert "**Discussion**" in report and "1-click mIoU (mIoU@1): the base" in report
 

@@ -10,7 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_sam.report.figures import plot_box_sample, plot_point_sample, target_figure_prompts, target_figures
+from lora_sam.report.target_figures import (
+    plot_box_sample,
+    plot_point_sample,
+    target_figure_prompts,
+    target_figures,
+)
 from lora_sam.targets import box_sample, masks_to_boxes, point_sample
 
 SA1B = Path(__file__).resolve().parents[2] / "shared" / "data" / "sa1b"

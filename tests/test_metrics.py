@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from lora_sam.io import markdown_table
 from lora_sam.metrics import (
     METRIC_KEYS,
+    InteractiveIoU,
     box_miou,
-    format_table,
     iou_head_error,
+    metric_rows,
     miou_at_clicks,
     noc,
     number_of_clicks,
@@ -145,14 +147,55 @@ def test_summarize_missing_inputs_are_nan() -> None:
         summarize(click_ious=CLICK_IOUS, iou_pred=[0.5])
 
 
-def test_format_table() -> None:
+def test_metric_rows_as_a_markdown_table() -> None:
     results = {
         "base": {"miou@1": 0.5, "noc@85": 12.25, "box_miou": math.nan},
         "lo|ra": {"noc@85": 8.0, "miou@1": 0.61234, "extra": 3.0},
     }
-    lines = format_table(results).splitlines()
+    lines = markdown_table(*metric_rows(results)).splitlines()
     assert lines[0] == "| model | miou@1 | noc@85 | box_miou | extra |"
     assert lines[1] == "|---|---:|---:|---:|---:|"
     assert lines[2] == "| base | 0.500 | 12.250 | n/a | n/a |"
     assert lines[3] == "| lo\\|ra | 0.612 | 8.000 | n/a | 3.000 |"
     assert len(lines) == 4
+
+
+def _metric_inputs(seed: int, prompts: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"click_ious": torch.rand(prompts, 6, generator=g), "box_ious": torch.rand(prompts, generator=g),
+            "output_ious": torch.rand(prompts, 3, generator=g), "iou_pred": torch.rand(prompts, 3, generator=g),
+            "iou_true": torch.rand(prompts, 3, generator=g)}
+
+
+def _assert_same_metrics(got: dict[str, float], want: dict[str, float]) -> None:
+    assert got.keys() == want.keys() == set(METRIC_KEYS)
+    for key in METRIC_KEYS:
+        assert got[key] == pytest.approx(want[key], rel=1e-12, nan_ok=True), key
+
+
+def test_interactive_iou_metric_computes_summarize() -> None:
+    inputs = _metric_inputs(0, 7)
+    metric = InteractiveIoU(max_clicks=6)
+    metric.update(**inputs)
+    _assert_same_metrics(metric.compute(), summarize(**inputs, max_clicks=6))
+    metric.reset()
+    metric.update(click_ious=torch.tensor(CLICK_IOUS, dtype=torch.float64))  # optional inputs left out: NaN, as in summarize
+    _assert_same_metrics(metric.compute(), summarize(click_ious=CLICK_IOUS, max_clicks=6))
+    with pytest.raises(ValueError), pytest.warns(UserWarning, match="before the ``update``"):
+        InteractiveIoU().compute()
+
+
+def test_interactive_iou_two_updates_equal_one_concatenated_update() -> None:
+    first, second = _metric_inputs(1, 3), _metric_inputs(2, 5)
+    twice = InteractiveIoU(max_clicks=6)
+    twice.update(**first)
+    twice.update(**second)
+    once = InteractiveIoU(max_clicks=6)
+    once.update(**{k: torch.cat([first[k], second[k]]) for k in first})
+    _assert_same_metrics(twice.compute(), once.compute())
+    merged = InteractiveIoU(max_clicks=6)
+    merged.update(**first)
+    other = InteractiveIoU(max_clicks=6)
+    other.update(**second)
+    merged.merge_state(other)  # what a DDP sync does with the "cat" states
+    _assert_same_metrics(merged.compute(), once.compute())

@@ -85,8 +85,8 @@ def test_ddp_on_shards_of_different_sizes_runs_whole_epochs(tmp_path: Path, tiny
         assert steps == [0, 1, 2, 3]
 
 
-def test_user_code_from_the_design(tmp_path: Path, synthetic_root: Path, monkeypatch) -> None:
-    """DESIGN.md section 3, verbatim but for the CPU and a short run; model and data from the environment."""
+def test_user_code_from_the_readme(tmp_path: Path, synthetic_root: Path, monkeypatch) -> None:
+    """The README's first example, verbatim but for the CPU and a short run; model and data from the environment."""
     monkeypatch.setenv("LORA_SAM_MODEL_TYPE", "tiny")
     monkeypatch.setenv("LORA_SAM_DATA", str(synthetic_root))
     monkeypatch.chdir(tmp_path)

@@ -232,7 +232,8 @@ SAM_TARGETS: tuple[str, ...] = (
     "mask_decoder.transformer.*",
     "mask_decoder.output_upscaling.*",
 )
-"""Default targets: every Linear / Conv2d / ConvTranspose2d of SAM named in DESIGN.md."""
+"""Default targets: every Linear / Conv2d / ConvTranspose2d of SAM but the mask decoder's output heads
+(``iou_prediction_head`` and ``output_hypernetworks_mlps``), which stay frozen."""
 
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {
     "default": SAM_TARGETS,

@@ -3,7 +3,9 @@
 SAM has no categories and every mask needs a prompt, so detection metrics such as mAP do not
 apply; the interactive segmentation literature scores the IoU reached after k simulated clicks
 (mIoU@k) and the number of clicks needed to reach an IoU (NoC@85, NoC@90). The runner that
-simulates clicks with a model lives elsewhere and passes its IoUs here.
+simulates clicks with a model lives elsewhere and passes its IoUs here. ``InteractiveIoU`` is
+the same ``summarize`` as a torchmetrics ``Metric`` that accumulates prompts across batches and
+processes.
 
 Inputs may be numpy arrays, torch tensors or nested lists; IoUs are fractions in 0..1.
 """
@@ -16,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchmetrics
 from torch import Tensor
+from torchmetrics.utilities import dim_zero_cat
 
 CLICKS = (1, 2, 3, 5, 9)
 NOC_THRESHOLDS = (0.85, 0.90)
@@ -153,27 +157,70 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def format_table(results: Mapping[str, Mapping[str, float]]) -> str:
-    """A Markdown table with one row per model and one column per metric.
+def metric_rows(results: Mapping[str, Mapping[str, float]]) -> tuple[list[str], list[list[str]]]:
+    """The metrics table as header and rows: one row per model and one column per metric.
+
+    Write it with ``lora_sam.io.markdown_table(*metric_rows(results))``.
 
     Args:
         results: {model name: {metric: value}}, e.g. ``summarize`` of each model; the columns are
             ``METRIC_KEYS`` present in any row, then other keys in order of first appearance.
 
     Returns:
-        The table, lines joined by "\\n" with a trailing newline; floats with 3 decimals,
-        missing or NaN values as "n/a".
+        (["model", *columns], [[name, *cells]]): floats with 3 decimals, missing or NaN values "n/a".
     """
     seen = [key for row in results.values() for key in row]
     columns = [k for k in METRIC_KEYS if k in seen] + [k for k in dict.fromkeys(seen) if k not in METRIC_KEYS]
-    lines = [
-        "| " + " | ".join(["model", *columns]) + " |",
-        "|" + "|".join(["---", *("---:" for _ in columns)]) + "|",
-    ]
-    for name, row in results.items():
-        cells = [str(name).replace("|", "\\|"), *(_cell(row.get(k)) for k in columns)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [[str(name), *(_cell(row.get(k)) for k in columns)] for name, row in results.items()]
+    return ["model", *columns], rows
+
+
+class InteractiveIoU(torchmetrics.Metric):
+    """``summarize`` as a stateful torchmetrics ``Metric``: accumulate per-prompt IoUs, then compute.
+
+    Each ``update`` adds P prompts; the states are lists concatenated across updates and, under
+    DDP, across processes (``dist_reduce_fx="cat"``), so ``compute()`` equals ``summarize`` of
+    all rows at once. Optional inputs must be given in every update or in none.
+
+    Args:
+        max_clicks: the NoC budget, as in ``summarize``.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, max_clicks: int = 20, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_clicks = max_clicks
+        for name in ("click_ious", "box_ious", "output_ious", "iou_pred", "iou_true"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, click_ious: Tensor, box_ious: Tensor | None = None, output_ious: Tensor | None = None,
+               iou_pred: Tensor | None = None, iou_true: Tensor | None = None) -> None:
+        """Add prompts: ``click_ious`` (P, C) with the same C in every update; ``box_ious`` (Pb,);
+        ``output_ious`` (P, M); ``iou_pred`` and ``iou_true`` of the same shape (any)."""
+        if (iou_pred is None) != (iou_true is None):
+            raise ValueError("give both iou_pred and iou_true, or neither")
+        values = {"click_ious": click_ious, "box_ious": box_ious, "output_ious": output_ious,
+                  "iou_pred": None if iou_pred is None else torch.as_tensor(iou_pred).flatten(),
+                  "iou_true": None if iou_true is None else torch.as_tensor(iou_true).flatten()}
+        for name, value in values.items():
+            if value is not None:
+                getattr(self, name).append(torch.as_tensor(value, dtype=torch.float64, device=self.device))
+
+    def compute(self) -> dict[str, float]:
+        """``summarize`` of every prompt added so far (a metric whose inputs were never given is NaN)."""
+
+        def rows(name: str) -> Tensor | None:
+            state = getattr(self, name)
+            return None if isinstance(state, list) and not state else dim_zero_cat(state)
+
+        click_ious = rows("click_ious")
+        if click_ious is None:
+            raise ValueError("InteractiveIoU.compute: no prompts (update was never called)")
+        return summarize(click_ious=click_ious, box_ious=rows("box_ious"), output_ious=rows("output_ious"),
+                         iou_pred=rows("iou_pred"), iou_true=rows("iou_true"), max_clicks=self.max_clicks)
 
 
 def mask_iou(pred: Tensor, gt: Tensor) -> Tensor:

@@ -175,8 +175,7 @@ def box_sample(
       duplicate_iou: mask IoU above which two masks count as near-duplicates.
 
     Returns:
-      (3, H, W) masks with the dtype and type of ``all_masks`` (torch: same device), areas
-      non-increasing.
+      (3, H, W) masks, as ``point_sample``'s.
     """
     m, is_numpy = _as_tensor(all_masks)
     if m.shape[0] == 0:

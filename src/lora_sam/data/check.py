@@ -20,12 +20,13 @@ from lora_sam.data.datasets import CocoInstances, SampleDataset
 from lora_sam.data.loaders import add_data_arguments, open_dataset
 from lora_sam.data.samples import Raw, SampleOptions, finish
 from lora_sam.data.shards import SA1BShards
+from lora_sam.model import DEFAULT_IMAGE_SIZE
 
 __all__ = ["Problem", "check_data"]
 
 
 def check_data(
-    root: str | Path, *, image_dir: str | Path | None = None, image_size: tuple[int, int] = (160, 256)
+    root: str | Path, *, image_dir: str | Path | None = None, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
 ) -> list[Problem]:
     """Every problem of the dataset at ``root`` (any kind ``get_loaders`` reads).
 
@@ -98,7 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(
         parser,
         root_help="data: SA-1B folder, .tar shards (folder, glob or brace pattern), COCO .json, or a cache",
-        size_help="training size; images whose masks all become too small at it are reported (default 160 256)",
+        size_help="training size; images whose masks all become too small at it are reported (default "
+                  f"{DEFAULT_IMAGE_SIZE[0]} {DEFAULT_IMAGE_SIZE[1]})",
     )
 
 

@@ -30,6 +30,7 @@ from lora_sam.data.annotations import (
     parse_sa1b,
 )
 from lora_sam.data.samples import Raw, SampleOptions, finish, read_raw
+from lora_sam.model import DEFAULT_IMAGE_SIZE
 
 CACHE_MANIFEST = "lora_sam_cache.json"  # the manifest that marks a folder as a prepared cache
 FORMAT_VERSION = 1  # of the cache layout written by ``lora-sam prepare``
@@ -99,7 +100,7 @@ class SampleDataset(Dataset):
     """Base class: ``read(i)`` gives the raw image and masks and the problems of item ``i``.
 
     Args:
-        image_size: training (H, W), sides multiples of 16 (default (160, 256)).
+        image_size: training (H, W), sides multiples of 16 (default ``model.DEFAULT_IMAGE_SIZE``).
         masks_per_image: K, the most targets per image and step (default 16).
         max_mask_fraction: drop masks covering more of the image (default 0.9).
         min_mask_pixels: drop masks with fewer pixels at training resolution (default 16).
@@ -112,7 +113,7 @@ class SampleDataset(Dataset):
     def __init__(
         self,
         *,
-        image_size: tuple[int, int] = (160, 256),
+        image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
         masks_per_image: int = 16,
         max_mask_fraction: float = 0.9,
         min_mask_pixels: int = 16,

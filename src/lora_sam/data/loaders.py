@@ -25,6 +25,7 @@ from lora_sam.data.annotations import BadSample, DataError, Problem
 from lora_sam.data.datasets import CACHE_MANIFEST, CachedDataset, CocoInstances, SA1BFolder, SampleDataset
 from lora_sam.data.samples import SampleOptions, collate
 from lora_sam.data.shards import SA1BShards, expand_shards, split_score
+from lora_sam.model import DEFAULT_IMAGE_SIZE
 
 ENV_VAR = "LORA_SAM_DATA"
 DEFAULT_ROOT = "data"
@@ -168,7 +169,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, root_help: str, size_
     parser.add_argument("root", help=root_help)
     parser.add_argument("--image-dir", type=Path, default=None,
                         help="COCO only: folder of the images (default: the JSON's folder)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=(160, 256), metavar=("H", "W"), help=size_help)
+    parser.add_argument("--image-size", type=int, nargs=2, default=DEFAULT_IMAGE_SIZE, metavar=("H", "W"), help=size_help)
 
 
 def default_workers() -> int:
@@ -202,7 +203,7 @@ def _shard_datasets(
 def get_loaders(
     root: str | Path | None = None,
     *,
-    image_size: tuple[int, int] = (160, 256),
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     batch_size: int = 2,
     masks_per_image: int = 16,
     val_fraction: float = 0.1,
@@ -258,11 +259,18 @@ def get_loaders(
         train, val = _shard_datasets(root, val_fraction, samples_per_epoch, options)
         return DataLoader(train, **loader_args), DataLoader(val, **loader_args) if val is not None else None
     options.pop("shuffle_buffer", None)
+    return _map_loaders(root, val_fraction, options, loader_args)
+
+
+def _map_loaders(root: str, val_fraction: float, options: dict[str, Any],
+                 loader_args: dict[str, Any]) -> tuple[DataLoader, DataLoader | None]:
+    """``get_loaders`` for the map-style datasets (SA-1B folder, COCO, cache): split by image id."""
     dataset = open_dataset(root, **options)
     assert isinstance(dataset, SampleDataset)
     train_idx, val_idx = split_indices([dataset.image_id(i) for i in range(len(dataset))], val_fraction)
     train = dataset.subset(train_idx)
-    train_loader = DataLoader(train, sampler=EpochSampler(len(train), shuffle=True, seed=seed), **loader_args)
+    sampler = EpochSampler(len(train), shuffle=True, seed=options["seed"])
+    train_loader = DataLoader(train, sampler=sampler, **loader_args)
     if not val_idx:
         return train_loader, None
     return train_loader, DataLoader(dataset.subset(val_idx), shuffle=False, **loader_args)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from lora_sam.data.datasets import CACHE_MANIFEST, FORMAT_VERSION, SampleDataset
 from lora_sam.data.loaders import add_data_arguments, open_dataset
 from lora_sam.data.samples import Raw
 from lora_sam.data.shards import SA1BShards
+from lora_sam.io import atomic_path
+from lora_sam.model import DEFAULT_IMAGE_SIZE
 
 # (image_id, path, raw or None, error problems) of one source image.
 Entry = tuple[str, str, Raw | None, list[Problem]]
@@ -77,7 +79,7 @@ def prepare_cache(
     root: str | Path,
     out: str | Path,
     *,
-    image_size: tuple[int, int] = (160, 256),
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     image_dir: str | Path | None = None,
     fast: bool = True,
     num_workers: int = 0,
@@ -113,10 +115,25 @@ def prepare_cache(
     if (out / "samples").exists():
         shutil.rmtree(out / "samples")
     (out / "samples").mkdir(parents=True)
+    entries_bar = tqdm(loader, total=total, desc="prepare", unit="image", disable=not progress)
+    manifest = {
+        "format": "lora_sam cache",
+        "version": FORMAT_VERSION,
+        "image_size": list(image_size),
+        "fast": fast,
+        "source": str(root),
+        "items": _write_samples(entries_bar, out),
+    }
+    path = out / CACHE_MANIFEST
+    with atomic_path(path) as partial:  # the manifest marks a finished cache: it is written last, whole
+        partial.write_text(json.dumps(manifest, indent=1))
+    return path
+
+
+def _write_samples(entries: Iterable[Entry], out: Path) -> list[dict[str, Any]]:
+    """Write each readable entry as ``out/samples/<n>.npz``; the manifest's items, bad entries with their problems."""
     items: list[dict[str, Any]] = []
-    for image_id, path, raw, problems in tqdm(
-        loader, total=total, desc="prepare", unit="image", disable=not progress
-    ):
+    for image_id, path, raw, problems in entries:
         item: dict[str, Any] = {"image_id": image_id, "path": path}
         if raw is None:
             item["problems"] = [[p.path, p.field, p.message] for p in problems]
@@ -132,19 +149,7 @@ def prepare_cache(
                 original_size=np.array(raw.original_size, dtype=np.int64),
             )
         items.append(item)
-    manifest = {
-        "format": "lora_sam cache",
-        "version": FORMAT_VERSION,
-        "image_size": list(image_size),
-        "fast": fast,
-        "source": str(root),
-        "items": items,
-    }
-    path = out / CACHE_MANIFEST
-    partial = path.with_suffix(".part")
-    partial.write_text(json.dumps(manifest, indent=1))
-    partial.replace(path)
-    return path
+    return items
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -155,7 +160,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(
         parser,
         root_help="data: SA-1B folder, .tar shards (folder, glob or brace pattern), or COCO .json",
-        size_help="training size, multiples of 16 (default 160 256); the cache is read at this size only",
+        size_help=f"training size, multiples of 16 (default {DEFAULT_IMAGE_SIZE[0]} {DEFAULT_IMAGE_SIZE[1]}); the cache "
+                  "is read at this size only",
     )
     parser.add_argument("out", type=Path, help="cache folder to write (outside the data root)")
     parser.add_argument(

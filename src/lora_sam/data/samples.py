@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from lora_sam.data import rle
 from lora_sam.data.annotations import BadSample, ImageAnnotations, Problem, decode_segments, errors
+from lora_sam.model import DEFAULT_IMAGE_SIZE, check_image_size
 
 _WARNED: set[str] = set()
 
@@ -39,7 +40,7 @@ class SampleOptions:
             decodes every full-resolution image and mask first (the slow reference path).
     """
 
-    image_size: tuple[int, int] = (160, 256)
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
     masks_per_image: int = 16
     max_mask_fraction: float = 0.9
     min_mask_pixels: int = 16
@@ -47,10 +48,7 @@ class SampleOptions:
     fast: bool = True
 
     def __post_init__(self) -> None:
-        size = tuple(int(v) for v in self.image_size)
-        if len(size) != 2 or min(size) <= 0 or any(v % 16 for v in size):
-            raise ValueError(f"image_size must be (H, W) with sides multiples of 16, got {self.image_size!r}")
-        object.__setattr__(self, "image_size", size)
+        object.__setattr__(self, "image_size", check_image_size(self.image_size))
         if self.masks_per_image < 1:
             raise ValueError(f"masks_per_image must be at least 1, got {self.masks_per_image}")
         if not 0.0 < self.max_mask_fraction <= 1.0:

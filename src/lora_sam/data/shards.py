@@ -25,6 +25,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from lora_sam.data.annotations import BadSample, Problem
 from lora_sam.data.datasets import read_sa1b, to_sample
 from lora_sam.data.samples import Raw, SampleOptions
+from lora_sam.model import DEFAULT_IMAGE_SIZE
 
 
 def expand_shards(urls_or_glob: str | Path | Sequence[str | Path]) -> list[str]:
@@ -128,7 +129,8 @@ class SA1BShards(IterableDataset):
         split: Literal["all", "train", "val"] = "all",
         val_fraction: float = 0.1,
         samples_per_epoch: int | None = None,
-        image_size: tuple[int, int] = (160, 256),
+        # SampleDataset's options, spelled out as there: a stream is not a SampleDataset, but takes the same
+        image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
         masks_per_image: int = 16,
         max_mask_fraction: float = 0.9,
         min_mask_pixels: int = 16,

@@ -116,40 +116,48 @@ def evaluate_image(
     parts: dict[str, list[Tensor]] = {}
     for start in range(0, len(gt_all), prompt_batch):
         gt = gt_all[start : start + prompt_batch]
-        k = len(gt)
-        pred = torch.zeros_like(gt)
-        points = torch.zeros((k, 0, 2))
-        labels = torch.zeros((k, 0), dtype=torch.long)
-        low: Tensor | None = None
-        not_clicked = torch.ones_like(gt)
-        ious, masks = [], []
-        for click in range(max_clicks):
-            point, label = click_points(pred, gt, not_clicked=not_clicked)
-            clicked = label >= 0
-            not_clicked[clicked, point[clicked, 1].long(), point[clicked, 0].long()] = False
-            points = torch.cat([points, point[:, None]], dim=1)
-            labels = torch.cat([labels, label[:, None]], dim=1)
-            if click == 0:
-                out = segmenter.predict(points=points, labels=labels, multimask=True)
-                tokens = torch.argsort(out.masks.flatten(2).sum(2), dim=1, descending=True, stable=True)  # big first
-                output_ious = mask_iou(out.masks, gt[:, None]).gather(1, tokens)  # (k, 3)
-                iou_pred = out.iou_pred.cpu().gather(1, tokens)
-                pred, low = _chosen(out, out.iou_pred.argmax(1))
-            else:
-                pred, low = _refined(segmenter, refine, points=points, labels=labels, mask_input=low)
-            ious.append(mask_iou(pred, gt))
-            if keep_masks:
-                masks.append(pred)
+        result = _clicks(segmenter, gt, max_clicks, refine, keep_masks)
         box = masks_to_boxes(gt).float()
         box_pred, _ = _refined(segmenter, box_output, boxes=box)
-        result = {"click_ious": torch.stack(ious, 1), "click_points": points, "click_labels": labels,
-                  "box": box, "box_iou": mask_iou(box_pred, gt), "output_ious": output_ious, "iou_pred": iou_pred,
-                  "output_tokens": tokens}
+        result.update(box=box, box_iou=mask_iou(box_pred, gt))
         if keep_masks:
-            result.update(click_masks=torch.stack(masks, 1), box_masks=box_pred)
+            result["box_masks"] = box_pred
         for key, value in result.items():
             parts.setdefault(key, []).append(value.cpu())
     return {key: torch.cat(values) for key, values in parts.items()}
+
+
+def _clicks(segmenter: Segmenter, gt: Tensor, max_clicks: int, refine: Refine, keep_masks: bool) -> dict[str, Tensor]:
+    """The click rounds of ``evaluate_image`` for the K targets ``gt`` (K, H, W) of one prompt batch."""
+    k = len(gt)
+    pred = torch.zeros_like(gt)
+    points = torch.zeros((k, 0, 2))
+    labels = torch.zeros((k, 0), dtype=torch.long)
+    low: Tensor | None = None
+    not_clicked = torch.ones_like(gt)
+    ious, masks = [], []
+    for click in range(max_clicks):
+        point, label = click_points(pred, gt, not_clicked=not_clicked)
+        clicked = label >= 0
+        not_clicked[clicked, point[clicked, 1].long(), point[clicked, 0].long()] = False
+        points = torch.cat([points, point[:, None]], dim=1)
+        labels = torch.cat([labels, label[:, None]], dim=1)
+        if click == 0:
+            out = segmenter.predict(points=points, labels=labels, multimask=True)
+            tokens = torch.argsort(out.masks.flatten(2).sum(2), dim=1, descending=True, stable=True)  # big first
+            output_ious = mask_iou(out.masks, gt[:, None]).gather(1, tokens)  # (k, 3)
+            iou_pred = out.iou_pred.cpu().gather(1, tokens)
+            pred, low = _chosen(out, out.iou_pred.argmax(1))
+        else:
+            pred, low = _refined(segmenter, refine, points=points, labels=labels, mask_input=low)
+        ious.append(mask_iou(pred, gt))
+        if keep_masks:
+            masks.append(pred)
+    result = {"click_ious": torch.stack(ious, 1), "click_points": points, "click_labels": labels,
+              "output_ious": output_ious, "iou_pred": iou_pred, "output_tokens": tokens}
+    if keep_masks:
+        result["click_masks"] = torch.stack(masks, 1)
+    return result
 
 
 def sample_targets(sample: dict[str, Any], *, masks_per_image: int | None = None, seed: int = 0,
@@ -187,7 +195,9 @@ def json_safe(value: Any, digits: int = 6) -> Any:
     return value
 
 
-def _finish(columns: dict[str, list[Any]], max_clicks: int) -> dict[str, Any]:
+def _finish(columns: dict[str, list[Any]], max_clicks: int, *, images: int, skipped: list[str],
+            seconds: float) -> dict[str, Any]:
+    """One model's entry of ``evaluate_many`` from its accumulated per-prompt columns."""
     if not columns.get("click_ious"):
         raise ValueError("no prompts were evaluated: every sample was skipped or had no usable mask")
     arrays = {k: torch.cat(v) for k, v in columns.items() if k in PROMPT_COLUMNS or k in ("mask_index", "area")}
@@ -198,7 +208,17 @@ def _finish(columns: dict[str, list[Any]], max_clicks: int) -> dict[str, Any]:
     for threshold in NOC_THRESHOLDS:
         prompts[f"noc@{round(threshold * 100)}"] = number_of_clicks(arrays["click_ious"], threshold,
                                                                     max_clicks=max_clicks)
-    return {"metrics": json_safe(metrics), "prompts": json_safe(prompts)}
+    return {"metrics": json_safe(metrics), "prompts": json_safe(prompts), "images": images,
+            "prompt_count": len(columns["image_id"]), "skipped": skipped, "seconds": round(seconds, 3)}
+
+
+def _append(columns: dict[str, list[Any]], sample: dict[str, Any], targets: Tensor, result: dict[str, Tensor]) -> None:
+    """Add one image's per-prompt results (and the prompts' image id, mask index and area) to ``columns``."""
+    columns.setdefault("image_id", []).extend([str(sample["image_id"])] * len(targets))
+    columns.setdefault("mask_index", []).append(targets.cpu())
+    columns.setdefault("area", []).append(sample["masks"][targets].flatten(1).sum(1).cpu())
+    for key, value in result.items():
+        columns.setdefault(key, []).append(value)
 
 
 def evaluate_many(
@@ -251,26 +271,15 @@ def evaluate_many(
             continue
         images += 1
         n_prompts += len(targets)
-        areas = sample["masks"][targets].flatten(1).sum(1).cpu()
         for name, segmenter in segmenters.items():
             start = time.perf_counter()
             result = evaluate_image(segmenter, sample, targets, max_clicks=max_clicks, refine=refine,
                                     box_output=box_output, prompt_batch=prompt_batch)
             seconds[name] += time.perf_counter() - start
-            col = columns[name]
-            col.setdefault("image_id", []).extend([str(sample["image_id"])] * len(targets))
-            col.setdefault("mask_index", []).append(targets.cpu())
-            col.setdefault("area", []).append(areas)
-            for key, value in result.items():
-                col.setdefault(key, []).append(value)
+            _append(columns[name], sample, targets, result)
         bar.set_postfix(prompts=n_prompts)
-    results = {}
-    for name in segmenters:
-        entry = _finish(columns[name], max_clicks)
-        entry.update(images=images, prompt_count=len(entry["prompts"]["image_id"]), skipped=skipped,
-                     seconds=round(seconds[name], 3))
-        results[name] = entry
-    return results
+    return {name: _finish(columns[name], max_clicks, images=images, skipped=skipped, seconds=seconds[name])
+            for name in segmenters}
 
 
 def evaluate(

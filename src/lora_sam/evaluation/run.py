@@ -1,7 +1,7 @@
 """``lora-sam eval``: choose the images, build the models, evaluate them alike, write the files.
 
 ``evaluate_models`` writes ``eval.json`` (settings, and per model its description, metrics and
-per-prompt arrays, see ``evaluate.evaluate_many``) and ``eval.md`` (the metrics table).
+per-prompt arrays, see ``protocol.evaluate_many``) and ``eval.md`` (the metrics table).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from lora_sam.adapter import apply_adapter, read_adapter_info
 from lora_sam.data.annotations import DataError
 from lora_sam.evaluation.protocol import Refine, evaluate_many, json_safe
 from lora_sam.evaluation.segmenters import ORIGINAL_FRAME, LowResSegmenter, PredictorSegmenter, Segmenter
+from lora_sam.io import markdown_table
 from lora_sam.lora import merge_lora
-from lora_sam.metrics import format_table
-from lora_sam.model import build_sam, resolve_checkpoint
+from lora_sam.metrics import metric_rows
+from lora_sam.model import DEFAULT_IMAGE_SIZE, build_sam, resolve_checkpoint
 
 __all__ = ["add_arguments", "build_segmenters", "eval_samples", "evaluate_models", "run", "write_eval"]
 
@@ -199,10 +200,10 @@ def write_eval(out: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:
         f"first click: 3 outputs, the highest predicted IoU kept; later clicks: {settings['refine']} output; the "
         f"exact GT box: {settings.get('box_output', 'multi')} output); masks compared with the GT at the training "
         f"resolution.", "",
-        format_table({name: entry["metrics"] for name, entry in models.items()}).rstrip("\n"), "",
-        "| model | kind | input | resolution | seconds |", "|---|---|---|---|---:|",
-        *(f"| {name} | {e['kind']} | {e['input']} | {e['resolution'][0]}x{e['resolution'][1]} | {e['seconds']:.1f} |"
-          for name, e in models.items()),
+        markdown_table(*metric_rows({name: entry["metrics"] for name, entry in models.items()})), "",
+        markdown_table(["model", "kind", "input", "resolution", "seconds"],
+                       [[name, e["kind"], e["input"], f"{e['resolution'][0]}x{e['resolution'][1]}", f"{e['seconds']:.1f}"]
+                        for name, e in models.items()], "llllr"),
     ]
     if first["skipped"]:
         lines += ["", f"Skipped {len(first['skipped'])} samples: " + "; ".join(first["skipped"][:10])]
@@ -280,8 +281,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="val share, as in training (default 0.1)")
     parser.add_argument("--model-type", default="vit_b", help="vit_b / vit_l / vit_h / tiny (default vit_b)")
     parser.add_argument("--checkpoint", default=None, help="base SAM checkpoint (official format)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=(160, 256), metavar=("H", "W"),
-                        help="training resolution (default 160 256)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=DEFAULT_IMAGE_SIZE, metavar=("H", "W"),
+                        help=f"training resolution (default {DEFAULT_IMAGE_SIZE[0]} {DEFAULT_IMAGE_SIZE[1]})")
     parser.add_argument("--adapter", action="append", default=[], metavar="A",
                         help="a LoRA adapter (.safetensors) on the base; repeatable")
     parser.add_argument("--full", action="append", default=[], metavar="F",
@@ -318,6 +319,6 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, DataError) as err:
         print(f"lora-sam eval: error: {err}", file=sys.stderr)
         return 2
-    print(format_table({name: entry["metrics"] for name, entry in report["models"].items()}), end="")
+    print(markdown_table(*metric_rows({name: entry["metrics"] for name, entry in report["models"].items()})))
     print(f"wrote {args.out / 'eval.json'} and {args.out / 'eval.md'}")
     return 0

@@ -93,10 +93,11 @@ class LowResSegmenter:
 
     The image encoder runs once in ``set_image``; ``predict`` decodes all K prompts in one call
     and upscales the low-resolution logits bilinearly to (H, W). Pixels in the padding (outside
-    ``input_size``) are never part of a mask, as ``Sam.postprocess_masks`` crops them away. The
-    click protocol that drives it (3 outputs for the first click, then the single-mask output with
-    the kept mask's low-resolution logits fed back as mask prompt, as in SAM's interactive
-    evaluation) is ``lora_sam.evaluation.protocol``'s.
+    ``input_size``) are never part of a mask, as ``Sam.postprocess_masks`` crops them away. It
+    answers with the 3 multimask outputs or, with ``multimask=False``, SAM's single-mask output;
+    which one each prompt gets is ``lora_sam.evaluation.protocol``'s choice (by default: 3 for the
+    first click and for the box, the single-mask output for every later click, which also gets the
+    kept mask's low-resolution logits as mask prompt).
     """
 
     def __init__(self, sam: Sam) -> None:
@@ -120,7 +121,7 @@ class LowResSegmenter:
         self.valid = valid
 
     @torch.no_grad()
-    def predict(
+    def predict(  # the Segmenter protocol's signature, the same in every segmenter
         self,
         points: Tensor | None = None,
         labels: Tensor | None = None,
@@ -162,7 +163,7 @@ def original_image(sample: dict[str, Any]) -> np.ndarray:
     """The original full-resolution image of a sample, uint8 (h0, w0, 3) RGB.
 
     Taken from ``sample["original_image"]`` (an array) or read from ``sample["original_path"]``
-    (``lora_sam.evaluation.protocol`` adds it for SA-1B folders and COCO files).
+    (``lora_sam.evaluation.run.eval_samples`` adds it for SA-1B folders and COCO files).
     """
     _, _, (h0, w0) = _sample_sizes(sample)
     if sample.get("original_image") is not None:
@@ -238,7 +239,7 @@ class PredictorSegmenter:
         return frame.to(self.predictor.device)
 
     @torch.no_grad()
-    def predict(
+    def predict(  # the Segmenter protocol's signature, the same in every segmenter
         self,
         points: Tensor | None = None,
         labels: Tensor | None = None,

@@ -1,7 +1,8 @@
-"""Sections 1 to 4 of the report (DESIGN.md section 6): LoRA, parameters, LoRA vs full, target assignment.
+"""Sections 1 to 4 of the report: how LoRA is implemented, the parameters it trains, what LoRA and full
+fine-tuning each cost and give, and how the 3 ground-truth masks of a prompt are assigned.
 
 Each section takes a ``Run`` and returns Markdown; a file it needs that is absent raises ``Missing``.
-Sections 5 to 8 are in ``report_results``.
+Sections 5 to 8 are in ``lora_sam.report.results``.
 """
 
 from __future__ import annotations
@@ -9,41 +10,25 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from lora_sam.io import markdown_table
+from lora_sam.metrics import metric_rows
+from lora_sam.report.numbers import cost_note, cost_table
 from lora_sam.report.run_folder import Missing, Run
 
-__all__ = ["compare_section", "lora_section", "md_table", "parameters_section", "targets_section"]
+__all__ = ["compare_section", "lora_section", "parameters_section", "targets_section"]
 
 _TYPES = {(2, 2): "Linear", (4, 2): "Conv2d", (2, 4): "ConvTranspose2d"}
-
-
-def md_table(header: list[str], rows: list[list[Any]], align: str | None = None) -> str:
-    """A Markdown table; ``align`` is one character per column (``l`` / ``r``), default left then right."""
-    align = align or "l" + "r" * (len(header) - 1)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _pattern(name: str) -> str:
     """Layer name with block indices as ``*`` and attention projections merged: ``blocks.*.attn.qkv``."""
     name = re.sub(r"\.\d+(?=\.|$)", ".*", name)
     return re.sub(r"\.(q|k|v|out)_proj$", ".{q,k,v,out}_proj", name)
-
-
-def _size(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
 
 
 def lora_section(run: Run) -> str:
@@ -85,7 +70,7 @@ def lora_section(run: Run) -> str:
         "with the base's geometry (r -> out), so the update has the base's output size and padding.",
         "- `merge()` folds `delta_weight()` into `base.weight` and `unmerge()` takes it out again; neither happens "
         "implicitly in `train()` / `eval()`. `merge_lora(model)` gives back plain layers, i.e. an official-format "
-        "SAM checkpoint (`lora-sam export`).",
+        "SAM checkpoint (`lora-sam export`), and `unmerge_lora(model)` puts the LoRA layers back.",
         "- `inject_lora(model, rank, alpha, targets)` freezes every parameter, then wraps the layers whose qualified "
         "names match the target patterns; only the `lora_A` / `lora_B` tensors train and are saved "
         "(`adapter.safetensors`, with rank, alpha, targets and layer names in its metadata).",
@@ -94,13 +79,13 @@ def lora_section(run: Run) -> str:
         f"{info.alpha / info.rank:g}, targets {', '.join(f'`{t}`' for t in info.targets)}; {len(info.layers)} "
         f"layers wrapped, in {', '.join(f'`{p}`' for p in parts)}. From the adapter's metadata and tensor shapes:",
         "",
-        md_table(["part", "layers", "type", "count", "LoRA parameters"], rows, "lllrr"),
+        markdown_table(["part", "layers", "type", "count", "LoRA parameters"], rows, "lllrr"),
         "",
         "Linear / conv layers left as they were (frozen in the LoRA run): "
         + ("none." if not frozen_rows else ""),
     ]
     if frozen_rows:
-        text += ["", md_table(["part", "layers", "type", "count"], frozen_rows, "lllr")]
+        text += ["", markdown_table(["part", "layers", "type", "count"], frozen_rows, "lllr")]
     text += ["", "Everything else (layer norms, position embeddings, the prompt encoder's point and mask "
              "embeddings, biases of wrapped layers) is frozen in the LoRA run; the full run trains all of it."]
     return "\n".join(text)
@@ -145,26 +130,10 @@ def compare_section(run: Run) -> str:
         if mode not in runs:
             raise Missing(f"the {mode} run in `{run.root / 'compare.json'}`")
     lora, full = runs["lora"], runs["full"]
-
-    def ms(r: dict[str, Any]) -> str:
-        return "n/a" if r.get("step_time_s") is None else f"{r['step_time_s'] * 1000:.1f} ms"
-
-    rows = [
-        ["trainable parameters", f"{lora['trainable_params']:,}", f"{full['trainable_params']:,}"],
-        ["time per training step", ms(lora), ms(full)],
-        ["peak memory", _size(lora["memory"].get("peak_bytes")), _size(full["memory"].get("peak_bytes"))],
-        ["memory added by training", _size(lora["memory"].get("growth_bytes")),
-         _size(full["memory"].get("growth_bytes"))],
-        ["weights file", f"{Path(lora['weights_file']).name}, {_size(lora['weights_bytes'])}",
-         f"{Path(full['weights_file']).name}, {_size(full['weights_bytes'])}"],
-        ["Lightning checkpoint", _size(lora["checkpoint_bytes"]), _size(full["checkpoint_bytes"])],
-        ["training time", f"{lora['train_seconds']:.1f} s", f"{full['train_seconds']:.1f} s"],
-    ]
     metrics = {"base (step 0)": result["base"]["metrics"], "LoRA": lora["metrics"], "full": full["metrics"]}
     if "original" in result:
         metrics["original 1024"] = result["original"]["metrics"]
     keys = ("miou@1", "miou@3", "miou@5", "noc@90", "box_miou", "iou_head_mae")
-    metric_rows = [[name, *(_fmt(m.get(k)) for k in keys)] for name, m in metrics.items()]
     figure = plot_bars({
         "mIoU@1 (higher is better)": {n: m.get("miou@1") for n, m in metrics.items()},
         "box mIoU": {n: m.get("box_miou") for n, m in metrics.items()},
@@ -181,19 +150,14 @@ def compare_section(run: Run) -> str:
         + (f"; other `LoRASAM` options: {', '.join(f'{k} {v}' for k, v in s['module_options'].items())}."
            if s.get("module_options") else "."),
         "",
-        md_table(["", "LoRA", "full"], rows),
+        cost_table(runs),
         "",
-        f"Time per step: forward, backward and optimizer step, data loading and the first step left out. "
-        f"Memory: {lora['memory'].get('kind', 'n/a')}.",
+        cost_note(runs),
         "",
-        md_table(["model", *keys], metric_rows),
+        markdown_table(*metric_rows({name: {k: m.get(k) for k in keys} for name, m in metrics.items()})),
         "",
         f"![LoRA vs full](figures/{figure.name})",
     ])
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{float(value):.3f}"
 
 
 def _scaled(value: float | None, factor: float) -> float | None:
@@ -203,7 +167,7 @@ def _scaled(value: float | None, factor: float) -> float | None:
 def targets_section(run: Run) -> str:
     """4. The 3 masks ``point_sample`` and ``box_sample`` assign, on an image of the run's data (and real SA-1B)."""
     from lora_sam.data.loaders import open_dataset
-    from lora_sam.report.figures import target_figures
+    from lora_sam.report.target_figures import target_figures
 
     root = run.data_root
     size = (192, 256)  # above the training resolution, so that small parts stay visible
@@ -231,11 +195,13 @@ def targets_section(run: Run) -> str:
     text += [f"![{case}](figures/{p.name})" for case, p in zip(cases, paths)]
     real = run.real_data / "sa1b" if run.real_data else None
     if real is not None and (real / "sa_1.jpg").is_file() and (real / "sa_1.json").is_file():
-        sa1b = open_dataset(real, image_size=(256, 192))[0]
+        real_size = (256, 192)
+        sa1b = open_dataset(real, image_size=real_size)[0]
         if isinstance(sa1b, dict):
             paths = target_figures(sa1b["image"], sa1b["masks"], run.figures, torch.Generator().manual_seed(0),
                                    prefix="targets_sa1b")
-            text += ["", f"The real SA-1B sample `sa_1` ({len(sa1b['masks'])} masks, RLE decoded with pycocotools, "
-                     f"downscaled to 256 px; not part of the repository):", ""]
+            text += ["", f"The real SA-1B sample `sa_1` ({len(sa1b['masks'])} masks, read from their RLE straight "
+                     f"at low resolution by the data loader's fast path, in a {real_size[0]}x{real_size[1]} frame; "
+                     f"not part of the repository):", ""]
             text += [f"![SA-1B, {case}](figures/{p.name})" for case, p in zip(cases, paths)]
     return "\n".join(text)

@@ -1,4 +1,5 @@
-"""The pure parts of the report: loss curves from ``metrics.csv``, the example-picking rule, the discussion.
+"""The pure parts of the report: loss curves from ``metrics.csv``, the example-picking rule, the cost
+table of LoRA vs full fine-tuning, the discussion.
 
 Nothing here reads models or draws; inputs are the run's logged numbers, so each function can
 be checked on hand-written values.
@@ -9,15 +10,19 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lora_sam.io import format_bytes, markdown_table
+
 __all__ = [
     "LOSS_COLUMNS",
     "Series",
+    "cost_note",
+    "cost_table",
     "discussion",
     "loss_curves",
     "mean_by_area",
@@ -139,12 +144,147 @@ def _num(value: Any) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
+def _trainable(run: Mapping[str, Any]) -> str:
+    count = f"{run['trainable_params']:,}"
+    if not run.get("total_params"):
+        return count
+    return f"{count} ({100 * run['trainable_params'] / run['total_params']:.2f} % of {run['total_params']:,})"
+
+
+def _step_time(run: Mapping[str, Any]) -> str:
+    return "n/a" if run.get("step_time_s") is None else f"{run['step_time_s'] * 1000:.1f} ms"
+
+
+_COST_ROWS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
+    ("trainable parameters", _trainable),
+    ("time per training step", _step_time),
+    ("peak memory", lambda r: format_bytes(r["memory"].get("peak_bytes"))),
+    ("memory added by training", lambda r: format_bytes(r["memory"].get("growth_bytes"))),
+    ("weights file", lambda r: f"{Path(r['weights_file']).name}, {format_bytes(r['weights_bytes'])}"),
+    ("Lightning checkpoint", lambda r: format_bytes(r["checkpoint_bytes"])),
+    ("training time", lambda r: f"{r['train_seconds']:.1f} s"),
+)
+
+
+def cost_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
+    """What LoRA and full fine-tuning each cost, as a Markdown table with a column per mode.
+
+    Args:
+        runs: ``compare.json``'s ``"runs"``: {"lora" | "full": {"trainable_params", "total_params",
+            "step_time_s", "memory": {"peak_bytes", "growth_bytes"}, "weights_file", "weights_bytes",
+            "checkpoint_bytes", "train_seconds"}}.
+    """
+    modes = ("lora", "full")
+    return markdown_table(["", "LoRA", "full"], [[label, *(cell(runs[m]) for m in modes)] for label, cell in _COST_ROWS])
+
+
+def cost_note(runs: Mapping[str, Mapping[str, Any]]) -> str:
+    """The sentence under ``cost_table``: what the time per step covers and which memory was measured."""
+    kind = runs["lora"]["memory"].get("kind", "n/a")
+    return ("Time per step: forward, backward and optimizer step, data loading excluded, the first step left out. "
+            f"Memory: {kind}" + ("; on the CPU an approximation (resident pages, not tensors)." if "cpu" in kind else "."))
+
+
+def _better_than_base(base: float | None, lora: float | None) -> str | None:
+    if base is None or lora is None:
+        return None
+    b, a = round(base, 3), round(lora, 3)
+    verdict = "higher than" if a > b else ("lower than" if a < b else "equal to")
+    return (f"1-click mIoU (mIoU@1): the base (LoRA's step-0 model) scores {b:.3f} and the LoRA model "
+            f"{a:.3f} ({a - b:+.3f}), {verdict} its step-0 model.")
+
+
+def _lora_vs_full(lora: float | None, full: float | None, costs: Mapping[str, Mapping[str, Any]] | None) -> str | None:
+    if lora is None or full is None:
+        return None
+    lr_, fr = round(lora, 3), round(full, 3)
+    relation = "equal to" if lr_ == fr else ("above" if lr_ > fr else "below")
+    sentence = f"Full fine-tuning reaches mIoU@1 {fr:.3f}, so LoRA is {relation} it"
+    sentence += "" if relation == "equal to" else f" by {abs(lr_ - fr):.3f}"
+    if costs and "lora" in costs and "full" in costs:
+        lc, fc = costs["lora"], costs["full"]
+        share = 100.0 * lc["trainable_params"] / max(fc["trainable_params"], 1)
+        sentence += (f", while training {lc['trainable_params']:,} parameters instead of "
+                     f"{fc['trainable_params']:,} ({share:.2f} %) and storing {format_bytes(lc['weights_bytes'])} "
+                     f"instead of {format_bytes(fc['weights_bytes'])} "
+                     f"({fc['weights_bytes'] / max(lc['weights_bytes'], 1):.0f} times less)")
+    return sentence + "."
+
+
+def _step_times(costs: Mapping[str, Mapping[str, Any]] | None) -> str | None:
+    if not costs or not all(_num(costs.get(m, {}).get("step_time_s")) for m in ("lora", "full")):
+        return None
+    tl, tf = costs["lora"]["step_time_s"], costs["full"]["step_time_s"]
+    word = "faster" if tl < tf else "slower"
+    sentence = (f"A LoRA training step took {tl * 1000:.0f} ms against {tf * 1000:.0f} ms for full fine-tuning "
+                f"({abs(tf - tl) / tf * 100:.0f} % {word})")
+    if tl >= tf:
+        sentence += (": every wrapped layer runs its frozen base plus the two low-rank products, and at this "
+                     "model size that extra work outweighs the weight gradients and optimizer state LoRA saves")
+    elif tl > tf / 2:
+        sentence += (": the backward pass still runs through the frozen layers to reach the LoRA tensors; "
+                     "what shrinks is the weight gradients and the optimizer's work")
+    return sentence + "."
+
+
+def _original_pipeline(orig: float | None, base: float | None, lora: float | None,
+                       base_resolution: tuple[int, int] | None) -> str | None:
+    if orig is None or base is None:
+        return None
+    word = "higher" if orig > base else ("lower" if orig < base else "the same")
+    sentence = (f"The original pipeline (SamPredictor at 1024 px) on the same base weights scores mIoU@1 "
+                f"{orig:.3f}, {word} than the base at the training resolution ({base:.3f})"
+                + (f" and {'above' if orig > lora else 'below'} LoRA ({lora:.3f})" if lora is not None else ""))
+    if base_resolution and orig < base:
+        h, w = base_resolution
+        sentence += (f"; these base weights were trained at {h}x{w} only, so at 1024 px an object spans about "
+                     f"{1024 / max(h, w):.0f} times more image-encoder patches per side than in training")
+    return sentence + "."
+
+
+def _by_mask_size(by_area: Mapping[str, Sequence[tuple[float, float, float]]] | None) -> str | None:
+    if not by_area or "lora" not in by_area or "original" not in by_area:
+        return None
+    groups = list(zip(by_area["lora"], by_area["original"]))
+    if len(groups) < 2:
+        return None
+    (lo_a, lo_b, l_small), (_, _, o_small) = groups[0]
+    (hi_a, hi_b, l_large), (_, _, o_large) = groups[-1]
+    ls, os_, ll, ol = (round(v, 3) for v in (l_small, o_small, l_large, o_large))
+    return (f"By mask size (prompts in {len(groups)} equal groups by target area at the training "
+            f"resolution), mIoU@1 of LoRA and of the 1024 px pipeline: smallest masks ({lo_a:.0f}-{lo_b:.0f} "
+            f"px) {ls:.3f} and {os_:.3f} (pipeline {os_ - ls:+.3f}); largest ({hi_a:.0f}-{hi_b:.0f} px) "
+            f"{ll:.3f} and {ol:.3f} (pipeline {ol - ll:+.3f}).")
+
+
+_Get = Callable[[str, str], "float | None"]
+"""``get(role, metric)``: the metric of a role as a float, or None where it was not measured."""
+
+
+def _clicks(get: _Get) -> str | None:
+    noc_b, noc_l = get("base", "noc@90"), get("lora", "noc@90")
+    if noc_b is None or noc_l is None:
+        return None
+    fewer = "fewer" if noc_l < noc_b else ("more" if noc_l > noc_b else "as many")
+    sentence = (f"Clicks to reach IoU 0.90 (NoC@90, a failure counts as the whole budget): base {noc_b:.2f}, "
+                f"LoRA {noc_l:.2f} ({fewer} clicks{'' if fewer == 'as many' else f', {abs(noc_b - noc_l):.2f}'})")
+    m5_b, m5_l = get("base", "miou@5"), get("lora", "miou@5")
+    if m5_b is not None and m5_l is not None:
+        sentence += f"; after 5 clicks mIoU is {m5_b:.3f} for the base and {m5_l:.3f} for LoRA"
+    return sentence + "."
+
+
+def _box_and_iou_head(get: _Get) -> list[str]:
+    out = []
+    box_b, box_l, box_f = get("base", "box_miou"), get("lora", "box_miou"), get("full", "box_miou")
+    if box_b is not None and box_l is not None:
+        out.append(f"With the exact box as prompt, mIoU goes from {box_b:.3f} (base) to {box_l:.3f} (LoRA)"
+                   + (f"; full fine-tuning {box_f:.3f}." if box_f is not None else "."))
+    mae_b, mae_l = get("base", "iou_head_mae"), get("lora", "iou_head_mae")
+    if mae_b is not None and mae_l is not None:
+        out.append(f"The IoU head's error (mean |predicted - true IoU| of the 3 first-click outputs) is "
+                   f"{mae_b:.3f} for the base and {mae_l:.3f} for LoRA.")
+    return out
 
 
 def discussion(
@@ -166,77 +306,18 @@ def discussion(
     Returns:
         One sentence per comparison that the inputs allow.
     """
-    out: list[str] = []
 
     def get(role: str, key: str) -> float | None:
         return _num(metrics.get(role, {}).get(key))
 
     base, lora, full, orig = (get(r, "miou@1") for r in ("base", "lora", "full", "original"))
-    if base is not None and lora is not None:
-        b, a = round(base, 3), round(lora, 3)
-        verdict = "higher than" if a > b else ("lower than" if a < b else "equal to")
-        out.append(f"1-click mIoU (mIoU@1): the base (LoRA's step-0 model) scores {b:.3f} and the LoRA model "
-                   f"{a:.3f} ({a - b:+.3f}), {verdict} its step-0 model.")
-    if lora is not None and full is not None:
-        lr_, fr = round(lora, 3), round(full, 3)
-        relation = "equal to" if lr_ == fr else ("above" if lr_ > fr else "below")
-        sentence = f"Full fine-tuning reaches mIoU@1 {fr:.3f}, so LoRA is {relation} it"
-        sentence += "" if relation == "equal to" else f" by {abs(lr_ - fr):.3f}"
-        if costs and "lora" in costs and "full" in costs:
-            lc, fc = costs["lora"], costs["full"]
-            share = 100.0 * lc["trainable_params"] / max(fc["trainable_params"], 1)
-            sentence += (f", while training {lc['trainable_params']:,} parameters instead of "
-                         f"{fc['trainable_params']:,} ({share:.2f} %) and storing {_size(lc['weights_bytes'])} "
-                         f"instead of {_size(fc['weights_bytes'])} "
-                         f"({fc['weights_bytes'] / max(lc['weights_bytes'], 1):.0f} times less)")
-        out.append(sentence + ".")
-    if costs and all(_num(costs.get(m, {}).get("step_time_s")) for m in ("lora", "full")):
-        tl, tf = costs["lora"]["step_time_s"], costs["full"]["step_time_s"]
-        word = "faster" if tl < tf else "slower"
-        sentence = (f"A LoRA training step took {tl * 1000:.0f} ms against {tf * 1000:.0f} ms for full fine-tuning "
-                    f"({abs(tf - tl) / tf * 100:.0f} % {word})")
-        if tl >= tf:
-            sentence += (": every wrapped layer runs its frozen base plus the two low-rank products, and at this "
-                         "model size that extra work outweighs the weight gradients and optimizer state LoRA saves")
-        elif tl > tf / 2:
-            sentence += (": the backward pass still runs through the frozen layers to reach the LoRA tensors; "
-                         "what shrinks is the weight gradients and the optimizer's work")
-        out.append(sentence + ".")
-    if orig is not None and base is not None:
-        word = "higher" if orig > base else ("lower" if orig < base else "the same")
-        sentence = (f"The original pipeline (SamPredictor at 1024 px) on the same base weights scores mIoU@1 "
-                    f"{orig:.3f}, {word} than the base at the training resolution ({base:.3f})"
-                    + (f" and {'above' if orig > lora else 'below'} LoRA ({lora:.3f})" if lora is not None else ""))
-        if base_resolution and orig < base:
-            h, w = base_resolution
-            sentence += (f"; these base weights were trained at {h}x{w} only, so at 1024 px an object spans about "
-                         f"{1024 / max(h, w):.0f} times more image-encoder patches per side than in training")
-        out.append(sentence + ".")
-    if by_area and "lora" in by_area and "original" in by_area:
-        groups = list(zip(by_area["lora"], by_area["original"]))
-        if len(groups) >= 2:
-            (lo_a, lo_b, l_small), (_, _, o_small) = groups[0]
-            (hi_a, hi_b, l_large), (_, _, o_large) = groups[-1]
-            ls, os_, ll, ol = (round(v, 3) for v in (l_small, o_small, l_large, o_large))
-            out.append(f"By mask size (prompts in {len(groups)} equal groups by target area at the training "
-                       f"resolution), mIoU@1 of LoRA and of the 1024 px pipeline: smallest masks ({lo_a:.0f}-{lo_b:.0f} "
-                       f"px) {ls:.3f} and {os_:.3f} (pipeline {os_ - ls:+.3f}); largest ({hi_a:.0f}-{hi_b:.0f} px) "
-                       f"{ll:.3f} and {ol:.3f} (pipeline {ol - ll:+.3f}).")
-    noc_b, noc_l = get("base", "noc@90"), get("lora", "noc@90")
-    if noc_b is not None and noc_l is not None:
-        fewer = "fewer" if noc_l < noc_b else ("more" if noc_l > noc_b else "as many")
-        sentence = (f"Clicks to reach IoU 0.90 (NoC@90, a failure counts as the whole budget): base {noc_b:.2f}, "
-                    f"LoRA {noc_l:.2f} ({fewer} clicks{'' if fewer == 'as many' else f', {abs(noc_b - noc_l):.2f}'})")
-        m5_b, m5_l = get("base", "miou@5"), get("lora", "miou@5")
-        if m5_b is not None and m5_l is not None:
-            sentence += f"; after 5 clicks mIoU is {m5_b:.3f} for the base and {m5_l:.3f} for LoRA"
-        out.append(sentence + ".")
-    box_b, box_l = get("base", "box_miou"), get("lora", "box_miou")
-    if box_b is not None and box_l is not None:
-        out.append(f"With the exact box as prompt, mIoU goes from {box_b:.3f} (base) to {box_l:.3f} (LoRA)"
-                   + (f"; full fine-tuning {get('full', 'box_miou'):.3f}." if get("full", "box_miou") is not None else "."))
-    mae_b, mae_l = get("base", "iou_head_mae"), get("lora", "iou_head_mae")
-    if mae_b is not None and mae_l is not None:
-        out.append(f"The IoU head's error (mean |predicted - true IoU| of the 3 first-click outputs) is "
-                   f"{mae_b:.3f} for the base and {mae_l:.3f} for LoRA.")
-    return out
+    sentences = [
+        _better_than_base(base, lora),
+        _lora_vs_full(lora, full, costs),
+        _step_times(costs),
+        _original_pipeline(orig, base, lora, base_resolution),
+        _by_mask_size(by_area),
+        _clicks(get),
+        *_box_and_iou_head(get),
+    ]
+    return [s for s in sentences if s is not None]

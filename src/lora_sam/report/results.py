@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from lora_sam.io import markdown_table
 from lora_sam.metrics import mask_iou
 from lora_sam.model import SamV1
 from lora_sam.recipe import interactive_step
-from lora_sam.report.methods import md_table
 from lora_sam.report.numbers import discussion, loss_curves, mean_by_area, pick_examples, read_metrics_csv
 from lora_sam.report.run_folder import Missing, Run
 
@@ -46,23 +46,25 @@ def iterations_section(run: Run, *, targets: int = 3) -> str:
                    key=order.index)
     text = [
         f"Training runs {options.iterations} iterations per point prompt (box prompts one). Iteration 1: one positive "
-        "point uniform over the target. Each later iteration adds one point drawn uniformly from the error region of "
-        "the output with the highest predicted IoU (positive in a false negative, negative in a false positive), "
-        "feeds that output's low-resolution logits back as the mask prompt, and reassigns the 3 GT masks with "
-        "`point_sample` over all points so far. The figures replay this with the trained LoRA model on the first "
-        f"validation image `{batch['image_id'][0]}` (prompt sampler seed 0). Left: every point so far (green "
-        "positive, red negative, the new one ringed in yellow), the target's outline (white, dashed) and the chosen "
-        "mask (orange); then the 3 GT masks assigned at that iteration, largest first.",
+        "point uniform over the target, answered by the 3 multimask outputs, trained against the 3 GT masks of "
+        "`point_sample` (the target always among them). Each later iteration adds one point drawn uniformly from "
+        "the error region of the previous prediction (positive in a false negative, negative in a false positive) "
+        "and feeds that prediction's low-resolution logits back as the mask prompt; with several points and a "
+        "mask prompt SAM answers with its single-mask output, trained against the target itself. The figures "
+        f"replay this with the trained LoRA model on the first validation image `{batch['image_id'][0]}` (prompt "
+        "sampler seed 0). Left: every point so far (green positive, red negative, the new one ringed in yellow), "
+        "the target's outline (white, dashed) and the chosen mask (orange); then the GT masks of that iteration, "
+        "largest first (3 at iteration 1, the target after).",
         "",
+        *_pairing_table(sam, val, options),
     ]
     for n, j in enumerate(picks, start=1):
         steps = [{"points": r["points"][j], "labels": r["labels"][j], "gt": r["gt"][j][:, :ih, :iw],
                   "pred": r["pred"][j][:ih, :iw], "target": r["target"][j][:ih, :iw]} for r in rounds]
         ious = [float(mask_iou(s["pred"], s["target"])) for s in steps]
         labels = steps[-1]["labels"].tolist()
-        changed = [it for it in range(2, len(steps) + 1) if not torch.equal(steps[it - 1]["gt"], steps[it - 2]["gt"])]
-        reassigned = (f"the assigned GT masks changed at iteration {', '.join(map(str, changed))}" if changed
-                      else "the assigned GT masks stayed the same")
+        learned = ", ".join(f"output {m + 1} -> {_RANKS[int(g)]}" for m, g in enumerate(rounds[0]["paired"][j]))
+        reassigned = f"at iteration 1 {learned}"
         path = plot_interactive_rounds(image, steps, run.figures / f"iterations_{n}.png",
                                        title=f"target {n}: {int(areas[j])} px")
         text += [f"Target {n} ({int(areas[j])} px): {labels.count(1)} positive and {labels.count(0)} negative points "
@@ -70,6 +72,38 @@ def iterations_section(run: Run, *, targets: int = 3) -> str:
                  + " -> ".join(f"{v:.2f}" for v in ious) + f"; {reassigned}.", "",
                  f"![iterations, target {n}](figures/{path.name})", ""]
     return "\n".join(text).rstrip()
+
+
+_RANKS = ("whole", "part", "sub-part")  # the 3 GT masks of point_sample / box_sample, big to small
+
+
+def _pairing_table(sam: Any, val: Any, options: Any, *, batches: int = 8) -> list[str]:
+    """Which GT mask (whole, part, sub-part) each of the 3 multimask outputs was paired with at its first
+    decode, counted over the point and box prompts of the first ``batches`` validation batches."""
+    counts = np.zeros((3, 3), dtype=int)
+    seen = 0
+    with torch.no_grad():
+        for n, batch in enumerate(val):
+            if n == batches:
+                break
+            result = interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(n),
+                                      replace(options, point_prob=0.5, iterations=1), keep_records=True)
+            for record in result.records:
+                for first in ([record["point"][0]] if record["point"] else []) + [record["box"]]:
+                    if first is None or (first["paired"] < 0).all():
+                        continue
+                    for row in first["paired"].tolist():
+                        counts[np.arange(3), row] += 1
+                        seen += 1
+    if not seen:
+        return []
+    rows = [[f"output {m + 1}", *(f"{int(c)} ({100 * c / seen:.0f} %)" for c in counts[m])] for m in range(3)]
+    return [f"Pairing of the 3 outputs with the 3 GT masks (`pairing={options.pairing}`): the GT each output trained "
+            f"against at its first decode, over {seen} point and box prompts of {min(n + 1, batches)} validation "
+            "images. The released SAM emits subpart, part, whole; a fixed big-to-small pairing would force every "
+            "token to swap roles, the lowest-loss assignment lets each keep its own (where GT masks repeat, the "
+            "pairing among the copies is arbitrary).", "",
+            markdown_table(["", *(f"GT {r}" for r in _RANKS)], rows), ""]
 
 
 def curves_section(run: Run) -> str:
@@ -108,7 +142,7 @@ def curves_section(run: Run) -> str:
         "",
         f"![loss curves](figures/{main.name})",
         "",
-        md_table(["run", "term", "train (smoothed), first -> last", "val, first -> last"], rows, "llrr"),
+        markdown_table(["run", "term", "train (smoothed), first -> last", "val, first -> last"], rows, "llrr"),
         "",
         "Per interactive iteration (iteration 1 includes the box prompts; later ones are point prompts with more "
         "clicks and the previous mask as prompt):",
@@ -120,7 +154,7 @@ def curves_section(run: Run) -> str:
 
 def metrics_section(run: Run) -> str:
     """7. Which metrics fit SAM and why, and the measured table (eval.json)."""
-    from lora_sam.metrics import format_table
+    from lora_sam.metrics import metric_rows
 
     report = run.eval
     s, models = report["settings"], report["models"]
@@ -148,9 +182,9 @@ def metrics_section(run: Run) -> str:
         f"{s['image_size'][0]}x{s['image_size'][1]}; after click 1, {s['refine']} output; at most {s['max_clicks']} "
         f"clicks (`eval.json`, `eval.md`):",
         "",
-        format_table({name: entry["metrics"] for name, entry in models.items()}).rstrip("\n"),
+        markdown_table(*metric_rows({name: entry["metrics"] for name, entry in models.items()})),
         "",
-        md_table(["model", "kind", "input", "resolution", "weights"],
+        markdown_table(["model", "kind", "input", "resolution", "weights"],
                  [[name, e["kind"], e["input"], f"{e['resolution'][0]}x{e['resolution'][1]}",
                    f"`{e['path']}`" if e.get("path") else "n/a"] for name, e in models.items()], "lllll"),
     ]

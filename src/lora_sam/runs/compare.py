@@ -10,6 +10,17 @@ result (``lora_sam.evaluation.protocol``), beside those of the base model at ste
                               or model.pth, checkpoints/final.ckpt
     eval.json, eval.md        ``lora-sam eval`` of base, lora:adapter, full:model (+ original-1024)
     compare.json, compare.md  the comparison
+
+``compare.json``::
+
+    {"settings": {...},
+     "base": {"checkpoint": str, "generated": bool, "metrics": {metric: float | None}},
+     "runs": {"lora" | "full": {"trainable_params", "total_params", "params_by_part": [{"part",
+              "total", "trainable"}], "steps", "step_time_s",
+              "step_times_s": [s], "train_seconds", "memory": {"kind", "start_bytes", "peak_bytes",
+              "growth_bytes"}, "weights_file", "weights_bytes", "checkpoint_file", "checkpoint_bytes",
+              "metrics_csv", "device", "eval_name", "metrics": {metric: float | None}}},
+     "original": {"metrics": ...} (with ``original``), "eval_json": str}
 """
 
 from __future__ import annotations
@@ -27,10 +38,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from lora_sam.runs.callbacks import PeakMemory, StepTimer
-from lora_sam.evaluation.run import evaluate_models
 from lora_sam.evaluation.protocol import json_safe
-from lora_sam.metrics import format_table
+from lora_sam.evaluation.run import evaluate_models
+from lora_sam.io import markdown_table
+from lora_sam.metrics import metric_rows
+from lora_sam.model import DEFAULT_IMAGE_SIZE
+from lora_sam.report.numbers import cost_note, cost_table
+from lora_sam.runs.callbacks import PeakMemory, StepTimer
 
 __all__ = ["MODES", "add_arguments", "compare", "compare_markdown", "run"]
 
@@ -138,13 +152,14 @@ def _train_isolated(mode: str, out_dir: Path, settings: dict[str, Any], module_o
     return json.loads(result.read_text())
 
 
+# long: 28 keyword options, one a line and each documented (those LoRASAM also takes keep its names); 20-line body
 def compare(
     data_root: str | Path | None,
     out_dir: str | Path,
     *,
     model_type: str = "vit_b",
     checkpoint: str | Path | None = None,
-    image_size: tuple[int, int] = (160, 256),
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     steps: int = 100,
     rank: int = 4,
     alpha: float = 1.0,
@@ -180,31 +195,22 @@ def compare(
         rank, alpha: LoRA; lr_lora, lr_full: AdamW learning rates; warmup_steps default min(50, steps / 10).
         seed, batch_size, masks_per_image, val_fraction, num_workers: data and sampling, the same for both.
         accelerator, precision: passed to ``pytorch_lightning.Trainer`` (devices=1).
-        eval_images, eval_masks_per_image, max_clicks, original: the evaluation (``eval_run.evaluate_models``).
+        eval_images, eval_masks_per_image, max_clicks, original: the evaluation
+            (``lora_sam.evaluation.run.evaluate_models``).
         isolate: train each mode in a fresh Python process (``sys.executable``), so that time and
             memory are not shared between the runs (``False``: one after the other in this process).
         module_options: more ``LoRASAM`` options (``iterations``, ``targets``, ...).
 
     Returns:
-        The content of ``compare.json``::
-
-            {"settings": {...},
-             "base": {"checkpoint": str, "generated": bool, "metrics": {metric: float | None}},
-             "runs": {"lora" | "full": {"trainable_params", "total_params", "params_by_part": [{"part",
-                      "total", "trainable"}], "steps", "step_time_s",
-                      "step_times_s": [s], "train_seconds", "memory": {"kind", "start_bytes", "peak_bytes",
-                      "growth_bytes"}, "weights_file", "weights_bytes", "checkpoint_file", "checkpoint_bytes",
-                      "metrics_csv", "device", "eval_name", "metrics": {metric: float | None}}},
-             "original": {"metrics": ...} (with ``original``), "eval_json": str}
+        The content of ``compare.json`` (see the module docstring).
     """
     from lora_sam.data.loaders import resolve_root
 
-    data_root = resolve_root(data_root)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base_path, generated = _base_checkpoint(out, model_type, checkpoint, seed)
     settings: dict[str, Any] = {
-        "data": data_root, "model_type": model_type,
+        "data": resolve_root(data_root), "model_type": model_type,
         "checkpoint": str(base_path), "image_size": [int(image_size[0]), int(image_size[1])], "steps": steps,
         "rank": rank, "alpha": alpha, "seed": seed, "batch_size": batch_size, "masks_per_image": masks_per_image,
         "lr": {"lora": lr_lora, "full": lr_full},
@@ -216,76 +222,51 @@ def compare(
     }
     train = _train_isolated if isolate else _train
     runs = {mode: train(mode, out, settings, module_options) for mode in MODES}
-    report = evaluate_models(data_root, out, model_type=model_type, checkpoint=base_path, image_size=image_size,
-                             adapters=[runs["lora"]["weights_file"]], fulls=[runs["full"]["weights_file"]],
-                             original=original, val_fraction=val_fraction, max_images=eval_images,
-                             masks_per_image=eval_masks_per_image, max_clicks=max_clicks, seed=seed,
-                             progress=progress)
-    models = report["models"]
-    for mode, name in (("lora", "lora:adapter"), ("full", "full:model")):
-        runs[mode].update(eval_name=name, metrics=models[name]["metrics"])
-    result = {"settings": settings, "base": {"checkpoint": str(base_path), "generated": generated,
-                                             "metrics": models["base"]["metrics"]},
-              "runs": runs, "eval_json": str(out / "eval.json")}
-    if "original-1024" in models:
-        result["original"] = {"metrics": models["original-1024"]["metrics"]}
-    result = json_safe(result)
+    result = _evaluate(out, settings, runs, generated=generated, original=original)
     (out / "compare.json").write_text(json.dumps(result, indent=1))
     (out / "compare.md").write_text(compare_markdown(result))
     return result
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return ""
-
-
-def _params(run: dict[str, Any]) -> str:
-    share = 100 * run["trainable_params"] / run["total_params"]
-    return f"{run['trainable_params']:,} ({share:.2f} % of {run['total_params']:,})"
+def _evaluate(out: Path, settings: dict[str, Any], runs: dict[str, dict[str, Any]], *, generated: bool,
+              original: bool) -> dict[str, Any]:
+    """Evaluate the base, LoRA and full models alike (``eval.json``); the content of ``compare.json``."""
+    s, e = settings, settings["eval"]
+    report = evaluate_models(s["data"], out, model_type=s["model_type"], checkpoint=s["checkpoint"],
+                             image_size=tuple(s["image_size"]), adapters=[runs["lora"]["weights_file"]],
+                             fulls=[runs["full"]["weights_file"]], original=original, val_fraction=s["val_fraction"],
+                             max_images=e["images"], masks_per_image=e["masks_per_image"],
+                             max_clicks=e["max_clicks"], seed=s["seed"], progress=s["progress"])
+    models = report["models"]
+    for mode, name in (("lora", "lora:adapter"), ("full", "full:model")):
+        runs[mode].update(eval_name=name, metrics=models[name]["metrics"])
+    result = {"settings": settings, "base": {"checkpoint": s["checkpoint"], "generated": generated,
+                                             "metrics": models["base"]["metrics"]},
+              "runs": runs, "eval_json": str(out / "eval.json")}
+    if "original-1024" in models:
+        result["original"] = {"metrics": models["original-1024"]["metrics"]}
+    return json_safe(result)
 
 
 def compare_markdown(result: dict[str, Any]) -> str:
     """``compare.md``: the cost table (one column per mode) and the metrics table (base, lora, full)."""
     s, runs = result["settings"], result["runs"]
-    mem_kind = runs["lora"]["memory"].get("kind", "n/a")
-
-    def row(label: str, cell: Any) -> str:
-        return f"| {label} | " + " | ".join(cell(runs[m]) for m in MODES) + " |"
-
-    def step(r: dict[str, Any]) -> str:
-        return "n/a" if r["step_time_s"] is None else f"{r['step_time_s'] * 1000:.1f} ms"
-
+    table = {"base (step 0)": result["base"]["metrics"], "lora": runs["lora"]["metrics"],
+             "full": runs["full"]["metrics"]}
+    if "original" in result:
+        table["original-1024"] = result["original"]["metrics"]
     lines = [
         "# LoRA vs fully unfrozen SAM", "",
         f"{s['model_type']} at {s['image_size'][0]}x{s['image_size'][1]} from `{s['checkpoint']}`, "
         f"{s['steps']} steps each, batch {s['batch_size']} images x {s['masks_per_image']} masks, seed {s['seed']}; "
         f"LoRA rank {s['rank']}, alpha {s['alpha']:g}, lr {s['lr']['lora']:g}; full lr {s['lr']['full']:g}; "
         f"device {runs['lora']['device']}.", "",
-        "| | LoRA | full |", "|---|---:|---:|",
-        row("trainable parameters", _params),
-        row("time per training step", step),
-        row("peak memory", lambda r: _size(r["memory"].get("peak_bytes"))),
-        row("memory added by training", lambda r: _size(r["memory"].get("growth_bytes"))),
-        row("weights file", lambda r: f"{Path(r['weights_file']).name}, {_size(r['weights_bytes'])}"),
-        row("Lightning checkpoint", lambda r: _size(r["checkpoint_bytes"])),
-        row("training time", lambda r: f"{r['train_seconds']:.1f} s"), "",
-        f"Time per step: forward, backward and optimizer step, data loading excluded, the first step left out. "
-        f"Memory: {mem_kind}" + ("; on the CPU an approximation (resident pages, not tensors)."
-                                 if "cpu" in mem_kind else "."), "",
+        cost_table(runs), "",
+        cost_note(runs), "",
         "## Metrics (validation images)", "",
+        markdown_table(*metric_rows(table)), "",
+        f"Per-prompt results: `{result['eval_json']}`; curves: `<mode>/metrics.csv`.",
     ]
-    table = {"base (step 0)": result["base"]["metrics"], "lora": runs["lora"]["metrics"],
-             "full": runs["full"]["metrics"]}
-    if "original" in result:
-        table["original-1024"] = result["original"]["metrics"]
-    lines.append(format_table(table).rstrip("\n"))
-    lines += ["", f"Per-prompt results: `{result['eval_json']}`; curves: `<mode>/metrics.csv`."]
     return "\n".join(lines) + "\n"
 
 
@@ -296,7 +277,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="run folder (default runs/compare)")
     parser.add_argument("--model-type", default="vit_b", help="vit_b / vit_l / vit_h / tiny (default vit_b)")
     parser.add_argument("--checkpoint", default=None, help="base SAM checkpoint (default: as build_sam)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=(160, 256), metavar=("H", "W"))
+    parser.add_argument("--image-size", type=int, nargs=2, default=DEFAULT_IMAGE_SIZE, metavar=("H", "W"),
+                        help=f"training resolution (default {DEFAULT_IMAGE_SIZE[0]} {DEFAULT_IMAGE_SIZE[1]})")
     parser.add_argument("--steps", type=int, default=100, help="training steps of each run (default 100)")
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--alpha", type=float, default=1.0)

@@ -1,4 +1,4 @@
-"""``lora-sam demo``: the whole job on built-in synthetic data, on the CPU in minutes, ending in a report.
+"""``lora-sam demo``: the whole job on built-in synthetic data, on the CPU, ending in a report.
 
 Stages (folder ``--out``, default ``runs/demo``)::
 
@@ -20,7 +20,7 @@ first), then starts to localise; 1200 steps at 64x96 (about 0.14 s each) bring t
 mIoU@1 0.02 (random) to about 0.2, where 96x128 or 128x160 stay near 0.07 within the budget.
 Stopping the base on the steep part of its curve leaves the fine-tuning runs something to gain
 in 200 steps (LoRA +0.02 to +0.05 mIoU@1 over a 1200-step base across runs; +0.00 to +0.02 over a
-1500-step one). The whole demo took 5.8 minutes on 2 idle cores.
+1500-step one). How long it runs: ``RUN_TIME``.
 SAM's 20 x focal weight (alpha 0.25) drives such a young model to empty masks (LoRA mIoU@1 0.04
 against 0.24 for its base after 200 steps), so the demo's loss is dice + IoU head
 (``focal_weight=0``). The 1024 px pipeline decodes 64x64 embeddings per prompt and click, the
@@ -40,21 +40,29 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT", "QUICK", "DemoConfig", "add_arguments", "run", "run_demo"]
+from lora_sam.model import DEFAULT_IMAGE_SIZE
+
+__all__ = ["DEFAULT", "QUICK", "RUN_TIME", "DemoConfig", "add_arguments", "run", "run_demo"]
+
+RUN_TIME = "about 6 minutes on 2 CPU cores"
+"""How long the demo runs with ``DEFAULT`` (measured: 5.8 minutes on 2 idle cores)."""
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes and hyperparameters of the demo; ``DEFAULT`` fits 10 minutes on a 2-core CPU."""
+    """Sizes and hyperparameters of the demo; ``DEFAULT`` runs in ``RUN_TIME``."""
 
+    # the data (stage 1) and the training resolution of every model
     images: int = 48  # per part (base, finetune)
     synth_size: tuple[int, int] = (192, 256)
     image_size: tuple[int, int] = (64, 96)
+    # the tiny base model (stage 2, without --checkpoint)
     base_steps: int = 1200
     base_lr: float = 3e-4
     base_masks: int = 16
     base_iterations: int = 1
     base_point_prob: float = 0.5
+    # LoRA and full fine-tuning (stage 3): the same settings, each its own learning rate
     steps: int = 200
     rank: int = 4
     alpha: float = 4.0
@@ -63,8 +71,10 @@ class DemoConfig:
     masks_per_image: int = 16
     batch_size: int = 1
     iterations: int = 3
+    # the loss of every training run (base, LoRA, full)
     focal_weight: float = 0.0
     dice_weight: float = 1.0
+    # validation curves and the evaluation (stage 3)
     val_fraction: float = 0.25
     val_batches: int | None = 8
     eval_images: int | None = 8
@@ -152,8 +162,8 @@ def _evaluate_low_res(checkpoint: str, data: Path, config: DemoConfig) -> dict[s
 def run_demo(out: str | Path, config: DemoConfig = DEFAULT, *, checkpoint: str | None = None,
              model_type: str | None = None) -> dict[str, Any]:
     """Run the 4 stages of the module docstring into ``out``; returns what ``demo.json`` records."""
-    from lora_sam.runs.compare import compare
     from lora_sam.report.build import write_report
+    from lora_sam.runs.compare import compare
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -215,13 +225,14 @@ def _write_record(out: Path, record: dict[str, Any]) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Run the whole job on built-in synthetic data (CPU, about 6 minutes on 2 cores): data, a "
-                          "base model, LoRA vs full fine-tuning, evaluation against the original SAM pipeline, and a "
-                          "report in OUT/report.md")
+    parser.description = (f"Run the whole job on built-in synthetic data (CPU, {RUN_TIME}): data, a base model, "
+                          "LoRA vs full fine-tuning, evaluation against the original SAM pipeline, and a report in "
+                          "OUT/report.md")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
     parser.add_argument("--checkpoint", default=None,
                         help="an official SAM checkpoint as the base (default: train a tiny SAM briefly); then the "
-                             "training resolution defaults to 160 256 and the loss to SAM's 20 x focal + dice")
+                             f"training resolution defaults to {DEFAULT_IMAGE_SIZE[0]} {DEFAULT_IMAGE_SIZE[1]} and the loss to "
+                             "SAM's 20 x focal + dice")
     parser.add_argument("--model-type", default=None, help="model type of --checkpoint (default: from its tensors)")
     parser.add_argument("--images", type=int, default=None, help=f"synthetic images per part (default {DEFAULT.images})")
     parser.add_argument("--steps", type=int, default=None, help=f"LoRA and full steps (default {DEFAULT.steps})")
@@ -238,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"images": args.images, "steps": args.steps, "base_steps": args.base_steps, "seed": args.seed,
                  "image_size": tuple(args.image_size) if args.image_size else None}
     if args.checkpoint:  # a pretrained SAM: the project's default resolution and SAM's 20:1 focal / dice loss
-        config = replace(config, image_size=(160, 256), focal_weight=20.0)
+        config = replace(config, image_size=DEFAULT_IMAGE_SIZE, focal_weight=20.0)
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     try:

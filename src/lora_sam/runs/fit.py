@@ -11,7 +11,6 @@ keep only the trainable tensors, a few MB), resumed with ``--ckpt_path last``. T
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,6 +19,7 @@ from pytorch_lightning.cli import LightningCLI
 from torch.utils.data import DataLoader
 
 from lora_sam.data.loaders import get_loaders
+from lora_sam.model import DEFAULT_IMAGE_SIZE
 from lora_sam.module import LoRASAM
 
 
@@ -34,10 +34,10 @@ class SAMDataModule(pl.LightningDataModule):
             samples per epoch over all ranks, the same share per rank (``get_loaders``).
     """
 
-    def __init__(
+    def __init__(  # get_loaders' options spelled out: LightningCLI reads them from this signature
         self,
         root: str | None = None,
-        image_size: tuple[int, int] = (160, 256),
+        image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
         batch_size: int = 2,
         masks_per_image: int = 16,
         val_fraction: float = 0.1,
@@ -85,8 +85,3 @@ def run_cli(argv: list[str]) -> int:
     _CLI(LoRASAM, SAMDataModule, args=["fit", *argv], trainer_defaults=trainer_defaults(),
          save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "lora-sam fit"})
     return 0
-
-
-def config_dir() -> Path:
-    """The ``configs/`` folder of a source checkout."""
-    return Path(__file__).resolve().parents[2] / "configs"

@@ -359,6 +359,7 @@ class SamV1:
     def encode(self, images: Tensor, input_size: Tensor | None = None) -> Tensor:
         return encode(self.sam, images, input_size)
 
+    # the signature of PromptableModel.decode, which this implements
     def decode(self, embedding: Tensor, *, points: Tensor | None = None, labels: Tensor | None = None,
                boxes: Tensor | None = None, mask_input: Tensor | None = None,
                multimask: bool = True) -> tuple[Tensor, Tensor]:

@@ -8,13 +8,14 @@ class of the same shape, and the recipe runs on it unchanged.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
 __all__ = ["PromptableModel"]
 
 
+@runtime_checkable
 class PromptableModel(Protocol):
     """A promptable segmenter as the interactive recipe drives it (all tensors on one device)."""
 

@@ -102,12 +102,13 @@ def plot_interactive_rounds(
 
     Each row shows the image with every point so far (positive green, negative red, the point added
     in this iteration ringed in yellow), the target's outline (white) and the model's chosen mask,
-    then the 3 GT masks assigned at that iteration (``point_sample`` over all points so far), big to small.
+    then the GT masks of that iteration: the 3 of ``point_sample``, big to small, each titled with the
+    output that trained against it (``paired``), or the target alone when the single-mask output trained.
 
     Arguments:
       image: (H, W, 3) or (3, H, W) image.
-      rounds: per iteration {"points": (P, 2), "labels": (P,), "gt": (3, H, W), "pred": (H, W),
-        "target": (H, W)}.
+      rounds: per iteration {"points": (P, 2), "labels": (P,), "gt": (3 or 1, H, W), "pred": (H, W),
+        "target": (H, W)} and optionally "paired": (3,) the GT index each output was paired with.
       out_path: PNG file to write.
     """
     img = drawing.to_rgb(image)
@@ -121,10 +122,14 @@ def plot_interactive_rounds(
         drawing.overlay(row[0], img, pred, np.array([0.95, 0.55, 0.1]))
         row[0].contour(target.astype(float), levels=[0.5], colors=["white"], linewidths=1.0, linestyles="--")
         row[0].set_title(f"iteration {it}: {len(points)} point{'s' * (len(points) > 1)}", fontsize=9)
-        for ax, mask, name in zip(row[1:], gt, drawing.RANK_NAMES):
-            drawing.overlay(ax, img, mask)
-            ax.set_title(f"GT {name}" if mask.any() else f"GT {name}: none", fontsize=9)
-        for ax in row:
+        paired = drawing.to_numpy(rnd["paired"]).reshape(-1) if "paired" in rnd else None
+        for c, ax in enumerate(row[1:]):
+            if c >= len(gt):
+                ax.set_visible(False)
+                continue
+            drawing.overlay(ax, img, gt[c])
+            ax.set_title(_gt_title(c, len(gt), gt[c].any(), paired), fontsize=9)
+        for ax in row[: 1 + len(gt)]:
             drawing.draw_points(ax, points, labels)
             if len(points) and labels[-1] >= 0:
                 ax.scatter(points[-1:, 0], points[-1:, 1], s=220, facecolors="none", edgecolors=drawing.BOX_COLOR,
@@ -132,6 +137,15 @@ def plot_interactive_rounds(
     if title:
         fig.suptitle(title, fontsize=10)
     return drawing.save(fig, out_path)
+
+
+def _gt_title(c: int, count: int, present: bool, paired: np.ndarray | None) -> str:
+    if count == 1:
+        return "GT: the target (single output)"
+    name = f"GT {drawing.RANK_NAMES[c]}" + ("" if present else ": none")
+    if paired is not None and (paired == c).any():
+        name += f" <- output {int(np.argmax(paired == c)) + 1}"
+    return name
 
 
 def plot_examples(

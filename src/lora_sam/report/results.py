@@ -60,7 +60,8 @@ def iterations_section(run: Run, *, targets: int = 3) -> str:
     ]
     for n, j in enumerate(picks, start=1):
         steps = [{"points": r["points"][j], "labels": r["labels"][j], "gt": r["gt"][j][:, :ih, :iw],
-                  "pred": r["pred"][j][:ih, :iw], "target": r["target"][j][:ih, :iw]} for r in rounds]
+                  "pred": r["pred"][j][:ih, :iw], "target": r["target"][j][:ih, :iw], "paired": r["paired"][j]}
+                 for r in rounds]
         ious = [float(mask_iou(s["pred"], s["target"])) for s in steps]
         labels = steps[-1]["labels"].tolist()
         learned = ", ".join(f"output {m + 1} -> {_RANKS[int(g)]}" for m, g in enumerate(rounds[0]["paired"][j]))

@@ -8,11 +8,12 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from data_fixtures import SHARED_DATA
 from lora_sam.cli import main
 from lora_sam.data.synth import make_synthetic
 
 SIZE = (120, 160)
-REAL_JSON = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sa1b" / "sa_1.json"
+REAL_JSON = SHARED_DATA / "sa1b" / "sa_1.json"
 
 
 @pytest.fixture(scope="module")

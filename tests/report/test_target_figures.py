@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from data_fixtures import SHARED_DATA
 from lora_sam.report.target_figures import (
     plot_box_sample,
     plot_point_sample,
@@ -18,7 +19,7 @@ from lora_sam.report.target_figures import (
 )
 from lora_sam.targets import box_sample, masks_to_boxes, point_sample
 
-SA1B = Path(__file__).resolve().parents[2] / "shared" / "data" / "sa1b"
+SA1B = SHARED_DATA / "sa1b"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 
-from lora_sam.prompts import sample_points
+from lora_sam.prompts import noisy_boxes, sample_points
 from lora_sam.report import drawing
 from lora_sam.targets import box_sample, masks_to_boxes, point_sample
 
@@ -58,12 +58,15 @@ def plot_box_sample(
     box: np.ndarray | torch.Tensor | tuple[float, float, float, float],
     out_path: str | Path,
     title: str | None = None,
+    *,
+    include: int | None = None,
 ) -> Path:
     """Draw a box prompt, ``box`` (4,) XYXY in pixels, and the 3 masks ``box_sample`` assigns to it, big to
-    small; the other arguments and the result are those of ``plot_point_sample``."""
+    small (``include``: the index of the mask the box was drawn from, kept among them); the other arguments
+    and the result are those of ``plot_point_sample``."""
     masks = drawing.to_numpy(all_masks).astype(bool)
     xyxy = np.asarray(drawing.to_numpy(box), dtype=np.float64).reshape(4)
-    chosen = box_sample(masks, xyxy)
+    chosen = box_sample(masks, xyxy, include=include)
 
     def draw_prompt(ax: Axes) -> None:
         drawing.draw_box(ax, xyxy)
@@ -87,7 +90,9 @@ def target_figure_prompts(
         sub-parts remain;
       - ``point_3pos_2neg``: 3 positive points uniform in C and 2 negative ones in P outside
         C: more clicks narrow the candidates down;
-      - ``box``: the exact box of P.
+      - ``box``: P's box with the training recipe's noise (std 10 % of each side, at most 20 px of
+        SAM's 1024 px frame), with ``target`` the index of P in ``all_masks`` (None when P is the
+        whole image), which ``box_sample`` keeps among the 3 however the noise cuts it.
 
     C contains the positives and not the negatives, so every point case has a candidate
     (unless a single mask covers the whole image and there is nowhere to put a negative).
@@ -97,10 +102,10 @@ def target_figure_prompts(
       generator: CPU generator for the random choices.
 
     Returns:
-      Name -> {"points": (P, 2) float32, "labels": (P,) int64} or {"box": (4,) float32}.
+      Name -> {"points": (P, 2) float32, "labels": (P,) int64} or {"box": (4,) float32, "target": int | None}.
     """
-    masks = torch.as_tensor(drawing.to_numpy(all_masks).astype(bool))
-    masks = masks[masks.flatten(1).any(1)]
+    every = torch.as_tensor(drawing.to_numpy(all_masks).astype(bool))
+    masks = every[every.flatten(1).any(1)]
     if masks.shape[0] == 0:
         raise ValueError("target_figure_prompts: no non-empty mask")
     child, parent = _nested_pair(masks, generator)
@@ -116,7 +121,9 @@ def target_figure_prompts(
         "point_1pos": {"points": draws[:1], "labels": ones[:1]},
         "point_1pos_1neg": {"points": draws[[1, 5]], "labels": np.array([1, 0])},
         "point_3pos_2neg": {"points": draws[[2, 3, 4, 6, 7]], "labels": np.concatenate([ones, zeros])},
-        "box": {"box": masks_to_boxes(parent[None])[0].numpy()},
+        "box": {"box": noisy_boxes(masks_to_boxes(parent[None]), generator, image_size=tuple(parent.shape),
+                                   max_noise=20.0 * max(parent.shape) / 1024)[0].numpy(),
+                "target": next((i for i in range(len(every)) if torch.equal(every[i], parent)), None)},
     }
 
 
@@ -148,13 +155,13 @@ def target_figures(
         "point_1pos": "point_sample: one positive point",
         "point_1pos_1neg": "point_sample: one positive, one negative point",
         "point_3pos_2neg": "point_sample: 3 positive, 2 negative points",
-        "box": "box_sample: one box",
+        "box": "box_sample: the target's box with training noise",
     }
     paths = []
     for name, prompt in target_figure_prompts(all_masks, generator).items():
         path = out / f"{prefix}_{name}.png"
         if "box" in prompt:
-            paths.append(plot_box_sample(image, all_masks, prompt["box"], path, titles[name]))
+            paths.append(plot_box_sample(image, all_masks, prompt["box"], path, titles[name], include=prompt["target"]))
         else:
             paths.append(
                 plot_point_sample(image, all_masks, prompt["points"], prompt["labels"], path, titles[name])

@@ -64,6 +64,8 @@ class RecipeOptions:
         focal_weight, dice_weight, iou_weight: loss weights (20, 1, 1 as in SAM).
     """
 
+    # The same names as LoRASAM's keyword arguments and hparams.yaml keys (from_mapping reads them back);
+    # other dataclasses of settings (runs.demo.DemoConfig) look alike by shape only.
     iterations: int = 3
     point_prob: float = 0.5
     masks_per_image: int = 16

@@ -98,7 +98,7 @@ class LoRALayer(nn.Module):
             weight = self.base.weight
             if weight.dtype not in (torch.float32, torch.float64):
                 self._unmerged_weight = weight.detach().clone()
-            weight.copy_((weight.float() + self._delta_float()).to(weight.dtype))
+            weight.copy_((weight.float() + self.delta_weight(torch.float32)).to(weight.dtype))
             self.merged = True
 
     @torch.no_grad()
@@ -111,11 +111,8 @@ class LoRALayer(nn.Module):
                 weight.copy_(saved)
                 del self._unmerged_weight
             else:
-                weight.copy_((weight.float() - self._delta_float()).to(weight.dtype))
+                weight.copy_((weight.float() - self.delta_weight(torch.float32)).to(weight.dtype))
             self.merged = False
-
-    def _delta_float(self) -> Tensor:
-        return self.delta_weight(torch.float32)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base(x)

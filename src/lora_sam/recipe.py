@@ -200,13 +200,14 @@ def interactive_step(
 
 
 def _decode_and_score(step: _Step, image: _Image, iteration: int, gt: Tensor | None, target: Tensor,
-                      **prompts: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                      **prompts: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """Decode K prompts and add their losses.
 
-    ``gt`` (K, 3, h, w) trains the 3 multimask outputs, paired by ``options.pairing``; ``gt=None``
-    decodes the single-mask output and trains it against ``target``. Returns the low-resolution
-    logits (K, M, h', w'), the chosen output per prompt (highest predicted IoU), its mask cropped
-    to the image (K, h, w), and the GT index each output was paired with (K, M; -1: the target).
+    ``gt`` (K, 3, h, w) trains the 3 multimask outputs, paired by ``options.pairing`` (it always holds
+    the target: ``include=``); ``gt=None`` decodes the single-mask output and trains it against
+    ``target``. Returns, for the chosen output (highest predicted IoU), its low-resolution logits
+    (K, 1, h', w'), the next mask prompt, and its mask cropped to the image (K, h, w); and the GT index
+    each output was paired with (K, M; -1: the target).
     """
     o = step.options
     multimask = gt is not None
@@ -219,20 +220,13 @@ def _decode_and_score(step: _Step, image: _Image, iteration: int, gt: Tensor | N
     paired = torch.full(iou_pred.shape, -1, dtype=torch.long, device=best.device)
     if not multimask or o.pairing == "min":
         gt_used = target[:, None]
-        keep = torch.ones(len(target), dtype=torch.bool, device=target.device)
     else:
-        keep = gt.flatten(1).any(1)  # prompts that no mask fits are skipped (point_sample's empty answer)
         paired = assign_outputs(logits, gt, o.pairing, focal_weight=o.focal_weight, dice_weight=o.dice_weight)
         gt_used = gt.gather(1, paired[:, :, None, None].expand_as(logits))
-    if keep.any():
-        kept = (logits, iou_pred, gt_used, target, chosen)
-        if not keep.all():  # index only when needed: each is a (K, ..., h, w) copy
-            kept = tuple(t[keep] for t in kept)
-        k_logits, k_iou_pred, k_gt, k_target, k_chosen = kept
-        losses = sam_loss(k_logits, k_iou_pred, k_gt, focal_weight=o.focal_weight, dice_weight=o.dice_weight,
-                          iou_weight=o.iou_weight, min_only=multimask and o.pairing == "min")
-        step.result.add(iteration, losses, mask_iou(k_chosen, k_target).detach())
-    return low, best, chosen, paired
+    losses = sam_loss(logits, iou_pred, gt_used, focal_weight=o.focal_weight, dice_weight=o.dice_weight,
+                      iou_weight=o.iou_weight, min_only=multimask and o.pairing == "min")
+    step.result.add(iteration, losses, mask_iou(chosen, target).detach())
+    return low[rows, best][:, None], chosen, paired
 
 
 def _point_rounds(step: _Step, image: _Image, targets: Tensor, record: dict[str, Any] | None) -> None:
@@ -248,8 +242,8 @@ def _point_rounds(step: _Step, image: _Image, targets: Tensor, record: dict[str,
         first = it == 1
         gt = torch.stack([point_sample(image.masks, p, lab, areas=image.areas, include=t)
                           for p, lab, t in zip(points, labels, targets.tolist())]) if first else None
-        low, best, chosen, paired = _decode_and_score(step, image, it, gt, target, points=points, labels=labels,
-                                                      mask_input=mask_input)
+        low_chosen, chosen, paired = _decode_and_score(step, image, it, gt, target, points=points, labels=labels,
+                                                       mask_input=mask_input)
         if record is not None:
             record["point"].append({"points": points.cpu(), "labels": labels.cpu(),
                                     "gt": (gt if first else target[:, None]).cpu(), "paired": paired.cpu(),
@@ -260,8 +254,7 @@ def _point_rounds(step: _Step, image: _Image, targets: Tensor, record: dict[str,
             new_points, new_labels = sample_error_points(chosen, target, step.generator)
             points = torch.cat([points, new_points[:, None]], dim=1)
             labels = torch.cat([labels, new_labels[:, None]], dim=1)
-        rows = torch.arange(len(best), device=best.device)
-        mask_input = low[rows, best][:, None].detach()  # (Kp, 1, h', w'), unthresholded
+        mask_input = low_chosen.detach()  # (Kp, 1, h', w'), unthresholded
 
 
 def _box_round(step: _Step, image: _Image, targets: Tensor, record: dict[str, Any] | None) -> None:
@@ -274,7 +267,7 @@ def _box_round(step: _Step, image: _Image, targets: Tensor, record: dict[str, An
                         std_fraction=o.box_noise_std, max_noise=cap)
     gt = torch.stack([box_sample(image.masks, box, areas=image.areas, mask_boxes=image.boxes, include=t)
                       for box, t in zip(boxes, targets.tolist())]) if o.box_output == "multi" else None
-    _, _, chosen, paired = _decode_and_score(step, image, 1, gt, target, boxes=boxes)
+    _, chosen, paired = _decode_and_score(step, image, 1, gt, target, boxes=boxes)
     if record is not None:
         record["box"] = {"boxes": boxes.cpu(), "gt": (gt if gt is not None else target[:, None]).cpu(),
                          "paired": paired.cpu(), "pred": chosen.cpu(), "target": target.cpu(),

@@ -186,7 +186,8 @@ def box_sample(
     chosen = _distinct(mb, ranking, include, duplicate_iou)
     if not chosen:
         return _empty_result(m, is_numpy)
-    chosen.sort(key=lambda i: -float(area[i]))  # stable: equal areas keep their rank
+    areas_list = area.tolist()
+    chosen.sort(key=lambda i: -areas_list[i])  # stable: equal areas keep their rank
     out = m[torch.tensor(chosen + [chosen[-1]] * (3 - len(chosen)), device=m.device)]
     return out.numpy() if is_numpy else out
 
@@ -211,7 +212,7 @@ def _box_candidates(masks: torch.Tensor, area: torch.Tensor, bbox: ArrayLike, ma
     ranking = by_area[torch.sort(iou[by_area], descending=True, stable=True).indices]
     best = ranking[0]
     allowed = (iou > 0) & (inside | (torch.arange(n_masks, device=masks.device) == best))
-    return [i for i in ranking.tolist() if allowed[i]]
+    return ranking[allowed[ranking]].tolist()
 
 
 def _distinct(masks: torch.Tensor, ranking: list[int], include: int | None, duplicate_iou: float) -> list[int]:

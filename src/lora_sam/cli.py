@@ -16,6 +16,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("lora_sam.data.synth", "write synthetic SA-1B-format data (JPEG + JSON with RLE masks)"),
     "check-data": ("lora_sam.data.check", "read every sample of a dataset and report each problem"),
     "prepare": ("lora_sam.data.prepare", "write a low-resolution cache of images and packed masks"),
+    "pretrain": ("lora_sam.runs.pretrain", "train a small SAM from scratch at several resolutions, resumably"),
     "fit": ("lora_sam.runs.fit", "train LoRA (or full) SAM with a YAML config (LightningCLI)"),
     "export": ("lora_sam.adapter", "fold an adapter into the base checkpoint (official SAM format)"),
     "summary": ("lora_sam.summary", "print total / trainable parameters per SAM part"),

@@ -32,6 +32,8 @@ __all__ = [
     "build_sam",
     "check_image_size",
     "resolve_checkpoint",
+    "BUILTIN",
+    "builtin_checkpoint",
     "load_checkpoint",
     "detect_model_type",
     "encode",
@@ -78,6 +80,23 @@ CHECKPOINT_FILES = {
 CHECKPOINT_ENV = "LORA_SAM_CHECKPOINT"
 HOME_ENV = "LORA_SAM_HOME"
 RANDOM = "random"
+BUILTIN = "builtin"
+BUILTIN_FILES = {"tiny": "sam_tiny_scenes.pth"}
+"""Weights shipped inside the package (``lora_sam/weights/``, with ``MODEL_CARD.md``): a ``tiny`` SAM
+pretrained here on ``lora-sam synth`` scenes (``lora-sam pretrain``), not Meta's weights."""
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def builtin_checkpoint(model_type: str = "tiny") -> Path:
+    """The path of the shipped checkpoint of ``model_type`` (only ``tiny`` has one)."""
+    if model_type not in BUILTIN_FILES:
+        raise ValueError(f"no built-in weights for {model_type}: only {', '.join(BUILTIN_FILES)} has them; pass "
+                         f"the official checkpoint (https://github.com/facebookresearch/segment-anything)")
+    path = WEIGHTS_DIR / BUILTIN_FILES[model_type]
+    if not path.is_file():
+        raise FileNotFoundError(f"the built-in {model_type} weights {path} are missing from this installation; "
+                                f"reinstall lora_sam, or pass checkpoint='random'")
+    return path
 
 
 def default_home() -> Path:
@@ -103,18 +122,23 @@ def check_image_size(image_size: tuple[int, int] | int) -> tuple[int, int]:
 def resolve_checkpoint(model_type: str, checkpoint: str | os.PathLike | None) -> Path | None:
     """The checkpoint to load: the argument, then $LORA_SAM_CHECKPOINT, then the default path.
 
-    ``checkpoint="random"`` asks for random weights explicitly (with a warning for vit_*).
-    The ``tiny`` configuration has no official weights: without an argument it starts random.
+    ``checkpoint="random"`` asks for random weights explicitly (with a warning for vit_*);
+    ``checkpoint="builtin"`` the shipped weights (``builtin_checkpoint``). The ``tiny``
+    configuration has no official weights: without an argument it takes the built-in ones
+    (random when they are not installed).
     """
     if checkpoint is not None and str(checkpoint) == RANDOM:
         if model_type != "tiny":
             warnings.warn(f"build_sam: {model_type} starts from RANDOM weights (checkpoint='random')",
                           UserWarning, stacklevel=3)
         return None
+    if checkpoint is not None and str(checkpoint) == BUILTIN:
+        return builtin_checkpoint(model_type)
     if checkpoint is not None:
         return Path(checkpoint)
     if model_type == "tiny":
-        return None
+        path = WEIGHTS_DIR / BUILTIN_FILES["tiny"]
+        return path if path.is_file() else None
     if os.environ.get(CHECKPOINT_ENV):
         return Path(os.environ[CHECKPOINT_ENV])
     default = default_home() / CHECKPOINT_FILES[model_type]
@@ -250,8 +274,9 @@ def build_sam(
     Args:
         model_type: ``vit_b``, ``vit_l``, ``vit_h`` or ``tiny`` (same classes, small dims).
         checkpoint: an official checkpoint file (``sam_vit_b_01ec64.pth`` layout); None looks in
-            $LORA_SAM_CHECKPOINT, then ``~/.cache/lora_sam/<official file name>`` ($LORA_SAM_HOME);
-            ``"random"`` starts from random weights on purpose.
+            $LORA_SAM_CHECKPOINT, then ``~/.cache/lora_sam/<official file name>`` ($LORA_SAM_HOME)
+            (``tiny``: the built-in weights); ``"random"`` starts from random weights on purpose;
+            ``"builtin"`` takes the weights shipped in the package (``tiny`` only).
         image_size: (H, W), both multiples of 16; (1024, 1024) is the original SAM.
     Returns:
         ``segment_anything.modeling.Sam`` in eval mode, on the CPU.

@@ -33,6 +33,7 @@ __all__ = [
     "check_image_size",
     "resolve_checkpoint",
     "BUILTIN",
+    "BUILTIN_FILES",
     "builtin_checkpoint",
     "load_checkpoint",
     "detect_model_type",

@@ -14,12 +14,20 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from lora_sam.adapter import save_adapter
 from lora_sam.io import atomic_path
 from lora_sam.lora import inject_lora, lora_state_dict
-from lora_sam.model import DEFAULT_IMAGE_SIZE, SamV1, build_sam
+from lora_sam.model import (
+    BUILTIN_FILES,
+    DEFAULT_IMAGE_SIZE,
+    SamV1,
+    build_sam,
+    builtin_checkpoint,
+    resolve_checkpoint,
+)
 from lora_sam.recipe import LOSS_TERMS, RecipeOptions, StepResult, interactive_step
 from lora_sam.summary import parameter_summary
 
@@ -36,8 +44,9 @@ class LoRASAM(pl.LightningModule):
     Args:
         rank, alpha: LoRA rank and alpha (scaling = alpha / rank).
         model_type: ``vit_b`` / ``vit_l`` / ``vit_h`` / ``tiny``; $LORA_SAM_MODEL_TYPE overrides the default.
-        checkpoint: official SAM checkpoint (None: $LORA_SAM_CHECKPOINT, then the default path;
-            ``"random"``: random weights on purpose).
+        checkpoint: official SAM checkpoint (None: $LORA_SAM_CHECKPOINT, then the default path; for
+            ``tiny``, the built-in base, announced; ``"random"``: random weights on purpose;
+            ``"builtin"``: the weights shipped in the package).
         image_size: training resolution (H, W), multiples of 16.
         targets: LoRA target preset (``default``, ``qkv``, ``encoder``, ``decoder``) or patterns.
         finetune: ``"lora"`` (only LoRA tensors train) or ``"full"`` (every SAM parameter trains).
@@ -99,6 +108,10 @@ class LoRASAM(pl.LightningModule):
         image_size = (int(image_size[0]), int(image_size[1]))
         self.save_hyperparameters()
         self.hparams["model_type"] = model_type
+        if checkpoint is None and model_type in BUILTIN_FILES and resolve_checkpoint(model_type, None) is not None:
+            rank_zero_info(f"lora_sam: no checkpoint given: {model_type} starts from the built-in base "
+                           f"({builtin_checkpoint(model_type)}; pretrained here on synthetic scenes, not Meta's "
+                           f"weights: see MODEL_CARD.md beside it)")
         self.sam = build_sam(model_type, checkpoint, image_size).train()
         self.lora_layers: list[str] = []
         if finetune == "lora":

@@ -49,7 +49,7 @@ class PretrainConfig:
     """What ``pretrain`` trains and how; saved in ``pretrain.json`` and in every checkpoint."""
 
     model_type: str = "tiny"
-    steps: int = 3000
+    steps: int = 2600
     sizes: tuple[tuple[int, int], ...] = ((160, 256), (256, 256), (320, 512))
     size_weights: tuple[float, ...] = (0.75, 0.1, 0.15)
     batch_size: int = 4
@@ -61,7 +61,7 @@ class PretrainConfig:
     grad_clip: float = 1.0
     iterations: int = 3
     point_prob: float = 0.5
-    focal_weight: float = 5.0
+    focal_weight: float = 0.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
     seed: int = 0
@@ -147,17 +147,32 @@ def _schedule(config: PretrainConfig) -> Any:
     return factor
 
 
-def _batches(root: Path, size: tuple[int, int], config: PretrainConfig, epoch: int):
-    """Endless training batches at ``size``, a new epoch (order and targets) after each pass."""
-    from lora_sam.data.loaders import get_loaders
+class _Batches:
+    """The training batch of a step at a size: images drawn from (seed, step), targets from the step.
 
-    loader, _ = get_loaders(root, image_size=size, batch_size=config.batch_size,
-                            masks_per_image=config.masks_per_image, val_fraction=0.0, num_workers=0,
-                            seed=config.seed + 17 * size[0] + size[1])
-    while True:
-        loader.sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
+    A batch depends only on the step, so a resumed run sees exactly what an uninterrupted one would.
+    Shard roots are not supported (they cannot be indexed): prepare a folder or a cache.
+    """
+
+    def __init__(self, root: Path, config: PretrainConfig) -> None:
+        from lora_sam.data.loaders import open_dataset
+
+        self.config = config
+        self.datasets = {size: open_dataset(root, image_size=size, masks_per_image=config.masks_per_image,
+                                            seed=config.seed) for size in config.sizes}
+        first = next(iter(self.datasets.values()))
+        if not hasattr(first, "__len__") or len(first) == 0:
+            raise ValueError(f"{root}: no training images (an SA-1B folder, a COCO json or a prepared cache is "
+                             f"needed; make one with 'lora-sam synth {root} --images 1600')")
+
+    def at(self, step: int, size: tuple[int, int]) -> dict[str, Any]:
+        from lora_sam.data.samples import collate
+
+        dataset = self.datasets[size]
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+        count = min(self.config.batch_size, len(dataset))
+        picks = torch.randperm(len(dataset), generator=generator)[:count].tolist()
+        return collate([dataset[(i, step)] for i in picks])
 
 
 def _size_index(config: PretrainConfig, step: int) -> int:
@@ -222,7 +237,7 @@ def pretrain(out: str | Path, data: str | Path, config: PretrainConfig = Pretrai
     step, seconds = _load_last(last, sam, optimizer, scheduler, config) if last.is_file() else (0, 0.0)
     if step:
         print(f"lora-sam pretrain: resuming {last} at step {step} ({seconds / 60:.1f} min so far)", flush=True)
-    streams = [_batches(data, size, config, epoch=step // 1000) for size in config.sizes]
+    batches = _Batches(data, config)
     options, model = config.recipe(), SamV1(sam)
     bar = tqdm(total=config.steps, initial=step, desc="pretrain", unit="step", disable=not progress,
                mininterval=5.0)
@@ -231,7 +246,7 @@ def pretrain(out: str | Path, data: str | Path, config: PretrainConfig = Pretrai
     while step < config.steps:
         index = _size_index(config, step)
         switch.set(config.sizes[index])
-        batch = next(streams[index])
+        batch = batches.at(step, config.sizes[index])
         result = interactive_step(model, batch, torch.Generator().manual_seed(config.seed * 7_919 + step), options)
         if result.terms:
             loss = result.mean("total")
@@ -303,8 +318,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = PretrainConfig(model_type=args.model_type, steps=args.steps, batch_size=args.batch_size,
                                 lr=args.lr, seed=args.seed)
-        result = pretrain(args.out, args.data, config,
-                          stop_after_s=None if args.stop_after is None else 60.0 * args.stop_after)
+        pretrain(args.out, args.data, config, stop_after_s=None if args.stop_after is None else 60.0 * args.stop_after)
     except (FileNotFoundError, ValueError) as err:
         print(f"lora-sam pretrain: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,75 @@
+"""``lora-sam pretrain``: exact resumption, the official format of its output, one table for every size."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from lora_sam.data.synth import make_synthetic
+from lora_sam.model import build_sam, encode
+from lora_sam.runs.pretrain import PretrainConfig, ResolutionSwitch, pretrain
+
+CONFIG = PretrainConfig(steps=3, sizes=((64, 96), (64, 64)), size_weights=(0.5, 0.5), batch_size=1,
+                        masks_per_image=2, warmup_steps=1, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pretrain_data")
+    make_synthetic(root, 3, seed=5, image_size=(96, 128))
+    return root
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path, data: Path) -> None:
+    straight = pretrain(tmp_path / "a", data, CONFIG, progress=False)
+    stopped = pretrain(tmp_path / "b", data, CONFIG, stop_after_s=0.0, progress=False)
+    assert stopped == {"step": 1, "finished": False}
+    assert (tmp_path / "b" / "checkpoints" / "last.pt").is_file()
+    resumed = pretrain(tmp_path / "b", data, CONFIG, progress=False)
+    assert straight["steps"] == resumed["steps"] == 3
+    a = torch.load(tmp_path / "a" / "base.pth", weights_only=True)
+    b = torch.load(tmp_path / "b" / "base.pth", weights_only=True)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    first = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    start = build_sam("tiny", "random", (1024, 1024)).state_dict()  # training moved the weights
+    assert any(not torch.equal(first[k], start[k]) for k in start if k in first)
+
+
+def test_output_is_an_official_checkpoint_with_the_64x64_table(tmp_path: Path, data: Path) -> None:
+    from segment_anything import SamPredictor
+
+    record = pretrain(tmp_path, data, replace(CONFIG, steps=1), progress=False)
+    state = torch.load(record["checkpoint"], weights_only=True)
+    assert state["image_encoder.pos_embed"].shape == (1, 64, 64, 160)
+    assert not any("parametrizations" in k for k in state)
+    sam = build_sam("tiny", record["checkpoint"], (1024, 1024))  # strict load, as sam_model_registry does
+    predictor = SamPredictor(sam)
+    predictor.set_image((torch.rand(120, 160, 3) * 255).to(torch.uint8).numpy())
+    masks, _, _ = predictor.predict(point_coords=torch.tensor([[80.0, 60.0]]).numpy(),
+                                    point_labels=torch.tensor([1]).numpy())
+    assert masks.shape == (3, 120, 160)
+    assert record["sha256"] and record["bytes"] == Path(record["checkpoint"]).stat().st_size
+
+
+def test_switch_runs_the_1024_model_as_build_sam_does_at_that_size(tiny_checkpoint: Path) -> None:
+    sam = build_sam("tiny", tiny_checkpoint, (1024, 1024))
+    switch = ResolutionSwitch(sam)
+    image = torch.rand(1, 3, 160, 256) * 255
+    for size in ((160, 256), (64, 64)):
+        switch.set(size)
+        reference = build_sam("tiny", tiny_checkpoint, size)  # the table resized once, at build time
+        x = image[..., : size[0], : size[1]]
+        torch.testing.assert_close(encode(sam, x), encode(reference, x), atol=1e-4, rtol=1e-4)
+        assert sam.prompt_encoder.image_embedding_size == reference.prompt_encoder.image_embedding_size
+        assert tuple(sam.prompt_encoder.mask_input_size) == tuple(reference.prompt_encoder.mask_input_size)
+    assert switch.official_state_dict()["image_encoder.pos_embed"].shape == (1, 64, 64, 160)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path: Path, data: Path) -> None:
+    pretrain(tmp_path, data, CONFIG, stop_after_s=0.0, progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        pretrain(tmp_path, data, replace(CONFIG, lr=1e-2), progress=False)

@@ -34,6 +34,7 @@ __all__ = [
     "resolve_checkpoint",
     "BUILTIN",
     "BUILTIN_FILES",
+    "WEIGHTS_DIR",
     "builtin_checkpoint",
     "load_checkpoint",
     "detect_model_type",

@@ -192,8 +192,8 @@ class LoRASAM(pl.LightningModule):
         if self.trainer.is_global_zero:
             mode = (f"LoRA rank {self.hparams.rank}, alpha {self.hparams.alpha:g}, {len(self.lora_layers)} layers"
                     if self.hparams.finetune == "lora" else "full fine-tuning")
-            print(f"lora_sam: {self.hparams.model_type} at {tuple(self.hparams.image_size)}, {mode}")
-            print(parameter_summary(self.sam))
+            rank_zero_info(f"lora_sam: {self.hparams.model_type} at {tuple(self.hparams.image_size)}, {mode}\n"
+                           f"{parameter_summary(self.sam)}")
 
     # ---------------------------------------------------------- checkpoints
 
@@ -218,7 +218,7 @@ class LoRASAM(pl.LightningModule):
         out = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # log_dir is collective under DDP
         if self.trainer.is_global_zero:
             path = self.export_weights(out / ("adapter.safetensors" if self.hparams.finetune == "lora" else "model.pth"))
-            print(f"lora_sam: wrote {path}")
+            rank_zero_info(f"lora_sam: wrote {path}")
 
     def export_weights(self, path: str | os.PathLike) -> Path:
         """LoRA: the adapter (``.safetensors``, LoRA tensors only). Full: the whole state dict at the

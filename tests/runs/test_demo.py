@@ -12,7 +12,7 @@ from PIL import Image
 
 from lora_sam.cli import main
 from lora_sam.metrics import METRIC_KEYS
-from lora_sam.model import build_sam
+from lora_sam.model import build_sam, builtin_checkpoint
 from lora_sam.report.build import MISSING, SECTIONS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -31,23 +31,41 @@ def report(demo_run: Path) -> str:
 
 
 def test_stages_write_their_files(demo_run: Path) -> None:
-    for name in ("init.pth", "base.pth", "compare.json", "compare.md", "eval.json", "eval.md", "demo.json",
+    for name in ("compare.json", "compare.md", "eval.json", "eval.md", "demo.json", "source/eval.json",
                  "lora/adapter.safetensors", "lora/metrics.csv", "lora/hparams.yaml", "full/model.pth",
-                 "full/metrics.csv", "base_train/metrics.csv"):
+                 "full/metrics.csv"):
         assert (demo_run / name).is_file(), name
-    base_ids = {p.stem for p in (demo_run / "data" / "base").glob("sa_*.jpg")}
+    assert not (demo_run / "base.pth").exists(), "the default demo trains no base"
+    source_ids = {p.stem for p in (demo_run / "data" / "source").glob("sa_*.jpg")}
     finetune_ids = {p.stem for p in (demo_run / "data" / "finetune").glob("sa_*.jpg")}
-    assert base_ids and finetune_ids and not base_ids & finetune_ids
+    assert source_ids and finetune_ids and not source_ids & finetune_ids
 
 
-def test_base_is_an_official_1024_checkpoint(demo_run: Path) -> None:
-    init = torch.load(demo_run / "init.pth", weights_only=True)
-    base = torch.load(demo_run / "base.pth", weights_only=True)
+def test_demo_starts_from_the_shipped_base_and_evaluates_both_domains(demo_run: Path) -> None:
+    record = json.loads((demo_run / "demo.json").read_text())
+    assert record["base"]["source"] == "builtin"
+    assert Path(record["base"]["checkpoint"]) == builtin_checkpoint("tiny")
+    compare = json.loads((demo_run / "compare.json").read_text())
+    assert Path(compare["base"]["checkpoint"]) == builtin_checkpoint("tiny")
+    source = json.loads((demo_run / "source" / "eval.json").read_text())["models"]
+    assert set(source) == {"base", "lora:adapter", "full:model"}
+    assert set(record["source_metrics"]) == {"base", "lora", "full"}
+
+
+def test_train_base_keeps_the_old_path_and_writes_an_official_1024_checkpoint(tmp_path: Path) -> None:
+    from lora_sam.data.synth import make_synthetic
+    from lora_sam.runs.demo import QUICK, train_base
+
+    make_synthetic(tmp_path / "data", 3, seed=1, image_size=(96, 128))
+    record = train_base(tmp_path, tmp_path / "data", QUICK)
+    assert record["source"] == "trained" and record["steps"] == QUICK.base_steps
+    init = torch.load(tmp_path / "init.pth", weights_only=True)
+    base = torch.load(tmp_path / "base.pth", weights_only=True)
     assert torch.equal(base["image_encoder.pos_embed"], init["image_encoder.pos_embed"])
     assert base["image_encoder.pos_embed"].shape[1:3] == (64, 64)
     assert any(not torch.equal(base[k], init[k]) for k in init)  # it was trained
-    build_sam("tiny", demo_run / "base.pth", (1024, 1024))
-    build_sam("tiny", demo_run / "base.pth", (64, 96))
+    build_sam("tiny", tmp_path / "base.pth", (1024, 1024))
+    build_sam("tiny", tmp_path / "base.pth", (64, 96))
 
 
 def test_eval_has_every_model(demo_run: Path) -> None:
@@ -63,7 +81,7 @@ def test_report_has_the_eight_sections_and_nothing_missing(report: str) -> None:
     headings = re.findall(r"^## (.+)$", report, flags=re.M)
     assert headings == [title for title, _ in SECTIONS]
     assert MISSING not in report and "Could not be made" not in report
-    assert "not Meta's SAM" in report
+    assert "not Meta's SAM" in report and "built-in" in report
 
 
 def test_report_figures_exist_and_are_pngs(demo_run: Path, report: str) -> None:

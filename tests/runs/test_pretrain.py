@@ -73,3 +73,17 @@ def test_resuming_with_other_settings_is_refused(tmp_path: Path, data: Path) -> 
     pretrain(tmp_path, data, CONFIG, stop_after_s=0.0, progress=False)
     with pytest.raises(ValueError, match="lr"):
         pretrain(tmp_path, data, replace(CONFIG, lr=1e-2), progress=False)
+
+
+def test_export_writes_the_last_checkpoint_of_a_run_ended_early(tmp_path: Path, data: Path) -> None:
+    from lora_sam.runs.pretrain import export_last
+
+    with pytest.raises(FileNotFoundError, match="last.pt"):
+        export_last(tmp_path, data, CONFIG)
+    pretrain(tmp_path, data, CONFIG, stop_after_s=0.0, progress=False)
+    record = export_last(tmp_path, data, CONFIG)
+    assert record["steps"] == 1 and record["finished"] is False
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["model"]
+    base = torch.load(tmp_path / "base.pth", weights_only=True)
+    assert torch.equal(base["image_encoder.pos_embed"], saved["image_encoder.parametrizations.pos_embed.original"])
+    assert torch.equal(base["mask_decoder.iou_token.weight"], saved["mask_decoder.iou_token.weight"])

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lora_sam.io import markdown_table
+from lora_sam.metrics import metric_rows
 from lora_sam.report.methods import compare_section, lora_section, parameters_section, targets_section
 from lora_sam.report.results import curves_section, examples_section, iterations_section, metrics_section
 from lora_sam.report.run_folder import Missing, Run
@@ -47,6 +49,8 @@ def _base_description(run: Run) -> str:
                 f"{b['steps']} steps of full fine-tuning at {b['image_size'][0]}x{b['image_size'][1]} on synthetic "
                 f"SA-1B-format images (`{b['data']}`), {b['seconds']:.0f} s on {b['device']}. It is not Meta's "
                 "SAM: its numbers show how the pipeline behaves, not how good SAM is.**" + _init_note(b))
+    if demo is not None and demo.get("base", {}).get("source") == "builtin":
+        return _builtin_description(demo)
     if demo is not None and demo.get("base", {}).get("source") == "checkpoint":
         return f"Base model: the checkpoint `{demo['base']['checkpoint']}` ({demo['base']['model_type']})."
     try:
@@ -56,6 +60,25 @@ def _base_description(run: Run) -> str:
     if base.get("generated"):
         return f"**Base model: random `{run.model_type}` weights drawn by `lora-sam compare` (`{base['checkpoint']}`).**"
     return f"Base model: `{base['checkpoint']}` ({run.model_type})."
+
+
+def _builtin_description(demo: dict[str, Any]) -> str:
+    card = demo["base"].get("card") or {}
+    made = ""
+    if card:
+        made = (f", {card['steps']:,} steps of `lora-sam pretrain` from random weights at "
+                f"{', '.join('x'.join(map(str, s)) for s in card['sizes'])} on {card['train_images']:,} synthetic "
+                f"scenes, {card['hours']:.2f} h on {card['device']}")
+    text = (f"**Base model: the built-in `tiny` SAM (`{Path(demo['base']['checkpoint']).name}`, the official SAM "
+            f"classes with small dimensions{made}). It is not Meta's SAM: it was pretrained here, by this "
+            "project, on its own synthetic scenes (its model card, `MODEL_CARD.md` beside the weights, has the "
+            "recipe and the measured metrics). The demo adapts it to a domain it has not seen (grey, "
+            "low-contrast microscopy-like cells) with LoRA and with full fine-tuning.**")
+    source = demo.get("source_metrics")
+    if source:
+        text += ("\n\nBack on the base's own domain (held-out synthetic scenes), after fine-tuning on the "
+                 "cells:\n\n" + markdown_table(*metric_rows(source)))
+    return text
 
 
 def _init_note(base: dict[str, Any]) -> str:

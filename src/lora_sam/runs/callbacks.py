@@ -12,7 +12,24 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-__all__ = ["PeakMemory", "StepTimer"]
+__all__ = ["PeakMemory", "StepTimer", "quiet_framework"]
+
+_FRAMEWORK_NOISE = (".*does not have many workers.*", ".*exists and is not empty.*", ".*weights_only.*",
+                    ".*LeafSpec.*", ".*val_check_interval.*")
+
+
+def quiet_framework() -> None:
+    """Lightning's info lines (accelerators, tips, 'fit stopped') and its routine warnings off; progress
+    bars and errors stay. For the demo's console."""
+    import logging
+    import warnings
+
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in _FRAMEWORK_NOISE:
+        warnings.filterwarnings("ignore", pattern)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 class StepTimer(Callback):

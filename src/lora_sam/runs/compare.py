@@ -44,7 +44,7 @@ from lora_sam.io import markdown_table
 from lora_sam.metrics import metric_rows
 from lora_sam.model import DEFAULT_IMAGE_SIZE
 from lora_sam.report.numbers import cost_note, cost_table
-from lora_sam.runs.callbacks import PeakMemory, StepTimer
+from lora_sam.runs.callbacks import PeakMemory, StepTimer, quiet_framework
 
 __all__ = ["MODES", "add_arguments", "compare", "compare_markdown", "run"]
 
@@ -72,6 +72,8 @@ def _train(mode: str, out_dir: Path, settings: dict[str, Any], module_options: d
     from lora_sam.summary import parameter_summary
 
     s = settings
+    if s.get("quiet"):
+        quiet_framework()
     pl.seed_everything(s["seed"], verbose=False)
     train_loader, val_loader = get_loaders(s["data"], image_size=s["image_size"], batch_size=s["batch_size"],
                                            masks_per_image=s["masks_per_image"], val_fraction=s["val_fraction"],
@@ -181,6 +183,7 @@ def compare(
     original: bool = False,
     isolate: bool = True,
     progress: bool = True,
+    quiet: bool = False,
     **module_options: Any,
 ) -> dict[str, Any]:
     """Train LoRA and fully unfrozen SAM alike, evaluate both, write ``compare.json`` / ``compare.md``.
@@ -199,6 +202,7 @@ def compare(
             (``lora_sam.evaluation.run.evaluate_models``).
         isolate: train each mode in a fresh Python process (``sys.executable``), so that time and
             memory are not shared between the runs (``False``: one after the other in this process).
+        progress, quiet: progress bars; ``quiet`` also turns Lightning's info lines and routine warnings off.
         module_options: more ``LoRASAM`` options (``iterations``, ``targets``, ...).
 
     Returns:
@@ -217,7 +221,7 @@ def compare(
         "warmup_steps": min(50, steps // 10) if warmup_steps is None else warmup_steps,
         "val_every": max(1, steps // 10) if val_every is None else val_every, "val_fraction": val_fraction,
         "val_batches": val_batches, "num_workers": num_workers, "accelerator": accelerator, "precision": precision,
-        "progress": progress, "module_options": module_options,
+        "progress": progress, "quiet": quiet, "module_options": module_options,
         "eval": {"images": eval_images, "masks_per_image": eval_masks_per_image, "max_clicks": max_clicks},
     }
     train = _train_isolated if isolate else _train

@@ -16,6 +16,7 @@ Checkpoints: ``OUT/checkpoints/last.pt`` (model, optimiser, schedule, step, time
 At the end: ``OUT/base.pth`` in the official checkpoint format (``build_sam`` and
 ``sam_model_registry`` load it) and ``OUT/pretrain.json`` (settings, steps, seconds, sha256).
 ``OUT/metrics.csv`` has the training loss and first-prompt mIoU every ``log_every`` steps.
+``--export`` writes ``base.pth`` from ``last.pt`` without training further (a run ended early).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from lora_sam.io import atomic_path
 from lora_sam.model import ORIGINAL_SIZE, PATCH_SIZE, SamV1, build_sam, check_image_size
 from lora_sam.recipe import RecipeOptions, interactive_step
 
-__all__ = ["PretrainConfig", "ResolutionSwitch", "pretrain", "add_arguments", "run"]
+__all__ = ["PretrainConfig", "ResolutionSwitch", "export_last", "pretrain", "add_arguments", "run"]
 
 
 @dataclass(frozen=True)
@@ -281,13 +282,28 @@ def pretrain(out: str | Path, data: str | Path, config: PretrainConfig = Pretrai
     return _finish(out, data, config, switch, step, total)
 
 
+def export_last(out: str | Path, data: str | Path, config: PretrainConfig = PretrainConfig()) -> dict[str, Any]:
+    """Write ``base.pth`` and ``pretrain.json`` from ``out/checkpoints/last.pt`` as it stands (a run
+    ended early by choice: its learning rate may not have decayed to the end of the schedule)."""
+    out = Path(out)
+    last = out / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise FileNotFoundError(f"{last} does not exist: nothing to export (train first)")
+    sam = build_sam(config.model_type, "random", (ORIGINAL_SIZE, ORIGINAL_SIZE))
+    switch = ResolutionSwitch(sam)
+    optimizer = torch.optim.AdamW(sam.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    step, seconds = _load_last(last, sam, optimizer, scheduler, config)
+    return _finish(out, Path(data), config, switch, step, seconds)
+
+
 def _finish(out: Path, data: Path, config: PretrainConfig, switch: ResolutionSwitch, step: int,
             seconds: float) -> dict[str, Any]:
     base = out / "base.pth"
     with atomic_path(base) as tmp:
         torch.save(switch.official_state_dict(), tmp)
     build_sam(config.model_type, base, (ORIGINAL_SIZE, ORIGINAL_SIZE))  # the official format loads strictly
-    record = {"config": asdict(config), "steps": step, "seconds": round(seconds, 1), "data": str(data),
+    record = {"config": asdict(config), "steps": step, "finished": step >= config.steps, "seconds": round(seconds, 1), "data": str(data),
               "checkpoint": str(base), "sha256": sha256(base), "bytes": base.stat().st_size,
               "parameters": sum(v.numel() for v in switch.official_state_dict().values()),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": platform.processor() or
@@ -312,13 +328,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=default.seed, help=f"default {default.seed}")
     parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
                         help="checkpoint and stop after this many minutes (run again to go on)")
+    parser.add_argument("--export", action="store_true",
+                        help="train no further: write base.pth and pretrain.json from checkpoints/last.pt as it is")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         config = PretrainConfig(model_type=args.model_type, steps=args.steps, batch_size=args.batch_size,
                                 lr=args.lr, seed=args.seed)
-        pretrain(args.out, args.data, config, stop_after_s=None if args.stop_after is None else 60.0 * args.stop_after)
+        if args.export:
+            export_last(args.out, args.data, config)
+        else:
+            pretrain(args.out, args.data, config,
+                     stop_after_s=None if args.stop_after is None else 60.0 * args.stop_after)
     except (FileNotFoundError, ValueError) as err:
         print(f"lora-sam pretrain: error: {err}", file=sys.stderr)
         return 2

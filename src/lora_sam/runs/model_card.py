@@ -1,0 +1,109 @@
+"""Ship a pretrained base: copy its weights into the package and write its model card.
+
+    python -m lora_sam.runs.model_card runs/pretrain/run runs/quality/quality.json --pretrain "..." \
+        --synth "lora-sam synth runs/pretrain/data/scenes --images 1600 --long-side 768 --seed 100 --workers 2"
+
+Writes ``lora_sam/weights/sam_tiny_scenes.pth`` (the run's ``base.pth``, unchanged: the official
+checkpoint format), ``model_card.json`` (what ``lora-sam demo`` and the report read) and
+``MODEL_CARD.md`` (the same for people): the data generator and seed, resolutions, steps, time,
+the recipe, the measured metrics of ``benchmarks/quality.py`` and the sha256 of the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from lora_sam.io import markdown_table
+from lora_sam.model import BUILTIN_FILES, WEIGHTS_DIR
+from lora_sam.runs.pretrain import sha256
+
+__all__ = ["card_markdown", "ship"]
+
+_RECIPE_KEYS = ("batch_size", "masks_per_image", "iterations", "point_prob", "lr", "warmup_steps",
+                "final_lr_fraction", "weight_decay", "grad_clip", "focal_weight", "dice_weight", "iou_weight", "seed")
+
+
+def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str, pretrain_command: str,
+         out_dir: Path = WEIGHTS_DIR, commit: str | None = None) -> dict[str, Any]:
+    """Copy ``run_dir/base.pth`` to ``out_dir`` and write the two card files; returns the card."""
+    run_dir = Path(run_dir)
+    record = json.loads((run_dir / "pretrain.json").read_text())
+    config = record["config"]
+    target = Path(out_dir) / BUILTIN_FILES[config["model_type"]]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "base.pth", target)
+    data = Path(record["data"])
+    card: dict[str, Any] = {
+        "name": target.name, "model_type": config["model_type"], "parameters": record["parameters"],
+        "bytes": target.stat().st_size, "sha256": sha256(target),
+        "steps": record["steps"], "seconds": record["seconds"], "hours": record["seconds"] / 3600,
+        "device": f"{record['threads']} CPU threads ({record['cpu']}), torch {record['torch']}",
+        "sizes": config["sizes"], "size_weights": config["size_weights"],
+        "recipe": {k: config[k] for k in _RECIPE_KEYS},
+        "train_images": len(list(data.glob("sa_*.json"))) if data.is_dir() else None,
+        "synth_command": synth_command, "pretrain_command": pretrain_command, "commit": commit,
+    }
+    if quality:
+        q = json.loads(Path(quality).read_text())
+        card["metrics"] = {"source": q["source"], "target": q["target"]}
+        card["targets"] = q["targets"]
+    (target.parent / "model_card.json").write_text(json.dumps(card, indent=1))
+    (target.parent / "MODEL_CARD.md").write_text(card_markdown(card))
+    return card
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    r = card["recipe"]
+    sizes = ", ".join(f"{h}x{w} ({p:.0%} of steps)" for (h, w), p in zip(card["sizes"], card["size_weights"]))
+    lines = [
+        f"# Model card: `{card['name']}`", "",
+        f"A `{card['model_type']}` SAM (the official `segment_anything` classes with small dimensions, "
+        f"{card['parameters']:,} parameters) **pretrained from random weights by this project, on its own synthetic "
+        "data**. It is not Meta's SAM and was never trained on real images: it is the base that `lora-sam demo`, "
+        "the learning tests and `benchmarks/quality.py` fine-tune, so that what fine-tuning does can be measured.", "",
+        "## How it was made", "",
+        f"- Data: `{card['synth_command']}` ({card['train_images']} images of the `scenes` domain: whole / part / "
+        "sub-part hierarchies, occlusion, textures, touching same-colour objects, thin shapes, SA-1B shapes).",
+        f"- Training: `{card['pretrain_command']}`" + (f" (commit `{card['commit']}`)" if card.get("commit") else ""),
+        f"- {card['steps']:,} AdamW steps in {card['hours']:.2f} h on {card['device']}; resolutions {sizes}, "
+        "one 64x64 position table resized to each (so the file is the official 1024 px format).",
+        f"- Recipe: SAM's interactive training (`lora_sam.recipe`): a point (p = {r['point_prob']}) or a noisy box, "
+        f"then up to {r['iterations']} iterations of error-region clicks with the previous logits fed back; "
+        f"{r['batch_size']} images x {r['masks_per_image']} targets per step; loss {r['focal_weight']:g} x focal + "
+        f"{r['dice_weight']:g} x dice + {r['iou_weight']:g} x IoU-head MSE; lr {r['lr']:g}, {r['warmup_steps']} "
+        f"warm-up steps, cosine to {r['final_lr_fraction']:g} x; weight decay {r['weight_decay']:g}; gradient "
+        f"clipping {r['grad_clip']:g}; seed {r['seed']}.",
+        f"- File: {card['bytes'] / 1e6:.1f} MB, sha256 `{card['sha256']}`.", "",
+    ]
+    if card.get("targets"):
+        rows = [[t["target"], f"{t['value']:.3f}", t["goal"],
+                 "met" if t["met"] else f"missed by {abs(t['by']):.3f}"] for t in card["targets"]]
+        lines += ["## Measured (`benchmarks/quality.py`, held-out images)", "",
+                  markdown_table(["target", "value", "goal", "result"], rows), "",
+                  "Details and what limits each missed target: `BENCHMARKS.md`, section \"Quality\".", ""]
+    lines += ["## Use", "", "```python", "import lora_sam",
+              'sam = lora_sam.build_sam("tiny", checkpoint="builtin")        # at 160x256',
+              'model = lora_sam.LoRASAM(4, 1, model_type="tiny")             # starts from it, and says so',
+              "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="the lora-sam pretrain folder (base.pth, pretrain.json)")
+    parser.add_argument("quality", nargs="?", default=None, help="quality.json of benchmarks/quality.py")
+    parser.add_argument("--synth", required=True, help="the command that wrote the training data")
+    parser.add_argument("--pretrain", required=True, help="the command that trained the model")
+    parser.add_argument("--commit", default=None, help="the commit of the code that trained it")
+    args = parser.parse_args()
+    card = ship(args.run_dir, args.quality, synth_command=args.synth, pretrain_command=args.pretrain,
+                commit=args.commit)
+    print(f"wrote {WEIGHTS_DIR / card['name']} ({card['bytes'] / 1e6:.1f} MB) and its model card")
+
+
+if __name__ == "__main__":
+    main()

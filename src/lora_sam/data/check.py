@@ -4,7 +4,9 @@ It runs the datasets' own reading and validation (``annotations.py``, ``samples.
 so it reports exactly what training would skip, plus the warnings training tolerates:
 unparsable JSON, missing keys, RLE sizes that do not match the image, undecodable counts,
 missing or undecodable images, empty annotations, grayscale / CMYK / RGBA images (converted
-on load), bboxes or areas inconsistent with their mask. It writes nothing.
+on load), bboxes or areas inconsistent with their mask; for instance-label folders, images
+without a label (and labels without an image), label maps that are not integer maps or do not
+match their image's size, empty label maps, stray files. It writes nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tqdm import tqdm
 
 from lora_sam.data.annotations import BadSample, DataError, Problem, errors
 from lora_sam.data.datasets import CocoInstances, SampleDataset
+from lora_sam.data.labels import InstanceFolder
 from lora_sam.data.loaders import add_data_arguments, open_dataset
 from lora_sam.data.samples import Raw, SampleOptions, finish
 from lora_sam.data.shards import SA1BShards
@@ -47,7 +50,7 @@ def _check(
         return [Problem(str(root), "", str(exc))], 0
     problems: list[Problem] = []
     dataset.check_fields = True
-    if isinstance(dataset, CocoInstances):
+    if isinstance(dataset, CocoInstances | InstanceFolder):
         problems += dataset.file_problems
     if isinstance(dataset, SA1BShards):
         dataset.shuffle = False
@@ -98,7 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_data_arguments(
         parser,
-        root_help="data: SA-1B folder, .tar shards (folder, glob or brace pattern), COCO .json, or a cache",
+        root_help="data: SA-1B folder, .tar shards (folder, glob or brace pattern), COCO .json, a folder of "
+                  "images/ + labels/ (instance maps) or masks/NAME/*.png, or a cache",
         size_help="training size; images whose masks all become too small at it are reported (default "
                   f"{DEFAULT_IMAGE_SIZE[0]} {DEFAULT_IMAGE_SIZE[1]})",
     )

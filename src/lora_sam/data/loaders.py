@@ -2,7 +2,8 @@
 
 A root is an SA-1B folder (``sa_*.jpg`` + ``sa_*.json`` anywhere below), SA-1B ``.tar`` shards
 (a folder, a glob or a brace pattern), a COCO instances ``.json`` (or a folder holding
-``annotations.json`` / ``instances*.json``), or a cache written by ``lora-sam prepare``.
+``annotations.json`` / ``instances*.json``), an instance-label folder (``images/`` + ``labels/``
+instance maps or ``masks/NAME/*.png``, see ``labels``), or a cache written by ``lora-sam prepare``.
 Samples and batches follow ``docs/contracts.md``.
 """
 
@@ -23,19 +24,21 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from lora_sam.data.annotations import BadSample, DataError, Problem
 from lora_sam.data.datasets import CACHE_MANIFEST, CachedDataset, CocoInstances, SA1BFolder, SampleDataset
+from lora_sam.data.labels import InstanceFolder, instance_layout
 from lora_sam.data.samples import SampleOptions, collate
 from lora_sam.data.shards import SA1BShards, expand_shards, split_score
 from lora_sam.model import DEFAULT_IMAGE_SIZE
 
 ENV_VAR = "LORA_SAM_DATA"
 DEFAULT_ROOT = "data"
-Kind = Literal["sa1b", "shards", "coco", "cache"]
+Kind = Literal["sa1b", "shards", "coco", "labels", "masks", "cache"]
 
 __all__ = [
     "BadSample",
     "CocoInstances",
     "DataError",
     "EpochSampler",
+    "InstanceFolder",
     "Problem",
     "SA1BFolder",
     "SA1BShards",
@@ -75,7 +78,8 @@ def resolve_root(root: str | Path | None = None) -> str:
 
 
 def detect_kind(root: str | Path) -> Kind:
-    """What ``root`` holds: ``"cache"``, ``"sa1b"`` (folder of pairs), ``"shards"`` or ``"coco"``."""
+    """What ``root`` holds: ``"cache"``, ``"labels"`` / ``"masks"`` (``images/`` + ``labels/`` or
+    ``masks/``), ``"sa1b"`` (folder of pairs), ``"shards"`` or ``"coco"``."""
     spec = str(root)
     path = Path(spec)
     if path.is_file():
@@ -86,6 +90,8 @@ def detect_kind(root: str | Path) -> Kind:
     elif path.is_dir():
         if (path / CACHE_MANIFEST).is_file():
             return "cache"
+        if (layout := instance_layout(path)) is not None:
+            return layout
         if next((p for p in path.rglob("sa_*") if p.suffix in (".jpg", ".json")), None) is not None:
             return "sa1b"
         if next(path.rglob("*.tar"), None) is not None:
@@ -96,7 +102,8 @@ def detect_kind(root: str | Path) -> Kind:
         return "shards"
     raise DataError(
         f"{spec}: cannot tell the data format. Expected a folder of sa_*.jpg + sa_*.json pairs, a folder, "
-        f"glob or brace pattern of .tar shards, a COCO instances .json, or a cache folder with {CACHE_MANIFEST} "
+        f"glob or brace pattern of .tar shards, a COCO instances .json, a folder with images/ and labels/ "
+        f"(instance maps) or masks/NAME/*.png, or a cache folder with {CACHE_MANIFEST} "
         "(written by 'lora-sam prepare')."
     )
 
@@ -115,6 +122,8 @@ def open_dataset(root: str | Path, *, image_dir: str | Path | None = None, **opt
         return SA1BFolder(root, **options)
     if kind == "shards":
         return SA1BShards(root, **options)
+    if kind in ("labels", "masks"):
+        return InstanceFolder(root, kind, **options)
     path = Path(root)
     return CocoInstances(path if path.is_file() else _coco_json(path), image_dir=image_dir, **options)
 
@@ -264,7 +273,7 @@ def get_loaders(
 
 def _map_loaders(root: str, val_fraction: float, options: dict[str, Any],
                  loader_args: dict[str, Any]) -> tuple[DataLoader, DataLoader | None]:
-    """``get_loaders`` for the map-style datasets (SA-1B folder, COCO, cache): split by image id."""
+    """``get_loaders`` for the map-style datasets (SA-1B folder, COCO, instance labels, cache): split by image id."""
     dataset = open_dataset(root, **options)
     assert isinstance(dataset, SampleDataset)
     train_idx, val_idx = split_indices([dataset.image_id(i) for i in range(len(dataset))], val_fraction)

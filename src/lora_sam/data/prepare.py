@@ -89,7 +89,8 @@ def prepare_cache(
     """Write the cache of the dataset at ``root`` (any kind ``get_loaders`` reads) to ``out``.
 
     Args:
-        root: SA-1B folder, shards, COCO json (with ``image_dir``).
+        root: SA-1B folder, shards, COCO json (with ``image_dir``), instance-label folder
+            (``images/`` + ``labels/`` or ``masks/``).
         out: cache folder (created; an existing cache there is replaced).
         image_size: training (H, W); the cache can only be read at this size.
         fast: read masks with the fast RLE path (``False``: the full-resolution reference path).
@@ -159,7 +160,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_data_arguments(
         parser,
-        root_help="data: SA-1B folder, .tar shards (folder, glob or brace pattern), or COCO .json",
+        root_help="data: SA-1B folder, .tar shards (folder, glob or brace pattern), COCO .json, or a folder "
+                  "of images/ + labels/ (instance maps) or masks/NAME/*.png",
         size_help=f"training size, multiples of 16 (default {DEFAULT_IMAGE_SIZE[0]} {DEFAULT_IMAGE_SIZE[1]}); the cache "
                   "is read at this size only",
     )

@@ -19,6 +19,12 @@ The JSON matches a real SA-1B file (one line)::
                       "predicted_iou", "point_coords": [[x, y]] (a pixel on the mask),
                       "crop_box": [0, 0, w, h], "id": int, "stability_score"}]}
 
+``format="labels"`` / ``"masks"`` (``--format``) writes the same images and masks in the layouts of
+``lora_sam.data.labels`` instead: ``images/sa_{id}.jpg`` (the same JPEG) with ``labels/sa_{id}.png``,
+an instance map (8 bit, or 16 bit past 255 instances) of the masks contained in no other mask
+(the visible wholes; an instance map holds one value per pixel), or with
+``masks/sa_{id}/NNN.png``, every mask as a 0 / 255 PNG in the JSON's order.
+
 Every image depends only on ``(seed, image_id, domain)``: the same arguments give identical bytes.
 """
 
@@ -37,12 +43,14 @@ from tqdm import tqdm
 from lora_sam.data.cells import draw_cells
 from lora_sam.data.scenes import draw_scene
 
-__all__ = ["DOMAINS", "SA1B_ASPECTS", "make_synthetic", "sa1b_size"]
+__all__ = ["DOMAINS", "FORMATS", "SA1B_ASPECTS", "make_synthetic", "outermost", "sa1b_size"]
 
 Drawer = Callable[[np.random.Generator, tuple[int, int]], tuple[np.ndarray, list[np.ndarray]]]
 DOMAINS: dict[str, Drawer] = {"scenes": draw_scene, "microscopy": draw_cells}
 SA1B_ASPECTS = ((3, 4), (2, 3), (9, 16), (1, 1))
 """Short : long side ratios of SA-1B's images (most are 3:4 or 2:3)."""
+FORMATS = ("sa1b", "labels", "masks")
+"""Layouts ``make_synthetic`` writes: SA-1B pairs, or the instance-label folders of ``data.labels``."""
 _MIN_SIDE = 32
 DEFAULT_LONG_SIDE = 1024
 
@@ -72,15 +80,56 @@ def _annotation(rng: np.random.Generator, mask: np.ndarray, annotation_id: int) 
     }
 
 
+def outermost(masks: list[np.ndarray]) -> list[int]:
+    """Indices of the non-empty masks contained in no other (of equal masks, the first): the visible wholes."""
+    boxes = [mask_utils.toBbox(mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))) for m in masks]
+    areas = [int(m.sum()) for m in masks]
+    kept = []
+    for i, (mask, (x, y, w, h)) in enumerate(zip(masks, boxes)):
+        crop = np.s_[int(y): int(y + h), int(x): int(x + w)]
+        inside = (
+            j for j in range(len(masks))
+            if j != i and (areas[j] > areas[i] or (areas[j] == areas[i] and j < i))
+            and not (mask[crop] & ~masks[j][crop]).any()
+        )
+        if areas[i] and next(inside, None) is None:
+            kept.append(i)
+    return kept
+
+
+def _write_layout(out: Path, name: str, image: np.ndarray, masks: list[np.ndarray], quality: int,
+                  format: str) -> Path:
+    """Write ``images/NAME.jpg`` and ``labels/NAME.png`` or ``masks/NAME/NNN.png``; returns the image path."""
+    image_path = out / "images" / f"{name}.jpg"
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(image_path, format="JPEG", quality=quality)
+    if format == "labels":
+        wholes = outermost(masks)
+        labels = np.zeros(image.shape[:2], dtype=np.uint8 if len(wholes) < 256 else np.uint16)
+        for value, index in enumerate(wholes, start=1):
+            labels[masks[index]] = value
+        (out / "labels").mkdir(exist_ok=True)
+        Image.fromarray(labels).save(out / "labels" / f"{name}.png")
+    else:
+        folder = out / "masks" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, mask in enumerate(masks):
+            Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{i:03d}.png")
+    return image_path
+
+
 def _write_sample(out: Path, image_id: int, *, seed: int, image_size: tuple[int, int] | None, long_side: int,
-                  domain: str) -> tuple[Path, int]:
-    """Write ``sa_{image_id}.jpg`` and ``.json``; returns the image path and the number of masks."""
+                  domain: str, format: str = "sa1b") -> tuple[Path, int]:
+    """Write ``sa_{image_id}.jpg`` and ``.json`` (or the ``format`` layout); returns the image path, the mask count."""
     rng = np.random.default_rng([seed, image_id, list(DOMAINS).index(domain)])
     height, width = image_size or sa1b_size(rng, long_side)
     image, masks = DOMAINS[domain](rng, (height, width))
     name = f"sa_{image_id}"
+    quality = int(rng.integers(85, 96))
+    if format != "sa1b":
+        return _write_layout(out, name, image, masks, quality, format), len(masks)
     image_path = out / f"{name}.jpg"
-    Image.fromarray(image).save(image_path, format="JPEG", quality=int(rng.integers(85, 96)))
+    Image.fromarray(image).save(image_path, format="JPEG", quality=quality)
     record = {
         "image": {"image_id": image_id, "width": width, "height": height, "file_name": image_path.name},
         "annotations": [_annotation(rng, m, image_id * 1000 + i) for i, m in enumerate(masks)],
@@ -90,7 +139,7 @@ def _write_sample(out: Path, image_id: int, *, seed: int, image_size: tuple[int,
 
 
 def _check(images: int, seed: int, image_size: tuple[int, int] | None, long_side: int, start_id: int,
-           domain: str) -> None:
+           domain: str, format: str = "sa1b") -> None:
     if images < 0:
         raise ValueError(f"images must be >= 0, got {images}")
     if seed < 0:
@@ -103,6 +152,8 @@ def _check(images: int, seed: int, image_size: tuple[int, int] | None, long_side
         raise ValueError(f"long_side must be at least {2 * _MIN_SIDE} pixels, got {long_side}")
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; choose from {', '.join(DOMAINS)}")
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
 
 
 def _write_star(args: tuple) -> tuple[Path, int]:
@@ -121,6 +172,7 @@ def make_synthetic(
     start_id: int = 1,
     workers: int = 1,
     progress: bool = False,
+    format: str = "sa1b",
 ) -> list[Path]:
     """Write ``images`` synthetic SA-1B samples to ``out`` (created if missing).
 
@@ -134,16 +186,18 @@ def make_synthetic(
         start_id: the first image id.
         workers: processes drawing images (the bytes do not depend on it).
         progress: a progress bar.
+        format: ``sa1b`` (default), or ``labels`` / ``masks``: the instance-label layouts (module docstring).
 
     Returns:
-        The JPEG paths, in id order (each has its ``.json`` beside it).
+        The JPEG paths, in id order (each has its ``.json`` beside it, for ``sa1b``).
     """
     size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
-    _check(images, seed, size, long_side, start_id, domain)
+    _check(images, seed, size, long_side, start_id, domain, format)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     return [path for path, _ in _write_all(folder, images, start_id, workers, progress,
-                                            dict(seed=seed, image_size=size, long_side=long_side, domain=domain))]
+                                            dict(seed=seed, image_size=size, long_side=long_side, domain=domain,
+                                                 format=format))]
 
 
 def _write_all(folder: Path, images: int, start_id: int, workers: int, progress: bool,
@@ -182,6 +236,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=None, help="a fixed image width (with --height)")
     parser.add_argument("--start-id", type=int, default=1, help="id of the first image (default 1)")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing images (default 1)")
+    parser.add_argument("--format", choices=FORMATS, default="sa1b",
+                        help="sa1b (default: sa_ID.jpg + sa_ID.json), labels (images/ + labels/ instance maps "
+                             "of the visible wholes) or masks (images/ + masks/NAME/NNN.png, every mask)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,14 +247,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     size = None if args.height is None else (args.height, args.width)
     try:
-        _check(args.images, args.seed, size, args.long_side, args.start_id, args.domain)
+        _check(args.images, args.seed, size, args.long_side, args.start_id, args.domain, args.format)
     except ValueError as err:
         print(f"lora-sam synth: error: {err}")
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     results = _write_all(args.out, args.images, args.start_id, args.workers, True,
-                         dict(seed=args.seed, image_size=size, long_side=args.long_side, domain=args.domain))
+                         dict(seed=args.seed, image_size=size, long_side=args.long_side, domain=args.domain,
+                              format=args.format))
     shape = f"{size[0]}x{size[1]}" if size else f"SA-1B shapes, longest side {args.long_side}"
-    print(f"wrote {args.images} synthetic {args.domain} images ({shape}, {sum(n for _, n in results)} masks, "
+    layout = "" if args.format == "sa1b" else f" in the {args.format} layout"
+    print(f"wrote {args.images} synthetic {args.domain} images{layout} ({shape}, {sum(n for _, n in results)} masks, "
           f"seed {args.seed}) to {args.out}")
     return 0

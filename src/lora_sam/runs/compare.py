@@ -72,8 +72,6 @@ def _train(mode: str, out_dir: Path, settings: dict[str, Any], module_options: d
     from lora_sam.summary import parameter_summary
 
     s = settings
-    if s.get("quiet"):
-        quiet_framework()
     pl.seed_everything(s["seed"], verbose=False)
     train_loader, val_loader = get_loaders(s["data"], image_size=s["image_size"], batch_size=s["batch_size"],
                                            masks_per_image=s["masks_per_image"], val_fraction=s["val_fraction"],
@@ -133,6 +131,8 @@ def _train_job(job_path: str) -> None:
     """Entry point of the child process of ``_train_isolated``: run the job file, write its result."""
     job = json.loads(Path(job_path).read_text())
     torch.set_num_threads(job["threads"])
+    if job["settings"].get("quiet"):
+        quiet_framework()
     record = _train(job["mode"], Path(job["out_dir"]), job["settings"], job["module_options"])
     Path(job["result"]).write_text(json.dumps(json_safe(record)))
 
@@ -224,6 +224,8 @@ def compare(
         "progress": progress, "quiet": quiet, "module_options": module_options,
         "eval": {"images": eval_images, "masks_per_image": eval_masks_per_image, "max_clicks": max_clicks},
     }
+    if quiet:
+        quiet_framework()
     train = _train_isolated if isolate else _train
     runs = {mode: train(mode, out, settings, module_options) for mode in MODES}
     result = _evaluate(out, settings, runs, generated=generated, original=original)

@@ -87,3 +87,14 @@ def test_export_writes_the_last_checkpoint_of_a_run_ended_early(tmp_path: Path, 
     base = torch.load(tmp_path / "base.pth", weights_only=True)
     assert torch.equal(base["image_encoder.pos_embed"], saved["image_encoder.parametrizations.pos_embed.original"])
     assert torch.equal(base["mask_decoder.iou_token.weight"], saved["mask_decoder.iou_token.weight"])
+
+
+def test_resuming_with_a_new_total_of_steps_ends_the_schedule_there(tmp_path: Path, data: Path) -> None:
+    pretrain(tmp_path, data, CONFIG, stop_after_s=0.0, progress=False)
+    record = pretrain(tmp_path, data, replace(CONFIG, steps=2), progress=False)
+    assert record["steps"] == 2 and record["schedule"] == [[0, 3], [1, 2]]
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    # warm-up of 1 step, then cosine from 1.0 to final_lr_fraction over the one step left: the end
+    assert state["scheduler"]["_last_lr"][0] == pytest.approx(CONFIG.lr * CONFIG.final_lr_fraction)
+    with pytest.raises(ValueError, match="at least"):
+        pretrain(tmp_path, data, replace(CONFIG, steps=1), progress=False)

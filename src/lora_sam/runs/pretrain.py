@@ -12,7 +12,8 @@ The step is ``recipe.interactive_step`` (a point or a noisy box, then error-regi
 the previous logits fed back), AdamW with linear warm-up and cosine decay, gradient clipping.
 
 Checkpoints: ``OUT/checkpoints/last.pt`` (model, optimiser, schedule, step, time so far) every
-``save_every_s`` seconds and at the end; a run started again on the same OUT goes on from it.
+``save_every_s`` seconds and at the end; a run started again on the same OUT goes on from it
+(with the same settings, except ``--steps``: a new total makes the cosine schedule end there).
 At the end: ``OUT/base.pth`` in the official checkpoint format (``build_sam`` and
 ``sam_model_registry`` load it) and ``OUT/pretrain.json`` (settings, steps, seconds, sha256).
 ``OUT/metrics.csv`` has the training loss and first-prompt mIoU every ``log_every`` steps.
@@ -183,25 +184,36 @@ def _size_index(config: PretrainConfig, step: int) -> int:
 
 
 def _load_last(path: Path, sam: nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: Any, config: PretrainConfig) -> tuple[int, float]:
+               scheduler: Any, config: PretrainConfig) -> tuple[int, float, list[list[int]]]:
+    """Step, seconds so far and the schedule's history ([step, total steps from there] pairs).
+
+    Only ``steps`` may differ from the saved settings: the cosine schedule then runs to the new
+    total from the saved step on (a run extended, or ended sooner with its learning rate decayed)."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     saved = PretrainConfig.from_dict(state["config"])
-    if saved != config:
-        differ = [f.name for f in fields(config) if getattr(saved, f.name) != getattr(config, f.name)]
+    step = int(state["step"])
+    differ = [f.name for f in fields(config) if getattr(saved, f.name) != getattr(config, f.name)]
+    if set(differ) - {"steps"}:
         raise ValueError(f"{path} was saved with other settings ({', '.join(differ)}); use another OUT folder "
-                         f"or the same settings to resume")
+                         f"or the same settings to resume (only --steps may change)")
+    if config.steps < step:
+        raise ValueError(f"{path} is at step {step} already: --steps must be at least that, got {config.steps}")
     sam.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"]), float(state["seconds"])
+    schedule = state.get("schedule", [[0, saved.steps]])
+    if config.steps != schedule[-1][1]:
+        schedule = [*schedule, [step, config.steps]]
+        print(f"lora-sam pretrain: the schedule now ends at step {config.steps} (was {saved.steps})", flush=True)
+    return step, float(state["seconds"]), schedule
 
 
 def _save_last(path: Path, sam: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-               config: PretrainConfig, step: int, seconds: float) -> None:
+               config: PretrainConfig, step: int, seconds: float, schedule: list[list[int]]) -> None:
     with atomic_path(path) as tmp:
         torch.save({"model": sam.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "config": asdict(config), "step": step,
-                    "seconds": seconds}, tmp)
+                    "seconds": seconds, "schedule": schedule}, tmp)
 
 
 def _log_row(path: Path, row: dict[str, Any]) -> None:
@@ -235,7 +247,8 @@ def pretrain(out: str | Path, data: str | Path, config: PretrainConfig = Pretrai
     switch = ResolutionSwitch(sam)
     optimizer = torch.optim.AdamW(sam.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
-    step, seconds = _load_last(last, sam, optimizer, scheduler, config) if last.is_file() else (0, 0.0)
+    step, seconds, schedule = (_load_last(last, sam, optimizer, scheduler, config) if last.is_file()
+                               else (0, 0.0, [[0, config.steps]]))
     if step:
         print(f"lora-sam pretrain: resuming {last} at step {step} ({seconds / 60:.1f} min so far)", flush=True)
     batches = _Batches(data, config)
@@ -270,16 +283,16 @@ def pretrain(out: str | Path, data: str | Path, config: PretrainConfig = Pretrai
             bar.set_postfix(loss=row["loss"], miou=row["miou_first"])
             sums = {}
         if now - saved_at > config.save_every_s or step == config.steps:
-            _save_last(last, sam, optimizer, scheduler, config, step, seconds + now - started)
+            _save_last(last, sam, optimizer, scheduler, config, step, seconds + now - started, schedule)
             saved_at = now
         if stop_after_s is not None and now - started > stop_after_s and step < config.steps:
-            _save_last(last, sam, optimizer, scheduler, config, step, seconds + now - started)
+            _save_last(last, sam, optimizer, scheduler, config, step, seconds + now - started, schedule)
             bar.close()
             print(f"lora-sam pretrain: stopped at step {step} after {stop_after_s:.0f} s; run again to go on")
             return {"step": step, "finished": False}
     bar.close()
     total = seconds + time.perf_counter() - started
-    return _finish(out, data, config, switch, step, total)
+    return _finish(out, data, config, switch, step, total, schedule)
 
 
 def export_last(out: str | Path, data: str | Path, config: PretrainConfig = PretrainConfig()) -> dict[str, Any]:
@@ -293,17 +306,17 @@ def export_last(out: str | Path, data: str | Path, config: PretrainConfig = Pret
     switch = ResolutionSwitch(sam)
     optimizer = torch.optim.AdamW(sam.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
-    step, seconds = _load_last(last, sam, optimizer, scheduler, config)
-    return _finish(out, Path(data), config, switch, step, seconds)
+    step, seconds, schedule = _load_last(last, sam, optimizer, scheduler, config)
+    return _finish(out, Path(data), config, switch, step, seconds, schedule)
 
 
 def _finish(out: Path, data: Path, config: PretrainConfig, switch: ResolutionSwitch, step: int,
-            seconds: float) -> dict[str, Any]:
+            seconds: float, schedule: list[list[int]]) -> dict[str, Any]:
     base = out / "base.pth"
     with atomic_path(base) as tmp:
         torch.save(switch.official_state_dict(), tmp)
     build_sam(config.model_type, base, (ORIGINAL_SIZE, ORIGINAL_SIZE))  # the official format loads strictly
-    record = {"config": asdict(config), "steps": step, "finished": step >= config.steps, "seconds": round(seconds, 1), "data": str(data),
+    record = {"config": asdict(config), "steps": step, "finished": step >= config.steps, "schedule": schedule, "seconds": round(seconds, 1), "data": str(data),
               "checkpoint": str(base), "sha256": sha256(base), "bytes": base.stat().st_size,
               "parameters": sum(v.numel() for v in switch.official_state_dict().values()),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": platform.processor() or

@@ -28,7 +28,7 @@ _RECIPE_KEYS = ("batch_size", "masks_per_image", "iterations", "point_prob", "lr
 
 
 def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str, pretrain_command: str,
-         out_dir: Path = WEIGHTS_DIR, commit: str | None = None) -> dict[str, Any]:
+         out_dir: Path = WEIGHTS_DIR, commit: str | None = None, note: str = "") -> dict[str, Any]:
     """Copy ``run_dir/base.pth`` to ``out_dir`` and write the two card files; returns the card."""
     run_dir = Path(run_dir)
     record = json.loads((run_dir / "pretrain.json").read_text())
@@ -46,6 +46,7 @@ def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str,
         "recipe": {k: config[k] for k in _RECIPE_KEYS},
         "train_images": len(list(data.glob("sa_*.json"))) if data.is_dir() else None,
         "synth_command": synth_command, "pretrain_command": pretrain_command, "commit": commit,
+        "schedule": record.get("schedule"), "note": note,
     }
     if quality:
         q = json.loads(Path(quality).read_text())
@@ -77,7 +78,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"{r['dice_weight']:g} x dice + {r['iou_weight']:g} x IoU-head MSE; lr {r['lr']:g}, {r['warmup_steps']} "
         f"warm-up steps, cosine to {r['final_lr_fraction']:g} x; weight decay {r['weight_decay']:g}; gradient "
         f"clipping {r['grad_clip']:g}; seed {r['seed']}.",
-        f"- File: {card['bytes'] / 1e6:.1f} MB, sha256 `{card['sha256']}`.", "",
+        f"- File: {card['bytes'] / 1e6:.1f} MB, sha256 `{card['sha256']}`.",
+        *([f"- History: {card['note']}"] if card.get("note") else []), "",
     ]
     if card.get("targets"):
         rows = [[t["target"], f"{t['value']:.3f}", t["goal"],
@@ -99,9 +101,10 @@ def main() -> None:
     parser.add_argument("--synth", required=True, help="the command that wrote the training data")
     parser.add_argument("--pretrain", required=True, help="the command that trained the model")
     parser.add_argument("--commit", default=None, help="the commit of the code that trained it")
+    parser.add_argument("--note", default="", help="how the run went (restarts, schedule changes, threads)")
     args = parser.parse_args()
     card = ship(args.run_dir, args.quality, synth_command=args.synth, pretrain_command=args.pretrain,
-                commit=args.commit)
+                commit=args.commit, note=args.note)
     print(f"wrote {WEIGHTS_DIR / card['name']} ({card['bytes'] / 1e6:.1f} MB) and its model card")
 
 

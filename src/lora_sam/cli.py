@@ -23,6 +23,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("lora_sam.evaluation.run", "evaluate models on the same data and prompts"),
     "compare": ("lora_sam.runs.compare", "train LoRA and fully unfrozen SAM alike and compare them"),
     "report": ("lora_sam.report.build", "write a Markdown report with figures from a run folder"),
+    "app": ("lora_sam.app.serve", "an interactive page: click on any image and compare the models (needs [app])"),
 }
 
 # Subcommands that parse their own arguments (LightningCLI).

@@ -74,6 +74,12 @@ def _builtin_description(demo: dict[str, Any]) -> str:
             "project, on its own synthetic scenes (its model card, `MODEL_CARD.md` beside the weights, has the "
             "recipe and the measured metrics). The demo adapts it to a domain it has not seen (grey, "
             "low-contrast microscopy-like cells) with LoRA and with full fine-tuning.**")
+    if card.get("targets"):
+        rows = [[t["target"], f"{t['value']:.3f}", t["goal"], "met" if t["met"] else f"missed by {abs(t['by']):.3f}"]
+                for t in card["targets"]]
+        text += ("\n\nThe base's targets (`benchmarks/quality.py` on held-out images, from its model card; what limits "
+                 "each missed one: `BENCHMARKS.md`, \"Quality\"):\n\n"
+                 + markdown_table(["target", "value", "goal", "result"], rows))
     source = demo.get("source_metrics")
     if source:
         text += ("\n\nBack on the base's own domain (held-out synthetic scenes), after fine-tuning on the "

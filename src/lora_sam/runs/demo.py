@@ -56,7 +56,7 @@ class DemoConfig:
     base_iterations: int = 1
     base_point_prob: float = 0.5
     # LoRA and full fine-tuning (stage 3): the same settings, each its own learning rate
-    steps: int = 150
+    steps: int = 110
     rank: int = 4
     alpha: float = 4.0
     lr_lora: float = 2e-3

@@ -1,0 +1,191 @@
+"""The models the app compares, built once and shared by every page session, and their embedding cache.
+
+Each model is built by ``lora_sam.evaluation.run.build_segmenters`` (so a bad file gives its error
+text) at two resolutions: the training resolution, answered by ``LowResSegmenter``, and 1024 px, the
+same weights (the base, the adapter merged into the base at 1024 px, the full model's table resized)
+answered by the original pipeline, ``PredictorSegmenter``. The 1024 px models are built on first use.
+
+An image is encoded once per (image, model, resolution): ``ModelBank.segmenter`` keeps the segmenters
+whose ``set_image`` ran, least recently used first out, so a click only runs the prompt encoder and
+the mask decoder.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from torch import Tensor
+
+from lora_sam.evaluation.run import build_segmenters
+from lora_sam.evaluation.segmenters import ORIGINAL_FRAME, LowResSegmenter, PredictorSegmenter, Segmenter
+from lora_sam.model import DEFAULT_IMAGE_SIZE, upscale
+
+__all__ = ["RESOLUTIONS", "ModelBank", "ModelSpec", "Resolution", "display_logits"]
+
+Resolution = Literal["low", "1024"]
+RESOLUTIONS: tuple[Resolution, ...] = ("low", "1024")
+ADAPTER_SUFFIXES = (".safetensors",)
+FULL_SUFFIXES = (".pth", ".pt")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One compared model: ``kind`` is ``"base"``, ``"lora"`` (an adapter on the base) or ``"full"``."""
+
+    name: str
+    kind: Literal["base", "lora", "full"]
+    path: str
+
+
+class ModelBank:
+    """The base, each LoRA adapter and each fully fine-tuned model, at both resolutions.
+
+    Args:
+        model_type, checkpoint, image_size: the base model and the training resolution (H, W), as for
+            ``build_segmenters``; ``checkpoint=None`` is the built-in tiny base for ``tiny``.
+        adapters: LoRA ``.safetensors`` files on the base; ``fulls``: fully fine-tuned ``model.pth`` files.
+        device: where the models run (default: cuda when available).
+        cache_size: how many encoded (image, model, resolution) triples are kept.
+        decode_threads: torch CPU threads while decoding a prompt (``decoding``); the decoder's small
+            matrices gain nothing from more, and on a busy CPU two threads waiting on each other make a
+            click many times slower. Encoding uses torch's own setting.
+
+    Raises ``ValueError`` / ``FileNotFoundError`` with ``build_segmenters``' text for a file that does
+    not fit. Shared by every page session: ``copy.deepcopy`` returns the bank itself.
+    """
+
+    def __init__(self, *, model_type: str = "tiny", checkpoint: str | Path | None = None,
+                 image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE, adapters: tuple[str | Path, ...] | list = (),
+                 fulls: tuple[str | Path, ...] | list = (), device: str | torch.device | None = None,
+                 cache_size: int = 24, decode_threads: int = 1) -> None:
+        self.model_type = model_type
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.cache_size = cache_size
+        self.decode_threads = decode_threads
+        self.lock = threading.RLock()
+        built = build_segmenters(model_type=model_type, checkpoint=checkpoint, image_size=self.image_size,
+                                 adapters=adapters, fulls=fulls, base=True, device=self.device)
+        self.checkpoint = built["base"][1]["path"]
+        self.specs: dict[str, ModelSpec] = {}
+        self._models: dict[tuple[str, Resolution], Sam] = {}
+        for name, (segmenter, info) in built.items():
+            self.specs[name] = ModelSpec(name, info["kind"], info["path"])
+            self._models[name, "low"] = segmenter.sam  # type: ignore[attr-defined]
+        self._cache: OrderedDict[tuple[str, str, Resolution], Segmenter] = OrderedDict()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ModelBank:
+        return self
+
+    @contextmanager
+    def decoding(self) -> Iterator[None]:
+        """Hold the bank and run torch on ``decode_threads`` CPU threads (restored after)."""
+        with self.lock:
+            threads = torch.get_num_threads()
+            if self.device.type == "cpu" and self.decode_threads and threads != self.decode_threads:
+                torch.set_num_threads(self.decode_threads)
+            try:
+                yield
+            finally:
+                if torch.get_num_threads() != threads:
+                    torch.set_num_threads(threads)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.specs)
+
+    def _build(self, spec: ModelSpec, size: tuple[int, int]) -> Sam:
+        built = build_segmenters(model_type=self.model_type, checkpoint=self.checkpoint, image_size=size,
+                                 adapters=[spec.path] if spec.kind == "lora" else [],
+                                 fulls=[spec.path] if spec.kind == "full" else [], base=spec.kind == "base",
+                                 device=self.device)
+        (segmenter, _), = built.values()
+        return segmenter.sam  # type: ignore[attr-defined]
+
+    def _unique(self, kind: str, path: Path) -> str:
+        name = f"{kind}:{path.stem}"
+        if name in self.specs:
+            name = f"{kind}:{path.parent.name}/{path.stem}"
+        base, count = name, 1
+        while name in self.specs:
+            count += 1
+            name = f"{base}#{count}"
+        return name
+
+    def add(self, path: str | Path) -> str:
+        """Add a LoRA adapter (``.safetensors``) or a fully fine-tuned model (``.pth``); its name.
+
+        Raises ``ValueError`` (the text of ``build_segmenters``) when the file does not fit the base;
+        the bank is unchanged then.
+        """
+        path = Path(path)
+        if path.suffix in ADAPTER_SUFFIXES:
+            kind: Literal["lora", "full"] = "lora"
+        elif path.suffix in FULL_SUFFIXES:
+            kind = "full"
+        else:
+            raise ValueError(f"{path.name}: expected a LoRA adapter (.safetensors) or a fully fine-tuned "
+                             f"model (.pth), got a {path.suffix or 'file without suffix'}")
+        spec = ModelSpec(self._unique(kind, path), kind, str(path))
+        with self.lock:
+            sam = self._build(spec, self.image_size)
+            self.specs[spec.name] = spec
+            self._models[spec.name, "low"] = sam
+        return spec.name
+
+    def model(self, name: str, resolution: Resolution) -> Sam:
+        """The ``Sam`` of model ``name`` at the training resolution (``"low"``) or 1024 px (built now)."""
+        with self.lock:
+            key = (name, resolution)
+            if key not in self._models:
+                self._models[key] = self._build(self.specs[name], ORIGINAL_FRAME)
+            return self._models[key]
+
+    def segmenter(self, image_key: str, sample: dict[str, Any], name: str, resolution: Resolution) -> Segmenter:
+        """The segmenter of ``name`` at ``resolution`` with ``sample`` set (encoded once, then cached).
+
+        ``image_key`` identifies the sample's pixels. At 1024 px the predictor gets the original image
+        when the sample carries ``original_image``, else the training image upscaled.
+        """
+        with self.lock:
+            key = (image_key, name, resolution)
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            sam = self.model(name, resolution)
+            if resolution == "low":
+                segmenter: Segmenter = LowResSegmenter(sam)
+            else:
+                source = "original" if sample.get("original_image") is not None else "upscaled"
+                segmenter = PredictorSegmenter(sam, source=source)
+            segmenter.set_image(sample)
+            self._cache[key] = segmenter
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            return segmenter
+
+
+def display_logits(segmenter: Segmenter, low_res: Tensor, sample: dict[str, Any], size: tuple[int, int]) -> Tensor:
+    """Low-resolution logits (M, h, w) of ``segmenter`` resized onto the displayed image (M, dh, dw).
+
+    The logits cover the segmenter's padded frame (the training frame, or the 1024 x 1024 frame of
+    ``SamPredictor``); the image fills its top-left part. That part is cut out at the frame's size and
+    resized bilinearly to ``size`` = (dh, dw), so a mask drawn from it (logits > 0) is smooth at any
+    resolution. The masks scored against the ground truth stay those of ``Segmenter.predict``.
+    """
+    if isinstance(segmenter, PredictorSegmenter):
+        frame, (h, w) = ORIGINAL_FRAME, segmenter.predictor.input_size
+    else:
+        frame = tuple(int(v) for v in sample["image"].shape[-2:])
+        h, w = (int(v) for v in sample["input_size"])
+    full = upscale(low_res[None].float(), frame)[0, :, :h, :w]  # (M, h, w) in the frame's pixels
+    return F.interpolate(full[None], size=tuple(size), mode="bilinear", align_corners=False)[0].cpu()

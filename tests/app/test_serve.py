@@ -1,0 +1,72 @@
+"""``lora-sam app``: help and the missing-extra error without Gradio, --run folders, bad files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from app_fixtures import SIZE, make_adapter
+
+from lora_sam.app.serve import INSTALL_HINT, resolve_settings
+from lora_sam.cli import main
+
+NO_GRADIO = "import sys; sys.modules['gradio'] = None; from lora_sam.cli import main; sys.exit(main({argv}))"
+
+
+def test_help_works_without_gradio() -> None:
+    done = subprocess.run([sys.executable, "-c", NO_GRADIO.format(argv=["app", "--help"])], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for option in ("--checkpoint", "--model-type", "--adapter", "--full", "--image-size", "--data", "--run",
+                   "--port", "--host", "--share"):
+        assert option in done.stdout
+
+
+def test_without_gradio_it_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    assert main(["app"]) == 2
+    assert INSTALL_HINT in capsys.readouterr().err and INSTALL_HINT == 'pip install "lora_sam[app]"'
+
+
+def _args(**given):
+    from argparse import ArgumentParser
+
+    from lora_sam.app.serve import add_arguments
+
+    parser = ArgumentParser()
+    add_arguments(parser)
+    argv = []
+    for key, value in given.items():
+        for item in value if isinstance(value, list) else [value]:
+            argv += [f"--{key.replace('_', '-')}", *map(str, item if isinstance(item, tuple) else [item])]
+    return parser.parse_args(argv)
+
+
+def test_a_run_folder_gives_its_base_adapter_full_model_and_data(tmp_path: Path, synth_root: Path) -> None:
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "lora" / "adapter.safetensors").write_bytes(b"x")
+    (tmp_path / "full" / "model.pth").write_bytes(b"x")
+    settings = {"model_type": "tiny", "checkpoint": "/base.pth", "image_size": [64, 96], "data": str(synth_root)}
+    (tmp_path / "compare.json").write_text(json.dumps({"settings": settings}))
+    got = resolve_settings(_args(run=tmp_path))
+    assert got == {"model_type": "tiny", "checkpoint": "/base.pth", "image_size": (64, 96),
+                   "adapters": [str(tmp_path / "lora" / "adapter.safetensors")],
+                   "fulls": [str(tmp_path / "full" / "model.pth")], "data": str(synth_root)}
+    explicit = resolve_settings(_args(run=tmp_path, image_size=(32, 48), checkpoint="other.pth"))
+    assert explicit["image_size"] == (32, 48) and explicit["checkpoint"] == "other.pth"
+    assert resolve_settings(_args())["image_size"] == (160, 256) and resolve_settings(_args())["model_type"] == "tiny"
+    with pytest.raises(FileNotFoundError, match="compare.json not found"):
+        resolve_settings(_args(run=tmp_path / "lora"))
+
+
+def test_an_adapter_that_does_not_fit_stops_the_command(tmp_path: Path, tiny_checkpoint: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("gradio")
+    wrong = make_adapter(tmp_path, tiny_checkpoint, model_type="vit_b")
+    rc = main(["app", "--checkpoint", str(tiny_checkpoint), "--image-size", *map(str, SIZE), "--adapter", str(wrong)])
+    assert rc == 2 and str(wrong) in capsys.readouterr().err

@@ -1,0 +1,208 @@
+"""Session logic against independent references: the segmenters and SamPredictor called directly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from app_fixtures import SIZE
+from PIL import Image
+from segment_anything import SamPredictor
+
+from lora_sam.adapter import apply_adapter
+from lora_sam.app.images import DatasetImages, from_array
+from lora_sam.app.session import Box, Point, Session
+from lora_sam.data.samples import read_image
+from lora_sam.evaluation.segmenters import LowResSegmenter
+from lora_sam.lora import merge_lora
+from lora_sam.model import build_sam
+
+
+def _reference_sam(files: dict[str, Path], name: str, size: tuple[int, int]):
+    if name == "full:model":
+        return build_sam("tiny", files["full"], size)
+    sam = build_sam("tiny", files["base"], size)
+    if name == "lora:adapter":
+        apply_adapter(sam, files["lora"])
+        sam = merge_lora(sam)
+    return sam
+
+
+def _training_points(session: Session, clicks: list[tuple[int, int]]) -> torch.Tensor:
+    """Display pixels -> training pixels at pixel centres, written out independently of the session."""
+    (dh, dw), (h, w) = session.image.display_size, session.image.input_size
+    return torch.tensor([[((x + 0.5) * w / dw - 0.5, (y + 0.5) * h / dh - 0.5) for x, y in clicks]])
+
+
+@pytest.fixture()
+def session(bank, photo: np.ndarray) -> Session:
+    s = Session(bank)
+    s.load(from_array(photo, SIZE, "photo"))
+    return s
+
+
+def test_an_upload_is_framed_as_the_data_pipeline_frames_it(photo: np.ndarray, tmp_path: Path) -> None:
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    pixels, size, problems = read_image(tmp_path / "photo.png", "photo.png", SIZE)
+    sample = from_array(photo, SIZE).sample
+    h, w = pixels.shape[:2]
+    assert size == photo.shape[:2] and not problems and tuple(sample["input_size"].tolist()) == (h, w)
+    assert torch.equal(sample["image"][:, :h, :w], torch.from_numpy(pixels.transpose(2, 0, 1)).float())
+    assert not sample["image"][:, h:].any() and not sample["image"][:, :, w:].any()
+
+
+def test_first_and_second_click_match_the_low_res_segmenter(session: Session, model_files: dict[str, Path]) -> None:
+    clicks = [(200, 150), (330, 260)]
+    assert session.click(*clicks[0], "positive") == "1 prompt"
+    first = session.outputs()
+    session.click(*clicks[1], "negative")
+    second = session.outputs()
+    assert list(first) == ["base", "lora:adapter", "full:model"]
+    for name in first:
+        reference = LowResSegmenter(_reference_sam(model_files, name, SIZE))
+        reference.set_image(session.image.sample)
+        expected = reference.predict(points=_training_points(session, clicks[:1]), labels=torch.tensor([[1]]))
+        assert first[name].multimask and torch.equal(first[name].masks, expected.masks[0])
+        torch.testing.assert_close(first[name].iou_pred, expected.iou_pred[0])
+        assert first[name].kept == int(expected.iou_pred[0].argmax())
+        kept_logits = expected.low_res[:, first[name].kept][:, None]
+        refined = reference.predict(points=_training_points(session, clicks), labels=torch.tensor([[1, 0]]),
+                                    mask_input=kept_logits, multimask=False)
+        assert not second[name].multimask and second[name].kept == 0
+        assert torch.equal(second[name].masks, refined.masks[0])
+        torch.testing.assert_close(second[name].iou_pred, refined.iou_pred[0])
+    assert not torch.equal(first["base"].masks, first["lora:adapter"].masks), "the adapter must change the answer"
+
+
+@pytest.mark.parametrize("name", ["base", "lora:adapter"])
+def test_1024_px_first_click_matches_the_official_predictor(session: Session, model_files: dict[str, Path],
+                                                            photo: np.ndarray, name: str) -> None:
+    session.set_resolution("1024")
+    session.click(300, 180, "positive")
+    got = session.outputs()[name]
+    predictor = SamPredictor(_reference_sam(model_files, name, (1024, 1024)))
+    predictor.set_image(photo)
+    h0, w0 = photo.shape[:2]
+    (dh, dw), (h, w) = session.image.display_size, session.image.input_size
+    scale = 1024 / max(h0, w0)  # ResizeLongestSide
+    new_h, new_w = int(h0 * scale + 0.5), int(w0 * scale + 0.5)
+    # the display pixel's centre in the original image, less half a pixel of the 1024 px frame
+    centre = np.array([(300 + 0.5) * w0 / dw, (180 + 0.5) * h0 / dh])
+    point = centre - 0.5 / np.array([new_w / w0, new_h / h0])
+    masks, iou, low = predictor.predict(point_coords=point[None], point_labels=np.array([1]), multimask_output=True)
+    torch.testing.assert_close(got.iou_pred, torch.from_numpy(iou), atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(got.low_res, torch.from_numpy(low), atol=2e-4, rtol=1e-4)
+    rows = ((2 * np.arange(h) + 1) * h0) // (2 * h)
+    cols = ((2 * np.arange(w) + 1) * w0) // (2 * w)
+    expected = torch.zeros(3, *SIZE, dtype=torch.bool)
+    expected[:, :h, :w] = torch.from_numpy(masks[:, rows][:, :, cols])
+    assert torch.equal(got.masks, expected)
+
+
+def test_box_prompt_is_two_corners(session: Session, model_files: dict[str, Path]) -> None:
+    assert "opposite corner" in session.click(400, 300, "box")
+    assert session.outputs() == {} and session.pending == (400, 300)
+    session.click(120, 80, "box")
+    assert session.events == [Box(120, 80, 400, 300)] and session.pending is None
+    corners = _training_points(session, [(120, 80), (400, 300)]).reshape(1, 4)
+    reference = LowResSegmenter(_reference_sam(model_files, "base", SIZE))
+    reference.set_image(session.image.sample)
+    expected = reference.predict(boxes=corners)
+    got = session.outputs()["base"]
+    assert torch.equal(got.masks, expected.masks[0])
+    torch.testing.assert_close(got.iou_pred, expected.iou_pred[0])
+
+
+def test_undo_restores_the_previous_state_exactly(session: Session) -> None:
+    session.click(200, 150, "positive")
+    session.click(330, 260, "negative")
+    before = {name: (o.masks.clone(), o.iou_pred.clone(), o.low_res.clone()) for name, o in session.outputs().items()}
+    session.click(100, 50, "box")
+    session.click(500, 350, "box")
+    session.click(250, 200, "positive")
+    assert len(session.events) == 4
+    for _ in range(3):  # the point, the box, the box's first corner
+        session.undo()
+    assert session.events == [Point(200, 150, 1), Point(330, 260, 0)] and session.pending is None
+    for name, output in session.outputs().items():
+        masks, iou_pred, low_res = before[name]
+        assert torch.equal(output.masks, masks) and torch.equal(output.iou_pred, iou_pred)
+        assert torch.equal(output.low_res, low_res)
+    session.reset()
+    assert session.events == [] and session.outputs() == {}
+    session.undo()
+    assert session.events == [Point(200, 150, 1), Point(330, 260, 0)]
+    assert session.undo() == "undone" and session.undo() == "undone" and session.undo() == "nothing to undo"
+
+
+def test_iou_with_the_ground_truth_is_the_numpy_formula(bank, synth_root: Path) -> None:
+    data = DatasetImages(synth_root, SIZE)
+    session = Session(bank)
+    session.load(data.load(1))
+    assert session.gt_index == 0 and len(session.image.gt_labels) == len(session.image.sample["masks"])
+    gt_index = len(session.image.gt_labels) - 1
+    assert session.set_gt(gt_index).startswith("ground truth")
+    session.click(320, 240, "positive")
+    gt = session.image.sample["masks"][gt_index].numpy()
+    for output in session.outputs().values():
+        masks = output.masks.numpy()
+        expected = [(m & gt).sum() / (m | gt).sum() if (m | gt).any() else 1.0 for m in masks]
+        np.testing.assert_allclose(output.gt_iou.numpy(), expected, rtol=1e-6)
+    assert "no such" in session.set_gt(10_000) and session.gt_index == gt_index
+
+
+def test_a_click_decodes_without_encoding_again(session: Session, bank) -> None:
+    calls = []
+    hooks = [bank.model(name, "low").image_encoder.register_forward_hook(lambda *_: calls.append(1))
+             for name in bank.names]
+    try:
+        session.click(200, 150, "positive")
+        session.click(300, 150, "positive")
+        assert calls == []
+        session.load(from_array(np.zeros((40, 60, 3), np.uint8), SIZE, "black"))
+        assert len(calls) == len(bank.names)  # a new image: encoded once per model
+        session.click(10, 10, "positive")
+        assert len(calls) == len(bank.names)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_resolution_switch_replays_the_same_prompts(session: Session) -> None:
+    session.click(200, 150, "positive")
+    session.click(330, 260, "positive")
+    low = {name: o.masks.clone() for name, o in session.outputs().items()}
+    assert "SamPredictor" in session.set_resolution("1024")
+    high = session.outputs()
+    assert all(not o.multimask for o in high.values()) and len(high) == len(low)
+    session.set_resolution("low")
+    assert all(torch.equal(o.masks, low[name]) for name, o in session.outputs().items())
+    assert "unknown resolution" in session.set_resolution("512") and session.resolution == "low"
+
+
+def test_bad_clicks_change_nothing(bank, session: Session) -> None:
+    assert Session(bank).click(5, 5, "positive") == "load an image first"
+    session.click(200, 150, "positive")
+    dh, dw = session.image.display_size
+    for x, y in [(-1, 10), (dw, 10), (10, dh), (1e6, 1e6)]:
+        assert "outside the image" in session.click(x, y, "positive")
+    assert "unknown click mode" in session.click(10, 10, "erase")
+    assert session.events == [Point(200, 150, 1)] and len(session.history) == 1
+
+
+@pytest.mark.parametrize("resolution", ["low", "1024"])
+def test_the_drawn_masks_are_the_scored_masks_at_display_size(session: Session, resolution: str) -> None:
+    import cv2
+
+    session.set_resolution(resolution)
+    session.click(200, 150, "positive")
+    (h, w), (dh, dw) = session.image.input_size, session.image.display_size
+    for output in session.outputs().values():
+        assert output.display.shape == (3, dh, dw)
+        drawn = np.stack([cv2.resize((d > 0).numpy().astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+                          for d in output.display]).astype(bool)
+        scored = output.masks[:, :h, :w].numpy()
+        assert scored.any() and not scored.all()
+        assert (drawn == scored).mean() > 0.95

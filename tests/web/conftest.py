@@ -1,4 +1,6 @@
 """Fixtures of the app tests: a tiny base, a LoRA adapter and a full model at 64x96, their bank, images."""
+# This folder is named to sort after every other test: Gradio starts threads, and a DataLoader worker
+# forked from a process with those threads can deadlock, so no test that forks workers may run after it.
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lora_sam.model import build_sam
 
     torch.manual_seed(0)
-    sam = build_sam("tiny", image_size=(1024, 1024))
+    sam = build_sam("tiny", "random", image_size=(1024, 1024))
     path = tmp_path_factory.mktemp("ckpt") / "sam_tiny_random.pth"
     torch.save(sam.state_dict(), path)
     return path

@@ -16,7 +16,8 @@ def compare_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     make_synthetic(root, 6, image_size=(96, 128), seed=2)
     out = tmp_path_factory.mktemp("compare")
-    rc = main(["compare", "--data", str(root), "--out", str(out), "--model-type", "tiny", "--image-size", "64", "96",
+    rc = main(["compare", "--data", str(root), "--out", str(out), "--model-type", "tiny", "--checkpoint", "random",
+               "--image-size", "64", "96",
                "--steps", "3", "--val-every", "2", "--val-fraction", "0.3", "--batch-size", "1",
                "--masks-per-image", "2", "--iterations", "2", "--eval-images", "1", "--eval-masks-per-image", "2",
                "--max-clicks", "2", "--quiet"])

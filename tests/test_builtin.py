@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -50,18 +49,19 @@ def test_model_card_matches_the_file() -> None:
         assert needed in text
 
 
-def test_lorasam_says_it_starts_from_the_builtin_base(caplog: pytest.LogCaptureFixture) -> None:
+def test_lorasam_says_it_starts_from_the_builtin_base(monkeypatch: pytest.MonkeyPatch) -> None:
     from lora_sam.module import LoRASAM
 
-    with caplog.at_level(logging.INFO):
-        model = LoRASAM(4, 1, model_type="tiny", image_size=(64, 96))
-    assert "built-in base" in caplog.text and str(builtin_checkpoint("tiny")) in caplog.text
+    said: list[str] = []
+    monkeypatch.setattr("lora_sam.module.rank_zero_info", said.append)  # Lightning's info logger
+    model = LoRASAM(4, 1, model_type="tiny", image_size=(64, 96))
+    text = "\n".join(said)
+    assert "built-in base" in text and str(builtin_checkpoint("tiny")) in text
     base = torch.load(builtin_checkpoint("tiny"), weights_only=True)
     assert torch.equal(model.sam.mask_decoder.iou_token.weight, base["mask_decoder.iou_token.weight"])
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        LoRASAM(4, 1, model_type="tiny", checkpoint="random", image_size=(64, 96))
-    assert "built-in base" not in caplog.text
+    said.clear()
+    LoRASAM(4, 1, model_type="tiny", checkpoint="random", image_size=(64, 96))
+    assert not any("built-in base" in s for s in said)
 
 
 def test_adapter_trained_on_it_exports_a_merged_official_checkpoint(tmp_path: Path) -> None:

@@ -220,12 +220,12 @@ def test_adapter_round_trip_and_mismatch(tmp_path: Path, tiny_checkpoint: Path) 
 
 def test_adapter_refuses_another_base(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    sam = build_sam("tiny", image_size=(64, 64))
+    sam = build_sam("tiny", "random", image_size=(64, 64))
     inject_lora(sam, 2, 2)
     path = tmp_path / "adapter.safetensors"
     save_adapter(sam, path, model_type="tiny")
     torch.manual_seed(1)
-    other = build_sam("tiny", image_size=(64, 64))
+    other = build_sam("tiny", "random", image_size=(64, 64))
     with pytest.raises(ValueError, match="another base checkpoint"):
         apply_adapter(other, path)
 

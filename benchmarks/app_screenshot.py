@@ -30,7 +30,7 @@ from lora_sam.app.images import DatasetImages
 from lora_sam.app.models import ModelBank
 from lora_sam.app.overlay import gt_on_display
 from lora_sam.app.serve import add_arguments, resolve_settings
-from lora_sam.app.ui import build_page
+from lora_sam.app.ui import launch_page
 
 
 def _free_port() -> int:
@@ -98,8 +98,7 @@ def main() -> None:
     mask = args.mask if args.mask is not None else int(masks.flatten(1).sum(1).argmax())
     target = gt_on_display(loaded, masks[mask])
     port = _free_port()
-    blocks = build_page(bank, data)
-    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    blocks = launch_page(bank, data, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     chrome = _chrome(*args.window)
     try:
         chrome.get(f"http://127.0.0.1:{port}/")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from app_fixtures import SIZE, make_adapter
 
-from lora_sam.app.serve import INSTALL_HINT, resolve_settings
+from lora_sam.app.serve import DEMO_RUN, INSTALL_HINT, resolve_settings
 from lora_sam.cli import main
 
 NO_GRADIO = "import sys; sys.modules['gradio'] = None; from lora_sam.cli import main; sys.exit(main({argv}))"
@@ -54,7 +54,7 @@ def test_a_run_folder_gives_its_base_adapter_full_model_and_data(tmp_path: Path,
     settings = {"model_type": "tiny", "checkpoint": "/base.pth", "image_size": [64, 96], "data": str(synth_root)}
     (tmp_path / "compare.json").write_text(json.dumps({"settings": settings}))
     got = resolve_settings(_args(run=tmp_path))
-    assert got == {"model_type": "tiny", "checkpoint": "/base.pth", "image_size": (64, 96),
+    assert got.pop("run") == str(tmp_path) and got == {"model_type": "tiny", "checkpoint": "/base.pth", "image_size": (64, 96),
                    "adapters": [str(tmp_path / "lora" / "adapter.safetensors")],
                    "fulls": [str(tmp_path / "full" / "model.pth")], "data": str(synth_root)}
     explicit = resolve_settings(_args(run=tmp_path, image_size=(32, 48), checkpoint="other.pth"))
@@ -62,6 +62,28 @@ def test_a_run_folder_gives_its_base_adapter_full_model_and_data(tmp_path: Path,
     assert resolve_settings(_args())["image_size"] == (160, 256) and resolve_settings(_args())["model_type"] == "tiny"
     with pytest.raises(FileNotFoundError, match="compare.json not found"):
         resolve_settings(_args(run=tmp_path / "lora"))
+
+
+def test_with_no_model_named_the_demo_results_are_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from argparse import ArgumentParser
+
+    from lora_sam.runs import demo
+
+    parser = ArgumentParser()
+    demo.add_arguments(parser)
+    assert parser.parse_args([]).out == DEMO_RUN, "the app must look where lora-sam demo writes"
+    monkeypatch.chdir(tmp_path)
+    assert resolve_settings(_args())["run"] is None and resolve_settings(_args())["adapters"] == []
+    for part in ("lora/adapter.safetensors", "full/model.pth"):
+        (DEMO_RUN / part).parent.mkdir(parents=True, exist_ok=True)
+        (DEMO_RUN / part).write_bytes(b"x")
+    (DEMO_RUN / "compare.json").write_text(json.dumps({"settings": {"image_size": [160, 256], "checkpoint": None}}))
+    got = resolve_settings(_args())
+    assert got["run"] == str(DEMO_RUN) and got["checkpoint"] is None
+    assert got["adapters"] == [str(DEMO_RUN / "lora/adapter.safetensors")]
+    assert got["fulls"] == [str(DEMO_RUN / "full/model.pth")]
+    named = resolve_settings(_args(adapter="mine.safetensors"))
+    assert named["run"] is None and named["adapters"] == ["mine.safetensors"] and named["fulls"] == []
 
 
 def test_an_adapter_that_does_not_fit_stops_the_command(tmp_path: Path, tiny_checkpoint: Path,

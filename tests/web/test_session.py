@@ -55,7 +55,7 @@ def test_an_upload_is_framed_as_the_data_pipeline_frames_it(photo: np.ndarray, t
 
 def test_first_and_second_click_match_the_low_res_segmenter(session: Session, model_files: dict[str, Path]) -> None:
     clicks = [(200, 150), (330, 260)]
-    assert session.click(*clicks[0], "positive") == "1 prompt"
+    assert session.click(*clicks[0], "positive") == "1 prompt: positive click at (200, 150)"
     first = session.outputs()
     session.click(*clicks[1], "negative")
     second = session.outputs()
@@ -113,6 +113,23 @@ def test_box_prompt_is_two_corners(session: Session, model_files: dict[str, Path
     got = session.outputs()["base"]
     assert torch.equal(got.masks, expected.masks[0])
     torch.testing.assert_close(got.iou_pred, expected.iou_pred[0])
+
+
+def test_a_drag_is_the_box_of_its_two_corners(session: Session) -> None:
+    session.click(400, 300, "box")  # a half-made two-click box: the drag ends it
+    assert session.drag(400, 300, 120, 80) == "1 prompt: box (120, 80)-(400, 300)"
+    assert session.events == [Box(120, 80, 400, 300)] and session.pending is None
+    dragged = {name: o.masks.clone() for name, o in session.outputs().items()}
+    session.reset()
+    session.click(120, 80, "box")
+    session.click(400, 300, "box")
+    assert all(torch.equal(o.masks, dragged[name]) for name, o in session.outputs().items())
+    dh, dw = session.image.display_size
+    session.reset()
+    assert session.drag(-50, 10, dw + 80, dh + 5) == f"1 prompt: box (0, 10)-({dw - 1}, {dh - 1})"
+    assert "no area" in session.drag(30, 40, 30, 90) and len(session.events) == 1
+    session.undo()
+    assert session.events == []
 
 
 def test_undo_restores_the_previous_state_exactly(session: Session) -> None:

@@ -11,10 +11,11 @@ from PIL import Image
 
 from lora_sam.app.images import DISPLAY_SIDE, MAX_SIDE, ImageError, load_image_file
 from lora_sam.app.models import ModelBank
-from lora_sam.app.session import Point, Session
+from lora_sam.app.session import Box, Point, Session
 from lora_sam.evaluation.run import build_segmenters
 
 gr = pytest.importorskip("gradio")
+from lora_sam.app.gestures import parse_gesture  # noqa: E402
 from lora_sam.app.ui import Page, build_page, scores_table  # noqa: E402
 
 
@@ -92,3 +93,28 @@ def test_an_adapter_that_does_not_fit_gives_build_segmenters_text(model_files: d
 def test_the_page_builds(bank) -> None:
     blocks = build_page(bank)
     assert isinstance(blocks, gr.Blocks)
+
+
+def test_right_click_and_drag_reach_the_session(page_and_session: tuple[Page, Session]) -> None:
+    page, session = page_and_session
+    assert page.on_gesture(session, "negative 300 120 #1")[1] == "2 prompts: negative click at (300, 120)"
+    assert page.on_gesture(session, "box 10 20 110 90 #2")[1] == "3 prompts: box (10, 20)-(110, 90)"
+    assert session.events == [Point(200, 150, 1), Point(300, 120, 0), Box(10, 20, 110, 90)]
+    for junk in ("", "erase 1 2 #3", "box 1 2 3 #4", "negative x y #5"):
+        assert "unknown gesture" in page.on_gesture(session, junk)[1]
+    assert "outside the image" in page.on_gesture(session, "negative -3 5 #6")[1]
+    assert len(session.events) == 3
+    assert parse_gesture("box 1 2 3 4.5 #7") == ("box", [1.0, 2.0, 3.0, 4.5])
+
+
+def test_a_20000_px_square_upload_gets_a_message_and_loses_nothing(page_and_session: tuple[Page, Session],
+                                                                    tmp_path: Path) -> None:
+    page, session = page_and_session
+    Image.new("1", (20000, 20000)).save(tmp_path / "huge.png")  # 400 M pixels, a small file
+    files = sorted(tmp_path.iterdir())
+    before = (session.image, list(session.events))
+    status = page.on_upload(session, str(tmp_path / "huge.png"))[1]
+    assert status.startswith("cannot use this file: huge.png: too large to decode safely") and "shrink it" in status
+    assert (session.image, session.events) == before and sorted(tmp_path.iterdir()) == files
+    page.on_click(session, "positive", _select(100, 100))
+    assert len(session.events) == 2 and set(session.outputs()) == set(session.bank.names)

@@ -106,7 +106,8 @@ def load_image_file(path: str | Path, image_size: tuple[int, int], name: str | N
     except FileNotFoundError as err:
         raise ImageError(f"{name}: file not found") from err
     except Image.DecompressionBombError as err:
-        raise ImageError(f"{name}: too large to decode safely ({err})") from err
+        raise ImageError(f"{name}: too large to decode safely ({err}); shrink it (SAM works at 1024 px: a "
+                         f"longest side of {MAX_SIDE} px is plenty) and upload it again") from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise ImageError(f"{name}: not an image that can be read (PNG, JPEG, ... expected): {err}") from err
     note = ""

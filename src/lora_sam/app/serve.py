@@ -3,7 +3,9 @@
 Gradio is an optional extra (``pip install "lora_sam[app]"``): this module imports it only when the
 page starts, so ``lora-sam app --help`` answers without it. ``--run DIR`` takes the models of a
 ``lora-sam compare`` / ``lora-sam demo`` folder: the base of ``DIR/compare.json``,
-``DIR/lora/adapter.safetensors`` and ``DIR/full/model.pth``, and its data for the image list.
+``DIR/lora/adapter.safetensors`` and ``DIR/full/model.pth``, and its data for the image list. With no
+model option at all, the page takes ``runs/demo`` that way when ``lora-sam demo`` has written it, and the
+built-in base alone otherwise.
 """
 
 from __future__ import annotations
@@ -17,22 +19,30 @@ from typing import Any
 
 from lora_sam.model import DEFAULT_IMAGE_SIZE
 
-__all__ = ["INSTALL_HINT", "add_arguments", "resolve_settings", "run"]
+__all__ = ["DEMO_RUN", "INSTALL_HINT", "add_arguments", "resolve_settings", "run"]
 
 INSTALL_HINT = 'pip install "lora_sam[app]"'
+DEMO_RUN = Path("runs/demo")
+"""Where ``lora-sam demo`` writes by default (its ``--out``): the page's models when none is named."""
 
 
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The models and data of the page: the options, filled in from ``--run DIR`` where not given.
 
+    With no ``--run``, ``--checkpoint``, ``--adapter`` or ``--full``, ``runs/demo`` (``DEMO_RUN``, relative to
+    the working folder) is the run when its ``compare.json`` exists.
+
     Returns {"model_type", "checkpoint", "image_size": (H, W), "adapters": [path], "fulls": [path],
-    "data": root or None}.
+    "data": root or None, "run": the run folder used or None}.
     """
     settings: dict[str, Any] = {"model_type": args.model_type, "checkpoint": args.checkpoint,
                                 "image_size": args.image_size, "adapters": list(args.adapter),
-                                "fulls": list(args.full), "data": args.data}
-    if args.run is not None:
-        run_dir = Path(args.run)
+                                "fulls": list(args.full), "data": args.data, "run": args.run}
+    named = args.checkpoint is not None or args.adapter or args.full
+    if args.run is None and not named and (DEMO_RUN / "compare.json").is_file():
+        settings["run"] = str(DEMO_RUN)
+    if settings["run"] is not None:
+        run_dir = Path(settings["run"])
         record = run_dir / "compare.json"
         if not record.is_file():
             raise FileNotFoundError(f"{record} not found: --run takes a folder written by lora-sam compare or demo")
@@ -70,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"training resolution (default {DEFAULT_IMAGE_SIZE[0]} {DEFAULT_IMAGE_SIZE[1]})")
     parser.add_argument("--run", default=None, metavar="DIR",
                         help="a lora-sam compare / demo folder: its base, lora/adapter.safetensors, "
-                             "full/model.pth and data (options given explicitly win)")
+                             "full/model.pth and data (options given explicitly win; default: runs/demo when "
+                             "lora-sam demo has written it and no model option is given)")
     parser.add_argument("--data", default=None, metavar="ROOT",
                         help="a dataset with ground-truth masks to pick images from (SA-1B folder, COCO, cache)")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
@@ -92,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lora_sam.app.images import DatasetImages
     from lora_sam.app.models import ModelBank
-    from lora_sam.app.ui import build_page
+    from lora_sam.app.ui import launch_page
     from lora_sam.data.annotations import DataError
 
     if args.threads:
@@ -106,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, DataError) as err:
         print(f"lora-sam app: error: {err}", file=sys.stderr)
         return 2
+    if args.run is None and settings["run"] is not None:
+        print(f"lora-sam app: the models of {settings['run']} (lora-sam demo's results); --checkpoint, --adapter, "
+              "--full or --run choose others")
     print(f"lora-sam app: {', '.join(bank.names)} at {bank.image_size[0]}x{bank.image_size[1]} on {bank.device}")
-    build_page(bank, data).launch(server_name=args.host, server_port=args.port, share=args.share)
+    launch_page(bank, data, server_name=args.host, server_port=args.port, share=args.share)
     return 0

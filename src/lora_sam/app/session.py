@@ -1,7 +1,7 @@
 """One page session: the image, its prompts, undo, and every model's answer (no Gradio here).
 
-Prompts are events in pixels of the displayed image: positive and negative clicks, and boxes (two
-clicks give the corners). Every model answers them as ``lora_sam.evaluation.protocol`` does: the first
+Prompts are events in pixels of the displayed image: positive and negative clicks, and boxes (dragged,
+or two clicks as corners). Every model answers them as ``lora_sam.evaluation.protocol`` does: the first
 prompt (a click or a box) with the 3 multimask outputs, the one with the highest predicted IoU kept;
 each later prompt with all clicks so far (and the box, if any) plus the kept mask's low-resolution
 logits as mask prompt, answered by SAM's single-mask output. A point maps from the displayed image to
@@ -26,7 +26,7 @@ from lora_sam.app.models import RESOLUTIONS, ModelBank, Resolution, display_logi
 from lora_sam.evaluation.segmenters import Segmenter
 from lora_sam.metrics import mask_iou
 
-__all__ = ["MODES", "Box", "Mode", "Output", "Point", "Session"]
+__all__ = ["MODES", "Box", "Mode", "Output", "Point", "Session", "describe"]
 
 Mode = Literal["positive", "negative", "box"]
 MODES: tuple[Mode, ...] = ("positive", "negative", "box")
@@ -52,6 +52,13 @@ class Box:
 
 
 Event = Point | Box
+
+
+def describe(event: Event) -> str:
+    """``positive click at (x, y)``, ``negative click at (x, y)`` or ``box (x0, y0)-(x1, y1)``."""
+    if isinstance(event, Point):
+        return f"{'positive' if event.label else 'negative'} click at ({event.x}, {event.y})"
+    return f"box ({event.x0}, {event.y0})-({event.x1}, {event.y1})"
 
 
 @dataclass
@@ -119,9 +126,25 @@ class Session:
             return "box: now click the opposite corner"
         if mode == "box":
             (ax, ay), self.pending = self.pending, None
-            event: Event = Box(min(ax, px), min(ay, py), max(ax, px), max(ay, py))
-        else:
-            event = Point(px, py, 1 if mode == "positive" else 0)
+            return self._add(Box(min(ax, px), min(ay, py), max(ax, px), max(ay, py)), snapshot)
+        return self._add(Point(px, py, 1 if mode == "positive" else 0), snapshot)
+
+    def drag(self, x0: float, y0: float, x1: float, y1: float) -> str:
+        """A box dragged from (x0, y0) to (x1, y1) of the displayed image, corners in either order;
+        ends a half-made two-click box. Corners past the image's edge are clamped to it."""
+        if self.image is None:
+            return "load an image first"
+        dh, dw = self.image.display_size
+        xs = sorted(min(max(int(v), 0), dw - 1) for v in (x0, x1))
+        ys = sorted(min(max(int(v), 0), dh - 1) for v in (y0, y1))
+        if xs[0] == xs[1] or ys[0] == ys[1]:
+            return "the dragged box has no area inside the image: nothing changed"
+        snapshot = (tuple(self.events), self.pending)
+        self.pending = None
+        return self._add(Box(xs[0], ys[0], xs[1], ys[1]), snapshot)
+
+    def _add(self, event: Event, snapshot: tuple[tuple[Event, ...], tuple[int, int] | None]) -> str:
+        """Append ``event`` and answer it; on a model error restore ``snapshot`` (events, pending)."""
         self.events.append(event)
         try:
             self.outputs()
@@ -129,7 +152,7 @@ class Session:
             self.events, self.pending = list(snapshot[0]), snapshot[1]
             return f"the models could not answer this prompt ({err}); nothing changed"
         self.history.append(snapshot)
-        return f"{len(self.events)} prompt{'s' if len(self.events) > 1 else ''}"
+        return f"{len(self.events)} prompt{'s' if len(self.events) > 1 else ''}: {describe(event)}"
 
     def undo(self) -> str:
         if not self.history:

@@ -12,21 +12,22 @@ from typing import Any
 
 import gradio as gr
 
+from lora_sam.app.gestures import PAGE_JS, parse_gesture
 from lora_sam.app.images import DatasetImages, ImageError, load_image_file
 from lora_sam.app.models import ModelBank
 from lora_sam.app.overlay import model_view, prompt_view
 from lora_sam.app.session import MODES, Session
 from lora_sam.data.annotations import DataError
 
-__all__ = ["EXTRA_SLOTS", "build_page", "scores_table"]
+__all__ = ["EXTRA_SLOTS", "build_page", "launch_page", "scores_table"]
 
 EXTRA_SLOTS = 2
 """Room on the page for models added from it ("Add a model")."""
 IMAGE_HEIGHT = 440
 """Height in CSS pixels of the image to click on and of each model's picture."""
-HELP = ("Upload an image (or pick one of the dataset), then click on it: a positive click adds to the mask, "
-        "a negative one removes, box mode takes two clicks as corners. The first prompt shows SAM's 3 outputs "
-        "with their predicted IoU (the kept one framed); later clicks refine the kept mask.")
+HELP = ("Upload an image (or pick one of the dataset), then click on it: a left click adds a positive point "
+        "(or what the click mode says), a right click a negative one, and a drag draws a box. The first prompt "
+        "shows SAM's 3 outputs with their predicted IoU (the kept one framed); later clicks refine the kept mask.")
 MODE_LABELS = [("positive click", "positive"), ("negative click", "negative"), ("box (two clicks)", "box")]
 
 
@@ -99,6 +100,15 @@ class Page:
         x, y = evt.index if isinstance(evt.index, list | tuple) else (-1, -1)
         return self.redraw(session, session.click(float(x), float(y), mode))  # type: ignore[arg-type]
 
+    def on_gesture(self, session: Session, text: str) -> list[Any]:
+        """A right click (negative point) or a drag (box) that ``PAGE_JS`` sent."""
+        gesture = parse_gesture(text)
+        if gesture is None:
+            return self.redraw(session, f"unknown gesture {text!r}: nothing changed")
+        kind, numbers = gesture
+        message = session.click(*numbers, "negative") if kind == "negative" else session.drag(*numbers)
+        return self.redraw(session, message)
+
     def on_add(self, session: Session, path: str | None) -> list[Any]:
         if not path:
             return self.redraw(session, "no file received")
@@ -119,12 +129,15 @@ def _controls(page: Page) -> dict[str, Any]:
         parts["gt"] = gr.Dropdown([], value=None, label="ground-truth mask", visible=False, elem_id="gt-mask")
         parts["add"] = gr.UploadButton("Add a model (.safetensors / .pth)", elem_id="add-model")
     with gr.Row():
-        parts["mode"] = gr.Radio(MODE_LABELS, value=MODES[0], label="click mode", elem_id="mode")
+        parts["mode"] = gr.Radio(MODE_LABELS, value=MODES[0], label="left-click mode", elem_id="mode")
         low = "training resolution {}x{} (LowResSegmenter)".format(*page.bank.image_size)
         parts["resolution"] = gr.Radio([(low, "low"), ("1024 px (SamPredictor)", "1024")], value="low",
                                        label="resolution", elem_id="resolution")
         parts["undo"] = gr.Button("Undo", elem_id="undo")
         parts["reset"] = gr.Button("Reset", elem_id="reset")
+    # filled and clicked by PAGE_JS for a right click or a drag (in the page, never shown)
+    parts["gesture"] = gr.Textbox(visible="hidden", elem_id="gesture")
+    parts["gesture_send"] = gr.Button(visible="hidden", elem_id="gesture-send")
     return parts
 
 
@@ -136,13 +149,13 @@ def build_page(bank: ModelBank, data: DatasetImages | None = None) -> gr.Blocks:
         gr.Markdown(f"### lora-sam: compare {', '.join(bank.names)}\n{HELP}")
         parts = _controls(page)
         with gr.Row():
-            prompt = gr.Image(label="click here", type="numpy", interactive=False, elem_id="prompt", scale=3,
-                              height=IMAGE_HEIGHT)
+            prompt = gr.Image(label="click here", type="numpy", format="png", interactive=False, elem_id="prompt",
+                              scale=3, height=IMAGE_HEIGHT)
             with gr.Column(scale=2):
                 status = gr.Markdown(elem_id="status")
                 scores = gr.Markdown(elem_id="scores")
-        with gr.Row():
-            slots = [gr.Image(label=name, type="numpy", interactive=False, elem_id=f"model-{i}",
+        with gr.Row():  # PNG: the pictures arrive exactly as drawn (Gradio's default WebP is lossy)
+            slots = [gr.Image(label=name, type="numpy", format="png", interactive=False, elem_id=f"model-{i}",
                               visible=i < len(bank.names), height=IMAGE_HEIGHT)
                      for i, name in enumerate(bank.names + [""] * EXTRA_SLOTS)]
         outputs = [state, status, prompt, *slots, scores]
@@ -152,8 +165,17 @@ def build_page(bank: ModelBank, data: DatasetImages | None = None) -> gr.Blocks:
         parts["gt"].input(lambda s, i: page.redraw(s, s.set_gt(i)), [state, parts["gt"]], outputs)
         parts["add"].upload(page.on_add, [state, parts["add"]], outputs)
         prompt.select(page.on_click, [state, parts["mode"]], outputs)
+        parts["gesture_send"].click(page.on_gesture, [state, parts["gesture"]], outputs)
         parts["resolution"].change(lambda s, r: page.redraw(s, s.set_resolution(r)), [state, parts["resolution"]],
                                    outputs)
         parts["undo"].click(lambda s: page.redraw(s, s.undo()), [state], outputs)
         parts["reset"].click(lambda s: page.redraw(s, s.reset()), [state], outputs)
+    return blocks
+
+
+def launch_page(bank: ModelBank, data: DatasetImages | None = None, **launch_options: Any) -> gr.Blocks:
+    """Build the page and serve it with its right-click and drag script (``PAGE_JS``); ``launch_options``
+    go to ``gr.Blocks.launch`` (``server_name``, ``server_port``, ``prevent_thread_lock``, ...)."""
+    blocks = build_page(bank, data)
+    blocks.launch(js=PAGE_JS, **launch_options)
     return blocks

@@ -55,12 +55,14 @@ def _interior(mask: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def _click(chrome: webdriver.Chrome, x: int, y: int, size: tuple[int, int]) -> None:
-    """Click pixel (x, y) of the displayed image (``size`` = (dh, dw)) wherever the page shows it."""
+def _click(chrome: webdriver.Chrome, x: int, y: int, size: tuple[int, int], right: bool = False) -> None:
+    """Click (or right-click) pixel (x, y) of the displayed image (``size`` = (dh, dw)) wherever the page
+    shows it."""
     image = chrome.find_element(By.CSS_SELECTOR, "#prompt img")
     shown_w, shown_h = image.size["width"], image.size["height"]
     dx, dy = (x + 0.5) * shown_w / size[1] - shown_w / 2, (y + 0.5) * shown_h / size[0] - shown_h / 2
-    ActionChains(chrome).move_to_element_with_offset(image, round(dx), round(dy)).click().perform()
+    actions = ActionChains(chrome).move_to_element_with_offset(image, round(dx), round(dy))
+    (actions.context_click() if right else actions.click()).perform()
 
 
 def _choose(chrome: webdriver.Chrome, elem_id: str, text: str) -> None:
@@ -81,7 +83,7 @@ def main() -> None:
     add_arguments(parser)
     parser.add_argument("--image-index", type=int, default=0, help="which dataset image (default 0)")
     parser.add_argument("--mask", type=int, default=None, help="ground-truth mask (default: the largest)")
-    parser.add_argument("--second-click", action="store_true", help="add a negative click off the mask")
+    parser.add_argument("--second-click", action="store_true", help="add a negative click (a right click) off the mask")
     parser.add_argument("--resolution", choices=("low", "1024"), default="low")
     parser.add_argument("--window", type=int, nargs=2, default=(1500, 1300), metavar=("W", "H"))
     parser.add_argument("--out", type=Path, default=Path("docs/images/app.png"))
@@ -113,8 +115,7 @@ def main() -> None:
         _click(chrome, *_interior(target), loaded.display_size)
         _wait_status(chrome, "1 prompt")
         if args.second_click:
-            chrome.find_element(By.XPATH, "//*[@id='mode']//label[contains(., 'negative click')]").click()
-            _click(chrome, *_interior(~target), loaded.display_size)
+            _click(chrome, *_interior(~target), loaded.display_size, right=True)
             _wait_status(chrome, "2 prompts")
         time.sleep(2)  # let the pictures arrive
         args.out.parent.mkdir(parents=True, exist_ok=True)

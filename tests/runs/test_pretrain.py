@@ -98,3 +98,16 @@ def test_resuming_with_a_new_total_of_steps_ends_the_schedule_there(tmp_path: Pa
     assert state["scheduler"]["_last_lr"][0] == pytest.approx(CONFIG.lr * CONFIG.final_lr_fraction)
     with pytest.raises(ValueError, match="at least"):
         pretrain(tmp_path, data, replace(CONFIG, steps=1), progress=False)
+
+
+def test_init_starts_from_the_given_checkpoint(tmp_path: Path, data: Path, tiny_checkpoint: Path) -> None:
+    official = torch.load(tiny_checkpoint, weights_only=True)
+    frozen = pretrain(tmp_path / "frozen", data, replace(CONFIG, steps=1, lr=0.0, init=str(tiny_checkpoint)),
+                      progress=False)  # lr 0: the step changes nothing, so the output is the start
+    out = torch.load(frozen["checkpoint"], weights_only=True)
+    assert out.keys() == official.keys() and all(torch.equal(out[k], official[k]) for k in official)
+    moved = pretrain(tmp_path / "moved", data, replace(CONFIG, steps=1, init=str(tiny_checkpoint)), progress=False)
+    assert frozen["config"]["init"] == str(tiny_checkpoint)
+    out = torch.load(moved["checkpoint"], weights_only=True)
+    changed = [k for k in official if not torch.equal(out[k], official[k])]
+    assert changed and max(float((out[k] - official[k]).abs().max()) for k in changed) < 0.05  # one small step

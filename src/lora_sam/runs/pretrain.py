@@ -4,7 +4,9 @@
     nohup lora-sam pretrain runs/pretrain --data runs/pretrain/data > runs/pretrain/log.txt &
     lora-sam pretrain runs/pretrain --data runs/pretrain/data       # again: resumes from last.pt
 
-The model is the official ``Sam`` (``model_type``, ``tiny`` by default) from random weights.
+The model is the official ``Sam`` (``model_type``, ``tiny`` by default) from random weights, or
+from an official checkpoint (``--init``: a longer training in two runs, the second with a fresh
+optimiser, warm-up and cosine schedule).
 Every step trains at one of ``sizes`` (drawn from (seed, step) with ``size_weights``): one
 position table of SAM's 64x64 grid is kept and resized bicubically, with gradients, to each
 size's patch grid, so the same weights serve 160x256 and SamPredictor's 1024x1024 frame.
@@ -69,6 +71,7 @@ class PretrainConfig:
     seed: int = 0
     save_every_s: float = 300.0
     log_every: int = 25
+    init: str | None = None  # an official checkpoint to start from instead of random weights
 
     def __post_init__(self) -> None:
         if len(self.sizes) != len(self.size_weights) or not self.sizes:
@@ -90,9 +93,8 @@ class PretrainConfig:
         return cls(**clean)
 
     def recipe(self) -> RecipeOptions:
-        return RecipeOptions(iterations=self.iterations, point_prob=self.point_prob,
-                             masks_per_image=self.masks_per_image, focal_weight=self.focal_weight,
-                             dice_weight=self.dice_weight, iou_weight=self.iou_weight)
+        """The recipe options this config names (the fields the two share); the rest at their defaults."""
+        return RecipeOptions.from_mapping(asdict(self))
 
 
 class _Resize(nn.Module):
@@ -243,7 +245,8 @@ def pretrain(out: str | Path, data: str | Path, config: PretrainConfig = Pretrai
     out.mkdir(parents=True, exist_ok=True)
     last = out / "checkpoints" / "last.pt"
     torch.manual_seed(config.seed)
-    sam = build_sam(config.model_type, "random", (ORIGINAL_SIZE, ORIGINAL_SIZE)).train()
+    start = "random" if config.init is None else config.init  # last.pt, when there is one, replaces it
+    sam = build_sam(config.model_type, start, (ORIGINAL_SIZE, ORIGINAL_SIZE)).train()
     switch = ResolutionSwitch(sam)
     optimizer = torch.optim.AdamW(sam.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
@@ -338,7 +341,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=default.batch_size,
                         help=f"images per step (default {default.batch_size})")
     parser.add_argument("--lr", type=float, default=default.lr, help=f"peak learning rate (default {default.lr:g})")
-    parser.add_argument("--seed", type=int, default=default.seed, help=f"default {default.seed}")
+    parser.add_argument("--warmup-steps", type=int, default=default.warmup_steps,
+                        help=f"linear warm-up steps (default {default.warmup_steps})")
+    parser.add_argument("--seed", type=int, default=default.seed,
+                        help=f"seed of the batches and prompts (default {default.seed}; give another with --init, "
+                             "so the new steps do not replay the first run's)")
+    parser.add_argument("--init", default=None, metavar="CHECKPOINT",
+                        help="start from this official-format checkpoint (e.g. an earlier base.pth, or 'builtin') "
+                             "with a fresh optimiser and schedule, instead of random weights")
     parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
                         help="checkpoint and stop after this many minutes (run again to go on)")
     parser.add_argument("--export", action="store_true",
@@ -348,7 +358,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config = PretrainConfig(model_type=args.model_type, steps=args.steps, batch_size=args.batch_size,
-                                lr=args.lr, seed=args.seed)
+                                lr=args.lr, warmup_steps=args.warmup_steps, seed=args.seed, init=args.init)
         if args.export:
             export_last(args.out, args.data, config)
         else:

@@ -27,9 +27,26 @@ _RECIPE_KEYS = ("batch_size", "masks_per_image", "iterations", "point_prob", "lr
                 "final_lr_fraction", "weight_decay", "grad_clip", "focal_weight", "dice_weight", "iou_weight", "seed")
 
 
+_STAGE_KEYS = ("steps", "seconds", "hours", "device", "train_images", "synth_command", "pretrain_command", "commit",
+               "schedule", "recipe", "note")
+
+
+def _stages(previous: dict[str, Any] | None, card: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs that made the weights, first to last: those of ``previous`` (a card) and this one."""
+    earlier = [] if previous is None else previous.get("stages") or [{k: previous.get(k) for k in _STAGE_KEYS}]
+    return [*earlier, {k: card.get(k) for k in _STAGE_KEYS}]
+
+
 def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str, pretrain_command: str,
-         out_dir: Path = WEIGHTS_DIR, commit: str | None = None, note: str = "") -> dict[str, Any]:
-    """Copy ``run_dir/base.pth`` to ``out_dir`` and write the two card files; returns the card."""
+         out_dir: Path = WEIGHTS_DIR, commit: str | None = None, note: str = "",
+         previous: str | Path | None = None) -> dict[str, Any]:
+    """Copy ``run_dir/base.pth`` to ``out_dir`` and write the two card files; returns the card.
+
+    ``previous``: the card of the weights this run started from (``lora-sam pretrain --init``), read
+    before it is replaced; the new card lists both runs (``stages``) and counts steps, time and
+    training images over all of them.
+    """
+    earlier = None if previous is None else json.loads(Path(previous).read_text())
     run_dir = Path(run_dir)
     record = json.loads((run_dir / "pretrain.json").read_text())
     config = record["config"]
@@ -48,6 +65,10 @@ def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str,
         "synth_command": synth_command, "pretrain_command": pretrain_command, "commit": commit,
         "schedule": record.get("schedule"), "note": note,
     }
+    if earlier is not None:
+        card["stages"] = _stages(earlier, card)
+        for key in ("steps", "seconds", "hours", "train_images"):
+            card[key] = sum(stage[key] or 0 for stage in card["stages"])
     if quality:
         q = json.loads(Path(quality).read_text())
         card["metrics"] = {"source": q["source"], "target": q["target"]}
@@ -55,6 +76,22 @@ def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str,
     (target.parent / "model_card.json").write_text(json.dumps(card, indent=1))
     (target.parent / "MODEL_CARD.md").write_text(card_markdown(card))
     return card
+
+
+def _made_lines(card: dict[str, Any]) -> list[str]:
+    """The data and training commands of each run that made the weights."""
+    stages = card.get("stages") or [{k: card.get(k) for k in _STAGE_KEYS}]
+    lines = []
+    for number, stage in enumerate(stages, start=1):
+        head = f"- Run {number} of {len(stages)}: " if len(stages) > 1 else "- "
+        commit = f" (commit `{stage['commit']}`)" if stage.get("commit") else ""
+        lines += [f"{head}data `{stage['synth_command']}` ({stage['train_images']} images of the `scenes` domain: "
+                  "whole / part / sub-part hierarchies, occlusion, textures, touching same-colour objects, thin "
+                  "shapes, SA-1B shapes);",
+                  f"  training `{stage['pretrain_command']}`{commit}: {stage['steps']:,} steps in "
+                  f"{stage['hours']:.2f} h on {stage['device']}, lr {stage['recipe']['lr']:g}."
+                  + (f" {stage['note']}" if stage.get("note") else "")]
+    return lines
 
 
 def card_markdown(card: dict[str, Any]) -> str:
@@ -67,10 +104,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         "data**. It is not Meta's SAM and was never trained on real images: it is the base that `lora-sam demo`, "
         "the learning tests and `benchmarks/quality.py` fine-tune, so that what fine-tuning does can be measured.", "",
         "## How it was made", "",
-        f"- Data: `{card['synth_command']}` ({card['train_images']} images of the `scenes` domain: whole / part / "
-        "sub-part hierarchies, occlusion, textures, touching same-colour objects, thin shapes, SA-1B shapes).",
-        f"- Training: `{card['pretrain_command']}`" + (f" (commit `{card['commit']}`)" if card.get("commit") else ""),
-        f"- {card['steps']:,} AdamW steps in {card['hours']:.2f} h on {card['device']}; resolutions {sizes}, "
+        *_made_lines(card),
+        f"- {card['steps']:,} AdamW steps in {card['hours']:.2f} h in all; resolutions {sizes}, "
         "one 64x64 position table resized to each (so the file is the official 1024 px format).",
         f"- Recipe: SAM's interactive training (`lora_sam.recipe`): a point (p = {r['point_prob']}) or a noisy box, "
         f"then up to {r['iterations']} iterations of error-region clicks with the previous logits fed back; "
@@ -78,8 +113,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"{r['dice_weight']:g} x dice + {r['iou_weight']:g} x IoU-head MSE; lr {r['lr']:g}, {r['warmup_steps']} "
         f"warm-up steps, cosine to {r['final_lr_fraction']:g} x; weight decay {r['weight_decay']:g}; gradient "
         f"clipping {r['grad_clip']:g}; seed {r['seed']}.",
-        f"- File: {card['bytes'] / 1e6:.1f} MB, sha256 `{card['sha256']}`.",
-        *([f"- History: {card['note']}"] if card.get("note") else []), "",
+        f"- File: {card['bytes'] / 1e6:.1f} MB, sha256 `{card['sha256']}`.", "",
     ]
     if card.get("targets"):
         rows = [[t["target"], f"{t['value']:.3f}", t["goal"],
@@ -102,9 +136,12 @@ def main() -> None:
     parser.add_argument("--pretrain", required=True, help="the command that trained the model")
     parser.add_argument("--commit", default=None, help="the commit of the code that trained it")
     parser.add_argument("--note", default="", help="how the run went (restarts, schedule changes, threads)")
+    parser.add_argument("--previous", default=None, metavar="CARD",
+                        help="model_card.json of the weights the run started from (pretrain --init), to list both "
+                             "runs; give a copy, since the shipped card is replaced")
     args = parser.parse_args()
     card = ship(args.run_dir, args.quality, synth_command=args.synth, pretrain_command=args.pretrain,
-                commit=args.commit, note=args.note)
+                commit=args.commit, note=args.note, previous=args.previous)
     print(f"wrote {WEIGHTS_DIR / card['name']} ({card['bytes'] / 1e6:.1f} MB) and its model card")
 
 

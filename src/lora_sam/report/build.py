@@ -66,9 +66,12 @@ def _builtin_description(demo: dict[str, Any]) -> str:
     card = demo["base"].get("card") or {}
     made = ""
     if card:
-        made = (f", {card['steps']:,} steps of `lora-sam pretrain` from random weights at "
+        stages = card.get("stages") or [card]
+        runs = f" in {len(stages)} runs (each from the one before)," if len(stages) > 1 else ""
+        devices = "; ".join(dict.fromkeys(str(stage["device"]) for stage in stages))
+        made = (f", {card['steps']:,} steps of `lora-sam pretrain` from random weights{runs} at "
                 f"{', '.join('x'.join(map(str, s)) for s in card['sizes'])} on {card['train_images']:,} synthetic "
-                f"scenes, {card['hours']:.2f} h on {card['device']}")
+                f"scenes, {card['hours']:.2f} h on {devices}")
     text = (f"**Base model: the built-in `tiny` SAM (`{Path(demo['base']['checkpoint']).name}`, the official SAM "
             f"classes with small dimensions{made}). It is not Meta's SAM: it was pretrained here, by this "
             "project, on its own synthetic scenes (its model card, `MODEL_CARD.md` beside the weights, has the "

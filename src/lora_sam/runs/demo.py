@@ -36,7 +36,7 @@ from lora_sam.model import DEFAULT_IMAGE_SIZE
 
 __all__ = ["DEFAULT", "QUICK", "RUN_TIME", "TRAIN_BASE", "DemoConfig", "add_arguments", "run", "run_demo"]
 
-RUN_TIME = "about 5 minutes on 2 CPU cores"
+RUN_TIME = "2 to 5 minutes on 2 CPU cores"
 """How long the demo runs with ``DEFAULT``."""
 
 

@@ -157,6 +157,10 @@ def test_upload_click_and_see_a_mask_per_model(driver: webdriver.Chrome, url: st
     # the models' weights differ, so must their masks, and so the pictures
     assert not torch.equal(reference.outputs()["base"].masks, reference.outputs()["lora:adapter"].masks)
     assert not np.array_equal(shown["base"], shown["lora:adapter"])
+    # the page as the README shows it (docs/images/app.png is benchmarks/app_screenshot.py's, on the demo)
+    shot = Path(os.environ.get("LORA_SAM_SCREENSHOT_DIR", tmp_path)) / "app_test.png"
+    assert driver.save_screenshot(str(shot))
+    assert Image.open(shot).size[0] >= 1000
 
 
 def test_right_click_is_negative_and_a_drag_is_a_box(driver: webdriver.Chrome, url: str, bank, photo: np.ndarray,

@@ -43,6 +43,10 @@ def test_a_click_draws_every_model_and_the_scores(page_and_session: tuple[Page, 
         assert slot["label"].startswith(name) and slot["value"].shape == (dh + round(dh * (dw // 3) / dw), dw, 3)
     assert scores == scores_table(session) and all(f"| {name} | " in scores for name in session.bank.names)
     assert all(line.count(" / ") == 2 for line in scores.splitlines()[2:])  # 3 outputs after the first click
+    assert session.set_show_outputs(False) == "the kept mask only"
+    hidden = [slot for slot in page.redraw(session, "ok")[3:-1] if slot.get("visible")]
+    assert all(slot["value"].shape == (*session.image.display_size, 3) for slot in hidden)
+    session.set_show_outputs(True)
     page.on_click(session, "positive", _select(250, 160))
     assert all(" / " not in line for line in scores_table(session).splitlines()[2:])
 

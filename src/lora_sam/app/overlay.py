@@ -89,16 +89,17 @@ def _output_lines(output: Output, index: int) -> list[str]:
     return lines
 
 
-def model_view(image: LoadedImage, output: Output | None, events: Sequence[Point | Box] = ()) -> np.ndarray:
-    """One model's picture: the kept mask on the image, with the prompts; after the first prompt a row
-    of the 3 multimask outputs below it, each with its predicted IoU (and ground-truth IoU), the kept
-    one framed in green."""
+def model_view(image: LoadedImage, output: Output | None, events: Sequence[Point | Box] = (),
+               show_outputs: bool = True) -> np.ndarray:
+    """One model's picture: the kept mask on the image, with the prompts; after the first prompt (and
+    with ``show_outputs``) a row of the 3 multimask outputs below it, each with its predicted IoU (and
+    ground-truth IoU), the kept one framed in green."""
     if output is None:
         return image.display.copy()
     masks = (output.display > 0).numpy()
     main = draw_prompts(_tint(image.display, masks[output.kept], MASK), events, None)
     _caption(main, _output_lines(output, output.kept))
-    if not output.multimask:
+    if not output.multimask or not show_outputs:
         return main
     dh, dw = image.display_size
     tw, th = dw // 3, max(1, round(dh * (dw // 3) / dw))

@@ -97,6 +97,7 @@ class Session:
         self.history: list[tuple[tuple[Event, ...], tuple[int, int] | None]] = []
         self.resolution: Resolution = "low"
         self.gt_index: int | None = None
+        self.show_outputs = True  # draw the 3 outputs of the first prompt under each model's mask
         self._memo: dict[tuple, Output] = {}
 
     # ------------------------------------------------------------------ state changes
@@ -175,6 +176,10 @@ class Session:
             self._encode()
         return "1024 px: the original SAM pipeline (SamPredictor)" if resolution == "1024" else \
             f"training resolution {self.bank.image_size[0]}x{self.bank.image_size[1]}"
+
+    def set_show_outputs(self, show: bool) -> str:
+        self.show_outputs = bool(show)
+        return "the 3 outputs shown" if self.show_outputs else "the kept mask only"
 
     def set_gt(self, index: int | None) -> str:
         if index is None:

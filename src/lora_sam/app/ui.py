@@ -69,7 +69,8 @@ class Page:
                 slots.append(gr.update(visible=False))
                 continue
             name = self.bank.names[index]
-            picture = None if image is None else model_view(image, outputs.get(name), session.events)
+            picture = None if image is None else model_view(image, outputs.get(name), session.events,
+                                                             show_outputs=session.show_outputs)
             slots.append(gr.update(value=picture, label=f"{name} at {resolution}", visible=True))
         return [session, message, prompt, *slots, scores_table(session)]
 
@@ -133,6 +134,8 @@ def _controls(page: Page) -> dict[str, Any]:
         low = "training resolution {}x{} (LowResSegmenter)".format(*page.bank.image_size)
         parts["resolution"] = gr.Radio([(low, "low"), ("1024 px (SamPredictor)", "1024")], value="low",
                                        label="resolution", elem_id="resolution")
+        parts["outputs"] = gr.Checkbox(True, label="show SAM's 3 outputs of the first prompt",
+                                       elem_id="show-outputs")
         parts["undo"] = gr.Button("Undo", elem_id="undo")
         parts["reset"] = gr.Button("Reset", elem_id="reset")
     # filled and clicked by PAGE_JS for a right click or a drag (in the page, never shown)
@@ -168,6 +171,8 @@ def build_page(bank: ModelBank, data: DatasetImages | None = None) -> gr.Blocks:
         parts["gesture_send"].click(page.on_gesture, [state, parts["gesture"]], outputs)
         parts["resolution"].change(lambda s, r: page.redraw(s, s.set_resolution(r)), [state, parts["resolution"]],
                                    outputs)
+        parts["outputs"].input(lambda s, v: page.redraw(s, s.set_show_outputs(v)), [state, parts["outputs"]],
+                               outputs)
         parts["undo"].click(lambda s: page.redraw(s, s.undo()), [state], outputs)
         parts["reset"].click(lambda s: page.redraw(s, s.reset()), [state], outputs)
     return blocks

@@ -235,8 +235,9 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# long: one training loop
 def pretrain(out: str | Path, data: str | Path, config: PretrainConfig = PretrainConfig(), *,
-             stop_after_s: float | None = None, progress: bool = True) -> dict[str, Any]:  # long: one training loop
+             stop_after_s: float | None = None, progress: bool = True) -> dict[str, Any]:
     """Train (or go on training) into ``out``; see the module docstring. Returns what ``pretrain.json`` holds.
 
     ``stop_after_s`` ends this call (with a checkpoint) after that many seconds, to go on later.
@@ -245,8 +246,7 @@ def pretrain(out: str | Path, data: str | Path, config: PretrainConfig = Pretrai
     out.mkdir(parents=True, exist_ok=True)
     last = out / "checkpoints" / "last.pt"
     torch.manual_seed(config.seed)
-    start = "random" if config.init is None else config.init  # last.pt, when there is one, replaces it
-    sam = build_sam(config.model_type, start, (ORIGINAL_SIZE, ORIGINAL_SIZE)).train()
+    sam = build_sam(config.model_type, config.init or "random", (ORIGINAL_SIZE, ORIGINAL_SIZE)).train()  # or last.pt
     switch = ResolutionSwitch(sam)
     optimizer = torch.optim.AdamW(sam.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))

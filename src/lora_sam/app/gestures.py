@@ -4,9 +4,9 @@ Gradio's image reports a left click (``select``, with the pixel) and nothing els
 when the page loads, listens on the document for the image ``#prompt``:
 
 - a right click (``contextmenu``) sends ``negative X Y`` and keeps the browser's menu closed;
-- a left press (pointer events) that moves more than ``DRAG_PX`` CSS pixels before it is released draws a band while it
-  moves and sends ``box X0 Y0 X1 Y1`` (from the press to the release); the click that the browser
-  fires after such a release is swallowed, so the drag is not also a point.
+- a left press (pointer events) that moves more than ``DRAG_PX`` CSS pixels before it is released
+  draws a band while it moves and sends ``box X0 Y0 X1 Y1`` (from the press to the release); the
+  click that the browser fires after such a release is swallowed, so the drag is not also a point.
 
 Pixels are computed as Gradio computes its ``select`` index (the picture is centred in its element,
 scaled to fit and never enlarged): a right click and a left click on the same spot name the same pixel.

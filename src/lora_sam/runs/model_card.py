@@ -80,7 +80,7 @@ def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str,
 
 def _made_lines(card: dict[str, Any]) -> list[str]:
     """The data and training commands of each run that made the weights."""
-    stages = card.get("stages") or [{k: card.get(k) for k in _STAGE_KEYS}]
+    stages = card.get("stages") or _stages(None, card)
     lines = []
     for number, stage in enumerate(stages, start=1):
         head = f"- Run {number} of {len(stages)}: " if len(stages) > 1 else "- "

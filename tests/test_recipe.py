@@ -210,3 +210,41 @@ def test_options_from_a_run_record() -> None:
     assert RecipeOptions.from_mapping({"min_only": True}).pairing == "min"
     with pytest.raises(ValueError, match="box_output"):
         RecipeOptions(box_output="many")
+
+
+def _scalar_reads(sam, k: int) -> int:
+    """Host reads of a tensor value (``aten._local_scalar_dense``: a device sync on a GPU) during one
+    training step (forward and backward) of one image with ``k`` targets, half points, half boxes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        reads = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                Count.reads += 1
+            return func(*args, **(kwargs or {}))
+
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.zeros(24, *SIZE, dtype=torch.bool)
+    for i in range(24):  # overlapping rectangles, some nested
+        y, x = torch.randint(0, SIZE[0] - 30, (1,), generator=generator), torch.randint(0, SIZE[1] - 40, (1,),
+                                                                                       generator=generator)
+        masks[i, y : y + 10 + i, x : x + 12 + i] = True
+    batch = {"image": torch.rand(1, 3, *SIZE, generator=generator) * 255, "input_size": torch.tensor([SIZE]),
+             "masks": [masks], "targets": [torch.arange(k)], "image_id": ["0"]}
+    with Count():
+        result = interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(1),
+                                  RecipeOptions(masks_per_image=k, point_prob=0.5))
+        result.mean("total").backward()
+    return Count.reads
+
+
+def test_host_syncs_per_step_do_not_grow_with_the_number_of_targets(sam) -> None:
+    """Target assignment, prompt sampling and the losses run on tensors without reading values back per
+    target: K = 16 makes at most 2 more scalar reads than K = 4 (the count itself is the model's and the
+    batch's, not the targets')."""
+    reads_4, reads_16 = _scalar_reads(sam, 4), _scalar_reads(sam, 16)
+    sam.zero_grad(set_to_none=True)
+    print(f"scalar reads per step: K=4 {reads_4}, K=16 {reads_16}")
+    assert reads_16 <= reads_4 + 2

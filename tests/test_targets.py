@@ -10,7 +10,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lora_sam.targets import box_sample, masks_to_boxes, point_candidates, point_sample
+from lora_sam.targets import (
+    box_picks,
+    box_sample,
+    masks_to_boxes,
+    point_candidates,
+    point_picks,
+    point_sample,
+)
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -380,3 +387,34 @@ def test_box_sample_prefers_distinct_masks_and_keeps_the_target() -> None:
     assert any(np.array_equal(m, sub) for m in box_sample(masks, small, include=3))
     # Only near-duplicates: the best of them, repeated.
     assert int(box_sample(masks[:2], box)[0].sum()) == 400
+
+
+@SETTINGS
+@given(nested_masks(), st.data())
+def test_batched_picks_equal_one_prompt_at_a_time(masks: np.ndarray, data: st.DataObject) -> None:
+    """``point_picks`` / ``box_picks`` (K prompts in one call, as the recipe uses them) give, row by row, the
+    masks of ``point_sample`` / ``box_sample`` called once per prompt (each checked above against its
+    brute-force reference), with and without ``include``."""
+    n, height, width = masks.shape
+    k = data.draw(st.integers(1, 6))
+    points = np.array([[data.draw(st.integers(0, width - 1)), data.draw(st.integers(0, height - 1))]
+                       for _ in range(k)], dtype=np.float32)[:, None]
+    boxes = np.array([sorted(data.draw(st.integers(-3, width + 3)) for _ in range(2))
+                      + sorted(data.draw(st.integers(-3, height + 3)) for _ in range(2)) for _ in range(k)],
+                     dtype=np.float32)[:, [0, 2, 1, 3]]
+    include = np.array([data.draw(st.integers(0, n - 1)) for _ in range(k)])
+    m = torch.from_numpy(masks)
+    areas = m.flatten(1).sum(1).float()
+    labels = torch.ones(k, 1, dtype=torch.long)
+    for inc in (None, include):
+        target = None if inc is None else torch.from_numpy(inc)
+        picks, count = point_picks(m, torch.from_numpy(points), labels, areas, include=target)
+        for j in range(k):
+            one = point_sample(masks, points[j], np.ones(1), include=None if inc is None else int(inc[j]))
+            got = masks[picks[j].numpy()] if count[j] > 0 else np.zeros_like(one)
+            assert np.array_equal(got, one)
+        picks, count = box_picks(m, torch.from_numpy(boxes), areas, include=target)
+        for j in range(k):
+            one = box_sample(masks, boxes[j], include=None if inc is None else int(inc[j]))
+            got = masks[picks[j].numpy()] if count[j] > 0 else np.zeros_like(one)
+            assert np.array_equal(got, one)

@@ -36,7 +36,7 @@ from lora_sam.losses import Pairing, assign_outputs, sam_loss
 from lora_sam.metrics import mask_iou
 from lora_sam.promptable import PromptableModel
 from lora_sam.prompts import masks_to_boxes, noisy_boxes, sample_error_points, sample_points
-from lora_sam.targets import box_sample, point_sample
+from lora_sam.targets import box_picks, point_picks
 
 __all__ = ["LOSS_TERMS", "SAM_FRAME", "RecipeOptions", "StepResult", "interactive_step"]
 
@@ -185,7 +185,7 @@ def interactive_step(
         targets = batch["targets"][b][: options.masks_per_image].to(images.device)
         if targets.numel() == 0:
             continue
-        image = _Image(embedding=embeddings[b : b + 1], masks=masks, areas=masks.flatten(1).sum(1),
+        image = _Image(embedding=embeddings[b : b + 1], masks=masks, areas=masks.flatten(1).sum(1).float(),
                        boxes=masks_to_boxes(masks), frame=tuple(images.shape[-2:]))
         use_point = (torch.rand(len(targets), generator=generator) < options.point_prob).to(masks.device)
         record: dict[str, Any] | None = {"image_id": batch["image_id"][b], "point": [], "box": None} \
@@ -240,8 +240,7 @@ def _point_rounds(step: _Step, image: _Image, targets: Tensor, record: dict[str,
     rounds = o.iterations + o.mask_only_iterations
     for it in range(1, rounds + 1):
         first = it == 1
-        gt = torch.stack([point_sample(image.masks, p, lab, areas=image.areas, include=t)
-                          for p, lab, t in zip(points, labels, targets.tolist())]) if first else None
+        gt = image.masks[point_picks(image.masks, points, labels, image.areas, include=targets)[0]] if first else None
         low_chosen, chosen, paired = _decode_and_score(step, image, it, gt, target, points=points, labels=labels,
                                                        mask_input=mask_input)
         if record is not None:
@@ -265,8 +264,8 @@ def _box_round(step: _Step, image: _Image, targets: Tensor, record: dict[str, An
     cap = o.box_noise_cap * max(h, w) / SAM_FRAME  # the image's longest side is SAM_FRAME px in SAM's frame
     boxes = noisy_boxes(image.boxes[targets].float(), step.generator, image_size=(h, w),
                         std_fraction=o.box_noise_std, max_noise=cap)
-    gt = torch.stack([box_sample(image.masks, box, areas=image.areas, mask_boxes=image.boxes, include=t)
-                      for box, t in zip(boxes, targets.tolist())]) if o.box_output == "multi" else None
+    gt = image.masks[box_picks(image.masks, boxes, image.areas, mask_boxes=image.boxes, include=targets)[0]] \
+        if o.box_output == "multi" else None
     _, chosen, paired = _decode_and_score(step, image, 1, gt, target, boxes=boxes)
     if record is not None:
         record["box"] = {"boxes": boxes.cpu(), "gt": (gt if gt is not None else target[:, None]).cpu(),

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ArrayLike = np.ndarray | torch.Tensor
 
-__all__ = ["box_sample", "masks_to_boxes", "point_candidates", "point_sample"]
+__all__ = ["box_picks", "box_sample", "masks_to_boxes", "point_candidates", "point_picks", "point_sample"]
 
 
 def masks_to_boxes(masks: ArrayLike) -> ArrayLike:
@@ -49,7 +50,7 @@ def point_candidates(all_masks: ArrayLike, points_coords: ArrayLike, points_labe
     """
     m, is_numpy = _as_tensor(all_masks)
     mb = m.bool()
-    ok = _candidates(mb, points_coords, points_label) & mb.flatten(1).any(dim=1)
+    ok = _candidates(mb, *_one_prompt(mb, points_coords, points_label))[0] & mb.flatten(1).any(dim=1)
     return ok.numpy() if is_numpy else ok
 
 
@@ -99,37 +100,44 @@ def point_sample(
     m, is_numpy = _as_tensor(all_masks)
     if m.shape[0] == 0:
         return _empty_result(m, is_numpy)
-    picks, n, area = _point_picks(m, points_coords, points_label, areas)
-    if include is not None:
-        target = torch.as_tensor(int(include), device=m.device)
-        picks = torch.stack([picks[0], torch.where((picks == target).any(), picks[1], target), picks[2]])
-        picks = torch.where(n > 0, picks[torch.sort(area[picks], descending=True, stable=True).indices],
-                            target.expand(3))
-        n = n.clamp(min=1)
-    picked = m[picks]
-    out = torch.where(n > 0, picked, torch.zeros_like(picked))
+    target = None if include is None else torch.as_tensor([int(include)], device=m.device)
+    picks, n = point_picks(m.bool(), *_one_prompt(m, points_coords, points_label), _areas(m, areas), include=target)
+    picked = m[picks[0]]
+    out = torch.where(n[0] > 0, picked, torch.zeros_like(picked))
     return out.numpy() if is_numpy else out
 
 
-def _point_picks(masks: torch.Tensor, points_coords: ArrayLike, points_label: ArrayLike,
-                 areas: ArrayLike | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``point_sample``'s rule: (largest, middle, smallest) candidate indices (3,), the candidate count
-    and the areas (N,); the indices mean nothing when the count is 0."""
-    m = masks
-    ok = _candidates(m.bool(), points_coords, points_label)
-    area = _areas(m, areas)
-    ok = ok & (area > 0)
-    order = torch.sort(torch.where(ok, area, -1.0), descending=True, stable=True).indices
-    n = ok.sum()
-    last = (n - 1).clamp(min=0)
-    largest, smallest = order[0], order[last]
-    log_area = area[order].clamp(min=1.0).log()
-    target = 0.5 * (log_area[0] + log_area[last])
-    rank = torch.arange(order.shape[0], device=order.device)
+def point_picks(masks: torch.Tensor, points: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor, *,
+                include: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``point_sample``'s rule for K prompts at once, as indices into ``masks``, without host syncs.
+
+    Arguments:
+      masks: (N, H, W) bool; areas: (N,) their pixel counts.
+      points: (K, P, 2) (x, y) pixels; labels: (K, P) in {1, 0, -1}.
+      include: optional (K,) int64 index of the mask each prompt must keep among its 3.
+
+    Returns:
+      picks (K, 3) int64 mask indices, areas non-increasing, and the candidate count (K,) (at least
+      1 with ``include``); a row with count 0 means nothing (``point_sample`` returns all False).
+    """
+    ok = _candidates(masks, points, labels) & (areas > 0)  # (K, N)
+    order = torch.sort(torch.where(ok, areas, -1.0), dim=1, descending=True, stable=True).indices  # (K, N)
+    n = ok.sum(1)
+    last = (n - 1).clamp(min=0)[:, None]  # (K, 1)
+    largest, smallest = order[:, 0], order.gather(1, last)[:, 0]
+    log_area = areas[order].clamp(min=1.0).log()
+    middle_area = 0.5 * (log_area[:, :1] + log_area.gather(1, last))
+    rank = torch.arange(order.shape[1], device=order.device)
     inner = (rank > 0) & (rank < last)
-    distance = torch.where(inner, (log_area - target).abs(), torch.full_like(log_area, float("inf")))
-    middle = torch.where(n >= 3, order[distance.argmin()], smallest)
-    return torch.stack([largest, middle, smallest]), n, area
+    distance = torch.where(inner, (log_area - middle_area).abs(), torch.full_like(log_area, float("inf")))
+    middle = torch.where(n >= 3, order.gather(1, distance.argmin(1, keepdim=True))[:, 0], smallest)
+    picks = torch.stack([largest, middle, smallest], dim=1)  # (K, 3)
+    if include is None:
+        return picks, n
+    target = include.to(picks.device).long()[:, None]
+    picks[:, 1:2] = torch.where((picks == target).any(1, keepdim=True), picks[:, 1:2], target)
+    picks = picks.gather(1, torch.sort(areas[picks], dim=1, descending=True, stable=True).indices)
+    return torch.where(n[:, None] > 0, picks, target.expand(-1, 3)), n.clamp(min=1)
 
 
 def box_sample(
@@ -180,63 +188,100 @@ def box_sample(
     m, is_numpy = _as_tensor(all_masks)
     if m.shape[0] == 0:
         return _empty_result(m, is_numpy)
-    mb = m.bool()
-    area = _areas(m, areas)
-    ranking = _box_candidates(mb, area, bbox, mask_boxes, min_inside)
-    chosen = _distinct(mb, ranking, include, duplicate_iou)
-    if not chosen:
-        return _empty_result(m, is_numpy)
-    areas_list = area.tolist()
-    chosen.sort(key=lambda i: -areas_list[i])  # stable: equal areas keep their rank
-    out = m[torch.tensor(chosen + [chosen[-1]] * (3 - len(chosen)), device=m.device)]
+    box = torch.as_tensor(bbox, dtype=torch.float32, device=m.device).reshape(1, 4)
+    target = None if include is None else torch.as_tensor([int(include)], device=m.device)
+    picks, count = box_picks(m.bool(), box, _areas(m, areas), mask_boxes=mask_boxes, include=target,
+                             min_inside=min_inside, duplicate_iou=duplicate_iou)
+    picked = m[picks[0]]
+    out = torch.where(count[0] > 0, picked, torch.zeros_like(picked))
     return out.numpy() if is_numpy else out
 
 
-def _box_candidates(masks: torch.Tensor, area: torch.Tensor, bbox: ArrayLike, mask_boxes: ArrayLike | None,
-                    min_inside: float) -> list[int]:
-    """Indices of the masks ``box_sample`` may choose, best first (rules 1 to 3)."""
+def box_picks(
+    masks: torch.Tensor,
+    boxes: torch.Tensor,
+    areas: torch.Tensor,
+    *,
+    mask_boxes: ArrayLike | None = None,
+    include: torch.Tensor | None = None,
+    min_inside: float = 0.8,
+    duplicate_iou: float = 0.9,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``box_sample``'s rule for K boxes at once, as indices into ``masks``, without host syncs.
+
+    Arguments:
+      masks: (N, H, W) bool; areas: (N,) their pixel counts; mask_boxes: optional (N, 4) their boxes.
+      boxes: (K, 4) XYXY box prompts.
+      include: optional (K,) int64 index of the mask each box must keep among its 3.
+
+    Returns:
+      picks (K, 3) int64 mask indices, areas non-increasing, padded with the smallest, and the number
+      of distinct masks chosen (K,); a row with count 0 means nothing (``box_sample``: all False).
+    """
+    ranked, free = _box_candidates(masks, areas, boxes, mask_boxes, min_inside)  # (K, N) each, best first
+    with torch.autocast(masks.device.type, enabled=False):
+        flat = masks.flatten(1).float()  # (N, P); pixel counts by float32 matmuls, exact below 2^24 pixels
+    slots, valid = [], []
+    for _ in range(3):  # greedy: the best candidate left, then its near-duplicates are passed over
+        slots.append(ranked.gather(1, free.to(torch.uint8).argmax(1, keepdim=True))[:, 0])  # first True by rank
+        valid.append(free.any(1))
+        free = free & ~_same(flat, slots[-1], ranked, duplicate_iou)
+    chosen, ok = torch.stack(slots, 1), torch.stack(valid, 1)  # (K, 3)
+    if include is not None:
+        chosen, ok = _force_include(flat, chosen, ok, include.to(chosen.device).long(), duplicate_iou)
+    key = torch.where(ok, areas[chosen], -1.0)
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices  # stable: equal areas keep their rank
+    chosen, ok = chosen.gather(1, order), ok.gather(1, order)
+    count = ok.sum(1)
+    smallest = chosen.gather(1, (count - 1).clamp(min=0)[:, None])
+    return torch.where(ok, chosen, smallest), count
+
+
+def _box_candidates(masks: torch.Tensor, area: torch.Tensor, boxes: torch.Tensor, mask_boxes: ArrayLike | None,
+                    min_inside: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rules 1 to 3 for K boxes: every mask index ranked best first (K, N), and whether the mask at each
+    rank may be chosen (K, N)."""
     n_masks, height, width = masks.shape
-    boxes = _boxes(masks) if mask_boxes is None else torch.as_tensor(mask_boxes, device=masks.device).float()
-    box = torch.as_tensor(bbox, dtype=torch.float32).reshape(4)
-    box = torch.stack([box[[0, 2]].min(), box[[1, 3]].min(), box[[0, 2]].max(), box[[1, 3]].max()])
-    iou = _box_iou(boxes, box.to(masks.device)) * (area > 0)
-    x0, y0, x1, y1 = box.round().long().tolist()
-    x0, x1 = max(x0, 0), min(x1, width - 1)
-    y0, y1 = max(y0, 0), min(y1, height - 1)
-    if x0 <= x1 and y0 <= y1:
-        in_box = masks[:, y0 : y1 + 1, x0 : x1 + 1].sum(dim=(1, 2)).float()
-    else:
-        in_box = torch.zeros_like(area)
+    own = _boxes(masks) if mask_boxes is None else torch.as_tensor(mask_boxes, device=masks.device).float()
+    b = boxes.to(masks.device).float().reshape(-1, 4)
+    b = torch.stack([torch.minimum(b[:, 0], b[:, 2]), torch.minimum(b[:, 1], b[:, 3]),
+                     torch.maximum(b[:, 0], b[:, 2]), torch.maximum(b[:, 1], b[:, 3])], dim=1)  # (K, 4)
+    iou = _box_iou(own, b) * (area > 0)  # (K, N)
+    x0, y0, x1, y1 = b.round().long().unbind(1)
+    x0, x1, y0, y1 = x0.clamp(min=0), x1.clamp(max=width - 1), y0.clamp(min=0), y1.clamp(max=height - 1)
+    nonempty = (x0 <= x1) & (y0 <= y1)
+    x0, x1 = x0.clamp(max=width - 1), x1.clamp(min=0)
+    y0, y1 = y0.clamp(max=height - 1), y1.clamp(min=0)
+    table = F.pad(masks.to(torch.int32).cumsum(1, dtype=torch.int32).cumsum(2, dtype=torch.int32), (1, 0, 1, 0))  # (N, H + 1, W + 1) summed areas
+    in_box = (table[:, y1 + 1, x1 + 1] - table[:, y0, x1 + 1] - table[:, y1 + 1, x0] + table[:, y0, x0]).T  # (K, N)
+    in_box = torch.where(nonempty[:, None], in_box.float(), 0.0)
     inside = in_box >= min_inside * area
     by_area = torch.sort(area, descending=True, stable=True).indices
-    ranking = by_area[torch.sort(iou[by_area], descending=True, stable=True).indices]
-    best = ranking[0]
-    allowed = (iou > 0) & (inside | (torch.arange(n_masks, device=masks.device) == best))
-    return ranking[allowed[ranking]].tolist()
+    ranked = by_area[torch.sort(iou[:, by_area], dim=1, descending=True, stable=True).indices]  # (K, N)
+    allowed = (iou > 0) & (inside | (torch.arange(n_masks, device=masks.device) == ranked[:, :1]))
+    return ranked, allowed.gather(1, ranked)
 
 
-def _distinct(masks: torch.Tensor, ranking: list[int], include: int | None, duplicate_iou: float) -> list[int]:
-    """Up to 3 of ``ranking``, skipping near-duplicates of those taken, with ``include`` forced in (rules 4, 5)."""
+def _same(flat: torch.Tensor, pick: torch.Tensor, others: torch.Tensor, duplicate_iou: float) -> torch.Tensor:
+    """Near-duplicates: whether the mask IoU of ``flat[pick[k]]`` with ``flat[others[k, j]]`` is above
+    ``duplicate_iou`` (K, J); ``flat`` (N, P) float 0/1 masks."""
+    with torch.autocast(flat.device.type, enabled=False):
+        inter = (flat[pick] @ flat.T).gather(1, others)  # (K, J)
+    counts = flat.sum(1)  # (N,)
+    union = counts[pick][:, None] + counts[others] - inter
+    return (union > 0) & (inter > duplicate_iou * union)
 
-    def same(i: int, j: int) -> bool:
-        union = (masks[i] | masks[j]).sum()
-        return bool(union > 0 and (masks[i] & masks[j]).sum() > duplicate_iou * union)
 
-    chosen: list[int] = []
-    for i in ranking:
-        if len(chosen) == 3:
-            break
-        if not any(same(i, j) for j in chosen):
-            chosen.append(i)
-    if include is not None and int(include) not in chosen:
-        twins = [j for j in chosen if same(j, int(include))]
-        if twins:
-            chosen[chosen.index(twins[0])] = int(include)
-        elif len(chosen) < 3:
-            chosen.append(int(include))
-        else:
-            chosen[-1] = int(include)
-    return chosen
+def _force_include(flat: torch.Tensor, chosen: torch.Tensor, ok: torch.Tensor, include: torch.Tensor,
+                   duplicate_iou: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rule 5: ``include`` replaces its first near-duplicate among the chosen, else takes the first free
+    slot, else replaces the lowest-ranked choice."""
+    target = include[:, None]  # (K, 1)
+    present = ((chosen == target) & ok).any(1, keepdim=True)
+    twins = _same(flat, include, chosen, duplicate_iou) & ok  # (K, 3)
+    slot = torch.where(twins.any(1), twins.to(torch.uint8).argmax(1), ok.sum(1).clamp(max=2))  # (K,)
+    put = (torch.arange(3, device=chosen.device) == slot[:, None]) & ~present
+    return torch.where(put, target, chosen), ok | put
 
 
 def _as_tensor(masks: ArrayLike) -> tuple[torch.Tensor, bool]:
@@ -273,24 +318,33 @@ def _boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.where(empty[:, None], boxes.new_tensor([0.0, 0.0, -1.0, -1.0]), boxes)
 
 
-def _box_iou(boxes: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-    """IoU of (N, 4) inclusive XYXY boxes with one (4,) box: (N,)."""
-    iw = (torch.minimum(boxes[:, 2], box[2]) - torch.maximum(boxes[:, 0], box[0]) + 1).clamp(min=0)
-    ih = (torch.minimum(boxes[:, 3], box[3]) - torch.maximum(boxes[:, 1], box[1]) + 1).clamp(min=0)
+def _box_iou(boxes: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    """IoU of (N, 4) inclusive XYXY boxes with (K, 4) boxes: (K, N)."""
+    a, b = boxes[None], prompts[:, None]  # (1, N, 4), (K, 1, 4)
+    iw = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0]) + 1).clamp(min=0)
+    ih = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1]) + 1).clamp(min=0)
     inter = iw * ih
-    area_a = (boxes[:, 2] - boxes[:, 0] + 1).clamp(min=0) * (boxes[:, 3] - boxes[:, 1] + 1).clamp(min=0)
-    area_b = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
+    area_a = (a[..., 2] - a[..., 0] + 1).clamp(min=0) * (a[..., 3] - a[..., 1] + 1).clamp(min=0)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
     return inter / (area_a + area_b - inter).clamp(min=1e-6)
 
 
-def _candidates(masks: torch.Tensor, points_coords: ArrayLike, points_label: ArrayLike) -> torch.Tensor:
+def _one_prompt(masks: torch.Tensor, points_coords: ArrayLike, points_label: ArrayLike
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, 2) points and (P,) or (P, 1) labels of one prompt -> (1, P, 2) and (1, P) on the masks' device."""
+    points = torch.as_tensor(points_coords, device=masks.device).reshape(1, -1, 2)
+    labels = torch.as_tensor(points_label, device=masks.device).reshape(1, -1)
+    if points.shape[1] != labels.shape[1]:
+        raise ValueError(f"{points.shape[1]} points but {labels.shape[1]} labels")
+    return points, labels
+
+
+def _candidates(masks: torch.Tensor, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool masks, (K, P, 2) points and (K, P) labels -> (K, N): the mask holds every foreground
+    point of the prompt and no background point (points rounded to the nearest pixel, clamped)."""
     _, height, width = masks.shape
-    points = torch.as_tensor(points_coords, device=masks.device).reshape(-1, 2).double()
-    labels = torch.as_tensor(points_label, device=masks.device).reshape(-1)
-    if points.shape[0] != labels.shape[0]:
-        raise ValueError(f"{points.shape[0]} points but {labels.shape[0]} labels")
-    x = points[:, 0].round().long().clamp(0, width - 1)
-    y = points[:, 1].round().long().clamp(0, height - 1)
-    hit = masks[:, y, x]  # (N, P)
+    x = points[..., 0].double().round().long().clamp(0, width - 1)
+    y = points[..., 1].double().round().long().clamp(0, height - 1)
+    hit = masks[:, y, x]  # (N, K, P)
     fg, bg = labels == 1, labels == 0
-    return (hit | ~fg).all(dim=1) & ~(hit & bg).any(dim=1)
+    return ((hit | ~fg).all(dim=2) & ~(hit & bg).any(dim=2)).T

@@ -120,6 +120,7 @@ class LoRASAM(pl.LightningModule):
             self.sam.requires_grad_(True)
         self.strict_loading = finetune == "full"  # LoRA checkpoints hold only the trainable tensors
         self._skipped = 0
+        self._val_sums: dict[str, tuple[Tensor, int]] = {}
 
     # ------------------------------------------------------------------ steps
 
@@ -134,36 +135,60 @@ class LoRASAM(pl.LightningModule):
         """``recipe.interactive_step`` on this module's SAM with its options."""
         return interactive_step(SamV1(self.sam), batch, generator, self.recipe, keep_records=keep_records)
 
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def _touch_every_parameter(self) -> Tensor:
+        """0 x the sum of every trainable parameter: added to a loss, it reaches every parameter with a zero
+        gradient, so DDP's gradient all-reduce finds each one in every step's graph (a prompt encoder
+        layer that a step's prompts did not use, say the mask-prompt convs in a step of boxes only)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.stack([p.sum() for p in params]).sum() * 0.0
+
     def _nothing_to_learn(self, stage: str) -> Tensor | None:
         """What a step without a usable loss returns: ``None`` (Lightning skips the batch), except when
         training under DDP, where every rank must run a backward (the gradient all-reduce waits for all
         of them): a zero loss that reaches every trainable parameter, so this rank adds zero gradients."""
-        if stage != "train" or self._trainer is None or self.trainer.world_size <= 1:
+        if stage != "train" or self._world_size() <= 1:
             return None
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.stack([p.sum() for p in params]).sum() * 0.0
+        return self._touch_every_parameter()
+
+    def _nonfinite_ranks(self, total: Tensor) -> list[int]:
+        """The ranks whose loss is not finite, the same list on every rank (one all-gather under DDP)."""
+        finite = torch.isfinite(total.detach()).reshape(1)
+        if self._world_size() > 1:
+            finite = self.all_gather(finite).reshape(-1)
+        return [r for r, ok in enumerate(finite.tolist()) if not ok]
 
     def _shared_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> Tensor | None:
         self._skipped += len(batch.get("skipped", ()))
-        if batch["image"].shape[0] == 0:
-            return self._nothing_to_learn(stage)
-        result = self.interactive_step(batch, self._generator(stage, batch_idx))
-        if not result.terms:
+        distributed = self._world_size() > 1
+        result = self.interactive_step(batch, self._generator(stage, batch_idx)) if batch["image"].shape[0] else None
+        if result is None or not result.terms:
+            if distributed:  # the others may check their loss: take part in the same collective
+                self._nonfinite_ranks(torch.zeros((), device=self.device))
             return self._nothing_to_learn(stage)
         total = result.mean("total")
-        if not torch.isfinite(total):
-            message = (f"non-finite {stage} loss ({float(total)}) at global step {self.global_step}, "
-                       f"batch {batch_idx}, images {batch['image_id']}")
-            if self.hparams.on_nonfinite == "error":
+        bad = self._nonfinite_ranks(total)
+        if bad:
+            where = f" on rank {', '.join(map(str, bad))} of {self._world_size()}" if distributed else ""
+            message = (f"non-finite {stage} loss{where} at global step {self.global_step}, batch {batch_idx}"
+                       + ("" if distributed else f", images {batch['image_id']}"))
+            if self.hparams.on_nonfinite == "error":  # every rank raises the same error: none waits for the others
                 raise FloatingPointError(message + "; lower the learning rate or set on_nonfinite='skip'")
-            warnings.warn(message + ": batch skipped", RuntimeWarning, stacklevel=2)
+            warnings.warn(message + ": batch skipped" + (" on every rank" if distributed else ""), RuntimeWarning,
+                          stacklevel=2)
             return self._nothing_to_learn(stage)
         batch_size = batch["image"].shape[0]
-        on_step = stage == "train"
-        self.log_dict({k: v.detach() for k, v in result.log_values(stage).items()}, on_step=on_step, on_epoch=True,
-                      batch_size=batch_size, sync_dist=not on_step)
-        self.log(f"{stage}_loss", total.detach(), on_step=on_step, on_epoch=True, prog_bar=True,
-                 batch_size=batch_size, sync_dist=not on_step, logger=False)
+        values = {k: v.detach() for k, v in result.log_values(stage).items()}
+        if stage == "train":
+            self.log_dict(values, on_step=True, on_epoch=True, batch_size=batch_size)
+            self.log("train_loss", total.detach(), on_step=True, on_epoch=True, prog_bar=True,
+                     batch_size=batch_size, logger=False)
+            return total + self._touch_every_parameter() if distributed else total
+        for key, value in values.items():  # summed here, reduced over ranks once, at the epoch's end
+            s, n = self._val_sums.get(key, (0.0, 0))
+            self._val_sums[key] = (s + value.double() * batch_size, n + batch_size)
         return total
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
@@ -177,6 +202,28 @@ class LoRASAM(pl.LightningModule):
             warnings.warn(f"{self._skipped} bad samples were skipped this epoch (see the warnings naming them); "
                           f"run 'lora-sam check-data ROOT' for a full report", RuntimeWarning, stacklevel=1)
             self._skipped = 0
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = {}
+
+    def on_validation_epoch_end(self) -> None:
+        """Each ``val/...`` key as the mean over the epoch's images, weighted by images as Lightning's
+        ``on_epoch`` mean is, over every rank: one all-reduce of a fixed list of keys, so ranks whose
+        images drew other prompt kinds (a rank of boxes only has no ``val/it2/...``) still agree."""
+        keys = StepResult.log_keys("val", self.recipe.iterations + self.recipe.mask_only_iterations)
+        sums = torch.zeros(len(keys), 2, dtype=torch.float64, device=self.device)
+        for i, key in enumerate(keys):
+            if key in self._val_sums:
+                s, n = self._val_sums[key]
+                sums[i, 0], sums[i, 1] = s, n
+        if self._world_size() > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        values = {key: (sums[i, 0] / sums[i, 1]).float() for i, key in enumerate(keys) if sums[i, 1] > 0}
+        if values:
+            sync = self._world_size() > 1  # the values are already the same on every rank
+            self.log_dict(values, on_step=False, on_epoch=True, sync_dist=sync)
+            self.log("val_loss", values["val/loss"], on_epoch=True, prog_bar=True, logger=False, sync_dist=sync)
+        self._val_sums = {}
 
     # ------------------------------------------------------------ optimiser
 

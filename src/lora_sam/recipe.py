@@ -127,14 +127,27 @@ class StepResult:
 
     def log_values(self, stage: str) -> dict[str, Tensor]:
         """``{stage}/{loss,focal,dice,iou}``, the same per iteration (``{stage}/it{n}/...``) and mIoU."""
-        short = {"total": "loss"}
         iterations = sorted(self.ious)
-        out = {f"{stage}/{short.get(n, n)}": self.mean(n) for n in LOSS_TERMS}
+        out = {_key(stage, None, n): self.mean(n) for n in LOSS_TERMS}
         for it in iterations:
-            out.update({f"{stage}/it{it}/{short.get(n, n)}": self.mean(n, it) for n in LOSS_TERMS})
+            out.update({_key(stage, it, n): self.mean(n, it) for n in LOSS_TERMS})
             out[f"{stage}/miou_it{it}"] = self.miou(it)
         out[f"{stage}/miou"] = self.miou(iterations[0])
         return out
+
+    @staticmethod
+    def log_keys(stage: str, rounds: int) -> list[str]:
+        """Every key ``log_values`` can give in a run of ``rounds`` decodes per point prompt, in a fixed order
+        (a step logs those of the rounds it ran: box prompts and mask-only runs have fewer)."""
+        keys = [_key(stage, None, n) for n in LOSS_TERMS] + [f"{stage}/miou"]
+        for it in range(1, rounds + 1):
+            keys += [_key(stage, it, n) for n in LOSS_TERMS] + [f"{stage}/miou_it{it}"]
+        return keys
+
+
+def _key(stage: str, iteration: int | None, term: str) -> str:
+    name = "loss" if term == "total" else term
+    return f"{stage}/{name}" if iteration is None else f"{stage}/it{iteration}/{name}"
 
 
 @dataclass

@@ -264,3 +264,29 @@ def test_unmerge_lora_undoes_merge_lora() -> None:
     torch.testing.assert_close(model(x), with_lora, rtol=1e-5, atol=1e-5)
     for k, v in before.items():  # the base weights are the originals again
         torch.testing.assert_close(model.state_dict()[k.replace(".weight", ".base.weight").replace(".bias", ".base.bias")], v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_merge_move_unmerge_follows_the_model(dtype: torch.dtype) -> None:
+    """merge_lora, then a move of the whole model (a dtype on the CPU stands in for .cuda()), then
+    unmerge_lora: the LoRA tensors follow, and the model equals the LoRA model moved the same way."""
+    import copy
+
+    from lora_sam import merge_lora, unmerge_lora
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 4, 2, stride=2),
+                          nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
+    inject_lora(model, 2, 4.0, targets=["0", "2", "4"])
+    for layer in lora_layers(model).values():
+        randomize_b(layer)
+    reference = copy.deepcopy(model).to(dtype)  # the LoRA model, wrappers in the tree, moved
+    merge_lora(model)
+    model.to(dtype)
+    unmerge_lora(model)
+    assert all(p.dtype == dtype for p in model.parameters())
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64).to(dtype)
+    with torch.no_grad():
+        # the merge rounded the float32 weights once: float32 precision, not float64
+        tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float64 else {"rtol": 0.02, "atol": 0.02}
+        torch.testing.assert_close(model(x), reference(x), **tolerance)

@@ -96,16 +96,21 @@ class LoRALayer(nn.Module):
         rather than subtracting a rounded update from a rounded sum."""
         if not self.merged:
             weight = self.base.weight
-            if weight.dtype not in (torch.float32, torch.float64):
-                self._unmerged_weight = weight.detach().clone()
+            if weight.dtype not in (torch.float32, torch.float64):  # a buffer: .to() moves it with the layer
+                self.register_buffer("_unmerged_weight", weight.detach().clone(), persistent=False)
             weight.copy_((weight.float() + self.delta_weight(torch.float32)).to(weight.dtype))
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Take the update back out of ``base.weight`` (exactly, for a low-precision weight)."""
+        """Take the update back out of ``base.weight`` (exactly, for a low-precision weight).
+
+        The LoRA tensors first follow the base weight to its device and dtype: a model merged by
+        ``merge_lora`` holds the base layer alone, so a ``.to()`` / ``.cuda()`` / ``.double()`` of the
+        model in between moved the base weight and not the update."""
         if self.merged:
             weight = self.base.weight
+            self.to(device=weight.device, dtype=weight.dtype)
             saved = getattr(self, "_unmerged_weight", None)
             if saved is not None:
                 weight.copy_(saved)

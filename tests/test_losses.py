@@ -277,3 +277,20 @@ def test_assign_outputs_is_the_permutation_of_lowest_total_loss() -> None:
         assert tuple(found[k].tolist()) == min(itertools.permutations(range(3)), key=total)
     assert torch.equal(found, order)  # each output found the GT it was made from
     assert torch.equal(assign_outputs(logits, gt, "fixed"), torch.arange(3).expand(8, 3))
+
+
+def test_pairing_is_float32_under_autocast() -> None:
+    """bf16 autocast (CPU here, CUDA in training) would run the pairing's matmuls in bf16; evaluation
+    pairs in float32. The table under autocast equals the one without it exactly."""
+    from lora_sam.losses import assign_outputs, pairwise_mask_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 3, 40, 50) * 4
+    gt = torch.rand(6, 3, 40, 50) > 0.6
+    plain = pairwise_mask_loss(logits, gt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = pairwise_mask_loss(logits, gt)
+        paired = assign_outputs(logits, gt)
+    assert under.dtype == torch.float32
+    assert torch.equal(under, plain)
+    assert torch.equal(paired, assign_outputs(logits, gt))

@@ -162,3 +162,22 @@ def test_missing_default_checkpoint_is_a_clear_error(monkeypatch: pytest.MonkeyP
         build_sam("vit_b")
     with pytest.warns(UserWarning, match="RANDOM"):
         build_sam("vit_b", "random", image_size=(160, 256))
+
+
+def test_prompt_encodings_are_float32_under_autocast() -> None:
+    """Point and box positions and the dense positional encoding stay float32 under bf16 autocast (in
+    bf16 a point moves by about half a training pixel), equal to the encodings without autocast."""
+    from lora_sam.model import encode_prompts
+
+    torch.manual_seed(0)
+    sam = build_sam("tiny", "random", (64, 96))
+    points = torch.rand(5, 2, 2) * torch.tensor([95.0, 63.0])
+    labels = torch.tensor([[1, 0]] * 5)
+    boxes = torch.tensor([[3.0, 4.0, 80.5, 60.25]] * 5)
+    mask_input = torch.randn(5, 1, 16, 24).bfloat16()  # logits fed back from a decoder under autocast
+    plain = encode_prompts(sam, points, labels, boxes, mask_input.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = encode_prompts(sam, points, labels, boxes, mask_input)
+    for a, b in zip(under, plain):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -209,20 +209,22 @@ def pairwise_mask_loss(
         gt: (K, J, H, W) bool GT masks.
     Returns:
         (K, M, J): entry [k, m, j] is the loss of output m of prompt k against gt[k, j], equal to
-        ``focal_weight * sigmoid_focal_loss(logits[k, m], gt[k, j]) + dice_weight * dice_loss(...)``.
+        ``focal_weight * sigmoid_focal_loss(logits[k, m], gt[k, j]) + dice_weight * dice_loss(...)``,
+        in float32 under autocast too (which would run the matmuls in bf16), as evaluation computes it.
     """
-    x = logits.float().flatten(2)  # (K, M, P)
-    g = gt.to(x.dtype).flatten(2)  # (K, J, P)
-    prob = torch.sigmoid(x)
-    log_p, log_not_p = F.logsigmoid(x), F.logsigmoid(-x)
-    on = -(1.0 - prob) ** gamma * log_p  # focal of a pixel whose GT is 1
-    off = -prob ** gamma * log_not_p  # ... and 0
-    if alpha >= 0:
-        on, off = on * alpha, off * (1.0 - alpha)
-    pixels = x.shape[-1]
-    focal = (off.sum(-1, keepdim=True) + torch.bmm(on - off, g.transpose(1, 2))) / pixels  # (K, M, J)
-    intersection = torch.bmm(prob, g.transpose(1, 2))
-    dice = 1.0 - (2.0 * intersection + eps) / (prob.sum(-1, keepdim=True) + g.sum(-1)[:, None, :] + eps)
+    with torch.autocast(logits.device.type, enabled=False):
+        x = logits.float().flatten(2)  # (K, M, P)
+        g = gt.to(x.dtype).flatten(2)  # (K, J, P)
+        prob = torch.sigmoid(x)
+        log_p, log_not_p = F.logsigmoid(x), F.logsigmoid(-x)
+        on = -(1.0 - prob) ** gamma * log_p  # focal of a pixel whose GT is 1
+        off = -prob ** gamma * log_not_p  # ... and 0
+        if alpha >= 0:
+            on, off = on * alpha, off * (1.0 - alpha)
+        pixels = x.shape[-1]
+        focal = (off.sum(-1, keepdim=True) + torch.bmm(on - off, g.transpose(1, 2))) / pixels  # (K, M, J)
+        intersection = torch.bmm(prob, g.transpose(1, 2))
+        dice = 1.0 - (2.0 * intersection + eps) / (prob.sum(-1, keepdim=True) + g.sum(-1)[:, None, :] + eps)
     return focal_weight * focal + dice_weight * dice
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "detect_model_type",
     "encode",
     "decode",
+    "encode_prompts",
     "upscale",
     "image_size_of",
     "model_type_of",
@@ -325,6 +326,26 @@ def encode(sam: Sam, image: Tensor, input_size: Tensor | None = None) -> Tensor:
     return sam.image_encoder(x)
 
 
+def encode_prompts(
+    sam: Sam,
+    points: Tensor | None = None,
+    labels: Tensor | None = None,
+    boxes: Tensor | None = None,
+    mask_input: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The prompt encoder's sparse (K, P', C) and dense (K, C, h, w) embeddings and the dense positional
+    encoding (1, C, h, w), in float32 even under autocast: the random-Fourier positional encoding of a
+    point in bf16 would move it by about half a pixel, and evaluation runs in float32."""
+    device = sam.prompt_encoder.point_embeddings[0].weight.device
+    with torch.autocast(device.type, enabled=False):
+        sparse, dense = sam.prompt_encoder(
+            points=(points.float(), labels) if points is not None else None,
+            boxes=boxes.float() if boxes is not None else None,
+            masks=mask_input.float() if mask_input is not None else None,
+        )
+        return sparse, dense, sam.prompt_encoder.get_dense_pe()
+
+
 def decode(
     sam: Sam,
     embedding: Tensor,
@@ -344,14 +365,10 @@ def decode(
     Returns:
         low-resolution logits (K, M, 4h, 4w) and IoU predictions (K, M); M = 3 if multimask else 1.
     """
-    sparse, dense = sam.prompt_encoder(
-        points=(points, labels) if points is not None else None,
-        boxes=boxes,
-        masks=mask_input,
-    )
+    sparse, dense, dense_pe = encode_prompts(sam, points, labels, boxes, mask_input)
     return sam.mask_decoder(
         image_embeddings=embedding,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
+        image_pe=dense_pe,
         sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense,
         multimask_output=multimask,

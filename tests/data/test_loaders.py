@@ -358,3 +358,32 @@ def test_lightning_fit_with_get_loaders(synth_root: Path, tmp_path: Path) -> Non
     trainer.fit(model, train_loader, val_loader)
     assert len(model.seen) == 2 * len(train_loader)
     assert train_loader.sampler.epoch == 2
+
+
+def test_pin_memory_follows_cuda(synthetic_root) -> None:
+    """Page-locked batches when the batches go to a GPU: get_loaders by default when CUDA is available,
+    SAMDataModule when its trainer runs on CUDA; never on a CPU-only run."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.accelerators import CPUAccelerator
+
+    from lora_sam.runs.fit import SAMDataModule
+
+    train, _ = get_loaders(synthetic_root, image_size=(64, 96), num_workers=0)
+    assert train.pin_memory == torch.cuda.is_available()
+    assert get_loaders(synthetic_root, image_size=(64, 96), num_workers=0, pin_memory=True)[0].pin_memory
+    module = SAMDataModule(str(synthetic_root), image_size=(64, 96), num_workers=0)
+    module.trainer = SimpleNamespace(accelerator=CPUAccelerator())
+    assert not module.train_dataloader().pin_memory
+
+
+def test_batch_to_moves_every_tensor_of_a_batch(synthetic_root) -> None:
+    """What the report and pretrain do before a step off the CPU (the meta device stands in for a GPU)."""
+    from lora_sam.data.samples import batch_to
+
+    train, _ = get_loaders(synthetic_root, image_size=(64, 96), num_workers=0, batch_size=2)
+    batch = next(iter(train))
+    moved = batch_to(batch, "meta")
+    tensors = [moved["image"], moved["input_size"], *moved["masks"], *moved["targets"]]
+    assert all(t.device.type == "meta" for t in tensors)
+    assert moved["image_id"] == batch["image_id"] and batch["image"].device.type == "cpu"

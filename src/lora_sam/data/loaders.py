@@ -220,6 +220,7 @@ def get_loaders(
     seed: int = 0,
     strict: bool = False,
     samples_per_epoch: int | None = None,
+    pin_memory: bool | None = None,
     **dataset_options: Any,
 ) -> tuple[DataLoader, DataLoader | None]:
     """Train and val DataLoaders of batches (``docs/contracts.md``) from a data root.
@@ -238,6 +239,7 @@ def get_loaders(
             rank yielding the same share (see ``SA1BShards``); set it for multi-GPU training on
             shards. Other roots are split evenly across ranks by Lightning's sampler already, and
             ignore it.
+        pin_memory: page-locked batches, for faster copies to a GPU (default: when CUDA is available).
         dataset_options: ``max_mask_fraction``, ``min_mask_pixels``, ``fast``, ``image_dir``
             (COCO), ``shuffle_buffer`` (shards).
 
@@ -262,6 +264,7 @@ def get_loaders(
         persistent_workers=workers > 0,
         worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(seed),
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
     )
     if detect_kind(root) == "shards":
         options.pop("image_dir", None)

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -213,3 +214,17 @@ def collate(samples: Sequence[dict | BadSample]) -> dict:
         "image_id": [s["image_id"] for s in good],
         "skipped": skipped,
     }
+
+
+def batch_to(batch: dict, device: str | torch.device, *, non_blocking: bool = False) -> dict:
+    """``collate``'s batch with every tensor, those in its lists included, on ``device`` (what Lightning does
+    before a training step; the report and ``lora-sam pretrain`` call it themselves)."""
+
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(device, non_blocking=non_blocking)
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        return value
+
+    return {key: move(value) for key, value in batch.items()}

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lora_sam.data.samples import batch_to
 from lora_sam.io import markdown_table
 from lora_sam.metrics import mask_iou
 from lora_sam.model import SamV1
@@ -34,12 +35,12 @@ def iterations_section(run: Run, *, targets: int = 3) -> str:
                          seed=run.settings.get("seed", 0))
     if val is None:
         raise Missing(f"validation images in `{run.data_root}`")
-    batch = next(b for b in val if len(b["targets"]) and len(b["targets"][0]))
+    batch = batch_to(next(b for b in val if len(b["targets"]) and len(b["targets"][0])), run.device)
     with torch.no_grad():
         result = interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(0), options, keep_records=True)
     rounds = result.records[0]["point"]
     ih, iw = (int(v) for v in batch["input_size"][0])
-    image = batch["image"][0][:, :ih, :iw]
+    image = batch["image"][0][:, :ih, :iw].cpu()
     areas = rounds[0]["target"].flatten(1).sum(1)
     order = torch.argsort(areas, descending=True).tolist()
     picks = sorted({order[round(i * (len(order) - 1) / max(targets - 1, 1))] for i in range(min(targets, len(order)))},
@@ -83,11 +84,12 @@ def _pairing_table(sam: Any, val: Any, options: Any, *, batches: int = 8) -> lis
     decode, counted over the point and box prompts of the first ``batches`` validation batches."""
     counts = np.zeros((3, 3), dtype=int)
     seen = 0
+    device = next(sam.parameters()).device
     with torch.no_grad():
         for n, batch in enumerate(val):
             if n == batches:
                 break
-            result = interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(n),
+            result = interactive_step(SamV1(sam), batch_to(batch, device), torch.Generator().manual_seed(n),
                                       replace(options, point_prob=0.5, iterations=1), keep_records=True)
             for record in result.records:
                 for first in ([record["point"][0]] if record["point"] else []) + [record["box"]]:

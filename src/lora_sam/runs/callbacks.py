@@ -89,7 +89,8 @@ def _reset_peak_rss() -> bool:
 
 
 class PeakMemory(Callback):
-    """Peak memory of one ``fit``.
+    """Peak memory of one ``fit``, read at ``on_train_end``, before Lightning moves the module back to the
+    CPU, and the device the training ran on (``result["device"]``).
 
     CUDA: ``torch.cuda.max_memory_allocated`` (tensors only, weights included), statistics reset
     at fit start. CPU: the process's peak resident set size (``VmHWM``), reset at fit start, so
@@ -112,8 +113,9 @@ class PeakMemory(Callback):
             reset = _reset_peak_rss()
             self.result = {"kind": "cpu peak RSS (VmHWM)" + ("" if reset else ", not reset: upper bound"),
                            "start_bytes": _proc_status("VmRSS")}
+        self.result["device"] = str(device)
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         device = pl_module.device
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _proc_status("VmHWM")
         start = self.result.get("start_bytes")

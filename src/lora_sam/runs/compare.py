@@ -118,7 +118,7 @@ def _train(mode: str, out_dir: Path, settings: dict[str, Any], module_options: d
         "checkpoint_file": str(checkpoint),
         "checkpoint_bytes": checkpoint.stat().st_size,
         "metrics_csv": str(run_dir / "metrics.csv"),
-        "device": str(model.device),
+        "device": memory.result.get("device", "n/a"),  # while training (the module is back on the CPU now)
     }
     del model, trainer, train_loader, val_loader
     gc.collect()

@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from torch.utils.data import DataLoader
@@ -56,8 +58,14 @@ class SAMDataModule(pl.LightningDataModule):
             self._loaders = get_loaders(hp.root, image_size=tuple(hp.image_size), batch_size=hp.batch_size,
                                         masks_per_image=hp.masks_per_image, val_fraction=hp.val_fraction,
                                         num_workers=hp.num_workers, seed=hp.seed, strict=hp.strict,
-                                        samples_per_epoch=hp.samples_per_epoch)
+                                        samples_per_epoch=hp.samples_per_epoch, pin_memory=self._on_cuda())
         return self._loaders
+
+    def _on_cuda(self) -> bool:
+        """Whether the trainer runs on CUDA (pinned batches then), else whether CUDA is available."""
+        if self.trainer is None:
+            return torch.cuda.is_available()
+        return isinstance(self.trainer.accelerator, CUDAAccelerator)
 
     def train_dataloader(self) -> DataLoader:
         return self._get()[0]

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from tqdm import tqdm
 
+from lora_sam.data.samples import batch_to
 from lora_sam.io import atomic_path
 from lora_sam.model import ORIGINAL_SIZE, PATCH_SIZE, SamV1, build_sam, check_image_size
 from lora_sam.recipe import RecipeOptions, interactive_step
@@ -237,16 +238,20 @@ def sha256(path: Path) -> str:
 
 # long: one training loop
 def pretrain(out: str | Path, data: str | Path, config: PretrainConfig = PretrainConfig(), *,
-             stop_after_s: float | None = None, progress: bool = True) -> dict[str, Any]:
+             stop_after_s: float | None = None, progress: bool = True,
+             device: str | torch.device | None = None) -> dict[str, Any]:
     """Train (or go on training) into ``out``; see the module docstring. Returns what ``pretrain.json`` holds.
 
-    ``stop_after_s`` ends this call (with a checkpoint) after that many seconds, to go on later.
+    ``stop_after_s`` ends this call (with a checkpoint) after that many seconds, to go on later;
+    ``device``: where the model and the batches go (default: cuda when available).
     """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out, data = Path(out), Path(data)
     out.mkdir(parents=True, exist_ok=True)
     last = out / "checkpoints" / "last.pt"
     torch.manual_seed(config.seed)
     sam = build_sam(config.model_type, config.init or "random", (ORIGINAL_SIZE, ORIGINAL_SIZE)).train()  # or last.pt
+    sam.to(device)
     switch = ResolutionSwitch(sam)
     optimizer = torch.optim.AdamW(sam.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
@@ -263,7 +268,7 @@ def pretrain(out: str | Path, data: str | Path, config: PretrainConfig = Pretrai
     while step < config.steps:
         index = _size_index(config, step)
         switch.set(config.sizes[index])
-        batch = batches.at(step, config.sizes[index])
+        batch = batch_to(batches.at(step, config.sizes[index]), device)
         result = interactive_step(model, batch, torch.Generator().manual_seed(config.seed * 7_919 + step), options)
         if result.terms:
             loss = result.mean("total")
@@ -295,7 +300,7 @@ def pretrain(out: str | Path, data: str | Path, config: PretrainConfig = Pretrai
             return {"step": step, "finished": False}
     bar.close()
     total = seconds + time.perf_counter() - started
-    return _finish(out, data, config, switch, step, total, schedule)
+    return _finish(out, data, config, switch, step, total, schedule, device)
 
 
 def export_last(out: str | Path, data: str | Path, config: PretrainConfig = PretrainConfig()) -> dict[str, Any]:
@@ -314,7 +319,7 @@ def export_last(out: str | Path, data: str | Path, config: PretrainConfig = Pret
 
 
 def _finish(out: Path, data: Path, config: PretrainConfig, switch: ResolutionSwitch, step: int,
-            seconds: float, schedule: list[list[int]]) -> dict[str, Any]:
+            seconds: float, schedule: list[list[int]], device: torch.device | None = None) -> dict[str, Any]:
     base = out / "base.pth"
     with atomic_path(base) as tmp:
         torch.save(switch.official_state_dict(), tmp)
@@ -322,7 +327,7 @@ def _finish(out: Path, data: Path, config: PretrainConfig, switch: ResolutionSwi
     record = {"config": asdict(config), "steps": step, "finished": step >= config.steps, "schedule": schedule, "seconds": round(seconds, 1), "data": str(data),
               "checkpoint": str(base), "sha256": sha256(base), "bytes": base.stat().st_size,
               "parameters": sum(v.numel() for v in switch.official_state_dict().values()),
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": platform.processor() or
+              "threads": torch.get_num_threads(), "device": str(device or "cpu"), "torch": torch.__version__, "cpu": platform.processor() or
               platform.machine(), "python": sys.version.split()[0]}
     (out / "pretrain.json").write_text(json.dumps(record, indent=1))
     print(f"lora-sam pretrain: {step} steps in {seconds / 3600:.2f} h; wrote {base} ({record['bytes'] / 1e6:.1f} MB)")
@@ -351,6 +356,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with a fresh optimiser and schedule, instead of random weights")
     parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
                         help="checkpoint and stop after this many minutes (run again to go on)")
+    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--export", action="store_true",
                         help="train no further: write base.pth and pretrain.json from checkpoints/last.pt as it is")
 
@@ -362,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
         if args.export:
             export_last(args.out, args.data, config)
         else:
-            pretrain(args.out, args.data, config,
+            pretrain(args.out, args.data, config, device=args.device,
                      stop_after_s=None if args.stop_after is None else 60.0 * args.stop_after)
     except (FileNotFoundError, ValueError) as err:
         print(f"lora-sam pretrain: error: {err}", file=sys.stderr)

@@ -151,3 +151,26 @@ def test_short_run_from_the_builtin_base_adapts_it_to_a_new_domain(tmp_path: Pat
           f"val mIoU {before['val/miou']:.3f} -> {after['val/miou']:.3f} (bound +0.015)")
     assert after["val/loss"] < 0.9 * before["val/loss"], (before["val/loss"], after["val/loss"])
     assert after["val/miou"] > before["val/miou"] + 0.015, (before["val/miou"], after["val/miou"])
+
+
+def test_each_ddp_rank_draws_its_own_prompts_and_a_resume_reproduces_them(tiny_checkpoint: Path,
+                                                                         monkeypatch) -> None:
+    """Two simulated ranks at the same step: different prompt streams; the same rank at the same step
+    (a resumed run): the same stream; rank 0's stream is the single-process one."""
+    model = tiny(tiny_checkpoint)
+    alone = model._generator("train", 0).get_state()
+
+    class FakeTrainer:
+        global_rank, global_step = 0, 0
+
+    monkeypatch.setattr(model, "_trainer", FakeTrainer(), raising=False)
+    monkeypatch.setattr(type(model), "trainer", property(lambda self: self._trainer))
+    monkeypatch.setattr(type(model), "global_rank", property(lambda self: self._trainer.global_rank))
+
+    def draws(rank: int) -> torch.Tensor:
+        FakeTrainer.global_rank = rank
+        return torch.rand(8, generator=model._generator("train", 0))
+
+    assert torch.equal(model._generator("train", 0).get_state(), alone)
+    assert not torch.equal(draws(0), draws(1))
+    assert torch.equal(draws(1), draws(1))

@@ -126,11 +126,12 @@ class LoRASAM(pl.LightningModule):
 
     def _generator(self, stage: str, batch_idx: int) -> torch.Generator:
         """The prompt sampler of a step: from (seed, stage, step, rank), so a resumed run draws the prompts it
-        would have drawn, and DDP ranks draw their own (rank 0's stream is the single-process one)."""
+        would have drawn, and DDP ranks draw their own (rank 0's stream is the single-process one; the CPU
+        generator keeps 32 bits of a seed, so ranks are 100_000_007 apart)."""
         step = self.global_step if stage == "train" else batch_idx
         offset = 0 if stage == "train" else 1_000_003
         rank = self.global_rank if self._trainer is not None else 0
-        return torch.Generator().manual_seed(self.hparams.seed * 7_919 + offset + step + rank * 2**40)
+        return torch.Generator().manual_seed(self.hparams.seed * 7_919 + offset + step + rank * 100_000_007)
 
     def interactive_step(
         self, batch: dict[str, Any], generator: torch.Generator, *, keep_records: bool = False

@@ -8,13 +8,13 @@ position tables are resized by the official code at run time. No Linear or Conv 
 changes, so a LoRA trained at low resolution merges into the 1024 px checkpoint.
 
 ``encode`` / ``decode`` / ``upscale`` are the differentiable forward used in training
-(``Sam.forward`` runs under ``torch.no_grad``).
+(``Sam.forward`` runs under ``torch.no_grad``). Where the weights come from (official files, the
+built-in base) is ``lora_sam.checkpoints``.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,6 +23,19 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import Tensor
+
+from lora_sam.checkpoints import (  # re-exported: lora_sam.model has always offered them
+    BUILTIN,
+    BUILTIN_FILES,
+    CHECKPOINT_FILES,
+    DEFAULT_IMAGE_SIZE,
+    PATCH_SIZE,
+    WEIGHTS_DIR,
+    builtin_checkpoint,
+    check_image_size,
+    load_checkpoint,
+    resolve_checkpoint,
+)
 
 __all__ = [
     "SamConfig",
@@ -47,10 +60,7 @@ __all__ = [
     "SamV1",
 ]
 
-PATCH_SIZE = 16
 ORIGINAL_SIZE = 1024
-DEFAULT_IMAGE_SIZE: tuple[int, int] = (160, 256)
-"""The default training resolution (H, W): longest side 256, SA-1B's usual 3:2 aspect, multiples of 16."""
 
 
 @dataclass(frozen=True)
@@ -75,103 +85,10 @@ MODEL_CONFIGS: dict[str, SamConfig] = {
                       decoder_num_heads=4, iou_head_hidden_dim=64),
 }
 
-CHECKPOINT_FILES = {
-    "vit_b": "sam_vit_b_01ec64.pth",
-    "vit_l": "sam_vit_l_0b3195.pth",
-    "vit_h": "sam_vit_h_4b8939.pth",
-}
-CHECKPOINT_ENV = "LORA_SAM_CHECKPOINT"
-HOME_ENV = "LORA_SAM_HOME"
-RANDOM = "random"
-BUILTIN = "builtin"
-BUILTIN_FILES = {"tiny": "sam_tiny_scenes.pth"}
-"""Weights shipped inside the package (``lora_sam/weights/``, with ``MODEL_CARD.md``): a ``tiny`` SAM
-pretrained here on ``lora-sam synth`` scenes (``lora-sam pretrain``), not Meta's weights."""
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
-
-def builtin_checkpoint(model_type: str = "tiny") -> Path:
-    """The path of the shipped checkpoint of ``model_type`` (only ``tiny`` has one)."""
-    if model_type not in BUILTIN_FILES:
-        raise ValueError(f"no built-in weights for {model_type}: only {', '.join(BUILTIN_FILES)} has them; pass "
-                         f"the official checkpoint (https://github.com/facebookresearch/segment-anything)")
-    path = WEIGHTS_DIR / BUILTIN_FILES[model_type]
-    if not path.is_file():
-        raise FileNotFoundError(f"the built-in {model_type} weights {path} are missing from this installation; "
-                                f"reinstall lora_sam, or pass checkpoint='random'")
-    return path
-
-
-def default_home() -> Path:
-    return Path(os.environ.get(HOME_ENV, Path.home() / ".cache" / "lora_sam"))
-
-
 def _check_model_type(model_type: str) -> SamConfig:
     if model_type not in MODEL_CONFIGS:
         raise ValueError(f"unknown model_type {model_type!r}; choose from {', '.join(MODEL_CONFIGS)}")
     return MODEL_CONFIGS[model_type]
-
-
-def check_image_size(image_size: tuple[int, int] | int) -> tuple[int, int]:
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
-    if len(size) != 2 or any(s <= 0 or s % PATCH_SIZE for s in size):
-        raise ValueError(
-            f"image_size must be (H, W) with both sides positive multiples of {PATCH_SIZE}, got {image_size!r}; "
-            f"for example (160, 256) or (1024, 1024)"
-        )
-    return size  # type: ignore[return-value]
-
-
-def resolve_checkpoint(model_type: str, checkpoint: str | os.PathLike | None) -> Path | None:
-    """The checkpoint to load: the argument, then $LORA_SAM_CHECKPOINT, then the default path.
-
-    ``checkpoint="random"`` asks for random weights explicitly (with a warning for vit_*);
-    ``checkpoint="builtin"`` the shipped weights (``builtin_checkpoint``). The ``tiny``
-    configuration has no official weights: without an argument it takes the built-in ones
-    (random when they are not installed).
-    """
-    if checkpoint is not None and str(checkpoint) == RANDOM:
-        if model_type != "tiny":
-            warnings.warn(f"build_sam: {model_type} starts from RANDOM weights (checkpoint='random')",
-                          UserWarning, stacklevel=3)
-        return None
-    if checkpoint is not None and str(checkpoint) == BUILTIN:
-        return builtin_checkpoint(model_type)
-    if checkpoint is not None:
-        return Path(checkpoint)
-    if model_type == "tiny":
-        path = WEIGHTS_DIR / BUILTIN_FILES["tiny"]
-        return path if path.is_file() else None
-    if os.environ.get(CHECKPOINT_ENV):
-        return Path(os.environ[CHECKPOINT_ENV])
-    default = default_home() / CHECKPOINT_FILES[model_type]
-    if default.is_file():
-        return default
-    raise FileNotFoundError(
-        f"no SAM checkpoint for {model_type}: pass checkpoint=PATH, set ${CHECKPOINT_ENV}, or put "
-        f"{CHECKPOINT_FILES[model_type]} at {default} (official files: "
-        f"https://github.com/facebookresearch/segment-anything#model-checkpoints). "
-        f"checkpoint='random' starts from random weights on purpose."
-    )
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read an official SAM checkpoint (a ``state_dict`` saved by ``torch.save``), with clear errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"SAM checkpoint {path} does not exist (or is not a file)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ValueError(
-            f"SAM checkpoint {path} cannot be read ({type(err).__name__}: {err}); the file may be truncated "
-            f"or not a PyTorch checkpoint: download it again"
-        ) from err
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"SAM checkpoint {path} is not a state_dict of tensors (official SAM format)")
-    return state
 
 
 def detect_model_type(state: dict[str, Tensor]) -> str | None:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lora_sam.model import DEFAULT_IMAGE_SIZE
+from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
 
 __all__ = ["DEMO_RUN", "INSTALL_HINT", "add_arguments", "resolve_settings", "run"]
 

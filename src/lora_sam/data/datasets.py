@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
 from lora_sam.data.annotations import (
     BadSample,
     DataError,
@@ -30,7 +31,6 @@ from lora_sam.data.annotations import (
     parse_sa1b,
 )
 from lora_sam.data.samples import Raw, SampleOptions, finish, read_raw
-from lora_sam.model import DEFAULT_IMAGE_SIZE
 
 CACHE_MANIFEST = "lora_sam_cache.json"  # the manifest that marks a folder as a prepared cache
 FORMAT_VERSION = 1  # of the cache layout written by ``lora-sam prepare``

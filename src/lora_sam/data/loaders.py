@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
+from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
 from lora_sam.data.annotations import BadSample, DataError, Problem
 from lora_sam.data.datasets import CACHE_MANIFEST, CachedDataset, CocoInstances, SA1BFolder, SampleDataset
 from lora_sam.data.labels import InstanceFolder, instance_layout
 from lora_sam.data.samples import SampleOptions, collate
 from lora_sam.data.shards import SA1BShards, expand_shards, split_score
-from lora_sam.model import DEFAULT_IMAGE_SIZE
 
 ENV_VAR = "LORA_SAM_DATA"
 DEFAULT_ROOT = "data"
@@ -235,10 +235,8 @@ def get_loaders(
         num_workers: DataLoader workers (default ``min(4, cpu_count - 1)``); persistent when > 0.
         seed: seed of the shuffle and of the target draws.
         strict: raise ``DataError`` on a bad sample instead of skipping it.
-        samples_per_epoch: tar shards only: training samples per epoch over all DDP ranks, each
-            rank yielding the same share (see ``SA1BShards``); set it for multi-GPU training on
-            shards. Other roots are split evenly across ranks by Lightning's sampler already, and
-            ignore it.
+        samples_per_epoch: tar shards only (set it for multi-GPU training on them): training samples per
+            epoch over all DDP ranks, the same share per rank (``SA1BShards``); other roots ignore it.
         pin_memory: page-locked batches, for faster copies to a GPU (default: when CUDA is available).
         dataset_options: ``max_mask_fraction``, ``min_mask_pixels``, ``fast``, ``image_dir``
             (COCO), ``shuffle_buffer`` (shards).

@@ -22,10 +22,10 @@ import torch.distributed as dist
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
 from lora_sam.data.annotations import BadSample, Problem
 from lora_sam.data.datasets import read_sa1b, to_sample
 from lora_sam.data.samples import Raw, SampleOptions
-from lora_sam.model import DEFAULT_IMAGE_SIZE
 
 
 def expand_shards(urls_or_glob: str | Path | Sequence[str | Path]) -> list[str]:

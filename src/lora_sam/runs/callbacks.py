@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, RichProgressBar, TQDMProgressBar
+from pytorch_lightning.utilities.imports import _RICH_AVAILABLE
 
-__all__ = ["PeakMemory", "StepTimer", "quiet_framework"]
+__all__ = ["PeakMemory", "StepTimer", "last_epoch", "progress_bar", "quiet_framework"]
 
 _FRAMEWORK_NOISE = (".*does not have many workers.*", ".*exists and is not empty.*", ".*weights_only.*",
                     ".*LeafSpec.*", ".*val_check_interval.*")
@@ -120,3 +122,39 @@ class PeakMemory(Callback):
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _proc_status("VmHWM")
         start = self.result.get("start_bytes")
         self.result.update(peak_bytes=peak, growth_bytes=None if peak is None or start is None else peak - start)
+
+
+def last_epoch(trainer: pl.Trainer) -> int | None:
+    """The index of the run's last epoch: ``max_epochs - 1``, or what ``max_steps`` allows at the loader's
+    batches per epoch, whichever ends first; None when neither bounds the run."""
+    ends = []
+    if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+        ends.append(trainer.max_epochs - 1)
+    batches = trainer.num_training_batches
+    if trainer.max_steps > 0 and batches not in (0, float("inf")):
+        steps_per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+        ends.append(math.ceil(trainer.max_steps / steps_per_epoch) - 1)
+    return min(ends) if ends else None
+
+
+def _description(trainer: pl.Trainer, current_epoch: int) -> str:
+    last = last_epoch(trainer)
+    return f"Epoch {current_epoch}" + ("" if last is None else f"/{last}")
+
+
+class _RichBar(RichProgressBar):
+    def _get_train_description(self, current_epoch: int) -> str:  # Lightning's reads "Epoch 6/-2" under max_steps
+        text = _description(self.trainer, current_epoch)
+        return f"{text:{len(self.validation_description)}}" if len(self.validation_description) > len(text) else text
+
+
+class _TQDMBar(TQDMProgressBar):
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(_description(trainer, trainer.current_epoch))
+
+
+def progress_bar() -> Callback:
+    """Lightning's progress bar (rich when installed, else tqdm) naming the epoch as "Epoch 6/9", the last
+    epoch counted from ``max_steps`` when that ends the run first."""
+    return _RichBar() if _RICH_AVAILABLE else _TQDMBar()

@@ -38,13 +38,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
+from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
 from lora_sam.evaluation.protocol import json_safe
 from lora_sam.evaluation.run import evaluate_models
 from lora_sam.io import markdown_table
 from lora_sam.metrics import metric_rows
-from lora_sam.model import DEFAULT_IMAGE_SIZE
 from lora_sam.report.numbers import cost_note, cost_table
-from lora_sam.runs.callbacks import PeakMemory, StepTimer, quiet_framework
+from lora_sam.runs.callbacks import PeakMemory, StepTimer, progress_bar, quiet_framework
 
 __all__ = ["MODES", "add_arguments", "compare", "compare_markdown", "run"]
 
@@ -89,7 +89,8 @@ def _train(mode: str, out_dir: Path, settings: dict[str, Any], module_options: d
                       "limit_val_batches": s["val_batches"] or 1.0}
     trainer = pl.Trainer(
         max_steps=s["steps"], accelerator=s["accelerator"], devices=1,
-        logger=CSVLogger(str(out_dir), name=mode, version=""), callbacks=[timer, memory],
+        logger=CSVLogger(str(out_dir), name=mode, version=""),
+        callbacks=[timer, memory, *([progress_bar()] if s["progress"] else [])],
         enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1,
         enable_progress_bar=s["progress"], enable_model_summary=False, default_root_dir=str(out_dir),
         **({"precision": s["precision"]} if s["precision"] else {}), **validation,

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from lora_sam.model import DEFAULT_IMAGE_SIZE
+from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
 
 __all__ = ["DEFAULT", "QUICK", "RUN_TIME", "TRAIN_BASE", "DemoConfig", "add_arguments", "run", "run_demo"]
 

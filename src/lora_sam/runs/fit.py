@@ -16,13 +16,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningCLI
 from torch.utils.data import DataLoader
 
+from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
 from lora_sam.data.loaders import get_loaders
-from lora_sam.model import DEFAULT_IMAGE_SIZE
 from lora_sam.module import LoRASAM
+from lora_sam.runs.callbacks import progress_bar
 
 
 class SAMDataModule(pl.LightningDataModule):
@@ -78,6 +79,13 @@ class _CLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("model.image_size", "data.image_size")
         parser.link_arguments("model.masks_per_image", "data.masks_per_image")
+
+    def before_fit(self) -> None:
+        """Lightning's progress bar swapped for ours, which counts epochs from ``max_steps`` ("Epoch 6/9")."""
+        callbacks = self.trainer.callbacks
+        for i, callback in enumerate(callbacks):
+            if isinstance(callback, ProgressBar) and type(callback) in (RichProgressBar, TQDMProgressBar):
+                callbacks[i] = progress_bar()
 
 
 def trainer_defaults() -> dict[str, Any]:

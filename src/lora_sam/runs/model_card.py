@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from lora_sam.checkpoints import BUILTIN_FILES, WEIGHTS_DIR
 from lora_sam.io import markdown_table
-from lora_sam.model import BUILTIN_FILES, WEIGHTS_DIR
 from lora_sam.runs.pretrain import sha256
 
 __all__ = ["card_markdown", "ship"]

@@ -237,7 +237,7 @@ def get_loaders(
         strict: raise ``DataError`` on a bad sample instead of skipping it.
         samples_per_epoch: tar shards only (set it for multi-GPU training on them): training samples per
             epoch over all DDP ranks, the same share per rank (``SA1BShards``); other roots ignore it.
-        pin_memory: page-locked batches, for faster copies to a GPU (default: when CUDA is available).
+        pin_memory: page-locked batches for a GPU (default: when CUDA is available).
         dataset_options: ``max_mask_fraction``, ``min_mask_pixels``, ``fast``, ``image_dir``
             (COCO), ``shuffle_buffer`` (shards).
 
@@ -254,22 +254,20 @@ def get_loaders(
         strict=strict,
         **dataset_options,
     )
-    workers = default_workers() if num_workers is None else num_workers
-    loader_args: dict[str, Any] = dict(
-        batch_size=batch_size,
-        collate_fn=collate,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(seed),
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-    )
+    loader_args = _loader_args(batch_size, num_workers, seed, pin_memory)
     if detect_kind(root) == "shards":
         options.pop("image_dir", None)
         train, val = _shard_datasets(root, val_fraction, samples_per_epoch, options)
         return DataLoader(train, **loader_args), DataLoader(val, **loader_args) if val is not None else None
     options.pop("shuffle_buffer", None)
     return _map_loaders(root, val_fraction, options, loader_args)
+
+
+def _loader_args(batch_size: int, num_workers: int | None, seed: int, pin_memory: bool | None) -> dict[str, Any]:
+    workers = default_workers() if num_workers is None else num_workers
+    return dict(batch_size=batch_size, collate_fn=collate, num_workers=workers, persistent_workers=workers > 0,
+                worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed),
+                pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)
 
 
 def _map_loaders(root: str, val_fraction: float, options: dict[str, Any],

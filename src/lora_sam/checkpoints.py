@@ -8,9 +8,11 @@ nor the builder.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,6 +26,7 @@ __all__ = [
     "WEIGHTS_DIR",
     "builtin_checkpoint",
     "check_image_size",
+    "fine_tune_defaults",
     "load_checkpoint",
     "resolve_checkpoint",
 ]
@@ -123,3 +126,34 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"SAM checkpoint {path} is not a state_dict of tensors (official SAM format)")
     return state
+
+
+SAM_RECIPE_DEFAULTS: dict[str, Any] = {
+    "lr": {"lora": 1e-4, "full": 1e-4},
+    "warmup_steps": 50,
+    "focal_weight": 20.0,
+    "dice_weight": 1.0,
+    "iou_weight": 1.0,
+}
+"""Fine-tuning defaults for Meta's weights: SAM's 20:1:1 loss, and a learning rate of 1e-4 with 50 warm-up
+steps (not measured on Meta's weights here: they cannot be downloaded in this project's sandbox)."""
+FINE_TUNE_KEYS = ("lr", "warmup_steps", "focal_weight", "dice_weight", "iou_weight")
+
+
+def fine_tune_defaults(model_type: str, checkpoint: str | os.PathLike | None) -> tuple[dict[str, Any], str]:
+    """The fine-tuning settings a run takes when it sets none of them, and where they come from.
+
+    A base shipped in the package carries its own, measured for it, in its model card
+    (``fine_tune_defaults``: the base was pretrained with dice and the IoU head only, and fine-tunes
+    best so); any other start (Meta's checkpoints, a file of one's own, random weights) takes SAM's
+    recipe (``SAM_RECIPE_DEFAULTS``). Returns ``{"lr": {"lora": ..., "full": ...}, "warmup_steps",
+    "focal_weight", "dice_weight", "iou_weight"}`` and a phrase naming the source.
+    """
+    path = resolve_checkpoint(model_type, checkpoint) if model_type in BUILTIN_FILES or checkpoint else None
+    builtin = WEIGHTS_DIR / BUILTIN_FILES.get(model_type, "")
+    if path is not None and builtin.is_file() and Path(path).resolve() == builtin.resolve():
+        card = WEIGHTS_DIR / "model_card.json"
+        found = json.loads(card.read_text()).get("fine_tune_defaults") if card.is_file() else None
+        if found:
+            return {k: found[k] for k in FINE_TUNE_KEYS}, f"the built-in base's model card ({card.name})"
+    return dict(SAM_RECIPE_DEFAULTS), "SAM's recipe (Meta's weights)"

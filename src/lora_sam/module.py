@@ -18,6 +18,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from lora_sam.adapter import save_adapter
+from lora_sam.checkpoints import FINE_TUNE_KEYS, fine_tune_defaults
 from lora_sam.io import atomic_path
 from lora_sam.lora import inject_lora, lora_state_dict
 from lora_sam.model import (
@@ -54,12 +55,16 @@ class LoRASAM(pl.LightningModule):
         point_prob: probability that a target's first prompt is a point rather than a box.
         masks_per_image: at most this many of a sample's target masks per step (the loader draws them;
             ``get_loaders(masks_per_image=...)`` should match, so that no drawn target goes unused).
-        lr, weight_decay, warmup_steps: AdamW with linear warm-up, then constant.
+        lr, weight_decay, warmup_steps: AdamW with linear warm-up, then constant (lr and warm-up: None takes
+            the base's defaults, below).
         pairing: ``optimal`` (default), ``min`` (the SAM paper's min-loss) or ``fixed`` (big to small).
         box_output: ``multi`` (3 outputs against ``box_sample``) or ``single`` (the single-mask output).
         box_noise_std, box_noise_cap: box noise, std as a fraction of the side, cap in 1024 px-frame pixels.
         mask_only_iterations: extra rounds feeding the mask prompt back with no new point (default 0).
-        focal_weight, dice_weight, iou_weight: loss weights (20, 1, 1 as in SAM).
+        focal_weight, dice_weight, iou_weight: loss weights. None: the base's defaults
+            (``checkpoints.fine_tune_defaults``): SAM's 20, 1, 1 for Meta's weights; the built-in base's
+            model card for it (measured for it: it was pretrained without the focal term). A run prints
+            which defaults it took and from where; an explicit argument always wins.
         on_nonfinite: ``"error"`` stops with the step named; ``"skip"`` skips that batch.
         seed: base seed of the prompt sampler (with the global step, so resumed runs reproduce).
     """
@@ -78,17 +83,17 @@ class LoRASAM(pl.LightningModule):
         iterations: int = 3,
         point_prob: float = 0.5,
         masks_per_image: int = 16,
-        lr: float = 1e-4,
+        lr: float | None = None,
         weight_decay: float = 0.01,
-        warmup_steps: int = 50,
+        warmup_steps: int | None = None,
         pairing: Literal["optimal", "min", "fixed"] = "optimal",
         box_output: Literal["multi", "single"] = "multi",
         box_noise_std: float = 0.1,
         box_noise_cap: float = 20.0,
         mask_only_iterations: int = 0,
-        focal_weight: float = 20.0,
-        dice_weight: float = 1.0,
-        iou_weight: float = 1.0,
+        focal_weight: float | None = None,
+        dice_weight: float | None = None,
+        iou_weight: float | None = None,
         on_nonfinite: Literal["error", "skip"] = "error",
         seed: int = 0,
     ) -> None:
@@ -100,14 +105,16 @@ class LoRASAM(pl.LightningModule):
             raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
         if on_nonfinite not in ("error", "skip"):
             raise ValueError(f"on_nonfinite must be 'error' or 'skip', got {on_nonfinite!r}")
+        self.save_hyperparameters()
+        self.hparams["model_type"] = model_type
+        self._take_base_defaults(model_type, checkpoint, finetune)
+        hp = self.hparams
         self.recipe = RecipeOptions(iterations=iterations, point_prob=point_prob, masks_per_image=masks_per_image,
                                     pairing=pairing, box_output=box_output, box_noise_std=box_noise_std,
                                     box_noise_cap=box_noise_cap, mask_only_iterations=mask_only_iterations,
-                                    focal_weight=focal_weight, dice_weight=dice_weight,
-                                    iou_weight=iou_weight)  # validates them
+                                    focal_weight=hp.focal_weight, dice_weight=hp.dice_weight,
+                                    iou_weight=hp.iou_weight)  # validates them
         image_size = (int(image_size[0]), int(image_size[1]))
-        self.save_hyperparameters()
-        self.hparams["model_type"] = model_type
         if checkpoint is None and model_type in BUILTIN_FILES and resolve_checkpoint(model_type, None) is not None:
             rank_zero_info(f"lora_sam: no checkpoint given: {model_type} starts from the built-in base "
                            f"({builtin_checkpoint(model_type)}; pretrained here on synthetic scenes, not Meta's "
@@ -121,6 +128,18 @@ class LoRASAM(pl.LightningModule):
         self.strict_loading = finetune == "full"  # LoRA checkpoints hold only the trainable tensors
         self._skipped = 0
         self._val_sums: dict[str, tuple[Tensor, int]] = {}
+
+    def _take_base_defaults(self, model_type: str, checkpoint: str | None, finetune: str) -> None:
+        """Fill the fine-tuning settings left at None from the base's defaults, say which and from where,
+        and record the values in the hyperparameters (hparams.yaml holds what the run used)."""
+        unset = [k for k in FINE_TUNE_KEYS if self.hparams.get(k) is None]
+        if not unset:
+            return
+        defaults, source = fine_tune_defaults(model_type, checkpoint)
+        for key in unset:
+            self.hparams[key] = defaults[key][finetune] if key == "lr" else defaults[key]
+        shown = ", ".join(f"{k} {self.hparams[k]:g}" for k in unset)
+        rank_zero_info(f"lora_sam: defaults from {source}: {shown} (explicit arguments win)")
 
     # ------------------------------------------------------------------ steps
 

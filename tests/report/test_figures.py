@@ -41,3 +41,23 @@ def test_curves_and_bars(tmp_path: Path) -> None:
     panels = {"total": {"LoRA train": (steps, np.exp(-steps / 5)), "full train": (steps, np.exp(-steps / 3))}}
     _png(plot_curves(panels, tmp_path / "curves.png", title="loss"))
     _png(plot_bars({"mIoU@1": {"LoRA": 0.5, "full": 0.6, "base": None}}, tmp_path / "bars.png", title="bars"))
+
+
+def test_interactive_rounds_crop_to_the_target_with_the_frame_as_inset(tmp_path: Path) -> None:
+    """A target of a few dozen pixels in a 160x256 frame: the panels show a window around it and its
+    points (at least 48 px, the target's size again on each side), and the first panel of each row an
+    inset with the whole frame; a target filling the frame keeps the whole frame and no inset."""
+    from lora_sam.report.figures import _window
+
+    h, w = 160, 256
+    target = torch.zeros(h, w, dtype=torch.bool)
+    target[100:106, 200:210] = True
+    rnd = {"points": torch.tensor([[204.0, 102.0]]), "labels": torch.tensor([1]), "gt": target[None],
+           "pred": target, "target": target}
+    x0, x1, y0, y1 = _window([rnd], (h, w))
+    assert x0 <= 200 and x1 >= 210 and y0 <= 100 and y1 >= 106  # the target inside
+    assert x1 - x0 >= 48 and y1 - y0 >= 48 and (x1 - x0) < w / 2 and (y1 - y0) < h / 2  # a crop
+    full = torch.ones(h, w, dtype=torch.bool)
+    assert _window([{**rnd, "target": full}], (h, w)) == (0, w, 0, h)
+    path = plot_interactive_rounds(torch.rand(3, h, w) * 255, [rnd], tmp_path / "crop.png")
+    assert _png(path).shape[0] > 100

@@ -46,3 +46,21 @@ def test_peak_memory_is_read_before_teardown_and_records_the_training_device() -
     assert order == [f"read after {len(module.moves) - 1} moves"]  # the teardown's .cpu() came after the read
     assert memory.result["device"] == "cpu"
     assert memory.result["peak_bytes"] is not None and memory.result["peak_bytes"] >= memory.result["start_bytes"]
+
+
+def test_the_progress_bar_counts_epochs_from_max_steps() -> None:
+    """Lightning's rich bar read "Epoch 6/-2" when max_steps ends the run (max_epochs -1): ours counts the
+    last epoch from the steps (10 steps of 4 batches: epochs 0..2), or from max_epochs when that ends first."""
+    from types import SimpleNamespace
+
+    from lora_sam.runs.callbacks import last_epoch
+
+    def trainer(max_epochs, max_steps, batches=4, accumulate=1):
+        return SimpleNamespace(max_epochs=max_epochs, max_steps=max_steps, num_training_batches=batches,
+                               accumulate_grad_batches=accumulate)
+
+    assert last_epoch(trainer(-1, 10)) == 2
+    assert last_epoch(trainer(None, 8)) == 1
+    assert last_epoch(trainer(2, 100)) == 1
+    assert last_epoch(trainer(-1, 10, accumulate=2)) == 4
+    assert last_epoch(trainer(-1, -1)) is None

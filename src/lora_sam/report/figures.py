@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.patches import Rectangle
 
 from lora_sam.report import drawing
 
@@ -112,9 +113,9 @@ def plot_interactive_rounds(
       out_path: PNG file to write.
     """
     img = drawing.to_rgb(image)
-    height, width = img.shape[:2]
+    x0, x1, y0, y1 = _window(rounds, img.shape[:2])
     panel = 2.6
-    fig = drawing.new_figure(4 * panel, len(rounds) * panel * height / width + 0.5 + (0.3 if title else 0.0))
+    fig = drawing.new_figure(4 * panel, len(rounds) * panel * (y1 - y0) / (x1 - x0) + 0.5 + (0.3 if title else 0.0))
     axes = np.atleast_2d(fig.subplots(len(rounds), 4))
     for it, (row, rnd) in enumerate(zip(axes, rounds), start=1):
         points, labels = drawing.to_numpy(rnd["points"]).reshape(-1, 2), drawing.to_numpy(rnd["labels"]).reshape(-1)
@@ -134,9 +135,45 @@ def plot_interactive_rounds(
             if len(points) and labels[-1] >= 0:
                 ax.scatter(points[-1:, 0], points[-1:, 1], s=220, facecolors="none", edgecolors=drawing.BOX_COLOR,
                            linewidths=2)
+            ax.set_xlim(x0 - 0.5, x1 - 0.5)
+            ax.set_ylim(y1 - 0.5, y0 - 0.5)
+        _frame_inset(row[0], img, (x0, x1, y0, y1))
     if title:
         fig.suptitle(title, fontsize=10)
     return drawing.save(fig, out_path)
+
+
+def _window(rounds: Sequence[Mapping[str, Any]], shape: tuple[int, int], *, margin: float = 0.6,
+            least: int = 48) -> tuple[int, int, int, int]:
+    """(x0, x1, y0, y1), end exclusive: the target's box and every point, widened by ``margin`` of its size
+    on each side, at least ``least`` px wide and high, inside the image; the whole image when empty."""
+    height, width = shape
+    target = drawing.to_numpy(rounds[0]["target"]).astype(bool)
+    points = np.concatenate([drawing.to_numpy(r["points"]).reshape(-1, 2) for r in rounds])
+    ys, xs = np.nonzero(target)
+    xs, ys = np.concatenate([xs, points[:, 0]]), np.concatenate([ys, points[:, 1]])
+    if not len(xs):
+        return 0, width, 0, height
+    spans = []
+    for lo, hi, size in ((xs.min(), xs.max() + 1, width), (ys.min(), ys.max() + 1, height)):
+        pad = max(margin * (hi - lo), (least - (hi - lo)) / 2, 0)
+        a, b = max(0, int(np.floor(lo - pad))), min(size, int(np.ceil(hi + pad)))
+        spans.append((a, b))
+    (x0, x1), (y0, y1) = spans
+    return x0, x1, y0, y1
+
+
+def _frame_inset(ax: Any, img: np.ndarray, window: tuple[int, int, int, int]) -> None:
+    """The whole frame, small, in the panel's corner, with the window drawn on it (when the panel is a crop)."""
+    x0, x1, y0, y1 = window
+    height, width = img.shape[:2]
+    if (x0, x1, y0, y1) == (0, width, 0, height):
+        return
+    inset = ax.inset_axes([0.64, 0.64, 0.35, 0.35])
+    inset.imshow(img)
+    inset.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="yellow", linewidth=1))
+    inset.set_xticks([])
+    inset.set_yticks([])
 
 
 def _gt_title(c: int, count: int, present: bool, paired: np.ndarray | None) -> str:

@@ -38,7 +38,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
+from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE, fine_tune_defaults
 from lora_sam.evaluation.protocol import json_safe
 from lora_sam.evaluation.run import evaluate_models
 from lora_sam.io import markdown_table
@@ -169,8 +169,8 @@ def compare(
     seed: int = 0,
     batch_size: int = 2,
     masks_per_image: int = 16,
-    lr_lora: float = 1e-3,
-    lr_full: float = 1e-4,
+    lr_lora: float | None = None,
+    lr_full: float | None = None,
     warmup_steps: int | None = None,
     val_every: int | None = None,
     val_fraction: float = 0.1,
@@ -196,7 +196,8 @@ def compare(
             are drawn once from ``seed`` and saved as ``out_dir/base.pth``.
         steps: optimizer steps of each run; ``val_every`` steps between validations (default steps / 10);
             ``val_batches`` caps each validation.
-        rank, alpha: LoRA; lr_lora, lr_full: AdamW learning rates; warmup_steps default min(50, steps / 10).
+        rank, alpha: LoRA; lr_lora, lr_full: AdamW learning rates (default: the base's, as ``LoRASAM``'s);
+            warmup_steps default min(50, steps / 10).
         seed, batch_size, masks_per_image, val_fraction, num_workers: data and sampling, the same for both.
         accelerator, precision: passed to ``pytorch_lightning.Trainer`` (devices=1).
         eval_images, eval_masks_per_image, max_clicks, original: the evaluation
@@ -214,11 +215,13 @@ def compare(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base_path, generated = _base_checkpoint(out, model_type, checkpoint, seed)
+    defaults, source = fine_tune_defaults(model_type, str(base_path))
     settings: dict[str, Any] = {
         "data": resolve_root(data_root), "model_type": model_type,
         "checkpoint": str(base_path), "image_size": [int(image_size[0]), int(image_size[1])], "steps": steps,
         "rank": rank, "alpha": alpha, "seed": seed, "batch_size": batch_size, "masks_per_image": masks_per_image,
-        "lr": {"lora": lr_lora, "full": lr_full},
+        "lr": {"lora": defaults["lr"]["lora"] if lr_lora is None else lr_lora,
+               "full": defaults["lr"]["full"] if lr_full is None else lr_full}, "defaults": source,
         "warmup_steps": min(50, steps // 10) if warmup_steps is None else warmup_steps,
         "val_every": max(1, steps // 10) if val_every is None else val_every, "val_fraction": val_fraction,
         "val_batches": val_batches, "num_workers": num_workers, "accelerator": accelerator, "precision": precision,
@@ -292,8 +295,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--masks-per-image", type=int, default=16)
-    parser.add_argument("--lr-lora", type=float, default=1e-3)
-    parser.add_argument("--lr-full", type=float, default=1e-4)
+    parser.add_argument("--lr-lora", type=float, default=None, help="LoRA's learning rate (default: the base's)")
+    parser.add_argument("--lr-full", type=float, default=None, help="full fine-tuning's (default: the base's)")
     parser.add_argument("--warmup-steps", type=int, default=None)
     parser.add_argument("--iterations", type=int, default=3, help="interactive iterations (default 3)")
     parser.add_argument("--val-every", type=int, default=None, help="steps between validations (default steps/10)")

@@ -11,6 +11,7 @@ keep only the trainable tensors, a few MB), resumed with ``--ckpt_path last``. T
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -18,6 +19,7 @@ import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
@@ -79,13 +81,46 @@ class _CLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("model.image_size", "data.image_size")
         parser.link_arguments("model.masks_per_image", "data.masks_per_image")
+        parser.add_argument("--lr", type=str | None, default=None,
+                            help="'auto': run Lightning's learning-rate finder (Tuner.lr_find) on the data first, "
+                                 "train with its suggestion and save its plot as lr_find.png in the run folder; "
+                                 "a number: the learning rate (as --model.lr)")
+        parser.add_argument("--lr_find_steps", type=int, default=100, help="steps of the finder's sweep (default 100)")
 
     def before_fit(self) -> None:
-        """Lightning's progress bar swapped for ours, which counts epochs from ``max_steps`` ("Epoch 6/9")."""
+        """Lightning's progress bar swapped for ours, which counts epochs from ``max_steps`` ("Epoch 6/9"), and
+        ``--lr``."""
         callbacks = self.trainer.callbacks
         for i, callback in enumerate(callbacks):
             if isinstance(callback, ProgressBar) and type(callback) in (RichProgressBar, TQDMProgressBar):
                 callbacks[i] = progress_bar()
+        lr = self.config["fit"].get("lr")
+        if lr == "auto":
+            find_lr(self.trainer, self.model, self.datamodule, steps=self.config["fit"]["lr_find_steps"])
+        elif lr is not None:
+            self.model.hparams.lr = float(lr)
+
+
+def find_lr(trainer: pl.Trainer, model: LoRASAM, datamodule: pl.LightningDataModule, *, steps: int = 100) -> float:
+    """Lightning's ``Tuner.lr_find`` over ``steps`` steps from 1e-6 to 1: sets ``model.hparams.lr`` to its
+    suggestion (the steepest fall of the smoothed loss) and saves the plot as ``lr_find.png`` in the run
+    folder (the trainer's log dir). Returns the learning rate taken."""
+    from pytorch_lightning.tuner import Tuner
+
+    finder = Tuner(trainer).lr_find(model, datamodule=datamodule, num_training=steps, update_attr=False)
+    if finder is None:
+        raise RuntimeError("lr_find did not run (a fast_dev_run?): pass --lr with a number instead")
+    suggestion = finder.suggestion()
+    if suggestion is None:
+        raise RuntimeError(f"lr_find found no learning rate in {steps} steps (the loss never fell): pass --lr "
+                           f"with a number, or more --lr_find_steps")
+    model.hparams.lr = float(suggestion)
+    out = Path(trainer.log_dir or trainer.default_root_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figure = finder.plot(suggest=True)
+    figure.savefig(out / "lr_find.png", dpi=100)
+    rank_zero_info(f"lora_sam: lr_find suggests lr {suggestion:.3g} (plot: {out / 'lr_find.png'})")
+    return float(suggestion)
 
 
 def trainer_defaults() -> dict[str, Any]:

@@ -145,10 +145,11 @@ def _naive_distances(region: np.ndarray) -> np.ndarray:
 
 
 def _naive_click(pred: np.ndarray, gt: np.ndarray, not_clicked: np.ndarray | None = None) -> tuple[tuple[int, int], int]:
-    """RITM's clicker / SAM 2's sample_one_point_from_error_center, written out: the sign is that of the error
-    region with the larger maximal distance (ties negative); the click is that region's first maximal pixel."""
+    """RITM's clicker (isegm/inference/clicker.py) written out: distances over each whole error region, the
+    clicked pixels' distances then set to 0; the sign is that of the region with the larger maximal distance
+    (ties negative); the click is that region's first maximal pixel."""
     allowed = np.ones_like(gt) if not_clicked is None else not_clicked
-    fn_d, fp_d = _naive_distances(gt & ~pred & allowed), _naive_distances(pred & ~gt & allowed)
+    fn_d, fp_d = _naive_distances(gt & ~pred) * allowed, _naive_distances(pred & ~gt) * allowed
     if max(fn_d.max(), fp_d.max()) == 0:
         return (-1, -1), -1
     positive = fn_d.max() > fp_d.max()
@@ -182,6 +183,20 @@ def test_click_points_match_the_reference_clicker() -> None:
                 assert bool(gt[i, y, x]) == bool(label) and bool(pred[i, y, x]) != bool(label)
                 assert allowed is None or allowed[i, y, x]
         assert labels[0] == -1 and (points[0] >= 0).all()
+
+
+def test_a_click_beside_an_earlier_one_as_ritm_does() -> None:
+    """An 11x11 image, a 7x7 false-negative block (rows and columns 2..8) whose centre (5, 5) was clicked:
+    RITM's next click is (4, 4), the most interior pixel left of the whole block's distances; removing the
+    clicked pixel before the distance transform (a hole in the region) would give (3, 3)."""
+    gt = torch.zeros(1, 11, 11, dtype=torch.bool)
+    gt[0, 2:9, 2:9] = True
+    pred = torch.zeros_like(gt)
+    not_clicked = torch.ones_like(gt)
+    not_clicked[0, 5, 5] = False
+    points, labels = click_points(pred, gt, not_clicked=not_clicked)
+    assert labels.tolist() == [1] and points.tolist() == [[4.0, 4.0]]
+    assert _naive_click(pred[0].numpy(), gt[0].numpy(), not_clicked[0].numpy()) == ((4, 4), 1)
 
 
 def test_a_compact_false_positive_beats_a_larger_thin_false_negative() -> None:

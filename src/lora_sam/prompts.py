@@ -94,12 +94,14 @@ def click_points(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The standard deterministic evaluation click (RITM's clicker, SAM 2's ``sample_one_point_from_error_center``).
 
-    The error regions are the false negatives ``gt & ~pred`` and the false positives ``pred & ~gt``,
-    both restricted to ``not_clicked``. Each gets the Euclidean distance transform of the region
-    padded with a False border (so the image border counts as boundary). The click is positive when
-    the false negatives' largest distance is strictly larger than the false positives' (a tie is a
-    negative click, as in both references), and lands on the first pixel, in row-major order
-    (smallest y, then smallest x), where that region's distance is largest.
+    The error regions are the false negatives ``gt & ~pred`` and the false positives ``pred & ~gt``.
+    Each whole region gets the Euclidean distance transform, padded with a False border (so the image
+    border counts as boundary); then, as RITM does, the distances of pixels clicked before are set to
+    0 (a clicked pixel does not cut a hole into its region: the next click lands beside it, not at
+    the most interior pixel of what is left). The click is positive when the false negatives' largest
+    distance is strictly larger than the false positives' (a tie is a negative click, as in both
+    references), and lands on the first pixel, in row-major order (smallest y, then smallest x), where
+    that region's distance is largest.
 
     Arguments:
       pred: (K, H, W) bool predicted masks.
@@ -112,15 +114,15 @@ def click_points(
       clickable error pixel gets label -1 and the image centre as its point.
     """
     p, g = pred.bool(), gt.bool()
-    fn, fp = g & ~p, p & ~g
-    if not_clicked is not None:
-        fn, fp = fn & not_clicked.bool(), fp & not_clicked.bool()
-    fn_np, fp_np = fn.cpu().numpy(), fp.cpu().numpy()
+    fn_np, fp_np = (g & ~p).cpu().numpy(), (p & ~g).cpu().numpy()
+    allowed = None if not_clicked is None else not_clicked.bool().cpu().numpy()
     k, height, width = fn_np.shape
     points = np.zeros((k, 2), dtype=np.float32)
     labels = np.full(k, -1, dtype=np.int64)
     for i in range(k):
         fn_dt, fp_dt = _interior_distance(fn_np[i]), _interior_distance(fp_np[i])
+        if allowed is not None:
+            fn_dt, fp_dt = fn_dt * allowed[i], fp_dt * allowed[i]
         positive = fn_dt.max() > fp_dt.max()
         distance = fn_dt if positive else fp_dt
         if distance.max() <= 0:

@@ -294,3 +294,31 @@ def test_pairing_is_float32_under_autocast() -> None:
     assert under.dtype == torch.float32
     assert torch.equal(under, plain)
     assert torch.equal(paired, assign_outputs(logits, gt))
+
+
+def test_distinct_pairing_matches_a_brute_force_over_the_distinct_masks() -> None:
+    """For GT sets with 1, 2 or 3 distinct masks (repeated as point_sample / box_sample pad them), the
+    assignment is the injective map of the distinct masks to outputs of lowest total loss; outputs left
+    over get -1. Reference: every injective map, enumerated, scored with sigmoid_focal_loss + dice_loss."""
+    import itertools
+
+    from lora_sam.losses import assign_outputs
+
+    torch.manual_seed(1)
+    for layout in ([0, 0, 0], [0, 1, 1], [0, 0, 1], [0, 1, 2]):
+        logits = torch.randn(5, 3, 12, 14) * 3
+        masks = torch.rand(5, 3, 12, 14) > 0.5
+        gt = masks[:, layout]
+        paired = assign_outputs(logits, gt, "distinct")
+        distinct = sorted(set(layout), key=layout.index)
+        slot_of = {m: layout.index(m) for m in distinct}
+        for k in range(5):
+            def cost(m: int, j: int) -> float:
+                return float(20 * sigmoid_focal_loss(logits[k, m], gt[k, j]) + dice_loss(logits[k, m], gt[k, j]))
+
+            best = min(itertools.permutations(range(3), len(distinct)),
+                       key=lambda outs: sum(cost(o, slot_of[m]) for o, m in zip(outs, distinct)))
+            expected = [-1, -1, -1]
+            for o, m in zip(best, distinct):
+                expected[o] = slot_of[m]
+            assert paired[k].tolist() == expected, (layout, k)

@@ -46,10 +46,11 @@ def record_decodes(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     calls: list[dict] = []
     real = model_lib.decode
 
-    def recording(sam, emb, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
-        low, iou = real(sam, emb, points, labels, boxes, mask_input, multimask)
+    def recording(sam, emb, points=None, labels=None, boxes=None, mask_input=None, multimask=True,
+                  all_outputs=False):
+        low, iou = real(sam, emb, points, labels, boxes, mask_input, multimask, all_outputs)
         calls.append({"points": points, "mask_input": mask_input, "multimask": multimask, "low": low.detach(),
-                      "iou": iou.detach()})
+                      "iou": iou.detach(), "all_outputs": all_outputs})
         return low, iou
 
     monkeypatch.setattr(model_lib, "decode", recording)
@@ -111,6 +112,62 @@ def test_box_prompts_get_one_iteration_with_three_or_one_outputs(sam, synthetic_
     interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(0),
                      RecipeOptions(point_prob=0.0, box_output="single"))
     assert calls and not any(c["multimask"] for c in calls)
+    calls.clear()
+    interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(0),
+                     RecipeOptions(point_prob=0.0, box_output="multi"))
+    assert calls and all(c["multimask"] and not c["all_outputs"] for c in calls)
+
+
+def _hand_batch(masks: torch.Tensor) -> dict:
+    return {"image": torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(0)) * 255,
+            "input_size": torch.tensor([SIZE]), "masks": [masks], "targets": [torch.tensor([0])], "image_id": ["x"]}
+
+
+def _hypernetwork_grads(sam, batch: dict, options: RecipeOptions) -> list[bool]:
+    """Which of the 4 mask tokens' hypernetwork MLPs (0: the single-mask output, 1-3: the multimask
+    outputs) get a gradient from one step (the IoU head's term off, so only mask losses count)."""
+    sam.zero_grad(set_to_none=True)
+    for p in sam.parameters():
+        p.requires_grad_(True)
+    result = interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(0), options)
+    result.mean("total").backward()
+    grads = [any(p.grad is not None and p.grad.abs().sum() > 0 for p in mlp.parameters())
+             for mlp in sam.mask_decoder.output_hypernetworks_mlps]
+    sam.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_distinct_pairing_trains_one_output_on_one_mask_and_three_on_three(sam) -> None:
+    """Label-map data (masks that do not nest): point_sample gives the target 3 times; only the output of
+    lowest loss gets a mask loss (the paper's min-loss). Three nested masks under the point: all three
+    outputs train. Reference: hand-made mask sets and the hypernetwork MLP of each mask token."""
+    masks = torch.zeros(3, *SIZE, dtype=torch.bool)
+    masks[0, 20:60, 20:60] = True  # the target, alone under its points
+    masks[1, 20:60, 70:110] = True
+    masks[2, 70:90, 10:120] = True
+    options = RecipeOptions(point_prob=1.0, iterations=1, iou_weight=0.0)
+    assert _hypernetwork_grads(sam, _hand_batch(masks), options)[1:].count(True) == 1
+    assert _hypernetwork_grads(sam, _hand_batch(masks), replace(options, pairing="optimal"))[1:] == [True] * 3
+    nested = torch.zeros(3, *SIZE, dtype=torch.bool)
+    nested[0, 10:90, 10:120] = True
+    nested[1, 25:75, 25:100] = True
+    nested[2, 35:65, 40:80] = True
+    batch = _hand_batch(nested)
+    batch["targets"] = [torch.tensor([2])]  # every point of the smallest lies in all three
+    assert _hypernetwork_grads(sam, batch, options)[1:] == [True] * 3
+
+
+def test_a_box_trains_the_single_mask_output_too(sam) -> None:
+    """box_output='both' (the default): a box-only step gives the single-mask token (0) a mask gradient
+    as well as the 3 multimask tokens, from one decode; 'multi' leaves token 0 without one."""
+    nested = torch.zeros(3, *SIZE, dtype=torch.bool)
+    nested[0, 10:90, 10:120] = True
+    nested[1, 25:75, 25:100] = True
+    nested[2, 35:65, 40:80] = True
+    options = RecipeOptions(point_prob=0.0, iou_weight=0.0)
+    grads = _hypernetwork_grads(sam, _hand_batch(nested), options)
+    assert grads[0] and any(grads[1:])
+    assert not _hypernetwork_grads(sam, _hand_batch(nested), replace(options, box_output="multi"))[0]
 
 
 def test_padding_is_cropped_from_points_losses_and_error_regions(sam, portrait_root: Path, monkeypatch) -> None:
@@ -171,7 +228,8 @@ def test_single_mask_output_gets_gradient_only_when_the_rule_asks(tiny_checkpoin
         return token + float(head.weight.grad[0].abs().sum())
 
     assert grads(RecipeOptions(point_prob=1.0, iterations=1)) == 0.0  # one point: 3 outputs only
-    assert grads(RecipeOptions(point_prob=0.0)) == 0.0  # boxes, 3 outputs
+    assert grads(RecipeOptions(point_prob=0.0, box_output="multi")) == 0.0  # boxes, 3 outputs
+    assert grads(RecipeOptions(point_prob=0.0)) > 0.0  # boxes, 3 outputs and the single one (the default)
     assert grads(RecipeOptions(point_prob=1.0, iterations=2)) > 0.0  # several points + mask prompt
     assert grads(RecipeOptions(point_prob=0.0, box_output="single")) > 0.0
 

@@ -143,6 +143,7 @@ def sam_loss(
     dice_weight: float = 1.0,
     iou_weight: float = 1.0,
     min_only: bool = False,
+    mask_weight: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """SAM's loss for K prompts with M outputs each.
 
@@ -154,8 +155,10 @@ def sam_loss(
     ``focal_weight * focal + dice_weight * dice`` is reported and backpropagated; the focal and
     dice terms are means over K of that output's losses.
 
-    In both modes the IoU term is the MSE, over all K x M outputs, between ``iou_pred`` and the
-    true IoU of ``logits > 0`` with that output's target (no gradient through the true IoU).
+    ``mask_weight`` (K, M) bool: only these outputs get the focal and dice terms (means over them); the
+    others train their IoU prediction alone (an output left without a distinct GT mask, ``distinct``
+    pairing). In every mode the IoU term is the MSE, over all K x M outputs, between ``iou_pred`` and
+    the true IoU of ``logits > 0`` with that output's target (no gradient through the true IoU).
 
     Args:
         logits: (K, M, H, W) mask logits at the resolution of ``gt``.
@@ -185,12 +188,17 @@ def sam_loss(
     if min_only:
         best = (focal_weight * focal + dice_weight * dice).detach().argmin(dim=1, keepdim=True)  # (K, 1)
         focal, dice = focal.gather(1, best), dice.gather(1, best)
-    focal, dice = focal.mean(), dice.mean()
+    if mask_weight is not None:
+        w = mask_weight.to(focal.dtype)
+        count = w.sum().clamp(min=1.0)
+        focal, dice = (focal * w).sum() / count, (dice * w).sum() / count
+    else:
+        focal, dice = focal.mean(), dice.mean()
     total = focal_weight * focal + dice_weight * dice + iou_weight * iou
     return {"focal": focal, "dice": dice, "iou": iou, "total": total}
 
 
-Pairing = Literal["optimal", "min", "fixed"]
+Pairing = Literal["distinct", "optimal", "min", "fixed"]
 _PERMUTATIONS = torch.tensor(list(itertools.permutations(range(3))))  # (6, 3): output m -> GT perm[m]
 
 
@@ -229,26 +237,43 @@ def pairwise_mask_loss(
 
 
 def assign_outputs(
-    logits: Tensor, gt: Tensor, pairing: Pairing = "optimal", *, focal_weight: float = 20.0, dice_weight: float = 1.0,
+    logits: Tensor, gt: Tensor, pairing: Pairing = "distinct", *, focal_weight: float = 20.0, dice_weight: float = 1.0,
 ) -> Tensor:
     """Which GT mask each of the 3 outputs trains against.
 
-    ``optimal``: the one-to-one assignment of lowest total mask loss (of the 6 permutations): the
-    released SAM emits its 3 outputs smallest first, a model trained here may emit them in any order,
-    and either way each output keeps the GT it is closest to. ``fixed``: output m against GT m (GT
-    big to small). ``min`` is the SAM paper's min-loss and is not an assignment (see ``sam_loss``).
+    ``distinct``: the assignment of lowest total mask loss of the prompt's *distinct* GT masks to
+    outputs, one output each; an output left over gets -1 (no mask loss). ``point_sample`` and
+    ``box_sample`` repeat a mask when fewer than 3 fit the prompt: with one distinct mask (a click on a
+    label map, where masks do not nest) only the output closest to it trains on it, the SAM paper's
+    min-loss; with three, every output keeps the GT it is closest to. ``optimal``: the same over the 3
+    slots as they are (a repeated mask trains several outputs). ``fixed``: output m against GT m (GT big
+    to small). ``min`` is the SAM paper's min-loss and is not an assignment (see ``sam_loss``).
 
     Args:
         logits: (K, 3, H, W) mask logits; gt: (K, 3, H, W) bool GT masks.
     Returns:
-        (K, 3) int64: output m of prompt k is paired with ``gt[k, result[k, m]]``.
+        (K, 3) int64: output m of prompt k is paired with ``gt[k, result[k, m]]``; -1: with none.
     """
     k = logits.shape[0]
     if pairing == "fixed":
         return torch.arange(3, device=logits.device).expand(k, 3)
-    if pairing != "optimal":
-        raise ValueError(f"assign_outputs: pairing must be 'optimal' or 'fixed', got {pairing!r}")
+    if pairing not in ("optimal", "distinct"):
+        raise ValueError(f"assign_outputs: pairing must be 'distinct', 'optimal' or 'fixed', got {pairing!r}")
     cost = pairwise_mask_loss(logits, gt, focal_weight=focal_weight, dice_weight=dice_weight)  # (K, 3, 3)
     perms = _PERMUTATIONS.to(logits.device)
-    totals = cost[:, torch.arange(3, device=logits.device), perms].sum(-1)  # (K, 6)
-    return perms[totals.argmin(1)]
+    slots = torch.arange(3, device=logits.device)
+    per_output = cost[:, slots, perms]  # (K, 6, 3): output m's cost in permutation p
+    if pairing == "optimal":
+        return perms[per_output.sum(-1).argmin(1)]
+    first = first_occurrences(gt)  # (K, 3): the slot holds a mask not seen in an earlier slot
+    counted = first[:, perms]  # (K, 6, 3): output m's slot in permutation p counts
+    chosen = perms[(per_output * counted).sum(-1).argmin(1)]  # (K, 3)
+    return torch.where(first.gather(1, chosen), chosen, torch.full_like(chosen, -1))
+
+
+def first_occurrences(gt: Tensor) -> Tensor:
+    """(K, J, H, W) bool masks -> (K, J) bool: mask j differs from every mask before it (its first copy)."""
+    flat = gt.flatten(2)
+    same = (flat[:, :, None] == flat[:, None]).all(-1)  # (K, J, J)
+    earlier = torch.ones(same.shape[1:], dtype=torch.bool, device=gt.device).tril(-1)  # [j, i]: i < j
+    return ~(same & earlier).any(-1)

@@ -271,6 +271,7 @@ def decode(
     boxes: Tensor | None = None,
     mask_input: Tensor | None = None,
     multimask: bool = True,
+    all_outputs: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Decode K prompts of one image in one call, with gradients.
 
@@ -280,9 +281,13 @@ def decode(
         boxes: (K, 4) XYXY pixels.
         mask_input: (K, 1, 4h, 4w) low-resolution logits of an earlier prediction.
     Returns:
-        low-resolution logits (K, M, 4h, 4w) and IoU predictions (K, M); M = 3 if multimask else 1.
+        low-resolution logits (K, M, 4h, 4w) and IoU predictions (K, M); M = 3 if multimask else 1;
+        ``all_outputs``: all 4 of the decoder's pass, M = 4, the single-mask output first.
     """
     sparse, dense, dense_pe = encode_prompts(sam, points, labels, boxes, mask_input)
+    if all_outputs:  # what MaskDecoder.forward slices: [:, 1:] for multimask, [:, :1] for the single output
+        return sam.mask_decoder.predict_masks(image_embeddings=embedding, image_pe=dense_pe,
+                                              sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
     return sam.mask_decoder(
         image_embeddings=embedding,
         image_pe=dense_pe,
@@ -323,8 +328,8 @@ class SamV1:
     # the signature of PromptableModel.decode, which this implements
     def decode(self, embedding: Tensor, *, points: Tensor | None = None, labels: Tensor | None = None,
                boxes: Tensor | None = None, mask_input: Tensor | None = None,
-               multimask: bool = True) -> tuple[Tensor, Tensor]:
-        return decode(self.sam, embedding, points, labels, boxes, mask_input, multimask)
+               multimask: bool = True, all_outputs: bool = False) -> tuple[Tensor, Tensor]:
+        return decode(self.sam, embedding, points, labels, boxes, mask_input, multimask, all_outputs)
 
     def upscale(self, low_res_logits: Tensor, size: tuple[int, int]) -> Tensor:
         return upscale(low_res_logits, size)

@@ -57,8 +57,9 @@ class LoRASAM(pl.LightningModule):
             ``get_loaders(masks_per_image=...)`` should match, so that no drawn target goes unused).
         lr, weight_decay, warmup_steps: AdamW with linear warm-up, then constant (lr and warm-up: None takes
             the base's defaults, below).
-        pairing: ``optimal`` (default), ``min`` (the SAM paper's min-loss) or ``fixed`` (big to small).
-        box_output: ``multi`` (3 outputs against ``box_sample``) or ``single`` (the single-mask output).
+        pairing: ``distinct`` (default), ``optimal``, ``min`` (the SAM paper's min-loss) or ``fixed``.
+        box_output: ``both`` (default: 3 outputs against ``box_sample`` and the single-mask output against
+            the target, one decode), ``multi`` or ``single``.
         box_noise_std, box_noise_cap: box noise, std as a fraction of the side, cap in 1024 px-frame pixels.
         mask_only_iterations: extra rounds feeding the mask prompt back with no new point (default 0).
         focal_weight, dice_weight, iou_weight: loss weights. None: the base's defaults
@@ -86,8 +87,8 @@ class LoRASAM(pl.LightningModule):
         lr: float | None = None,
         weight_decay: float = 0.01,
         warmup_steps: int | None = None,
-        pairing: Literal["optimal", "min", "fixed"] = "optimal",
-        box_output: Literal["multi", "single"] = "multi",
+        pairing: Literal["distinct", "optimal", "min", "fixed"] = "distinct",
+        box_output: Literal["both", "multi", "single"] = "both",
         box_noise_std: float = 0.1,
         box_noise_cap: float = 20.0,
         mask_only_iterations: int = 0,

@@ -37,12 +37,14 @@ class PromptableModel(Protocol):
         boxes: Tensor | None = None,
         mask_input: Tensor | None = None,
         multimask: bool = True,
+        all_outputs: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """K prompts of one image -> low-resolution logits (K, M, h, w) and predicted IoUs (K, M).
 
         ``embedding`` is one image's (1, ...); points (K, P, 2) (x, y) training pixels with labels
         (K, P) 1 / 0 / -1 (padding); boxes (K, 4) XYXY; mask_input (K, 1, h, w) logits;
-        M = 3 if ``multimask`` else 1 (the single-mask output).
+        M = 3 if ``multimask`` else 1 (the single-mask output); ``all_outputs``: M = 1 + 3 from one
+        pass, the single-mask output first.
         """
         ...
 

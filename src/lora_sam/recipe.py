@@ -7,10 +7,12 @@ The SAM paper's recipe (Section 3 and Appendix A), per image of a batch:
   each side, capped at 20 px of SAM's 1024 px frame, converted to training pixels);
 - outputs: one point and no mask prompt -> the 3 multimask outputs against ``point_sample``'s 3
   GT masks; several points or a mask prompt -> the single-mask output against the target; a box
-  -> the 3 outputs against ``box_sample``'s masks (``box_output``); the target is always among
-  the 3 GT masks (``include=``);
-- the 3 outputs are paired with the 3 GT masks by the assignment of lowest total loss
-  (``pairing``; the paper's min-loss and a fixed big-to-small order as options);
+  -> the 3 outputs against ``box_sample``'s masks and the single-mask output against the target,
+  from one decoder pass (``box_output``); the target is always among the 3 GT masks (``include=``);
+- the 3 outputs are paired with the prompt's *distinct* GT masks by the assignment of lowest total
+  loss, one output each; an output left over trains its IoU prediction only (``pairing``: one
+  distinct mask, as on label maps, gives the paper's min-loss; the paper's min-loss, the assignment
+  over repeated masks and a fixed big-to-small order are options);
 - point prompts go on for up to ``iterations`` rounds: the next point is uniform over the error
   region of the previous prediction (the output with the highest predicted IoU when 3 were
   returned), positive in a false negative, negative in a false positive; that output's
@@ -53,11 +55,15 @@ class RecipeOptions:
         point_prob: probability that a target's first prompt is a point rather than a box.
         masks_per_image: at most this many of a sample's targets per step (the first ones; the
             loader draws them at random).
-        pairing: how the 3 outputs meet the 3 GT masks: ``optimal`` (the assignment of lowest total
-            loss), ``min`` (the SAM paper: every output against the target, only the best one
-            backpropagated) or ``fixed`` (output m against the m-th largest GT mask).
-        box_output: ``multi`` (3 outputs against ``box_sample``'s masks) or ``single`` (SAM's
-            single-mask output against the target).
+        pairing: how the 3 outputs meet the 3 GT masks: ``distinct`` (the assignment of lowest total
+            loss of the prompt's distinct GT masks, one output each; an output left over gets no mask
+            loss: with one distinct mask this is the paper's min-loss, with three nested ones
+            ``optimal``), ``optimal`` (the same over the 3 slots, repeated masks included), ``min`` (the
+            SAM paper: every output against the target, only the best one backpropagated) or ``fixed``
+            (output m against the m-th largest GT mask).
+        box_output: ``both`` (one decode: the 3 outputs against ``box_sample``'s masks and SAM's
+            single-mask output, the one ``SamPredictor(box=..., multimask_output=False)`` returns,
+            against the target), ``multi`` (the 3 alone) or ``single`` (the single-mask output alone).
         box_noise_std: std of each box coordinate's noise, as a fraction of the box side.
         box_noise_cap: largest noise in pixels of SAM's 1024 px frame (converted per image).
         mask_only_iterations: extra rounds at the end that feed the mask prompt back without a new point.
@@ -69,8 +75,8 @@ class RecipeOptions:
     iterations: int = 3
     point_prob: float = 0.5
     masks_per_image: int = 16
-    pairing: Pairing = "optimal"
-    box_output: Literal["multi", "single"] = "multi"
+    pairing: Pairing = "distinct"
+    box_output: Literal["both", "multi", "single"] = "both"
     box_noise_std: float = 0.1
     box_noise_cap: float = 20.0
     mask_only_iterations: int = 0
@@ -85,10 +91,10 @@ class RecipeOptions:
             raise ValueError(f"point_prob must be in [0, 1], got {self.point_prob}")
         if self.masks_per_image < 1:
             raise ValueError(f"masks_per_image must be >= 1, got {self.masks_per_image}")
-        if self.pairing not in ("optimal", "min", "fixed"):
-            raise ValueError(f"pairing must be 'optimal', 'min' or 'fixed', got {self.pairing!r}")
-        if self.box_output not in ("multi", "single"):
-            raise ValueError(f"box_output must be 'multi' or 'single', got {self.box_output!r}")
+        if self.pairing not in ("distinct", "optimal", "min", "fixed"):
+            raise ValueError(f"pairing must be 'distinct', 'optimal', 'min' or 'fixed', got {self.pairing!r}")
+        if self.box_output not in ("both", "multi", "single"):
+            raise ValueError(f"box_output must be 'both', 'multi' or 'single', got {self.box_output!r}")
         if self.mask_only_iterations < 0 or self.box_noise_std < 0 or self.box_noise_cap < 0:
             raise ValueError("mask_only_iterations, box_noise_std and box_noise_cap must be >= 0")
 
@@ -111,12 +117,14 @@ class StepResult:
     ious: dict[int, list[Tensor]] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, iteration: int, losses: dict[str, Tensor], chosen_iou: Tensor) -> None:
+    def add(self, iteration: int, losses: dict[str, Tensor], chosen_iou: Tensor, *, metric: bool = True) -> None:
+        """Losses of K prompts (weighted by K) and, with ``metric``, the IoU of their chosen masks."""
         k = chosen_iou.numel()
         for name in LOSS_TERMS:
             s, n = self.terms.get((iteration, name), (0.0, 0))
             self.terms[(iteration, name)] = (s + losses[name] * k, n + k)
-        self.ious.setdefault(iteration, []).append(chosen_iou)
+        if metric:
+            self.ious.setdefault(iteration, []).append(chosen_iou)
 
     def mean(self, name: str, iteration: int | None = None) -> Tensor:
         pairs = [v for (it, n), v in self.terms.items() if n == name and iteration in (None, it)]
@@ -220,25 +228,36 @@ def _decode_and_score(step: _Step, image: _Image, iteration: int, gt: Tensor | N
     the target: ``include=``); ``gt=None`` decodes the single-mask output and trains it against
     ``target``. Returns, for the chosen output (highest predicted IoU), its low-resolution logits
     (K, 1, h', w'), the next mask prompt, and its mask cropped to the image (K, h, w); and the GT index
-    each output was paired with (K, M; -1: the target).
+    each output was paired with (K, M; -1: the target, or none for an output left without a distinct GT).
     """
+    low, iou_pred = step.model.decode(image.embedding, multimask=gt is not None, **prompts)
+    return _score(step, image, iteration, low, iou_pred, gt, target)
+
+
+def _score(step: _Step, image: _Image, iteration: int, low: Tensor, iou_pred: Tensor, gt: Tensor | None,
+           target: Tensor, *, metric: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """The losses of decoded outputs (``_decode_and_score``); ``metric=False`` leaves the chosen mask's IoU
+    out of the step's mIoU (a second set of outputs of the same prompts)."""
     o = step.options
-    multimask = gt is not None
-    low, iou_pred = step.model.decode(image.embedding, multimask=multimask, **prompts)
     h, w = image.masks.shape[-2:]
     logits = step.model.upscale(low, image.frame)[..., :h, :w]  # padding cropped, as Sam.postprocess_masks
     best = iou_pred.argmax(1)
     rows = torch.arange(len(best), device=best.device)
     chosen = logits[rows, best] > 0
     paired = torch.full(iou_pred.shape, -1, dtype=torch.long, device=best.device)
-    if not multimask or o.pairing == "min":
+    weight = None
+    if gt is None or o.pairing == "min":
         gt_used = target[:, None]
     else:
         paired = assign_outputs(logits, gt, o.pairing, focal_weight=o.focal_weight, dice_weight=o.dice_weight)
-        gt_used = gt.gather(1, paired[:, :, None, None].expand_as(logits))
+        # an output without a distinct GT: no mask loss; its IoU head learns its IoU with the target
+        with_target = torch.cat([gt, target[:, None]], 1)
+        index = torch.where(paired >= 0, paired, gt.shape[1])
+        gt_used = with_target.gather(1, index[:, :, None, None].expand_as(logits))
+        weight = paired >= 0 if o.pairing == "distinct" else None
     losses = sam_loss(logits, iou_pred, gt_used, focal_weight=o.focal_weight, dice_weight=o.dice_weight,
-                      iou_weight=o.iou_weight, min_only=multimask and o.pairing == "min")
-    step.result.add(iteration, losses, mask_iou(chosen, target).detach())
+                      iou_weight=o.iou_weight, min_only=gt is not None and o.pairing == "min", mask_weight=weight)
+    step.result.add(iteration, losses, mask_iou(chosen, target).detach(), metric=metric)
     return low[rows, best][:, None], chosen, paired
 
 
@@ -278,8 +297,13 @@ def _box_round(step: _Step, image: _Image, targets: Tensor, record: dict[str, An
     boxes = noisy_boxes(image.boxes[targets].float(), step.generator, image_size=(h, w),
                         std_fraction=o.box_noise_std, max_noise=cap)
     gt = image.masks[box_picks(image.masks, boxes, image.areas, mask_boxes=image.boxes, include=targets)[0]] \
-        if o.box_output == "multi" else None
-    _, chosen, paired = _decode_and_score(step, image, 1, gt, target, boxes=boxes)
+        if o.box_output != "single" else None
+    if o.box_output == "both":  # the 4 mask tokens come from one decoder pass: the single output costs no decode
+        low, iou_pred = step.model.decode(image.embedding, boxes=boxes, multimask=True, all_outputs=True)
+        _, chosen, paired = _score(step, image, 1, low[:, 1:], iou_pred[:, 1:], gt, target)
+        _score(step, image, 1, low[:, :1], iou_pred[:, :1], None, target, metric=False)
+    else:
+        _, chosen, paired = _decode_and_score(step, image, 1, gt, target, boxes=boxes)
     if record is not None:
         record["box"] = {"boxes": boxes.cpu(), "gt": (gt if gt is not None else target[:, None]).cpu(),
                          "paired": paired.cpu(), "pred": chosen.cpu(), "target": target.cpu(),

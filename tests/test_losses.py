@@ -313,11 +313,10 @@ def test_distinct_pairing_matches_a_brute_force_over_the_distinct_masks() -> Non
         distinct = sorted(set(layout), key=layout.index)
         slot_of = {m: layout.index(m) for m in distinct}
         for k in range(5):
-            def cost(m: int, j: int) -> float:
-                return float(20 * sigmoid_focal_loss(logits[k, m], gt[k, j]) + dice_loss(logits[k, m], gt[k, j]))
-
+            cost = [[float(20 * sigmoid_focal_loss(logits[k, m], gt[k, j]) + dice_loss(logits[k, m], gt[k, j]))
+                     for j in range(3)] for m in range(3)]
             best = min(itertools.permutations(range(3), len(distinct)),
-                       key=lambda outs: sum(cost(o, slot_of[m]) for o, m in zip(outs, distinct)))
+                       key=lambda outs, cost=cost: sum(cost[o][slot_of[m]] for o, m in zip(outs, distinct)))
             expected = [-1, -1, -1]
             for o, m in zip(best, distinct):
                 expected[o] = slot_of[m]

@@ -28,6 +28,7 @@ METRIC_KEYS = (
     *(f"miou@{k}" for k in CLICKS),
     *(f"noc@{round(t * 100)}" for t in NOC_THRESHOLDS),
     "box_miou",
+    "box_miou_single",
     "oracle_miou@1",
     "iou_head_mae",
 )
@@ -122,13 +123,15 @@ def summarize(
     iou_pred: Any = None,
     iou_true: Any = None,
     max_clicks: int = 20,
+    box_ious_single: Any = None,
 ) -> dict[str, float]:
     """All metrics of one model, keyed as in ``METRIC_KEYS``.
 
     Args:
         click_ious: (P, C) IoU of point prompt p after c + 1 simulated clicks, C up to ``max_clicks``
             (a run may stop once 0.90 is reached; the last IoU then stands for later clicks).
-        box_ious: (Pb,) IoU of each box prompt's mask.
+        box_ious: (Pb,) IoU of each box prompt's mask (the 3 outputs' best-scored);
+            ``box_ious_single``: of SAM's single-mask output for the same boxes.
         output_ious: (P, M) IoU of each of the M outputs after the first click (for the oracle).
         iou_pred, iou_true: the IoU head's predictions and the true IoUs of the same outputs
             (any shape, the same for both).
@@ -136,12 +139,13 @@ def summarize(
 
     Returns:
         {"miou@1", "miou@2", "miou@3", "miou@5", "miou@9", "noc@85", "noc@90", "box_miou",
-        "oracle_miou@1", "iou_head_mae"}; a metric whose inputs are not given is NaN.
+        "box_miou_single", "oracle_miou@1", "iou_head_mae"}; a metric whose inputs are not given is NaN.
     """
     result = {f"miou@{k}": v for k, v in miou_at_clicks(click_ious, CLICKS).items()}
     for threshold in NOC_THRESHOLDS:
         result[f"noc@{round(threshold * 100)}"] = noc(click_ious, threshold, max_clicks)
     result["box_miou"] = math.nan if box_ious is None else box_miou(box_ious)
+    result["box_miou_single"] = math.nan if box_ious_single is None else box_miou(box_ious_single)
     result["oracle_miou@1"] = math.nan if output_ious is None else oracle_miou(output_ious)
     if (iou_pred is None) != (iou_true is None):
         raise ValueError("give both iou_pred and iou_true, or neither")

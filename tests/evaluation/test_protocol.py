@@ -136,7 +136,8 @@ def test_refine_multi_keeps_the_highest_predicted_iou(samples: list[dict[str, An
     segmenter = FixedSegmenter("shifted")
     sample = samples[1]
     evaluate_image(segmenter, sample, sample_targets(sample, use_sample_targets=True), max_clicks=3, refine="multi")
-    assert all(call["multimask"] for call in segmenter.calls)
+    assert all(call["multimask"] for call in segmenter.calls[:-1])  # clicks and the box's 3 outputs
+    assert not segmenter.calls[-1]["multimask"]  # the box's single output (box_miou_single)
     assert [float(c["mask_input"].flatten()[0]) for c in segmenter.calls[1:3]] == [1.0, 11.0]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lora_sam.adapter import save_adapter
+from lora_sam.adapter import export_merged, save_adapter
 from lora_sam.cli import main
 from lora_sam.lora import inject_lora, lora_layers
 from lora_sam.metrics import METRIC_KEYS
@@ -41,7 +41,8 @@ def test_eval_cli_writes_json_and_markdown(tmp_path: Path, synth_root: Path, tin
                "--max-clicks", "3", "--out", str(out), "--quiet"])
     assert rc == 0
     report = json.loads((out / "eval.json").read_text())
-    names = ["base", "lora:adapter", "full:model", "original-1024", "original-1024:full-res"]
+    names = ["base", "lora:adapter", "full:model", "lora:adapter@1024", "full:model@1024", "original-1024",
+             "original-1024:full-res"]
     assert list(report["models"]) == names
     table = (out / "eval.md").read_text()
     for name in names:
@@ -55,6 +56,18 @@ def test_eval_cli_writes_json_and_markdown(tmp_path: Path, synth_root: Path, tin
     assert base["prompts"]["click_ious"] == full_entry["prompts"]["click_ious"]  # only the IoU head changed
     assert base["metrics"]["iou_head_mae"] != full_entry["metrics"]["iou_head_mae"]
     assert report["models"]["original-1024"]["input"] == "training image upscaled"
+    # The deployed row is what a user gets from `lora-sam export` and SamPredictor: evaluate the exported
+    # merged checkpoint as a base at 1024 px, and its row equals the adapter's deployed row.
+    merged = export_merged(adapter, tmp_path / "merged.pth", base_checkpoint=tiny_checkpoint, model_type="tiny")
+    again = tmp_path / "eval_merged"
+    assert main(["eval", "--data", str(synth_root), "--split", "all", "--model-type", "tiny", "--checkpoint",
+                 str(merged), "--image-size", *map(str, SIZE), "--original", "--max-images", "1",
+                 "--masks-per-image", "3", "--max-clicks", "3", "--out", str(again), "--quiet"]) == 0
+    exported = json.loads((again / "eval.json").read_text())["models"]["original-1024"]
+    deployed = report["models"]["lora:adapter@1024"]
+    assert exported["prompts"]["click_ious"] == deployed["prompts"]["click_ious"]
+    assert exported["prompts"]["box_iou_single"] == deployed["prompts"]["box_iou_single"]
+    assert deployed["prompts"]["click_ious"] != report["models"]["original-1024"]["prompts"]["click_ious"]
 
 
 def test_eval_cli_names_the_adapter_that_does_not_fit(tmp_path: Path, synth_root: Path, tiny_checkpoint: Path,

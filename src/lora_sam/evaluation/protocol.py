@@ -14,8 +14,9 @@ Per image and target mask (every kept mask of the image by default; at most
   the 3 outputs, the highest predicted IoU kept (``refine="multi"``). IoU with the GT after every
   click, up to ``max_clicks``.
 - **box**: the exact GT box (``masks_to_boxes``), answered by the 3 outputs, the highest
-  predicted IoU kept (``box_output="multi"``, the default, as the recipe trains boxes), or by
-  the single-mask output (``box_output="single"``).
+  predicted IoU kept (``box_output="multi"``, the default), or by the single-mask output
+  (``box_output="single"``): ``box_iou``; and always by the single-mask output, what
+  ``SamPredictor(box=..., multimask_output=False)`` returns: ``box_iou_single``.
 - **oracle** and **IoU head**: the IoUs of the 3 first-click outputs, their best, and
   |predicted - true IoU| over the 3; the 3 are listed big to small by area, with ``output_tokens``
   naming the mask token that made each.
@@ -53,8 +54,8 @@ __all__ = [
 ]
 
 Refine = Literal["single", "multi"]
-PROMPT_COLUMNS = ("click_ious", "click_points", "click_labels", "box", "box_iou", "output_ious", "iou_pred",
-                  "output_tokens")
+PROMPT_COLUMNS = ("click_ious", "click_points", "click_labels", "box", "box_iou", "box_iou_single", "output_ious",
+                  "iou_pred", "output_tokens")
 
 
 def _chosen(out: Prediction, best: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -102,7 +103,7 @@ def evaluate_image(
     Returns:
         ``click_ious`` (K, C) float32; ``click_points`` (K, C, 2) float32 (x, y) and
         ``click_labels`` (K, C) int64 (1 / 0, -1 when the mask was already exact); ``box`` (K, 4)
-        XYXY; ``box_iou`` (K,); ``output_ious`` and ``iou_pred`` (K, 3) of the first click, big to
+        XYXY; ``box_iou`` and ``box_iou_single`` (K,); ``output_ious`` and ``iou_pred`` (K, 3) of the first click, big to
         small by output area, and ``output_tokens`` (K, 3) the mask token of each. With
         ``keep_masks``: ``click_masks`` bool (K, C, H, W) and ``box_masks`` (K, H, W).
     """
@@ -119,7 +120,8 @@ def evaluate_image(
         result = _clicks(segmenter, gt, max_clicks, refine, keep_masks)
         box = masks_to_boxes(gt).float()
         box_pred, _ = _refined(segmenter, box_output, boxes=box)
-        result.update(box=box, box_iou=mask_iou(box_pred, gt))
+        single = box_pred if box_output == "single" else _refined(segmenter, "single", boxes=box)[0]
+        result.update(box=box, box_iou=mask_iou(box_pred, gt), box_iou_single=mask_iou(single, gt))
         if keep_masks:
             result["box_masks"] = box_pred
         for key, value in result.items():
@@ -202,6 +204,7 @@ def _finish(columns: dict[str, list[Any]], max_clicks: int, *, images: int, skip
         raise ValueError("no prompts were evaluated: every sample was skipped or had no usable mask")
     arrays = {k: torch.cat(v) for k, v in columns.items() if k in PROMPT_COLUMNS or k in ("mask_index", "area")}
     metrics = summarize(click_ious=arrays["click_ious"], box_ious=arrays["box_iou"],
+                        box_ious_single=arrays["box_iou_single"],
                         output_ious=arrays["output_ious"], iou_pred=arrays["iou_pred"],
                         iou_true=arrays["output_ious"], max_clicks=max_clicks)
     prompts: dict[str, Any] = {"image_id": columns["image_id"], **arrays}
@@ -248,7 +251,7 @@ def evaluate_many(
         {name: {"metrics": {metric: float | None} (``metrics.METRIC_KEYS``),
         "prompts": {"image_id": [P], "mask_index": [P], "area": [P] (pixels at training resolution),
         "click_ious": [P][C], "click_points": [P][C][2], "click_labels": [P][C], "box": [P][4],
-        "box_iou": [P], "output_ious": [P][3], "iou_pred": [P][3], "output_tokens": [P][3],
+        "box_iou": [P], "box_iou_single": [P], "output_ious": [P][3], "iou_pred": [P][3], "output_tokens": [P][3],
         "noc@85": [P], "noc@90": [P]},
         "images": int, "prompt_count": P, "skipped": [str], "seconds": float (the model's own time)}}.
         JSON-serialisable; NaN is None.

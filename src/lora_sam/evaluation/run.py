@@ -78,12 +78,14 @@ def build_segmenters(
 
     Names: ``"base"`` (the checkpoint at ``image_size``), ``"lora:<file stem>"`` (each adapter on the
     base, merged), ``"full:<file stem>"`` (each fully fine-tuned ``model.pth``), ``"original-1024"``
-    (``SamPredictor`` on the base at 1024 px given the upscaled training image) and, with
+    (``SamPredictor`` on the base at 1024 px given the upscaled training image), with ``original`` also
+    ``"lora:<stem>@1024"`` and ``"full:<stem>@1024"`` (each fine-tuned model as users deploy it: merged
+    into the base checkpoint, or loaded at 1024 px, and run through ``SamPredictor``) and, with
     ``original_full_res``, ``"original-1024:full-res"`` (given the original image). Stems that
     clash get their folder name (``lora:run1/adapter``).
 
     Returns:
-        {name: (segmenter, {"kind": "base" | "lora" | "full" | "original", "path": str | None,
+        {name: (segmenter, {"kind": "base" | "lora" | "full" | "deployed" | "original", "path": str | None,
         "resolution": [H, W], "input": "training image" | "training image upscaled" | "original image"})}
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -110,7 +112,14 @@ def build_segmenters(
         sam = _full_sam(path, model_type, image_size).to(device)
         models[name] = (LowResSegmenter(sam), {"kind": "full", "path": str(path), "resolution": size,
                                                "input": "training image"})
-    if original:
+    if original:  # each fine-tuned model as users deploy it: merged, SamPredictor at 1024 px
+        for name, path in zip(_unique_names("lora", adapter_paths), adapter_paths):
+            merged = _lora_sam(path, model_type, base_path, ORIGINAL_FRAME).to(device)  # type: ignore[arg-type]
+            models[f"{name}@1024"] = (PredictorSegmenter(merged, source="upscaled"),
+                                      _deployed(path, "lora"))
+        for name, path in zip(_unique_names("full", full_paths), full_paths):
+            models[f"{name}@1024"] = (PredictorSegmenter(_full_sam(path, model_type, ORIGINAL_FRAME).to(device),
+                                                         source="upscaled"), _deployed(path, "full"))
         sam_1024 = build_sam(model_type, base_path, ORIGINAL_FRAME).to(device)
         models["original-1024"] = (PredictorSegmenter(sam_1024, source="upscaled"),
                                    {"kind": "original", "path": str(base_path), "resolution": list(ORIGINAL_FRAME),
@@ -122,6 +131,11 @@ def build_segmenters(
     if not models:
         raise ValueError("no model to evaluate: give the base, --adapter, --full or --original")
     return models
+
+
+def _deployed(path: Path, kind: str) -> dict[str, Any]:
+    return {"kind": "deployed", "of": kind, "path": str(path), "resolution": list(ORIGINAL_FRAME),
+            "input": "training image upscaled"}
 
 
 def _original_path(dataset: Any, index: int) -> str | None:

@@ -19,7 +19,8 @@ result (``lora_sam.evaluation.protocol``), beside those of the base model at ste
               "total", "trainable"}], "steps", "step_time_s",
               "step_times_s": [s], "train_seconds", "memory": {"kind", "start_bytes", "peak_bytes",
               "growth_bytes"}, "weights_file", "weights_bytes", "checkpoint_file", "checkpoint_bytes",
-              "metrics_csv", "device", "eval_name", "metrics": {metric: float | None}}},
+              "metrics_csv", "device", "eval_name", "metrics": {metric: float | None},
+              "deployed_metrics": (with ``original``) merged, SamPredictor at 1024 px}},
      "original": {"metrics": ...} (with ``original``), "eval_json": str}
 """
 
@@ -250,6 +251,8 @@ def _evaluate(out: Path, settings: dict[str, Any], runs: dict[str, dict[str, Any
     models = report["models"]
     for mode, name in (("lora", "lora:adapter"), ("full", "full:model")):
         runs[mode].update(eval_name=name, metrics=models[name]["metrics"])
+        if f"{name}@1024" in models:  # as users deploy it: merged, SamPredictor at 1024 px
+            runs[mode]["deployed_metrics"] = models[f"{name}@1024"]["metrics"]
     result = {"settings": settings, "base": {"checkpoint": s["checkpoint"], "generated": generated,
                                              "metrics": models["base"]["metrics"]},
               "runs": runs, "eval_json": str(out / "eval.json")}
@@ -265,6 +268,9 @@ def compare_markdown(result: dict[str, Any]) -> str:
              "full": runs["full"]["metrics"]}
     if "original" in result:
         table["original-1024"] = result["original"]["metrics"]
+    for mode in MODES:
+        if "deployed_metrics" in runs[mode]:
+            table[f"{mode} merged, 1024 px"] = runs[mode]["deployed_metrics"]
     lines = [
         "# LoRA vs fully unfrozen SAM", "",
         f"{s['model_type']} at {s['image_size'][0]}x{s['image_size'][1]} from `{s['checkpoint']}`, "
@@ -308,7 +314,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-images", type=int, default=None, help="evaluate on the first N val images")
     parser.add_argument("--eval-masks-per-image", type=int, default=None)
     parser.add_argument("--max-clicks", type=int, default=20)
-    parser.add_argument("--original", action="store_true", help="also evaluate SamPredictor at 1024 px on the base")
+    parser.add_argument("--original", action="store_true",
+                        help="also evaluate SamPredictor at 1024 px: the base, and LoRA and full as deployed (merged)")
     parser.add_argument("--in-process", action="store_true",
                         help="train both modes in this process (default: each in a fresh process)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

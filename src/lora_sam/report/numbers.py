@@ -287,6 +287,21 @@ def _box_and_iou_head(get: _Get) -> list[str]:
     return out
 
 
+def _deployed(deployed: float | None, lora: float | None, orig: float | None) -> str | None:
+    """LoRA merged and run at 1024 px against LoRA at its training resolution and the base at 1024 px."""
+    if deployed is None or lora is None:
+        return None
+    gap = deployed - lora
+    how = ("keeps" if abs(gap) < 0.02 else "gains" if gap > 0 else "loses") + f" {abs(gap):.3f}"
+    text = (f"Deployed as users run it (merged into the base checkpoint, `SamPredictor` at 1024 px) the LoRA model "
+            f"scores mIoU@1 {deployed:.3f} against {lora:.3f} at its training resolution: the resolution change "
+            f"{how}. The LoRA weights were trained on the encoder's low-resolution token grid; at 1024 px the "
+            "position table is the checkpoint's own and each attention window sees a smaller part of the image")
+    if orig is not None:
+        text += f"; against the base in the same pipeline ({orig:.3f}) fine-tuning {'helps' if deployed > orig else 'does not help'}"
+    return text + "."
+
+
 def discussion(
     metrics: Mapping[str, Mapping[str, Any]],
     *,
@@ -297,7 +312,8 @@ def discussion(
     """Sentences about the measured numbers; every number in them is taken from the arguments.
 
     Args:
-        metrics: {"base" | "lora" | "full" | "original": {metric: value}} (``metrics.METRIC_KEYS``);
+        metrics: {"base" | "lora" | "full" | "original" | "deployed": {metric: value}} (``metrics.METRIC_KEYS``;
+            "deployed": the LoRA model merged, SamPredictor at 1024 px);
             roles that were not evaluated are left out, values may be None.
         costs: {"lora" | "full": {"trainable_params", "weights_bytes", "step_time_s"}} from compare.json.
         by_area: {"lora" | "original": ``mean_by_area`` of the 1-click IoUs} over the same prompts.
@@ -316,6 +332,7 @@ def discussion(
         _lora_vs_full(lora, full, costs),
         _step_times(costs),
         _original_pipeline(orig, base, lora, base_resolution),
+        _deployed(get("deployed", "miou@1"), lora, orig),
         _by_mask_size(by_area),
         _clicks(get),
         *_box_and_iou_head(get),

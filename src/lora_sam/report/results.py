@@ -76,13 +76,14 @@ def iterations_section(run: Run, *, targets: int = 3) -> str:
     return "\n".join(text).rstrip()
 
 
+_COLUMNS = ("original", "lora", "deployed")  # the example figures' model columns, after the GT
 _RANKS = ("whole", "part", "sub-part")  # the 3 GT masks of point_sample / box_sample, big to small
 
 
 def _pairing_table(sam: Any, val: Any, options: Any, *, batches: int = 8) -> list[str]:
     """Which GT mask (whole, part, sub-part) each of the 3 multimask outputs was paired with at its first
     decode, counted over the point and box prompts of the first ``batches`` validation batches."""
-    counts = np.zeros((3, 3), dtype=int)
+    counts = np.zeros((3, 4), dtype=int)  # the last column: no mask loss (no distinct GT left for it)
     seen = 0
     device = next(sam.parameters()).device
     with torch.no_grad():
@@ -93,10 +94,10 @@ def _pairing_table(sam: Any, val: Any, options: Any, *, batches: int = 8) -> lis
                                       replace(options, point_prob=0.5, iterations=1), keep_records=True)
             for record in result.records:
                 for first in ([record["point"][0]] if record["point"] else []) + [record["box"]]:
-                    if first is None or (first["paired"] < 0).all():
+                    if first is None or first["gt"].shape[1] != 3:  # the single output, trained on the target
                         continue
                     for row in first["paired"].tolist():
-                        counts[np.arange(3), row] += 1
+                        counts[np.arange(3), [r if r >= 0 else 3 for r in row]] += 1
                         seen += 1
     if not seen:
         return []
@@ -104,9 +105,10 @@ def _pairing_table(sam: Any, val: Any, options: Any, *, batches: int = 8) -> lis
     return [f"Pairing of the 3 outputs with the 3 GT masks (`pairing={options.pairing}`): the GT each output trained "
             f"against at its first decode, over {seen} point and box prompts of {min(n + 1, batches)} validation "
             "images. The released SAM emits subpart, part, whole; a fixed big-to-small pairing would force every "
-            "token to swap roles, the lowest-loss assignment lets each keep its own (where GT masks repeat, the "
-            "pairing among the copies is arbitrary).", "",
-            markdown_table(["", *(f"GT {r}" for r in _RANKS)], rows), ""]
+            "token to swap roles, the lowest-loss assignment lets each keep its own. Where fewer than 3 distinct "
+            "masks fit the prompt (a repeated GT), `distinct` pairing gives each distinct mask to one output and "
+            "leaves the others without a mask loss (last column: they train their IoU prediction only).", "",
+            markdown_table(["", *(f"GT {r}" for r in _RANKS), "no mask loss"], rows), ""]
 
 
 def curves_section(run: Run) -> str:
@@ -213,15 +215,17 @@ def _find_samples(run: Run, image_ids: set[str]) -> dict[str, dict[str, Any]]:
 
 def _first_click_masks(run: Run, adapter: str | None, prompts: dict[str, Any], picked: list[int],
                        samples: dict[str, dict[str, Any]]) -> dict[tuple[str, int], torch.Tensor]:
-    """The LoRA model's and the 1024 px pipeline's answer (highest predicted IoU of 3) to the first click of
-    each picked prompt: {("lora" | "original", prompt index): (H, W) bool}. One image encoding per image."""
+    """The LoRA model's, the base's 1024 px pipeline's and the LoRA model's merged into the base at 1024 px
+    (as deployed) answer (highest predicted IoU of 3) to the first click of each picked prompt:
+    {("lora" | "original" | "deployed", prompt index): (H, W) bool}. One image encoding per image and model."""
     from lora_sam.evaluation.run import build_segmenters
 
     built = build_segmenters(model_type=run.model_type, checkpoint=run.base_checkpoint, image_size=run.image_size,
                              adapters=[run.locate(adapter, "lora/adapter.safetensors")], base=False, original=True,
                              device=run.device)
     segmenters = {"lora": next(seg for seg, info in built.values() if info["kind"] == "lora"),
-                  "original": built["original-1024"][0]}
+                  "original": built["original-1024"][0],
+                  "deployed": next(seg for seg, info in built.values() if info["kind"] == "deployed")}  # the LoRA
     by_image: dict[str, list[int]] = {}
     for i in picked:
         by_image.setdefault(prompts["image_id"][i], []).append(i)
@@ -242,24 +246,25 @@ def _first_click_masks(run: Run, adapter: str | None, prompts: dict[str, Any], p
 def _example_rows(run: Run, tag: str, picked: list[int], prompts: dict[str, Any],
                   samples: dict[str, dict[str, Any]], masks: dict[tuple[str, int], torch.Tensor],
                   recorded: dict[str, list[list[float]]]) -> list[dict[str, Any]]:
-    """One figure row per picked prompt: the image cropped to its input size, the first click, GT, LoRA's
-    and the 1024 px pipeline's masks with their IoUs (warning when they differ from eval.json's)."""
+    """One figure row per picked prompt: the image cropped to its input size, the first click, GT, the base's
+    1024 px pipeline's, LoRA's and LoRA merged at 1024 px masks with their IoUs (warning when they differ from
+    eval.json's)."""
     rows = []
     for rank, i in enumerate(picked, start=1):
         sample = samples[prompts["image_id"][i]]
         gt = sample["masks"][int(prompts["mask_index"][i])].bool()
         shown, ious = [gt], []
-        for key in ("lora", "original"):
+        for key in _COLUMNS:
             shown.append(masks[key, i])
             ious.append(float(mask_iou(masks[key, i], gt)))
-            if abs(ious[-1] - recorded[key][i][0]) > 1e-3:
+            if key in recorded and abs(ious[-1] - recorded[key][i][0]) > 1e-3:
                 warnings.warn(f"{run.root / 'eval.json'}: prompt {i} ({key}): 1-click IoU {recorded[key][i][0]:.4f} "
                               f"recorded, {ious[-1]:.4f} recomputed for the figure", RuntimeWarning, stacklevel=3)
         ih, iw = (int(v) for v in sample["input_size"])
         rows.append({"image": sample["image"][:, :ih, :iw], "points": prompts["click_points"][i][:1],
                      "labels": prompts["click_labels"][i][:1], "masks": [m[:ih, :iw] for m in shown],
                      "label": f"{tag} #{rank}: {sample['image_id']}, mask {prompts['mask_index'][i]}",
-                     "captions": [f"{int(gt.sum())} px", f"IoU {ious[0]:.2f}", f"IoU {ious[1]:.2f}"]})
+                     "captions": [f"{int(gt.sum())} px", *(f"IoU {v:.2f}" for v in ious)]})
     return rows
 
 
@@ -272,6 +277,10 @@ def examples_section(run: Run, *, count: int = 3) -> str:
         raise Missing(f"a {'LoRA' if lora is None else 'original-1024'} model in `{run.root / 'eval.json'}`")
     (lora_name, lora_entry), (orig_name, orig_entry) = lora, orig
     recorded = {"lora": lora_entry["prompts"]["click_ious"], "original": orig_entry["prompts"]["click_ious"]}
+    deployed = next(((n, e) for n, e in run.eval["models"].items()
+                     if e.get("kind") == "deployed" and e.get("of") == "lora"), None)
+    if deployed is not None:
+        recorded["deployed"] = deployed[1]["prompts"]["click_ious"]
     prompts = lora_entry["prompts"]
     first = np.array([row[0] for row in prompts["click_ious"]], dtype=np.float64)
     best, worst = pick_examples(first, count)
@@ -282,13 +291,14 @@ def examples_section(run: Run, *, count: int = 3) -> str:
     for tag, picked in (("good", best), ("bad", worst)):
         rows = _example_rows(run, tag, picked, prompts, samples, masks, recorded)
         if rows:
-            figures.append(plot_examples(rows, ["GT", f"LoRA {h}x{w}", "original SAM pipeline 1024 px"],
+            figures.append(plot_examples(rows, ["GT", "base, SamPredictor 1024 px", f"LoRA {h}x{w}",
+                                                "LoRA merged, SamPredictor 1024 px"],
                                          run.figures / f"examples_{tag}.png",
                                          title=f"{tag} examples: {'highest' if tag == 'good' else 'lowest'} LoRA "
                                                f"1-click IoU"))
     roles = {role: found[1]["metrics"] for role, found in
-             (("base", run.eval_model("base")), ("lora", lora), ("full", run.eval_model("full")), ("original", orig))
-             if found is not None}
+             (("base", run.eval_model("base")), ("lora", lora), ("full", run.eval_model("full")), ("original", orig),
+              ("deployed", deployed)) if found is not None}
     areas = prompts["area"]
     orig_first = [row[0] for row in orig_entry["prompts"]["click_ious"]]
     by_area = {"lora": mean_by_area(first, areas), "original": mean_by_area(orig_first, areas)}
@@ -299,9 +309,10 @@ def examples_section(run: Run, *, count: int = 3) -> str:
         f"Rule: of the {len(first)} evaluation prompts, the {len(best)} with the highest and the {len(worst)} with "
         f"the lowest 1-click IoU of the LoRA model (`{lora_name}` in eval.json; ties to the earlier prompt), beside "
         f"`{orig_name}`. Each row: "
-        f"the image with the first click (the target's most interior point), the GT mask, the LoRA model's answer at "
-        f"{h}x{w} and the original SAM pipeline's (`SamPredictor` at 1024 px on the base weights, given the training "
-        "image upscaled back to its original size; its mask resized to the training resolution), each the output "
+        f"the image with the first click (the target's most interior point), the GT mask, the original SAM "
+        "pipeline's answer on the base weights (`SamPredictor` at 1024 px, given the training image upscaled back to "
+        f"its original size; its mask resized to the training resolution), the LoRA model's at {h}x{w}, and the LoRA "
+        "model as users deploy it (merged into the base checkpoint, `SamPredictor` at 1024 px), each the output "
         "with the highest predicted IoU.",
         "",
         *[f"![{p.stem}](figures/{p.name})" for p in figures],

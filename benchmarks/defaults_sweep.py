@@ -48,6 +48,19 @@ def run(data: Path, options: dict[str, Any], steps: int, seed: int) -> dict[str,
             "seconds": round(time.perf_counter() - start, 1)}
 
 
+def write_card(results: dict[str, Any], args: argparse.Namespace) -> None:
+    """The best LoRA setting (lr and focal weight) and the best full learning rate into the model card."""
+    from lora_sam.runs.model_card import set_fine_tune_defaults
+
+    lora = max(results["lora"], key=lambda r: r["after"])
+    full = max(results["full"], key=lambda r: r["after"])
+    defaults = {"lr": {"lora": lora["lr"], "full": full["lr"]}, "warmup_steps": lora["warmup_steps"],
+                "focal_weight": lora["focal_weight"], "dice_weight": 1.0, "iou_weight": 1.0}
+    command = f"python benchmarks/defaults_sweep.py --out {args.out} --images {args.images} --steps {args.steps}"
+    set_fine_tune_defaults(defaults, measured_by=command)
+    print(json.dumps(defaults))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"))
@@ -55,7 +68,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["lora", "full", "source"], default=None)
+    parser.add_argument("--write-card", action="store_true",
+                        help="record the best LoRA and full settings in the built-in base's model card")
     args = parser.parse_args()
+    if args.write_card:
+        write_card(json.loads((args.out / "sweep.json").read_text()), args)
+        return
     quiet_framework()
     roots = {"microscopy": args.out / "microscopy", "scenes": args.out / "scenes"}
     for domain, root in roots.items():

@@ -156,4 +156,4 @@ def fine_tune_defaults(model_type: str, checkpoint: str | os.PathLike | None) ->
         found = json.loads(card.read_text()).get("fine_tune_defaults") if card.is_file() else None
         if found:
             return {k: found[k] for k in FINE_TUNE_KEYS}, f"the built-in base's model card ({card.name})"
-    return dict(SAM_RECIPE_DEFAULTS), "SAM's recipe (Meta's weights)"
+    return dict(SAM_RECIPE_DEFAULTS), "SAM's recipe (for Meta's weights, and any start without its own defaults)"

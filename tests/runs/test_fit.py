@@ -118,3 +118,41 @@ def test_bf16_mixed_precision_trains(tmp_path: Path, tiny_checkpoint: Path, synt
     trainer.fit(model, train, val)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert (tmp_path / "adapter.safetensors").stat().st_size > 0
+
+
+def _readme_tiny_cpu_lines() -> list[str]:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    return [line.split("#")[0].strip() for line in readme.splitlines()
+            if line.startswith("lora-sam synth") and "configs/tiny_cpu.yaml" in line]
+
+
+@pytest.mark.slow
+def test_the_readme_tiny_cpu_commands_run_as_written(tmp_path: Path) -> None:
+    """The README's two CPU lines (the base's own domain, then a domain it has not seen), run as written
+    in a fresh folder with the repository's config file, shortened: 6 images and 3 steps. Each writes the
+    adapter and a metrics.csv whose val curve starts at step 0 (the base's own numbers)."""
+    import csv
+    import shlex
+    import shutil
+
+    lines = _readme_tiny_cpu_lines()
+    assert len(lines) == 2, lines
+    shutil.copytree(Path(__file__).resolve().parents[2] / "configs", tmp_path / "configs")
+    exe = Path(sys.executable).with_name("lora-sam")
+    for n, line in enumerate(lines):
+        for command in line.split("&&"):
+            args = shlex.split(command)
+            assert args[0] == "lora-sam"
+            args = [str(exe), *args[1:]]
+            if args[1] == "synth":
+                args[args.index("--images") + 1] = "6"
+            else:
+                args += ["--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
+                         "--trainer.default_root_dir", f"runs/line{n}"]
+            done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        version = tmp_path / f"runs/line{n}/lightning_logs/version_0"
+        assert (version / "adapter.safetensors").stat().st_size > 0
+        rows = list(csv.DictReader((version / "metrics.csv").open()))
+        val_steps = [int(r["step"]) for r in rows if r.get("val/miou")]
+        assert val_steps[0] == 0 and val_steps[-1] >= 2, val_steps

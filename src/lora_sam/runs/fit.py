@@ -3,6 +3,7 @@
     lora-sam fit --config configs/vit_b_160x256_gpu.yaml
     lora-sam fit --config configs/tiny_cpu.yaml --trainer.max_steps 50
     lora-sam fit --print_config            # every option with its default
+    lora-sam fit --config configs/tiny_cpu.yaml --lr auto     # Lightning's learning-rate finder first
 
 Checkpoints: ``ModelCheckpoint(save_last=True)`` in the run's ``checkpoints/`` folder (LoRA runs
 keep only the trainable tensors, a few MB), resumed with ``--ckpt_path last``. The adapter
@@ -88,12 +89,14 @@ class _CLI(LightningCLI):
         parser.add_argument("--lr_find_steps", type=int, default=100, help="steps of the finder's sweep (default 100)")
 
     def before_fit(self) -> None:
-        """Lightning's progress bar swapped for ours, which counts epochs from ``max_steps`` ("Epoch 6/9"), and
-        ``--lr``."""
+        """Lightning's progress bar swapped for ours, which counts epochs from ``max_steps`` ("Epoch 6/9"), a
+        validation at step 0 (the base's own numbers, the start of the val curves), and ``--lr``."""
         callbacks = self.trainer.callbacks
         for i, callback in enumerate(callbacks):
             if isinstance(callback, ProgressBar) and type(callback) in (RichProgressBar, TQDMProgressBar):
                 callbacks[i] = progress_bar()
+        # the curves start where the base does: one validation at step 0 (logged at step 0)
+        self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
         lr = self.config["fit"].get("lr")
         if lr == "auto":
             find_lr(self.trainer, self.model, self.datamodule, steps=self.config["fit"]["lr_find_steps"])

@@ -21,7 +21,7 @@ from lora_sam.checkpoints import BUILTIN_FILES, WEIGHTS_DIR
 from lora_sam.io import markdown_table
 from lora_sam.runs.pretrain import sha256
 
-__all__ = ["card_markdown", "ship"]
+__all__ = ["card_markdown", "set_fine_tune_defaults", "ship"]
 
 _RECIPE_KEYS = ("batch_size", "masks_per_image", "iterations", "point_prob", "lr", "warmup_steps",
                 "final_lr_fraction", "weight_decay", "grad_clip", "focal_weight", "dice_weight", "iou_weight", "seed")
@@ -78,6 +78,32 @@ def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str,
     return card
 
 
+def set_fine_tune_defaults(defaults: dict[str, Any], *, measured_by: str, out_dir: Path = WEIGHTS_DIR) -> dict[str, Any]:
+    """Record the base's fine-tuning defaults (``checkpoints.fine_tune_defaults`` reads them) in its card.
+
+    ``defaults``: {"lr": {"lora": float, "full": float}, "warmup_steps", "focal_weight", "dice_weight",
+    "iou_weight"}; ``measured_by``: the sweep's command and where its table is.
+    """
+    path = out_dir / "model_card.json"
+    card = json.loads(path.read_text())
+    card["fine_tune_defaults"] = {**defaults, "measured_by": measured_by}
+    path.write_text(json.dumps(card, indent=1))
+    (out_dir / "MODEL_CARD.md").write_text(card_markdown(card))
+    return card
+
+
+def _defaults_lines(card: dict[str, Any]) -> list[str]:
+    d = card.get("fine_tune_defaults")
+    if not d:
+        return []
+    return ["## Fine-tuning defaults", "",
+            f"What `LoRASAM` takes from this base for whatever a run does not set (and prints so): lr "
+            f"{d['lr']['lora']:g} with LoRA, {d['lr']['full']:g} for full fine-tuning, {d['warmup_steps']} warm-up "
+            f"steps, loss {d['focal_weight']:g} x focal + {d['dice_weight']:g} x dice + {d['iou_weight']:g} x IoU-head "
+            "MSE (the base was pretrained without the focal term). Measured by `" + d["measured_by"] + "` (the table: "
+            "`BENCHMARKS.md`, section \"Fine-tuning defaults\").", ""]
+
+
 def _made_lines(card: dict[str, Any]) -> list[str]:
     """The data and training commands of each run that made the weights."""
     stages = card.get("stages") or _stages(None, card)
@@ -121,6 +147,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         lines += ["## Measured (`benchmarks/quality.py`, held-out images)", "",
                   markdown_table(["target", "value", "goal", "result"], rows), "",
                   "Details and what limits each missed target: `BENCHMARKS.md`, section \"Quality\".", ""]
+    lines += _defaults_lines(card)
     lines += ["## Use", "", "```python", "import lora_sam",
               'sam = lora_sam.build_sam("tiny", checkpoint="builtin")        # at 160x256',
               'model = lora_sam.LoRASAM(4, 1, model_type="tiny")             # starts from it, and says so',

@@ -171,17 +171,8 @@ def sam_loss(
         Scalars "focal", "dice", "iou" and "total" = focal_weight * focal + dice_weight * dice
         + iou_weight * iou.
     """
-    if logits.dim() != 4 or iou_pred.shape != logits.shape[:2]:
-        raise ValueError(
-            f"expected logits (K, M, H, W) and iou_pred (K, M), got {tuple(logits.shape)} and {tuple(iou_pred.shape)}"
-        )
-    k, m, h, w = logits.shape
-    expected = (k, 1, h, w) if min_only else (k, m, h, w)
-    if tuple(gt.shape) != expected:
-        raise ValueError(f"expected gt {expected} (min_only={min_only}), got {tuple(gt.shape)}")
-    if k == 0:
-        raise ValueError("sam_loss needs at least one prompt (K = 0)")
-    gt = gt.bool().expand(k, m, h, w)
+    _check_shapes(logits, iou_pred, gt, min_only)
+    gt = gt.bool().expand(logits.shape)
     focal, dice = focal_dice_loss(logits, gt)  # (K, M) each
     true_iou = mask_iou(logits.detach() > 0, gt)  # (K, M)
     iou = F.mse_loss(iou_pred.float(), true_iou)
@@ -196,6 +187,19 @@ def sam_loss(
         focal, dice = focal.mean(), dice.mean()
     total = focal_weight * focal + dice_weight * dice + iou_weight * iou
     return {"focal": focal, "dice": dice, "iou": iou, "total": total}
+
+
+def _check_shapes(logits: Tensor, iou_pred: Tensor, gt: Tensor, min_only: bool) -> None:
+    if logits.dim() != 4 or iou_pred.shape != logits.shape[:2]:
+        raise ValueError(
+            f"expected logits (K, M, H, W) and iou_pred (K, M), got {tuple(logits.shape)} and {tuple(iou_pred.shape)}"
+        )
+    k, m, h, w = logits.shape
+    expected = (k, 1, h, w) if min_only else (k, m, h, w)
+    if tuple(gt.shape) != expected:
+        raise ValueError(f"expected gt {expected} (min_only={min_only}), got {tuple(gt.shape)}")
+    if k == 0:
+        raise ValueError("sam_loss needs at least one prompt (K = 0)")
 
 
 Pairing = Literal["distinct", "optimal", "min", "fixed"]

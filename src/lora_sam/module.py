@@ -35,6 +35,18 @@ from lora_sam.summary import parameter_summary
 __all__ = ["LOSS_TERMS", "LoRASAM", "StepResult"]
 
 
+def _with_base_defaults(model_type: str, checkpoint: str | None, finetune: str, **given: float | None) -> list:
+    """The fine-tuning settings (``checkpoints.FINE_TUNE_KEYS``, in that order), those left at None taken
+    from the base's defaults; says which it took and from where."""
+    unset = [k for k in FINE_TUNE_KEYS if given[k] is None]
+    if unset:
+        defaults, source = fine_tune_defaults(model_type, checkpoint)
+        given.update({k: defaults[k][finetune] if k == "lr" else defaults[k] for k in unset})
+        shown = ", ".join(f"{k} {given[k]:g}" for k in unset)
+        rank_zero_info(f"lora_sam: defaults from {source}: {shown} (explicit arguments win)")
+    return [given[k] for k in FINE_TUNE_KEYS]
+
+
 class LoRASAM(pl.LightningModule):
     """Fine-tune SAM with LoRA (or fully) on SA-1B-style batches (see ``lora_sam.data.samples.collate``).
 
@@ -106,15 +118,15 @@ class LoRASAM(pl.LightningModule):
             raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
         if on_nonfinite not in ("error", "skip"):
             raise ValueError(f"on_nonfinite must be 'error' or 'skip', got {on_nonfinite!r}")
-        self.save_hyperparameters()
-        self.hparams["model_type"] = model_type
-        self._take_base_defaults(model_type, checkpoint, finetune)
-        hp = self.hparams
+        lr, warmup_steps, focal_weight, dice_weight, iou_weight = _with_base_defaults(
+            model_type, checkpoint, finetune, lr=lr, warmup_steps=warmup_steps, focal_weight=focal_weight,
+            dice_weight=dice_weight, iou_weight=iou_weight)
+        self.save_hyperparameters()  # after the defaults are filled in: hparams.yaml holds what the run used
         self.recipe = RecipeOptions(iterations=iterations, point_prob=point_prob, masks_per_image=masks_per_image,
                                     pairing=pairing, box_output=box_output, box_noise_std=box_noise_std,
                                     box_noise_cap=box_noise_cap, mask_only_iterations=mask_only_iterations,
-                                    focal_weight=hp.focal_weight, dice_weight=hp.dice_weight,
-                                    iou_weight=hp.iou_weight)  # validates them
+                                    focal_weight=focal_weight, dice_weight=dice_weight,
+                                    iou_weight=iou_weight)  # validates them
         image_size = (int(image_size[0]), int(image_size[1]))
         if checkpoint is None and model_type in BUILTIN_FILES and resolve_checkpoint(model_type, None) is not None:
             rank_zero_info(f"lora_sam: no checkpoint given: {model_type} starts from the built-in base "
@@ -129,18 +141,6 @@ class LoRASAM(pl.LightningModule):
         self.strict_loading = finetune == "full"  # LoRA checkpoints hold only the trainable tensors
         self._skipped = 0
         self._val_sums: dict[str, tuple[Tensor, int]] = {}
-
-    def _take_base_defaults(self, model_type: str, checkpoint: str | None, finetune: str) -> None:
-        """Fill the fine-tuning settings left at None from the base's defaults, say which and from where,
-        and record the values in the hyperparameters (hparams.yaml holds what the run used)."""
-        unset = [k for k in FINE_TUNE_KEYS if self.hparams.get(k) is None]
-        if not unset:
-            return
-        defaults, source = fine_tune_defaults(model_type, checkpoint)
-        for key in unset:
-            self.hparams[key] = defaults[key][finetune] if key == "lr" else defaults[key]
-        shown = ", ".join(f"{k} {self.hparams[k]:g}" for k in unset)
-        rank_zero_info(f"lora_sam: defaults from {source}: {shown} (explicit arguments win)")
 
     # ------------------------------------------------------------------ steps
 

@@ -77,12 +77,11 @@ def build_segmenters(
     """The models to compare, by row name, with a description of each.
 
     Names: ``"base"`` (the checkpoint at ``image_size``), ``"lora:<file stem>"`` (each adapter on the
-    base, merged), ``"full:<file stem>"`` (each fully fine-tuned ``model.pth``), ``"original-1024"``
-    (``SamPredictor`` on the base at 1024 px given the upscaled training image), with ``original`` also
-    ``"lora:<stem>@1024"`` and ``"full:<stem>@1024"`` (each fine-tuned model as users deploy it: merged
-    into the base checkpoint, or loaded at 1024 px, and run through ``SamPredictor``) and, with
-    ``original_full_res``, ``"original-1024:full-res"`` (given the original image). Stems that
-    clash get their folder name (``lora:run1/adapter``).
+    base, merged), ``"full:<file stem>"`` (each ``model.pth``); with ``original``, ``"original-1024"``
+    (``SamPredictor`` on the base at 1024 px, given the upscaled training image) and each fine-tuned
+    model as deployed (``"lora:<stem>@1024"``, ``"full:<stem>@1024"``: ``_deployed``); with
+    ``original_full_res``, ``"original-1024:full-res"`` (given the original image). Clashing stems get
+    their folder name (``lora:run1/adapter``).
 
     Returns:
         {name: (segmenter, {"kind": "base" | "lora" | "full" | "deployed" | "original", "path": str | None,
@@ -102,24 +101,15 @@ def build_segmenters(
         sam = build_sam(model_type, base_path, image_size).to(device)
         models["base"] = (LowResSegmenter(sam), {"kind": "base", "path": str(base_path), "resolution": size,
                                                  "input": "training image"})
-    adapter_paths = [Path(p) for p in adapters]
-    for name, path in zip(_unique_names("lora", adapter_paths), adapter_paths):
-        sam = _lora_sam(path, model_type, base_path, image_size).to(device)  # type: ignore[arg-type]
-        models[name] = (LowResSegmenter(sam), {"kind": "lora", "path": str(path), "resolution": size,
-                                               "input": "training image"})
-    full_paths = [Path(p) for p in fulls]
-    for name, path in zip(_unique_names("full", full_paths), full_paths):
-        sam = _full_sam(path, model_type, image_size).to(device)
-        models[name] = (LowResSegmenter(sam), {"kind": "full", "path": str(path), "resolution": size,
-                                               "input": "training image"})
+    adapter_paths, full_paths = [Path(p) for p in adapters], [Path(p) for p in fulls]
+    for kind, paths in (("lora", adapter_paths), ("full", full_paths)):
+        for name, path in zip(_unique_names(kind, paths), paths):
+            sam = (_lora_sam(path, model_type, base_path, image_size) if kind == "lora"  # type: ignore[arg-type]
+                   else _full_sam(path, model_type, image_size))
+            models[name] = (LowResSegmenter(sam.to(device)), {"kind": kind, "path": str(path), "resolution": size,
+                                                              "input": "training image"})
     if original:  # each fine-tuned model as users deploy it: merged, SamPredictor at 1024 px
-        for name, path in zip(_unique_names("lora", adapter_paths), adapter_paths):
-            merged = _lora_sam(path, model_type, base_path, ORIGINAL_FRAME).to(device)  # type: ignore[arg-type]
-            models[f"{name}@1024"] = (PredictorSegmenter(merged, source="upscaled"),
-                                      _deployed(path, "lora"))
-        for name, path in zip(_unique_names("full", full_paths), full_paths):
-            models[f"{name}@1024"] = (PredictorSegmenter(_full_sam(path, model_type, ORIGINAL_FRAME).to(device),
-                                                         source="upscaled"), _deployed(path, "full"))
+        models.update(_deployed(model_type, base_path, adapter_paths, full_paths, device))  # type: ignore[arg-type]
         sam_1024 = build_sam(model_type, base_path, ORIGINAL_FRAME).to(device)
         models["original-1024"] = (PredictorSegmenter(sam_1024, source="upscaled"),
                                    {"kind": "original", "path": str(base_path), "resolution": list(ORIGINAL_FRAME),
@@ -133,9 +123,19 @@ def build_segmenters(
     return models
 
 
-def _deployed(path: Path, kind: str) -> dict[str, Any]:
-    return {"kind": "deployed", "of": kind, "path": str(path), "resolution": list(ORIGINAL_FRAME),
-            "input": "training image upscaled"}
+def _deployed(model_type: str, base_path: Path, adapters: list[Path], fulls: list[Path],
+              device: torch.device) -> dict[str, tuple[Segmenter, dict[str, Any]]]:
+    """``"lora:<stem>@1024"`` / ``"full:<stem>@1024"``: each adapter merged into the base checkpoint and
+    each full model at 1024 px, through ``SamPredictor``, as ``lora-sam export`` users run them."""
+    models: dict[str, tuple[Segmenter, dict[str, Any]]] = {}
+    for kind, paths in (("lora", adapters), ("full", fulls)):
+        for name, path in zip(_unique_names(kind, paths), paths):
+            sam = (_lora_sam(path, model_type, base_path, ORIGINAL_FRAME) if kind == "lora"
+                   else _full_sam(path, model_type, ORIGINAL_FRAME))
+            models[f"{name}@1024"] = (PredictorSegmenter(sam.to(device), source="upscaled"),
+                                      {"kind": "deployed", "of": kind, "path": str(path),
+                                       "resolution": list(ORIGINAL_FRAME), "input": "training image upscaled"})
+    return models
 
 
 def _original_path(dataset: Any, index: int) -> str | None:

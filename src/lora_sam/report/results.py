@@ -276,11 +276,10 @@ def examples_section(run: Run, *, count: int = 3) -> str:
     if lora is None or orig is None:
         raise Missing(f"a {'LoRA' if lora is None else 'original-1024'} model in `{run.root / 'eval.json'}`")
     (lora_name, lora_entry), (orig_name, orig_entry) = lora, orig
-    recorded = {"lora": lora_entry["prompts"]["click_ious"], "original": orig_entry["prompts"]["click_ious"]}
     deployed = next(((n, e) for n, e in run.eval["models"].items()
                      if e.get("kind") == "deployed" and e.get("of") == "lora"), None)
-    if deployed is not None:
-        recorded["deployed"] = deployed[1]["prompts"]["click_ious"]
+    recorded = {key: found[1]["prompts"]["click_ious"]
+                for key, found in (("lora", lora), ("original", orig), ("deployed", deployed)) if found is not None}
     prompts = lora_entry["prompts"]
     first = np.array([row[0] for row in prompts["click_ious"]], dtype=np.float64)
     best, worst = pick_examples(first, count)

@@ -223,7 +223,10 @@ def run_demo(out: str | Path, config: DemoConfig = DEFAULT, *, checkpoint: str |
     names = {"base": "base", "lora": "lora:adapter", "full": "full:model"}
     record["metrics"] = {"base": result["base"]["metrics"], "lora": result["runs"]["lora"]["metrics"],
                          "full": result["runs"]["full"]["metrics"],
-                         "original-1024": result.get("original", {}).get("metrics")}
+                         "original-1024": result.get("original", {}).get("metrics"),
+                         # as users deploy them: merged into the base checkpoint, SamPredictor at 1024 px
+                         "lora merged, 1024 px": result["runs"]["lora"].get("deployed_metrics"),
+                         "full, 1024 px": result["runs"]["full"].get("deployed_metrics")}
     record["source_metrics"] = {k: source["models"][v]["metrics"] for k, v in names.items()}
     _write_record(out, record)
 
@@ -286,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {title}:")
         for name, values in table.items():
             if values:
-                print(f"  {name:>14}: mIoU@1 {values['miou@1']:.3f}  mIoU@3 {values['miou@3']:.3f}  "
+                print(f"  {name:>20}: mIoU@1 {values['miou@1']:.3f}  mIoU@3 {values['miou@3']:.3f}  "
                       f"NoC@85 {values['noc@85']:.2f}  box mIoU {values['box_miou']:.3f}")
     lora, base = record["metrics"]["lora"]["miou@1"], record["metrics"]["base"]["miou@1"]
     verdict = "beats" if lora > base else "does NOT beat"

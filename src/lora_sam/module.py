@@ -121,7 +121,12 @@ class LoRASAM(pl.LightningModule):
         lr, warmup_steps, focal_weight, dice_weight, iou_weight = _with_base_defaults(
             model_type, checkpoint, finetune, lr=lr, warmup_steps=warmup_steps, focal_weight=focal_weight,
             dice_weight=dice_weight, iou_weight=iou_weight)
-        self.save_hyperparameters()  # after the defaults are filled in: hparams.yaml holds what the run used
+        self.save_hyperparameters()
+        # hparams.yaml holds what the run used: LightningCLI gives save_hyperparameters its config as written
+        # (None for a default), so the values taken from the base are set on both copies Lightning keeps
+        resolved = dict(zip(FINE_TUNE_KEYS, (lr, warmup_steps, focal_weight, dice_weight, iou_weight)))
+        self.hparams.update(resolved)
+        self._hparams_initial.update(resolved)
         self.recipe = RecipeOptions(iterations=iterations, point_prob=point_prob, masks_per_image=masks_per_image,
                                     pairing=pairing, box_output=box_output, box_noise_std=box_noise_std,
                                     box_noise_cap=box_noise_cap, mask_only_iterations=mask_only_iterations,

@@ -292,10 +292,10 @@ def _deployed(deployed: float | None, lora: float | None, orig: float | None) ->
     if deployed is None or lora is None:
         return None
     gap = deployed - lora
-    how = ("keeps" if abs(gap) < 0.02 else "gains" if gap > 0 else "loses") + f" {abs(gap):.3f}"
+    how = (f"within 0.02 of it ({gap:+.3f})" if abs(gap) < 0.02
+           else f"{'above' if gap > 0 else 'below'} it by {abs(gap):.3f}")
     text = (f"Deployed as users run it (merged into the base checkpoint, `SamPredictor` at 1024 px) the LoRA model "
-            f"scores mIoU@1 {deployed:.3f} against {lora:.3f} at its training resolution: the resolution change "
-            f"{how}. The LoRA weights were trained on the encoder's low-resolution token grid; at 1024 px the "
+            f"scores mIoU@1 {deployed:.3f} against {lora:.3f} at its training resolution, {how}. The LoRA weights were trained on the encoder's low-resolution token grid; at 1024 px the "
             "position table is the checkpoint's own and each attention window sees a smaller part of the image")
     if orig is not None:
         text += f"; against the base in the same pipeline ({orig:.3f}) fine-tuning {'helps' if deployed > orig else 'does not help'}"

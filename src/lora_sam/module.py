@@ -82,6 +82,7 @@ class LoRASAM(pl.LightningModule):
         seed: base seed of the prompt sampler (with the global step, so resumed runs reproduce).
     """
 
+    # long: 24 options one a line (LightningCLI reads them from this signature; the seam issue groups them)
     def __init__(
         self,
         rank: int = 4,
@@ -124,9 +125,7 @@ class LoRASAM(pl.LightningModule):
         self.save_hyperparameters()
         # hparams.yaml holds what the run used: LightningCLI gives save_hyperparameters its config as written
         # (None for a default), so the values taken from the base are set on both copies Lightning keeps
-        resolved = dict(zip(FINE_TUNE_KEYS, (lr, warmup_steps, focal_weight, dice_weight, iou_weight)))
-        self.hparams.update(resolved)
-        self._hparams_initial.update(resolved)
+        self.set_hparams(**dict(zip(FINE_TUNE_KEYS, (lr, warmup_steps, focal_weight, dice_weight, iou_weight))))
         self.recipe = RecipeOptions(iterations=iterations, point_prob=point_prob, masks_per_image=masks_per_image,
                                     pairing=pairing, box_output=box_output, box_noise_std=box_noise_std,
                                     box_noise_cap=box_noise_cap, mask_only_iterations=mask_only_iterations,
@@ -146,6 +145,12 @@ class LoRASAM(pl.LightningModule):
         self.strict_loading = finetune == "full"  # LoRA checkpoints hold only the trainable tensors
         self._skipped = 0
         self._val_sums: dict[str, tuple[Tensor, int]] = {}
+
+    def set_hparams(self, **values: Any) -> None:
+        """Set hyperparameters on both copies Lightning keeps (``hparams``, which the run uses, and the
+        initial ones, which hparams.yaml records): the base's defaults, or ``lora-sam fit --lr auto``'s lr."""
+        self.hparams.update(values)
+        self._hparams_initial.update(values)
 
     # ------------------------------------------------------------------ steps
 

@@ -101,7 +101,7 @@ class _CLI(LightningCLI):
         if lr == "auto":
             find_lr(self.trainer, self.model, self.datamodule, steps=self.config["fit"]["lr_find_steps"])
         elif lr is not None:
-            self.model.hparams.lr = float(lr)
+            self.model.set_hparams(lr=float(lr))
 
 
 def find_lr(trainer: pl.Trainer, model: LoRASAM, datamodule: pl.LightningDataModule, *, steps: int = 100) -> float:
@@ -117,7 +117,7 @@ def find_lr(trainer: pl.Trainer, model: LoRASAM, datamodule: pl.LightningDataMod
     if suggestion is None:
         raise RuntimeError(f"lr_find found no learning rate in {steps} steps (the loss never fell): pass --lr "
                            f"with a number, or more --lr_find_steps")
-    model.hparams.lr = float(suggestion)
+    model.set_hparams(lr=float(suggestion))
     out = Path(trainer.log_dir or trainer.default_root_dir)
     out.mkdir(parents=True, exist_ok=True)
     figure = finder.plot(suggest=True)

@@ -99,18 +99,21 @@ class LoRALayer(nn.Module):
             if weight.dtype not in (torch.float32, torch.float64):  # a buffer: .to() moves it with the layer
                 self.register_buffer("_unmerged_weight", weight.detach().clone(), persistent=False)
             weight.copy_((weight.float() + self.delta_weight(torch.float32)).to(weight.dtype))
+            self._merged_dtype = weight.dtype
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         """Take the update back out of ``base.weight`` (exactly, for a low-precision weight).
 
-        The LoRA tensors first follow the base weight to its device and dtype: a model merged by
-        ``merge_lora`` holds the base layer alone, so a ``.to()`` / ``.cuda()`` / ``.double()`` of the
-        model in between moved the base weight and not the update."""
+        The LoRA tensors first follow the base weight to its device, and to its dtype when that changed
+        since the merge: a model merged by ``merge_lora`` holds the base layer alone, so a ``.to()`` /
+        ``.cuda()`` / ``.double()`` of the model in between moved the base weight and not the update (an
+        adapter kept in float32 beside a bf16 base that did not change stays float32)."""
         if self.merged:
             weight = self.base.weight
-            self.to(device=weight.device, dtype=weight.dtype)
+            moved = weight.dtype != getattr(self, "_merged_dtype", weight.dtype)
+            self.to(device=weight.device, dtype=weight.dtype if moved else None)
             saved = getattr(self, "_unmerged_weight", None)
             if saved is not None:
                 weight.copy_(saved)

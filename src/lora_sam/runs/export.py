@@ -1,0 +1,67 @@
+"""``lora-sam export``: the merged official checkpoint (``lora_sam.adapter``) and, with ``--onnx DIR``, its ONNX files.
+
+The merge itself is ``lora_sam.adapter``'s command, unchanged; the ONNX step lives here because
+``lora_sam.adapter`` and ``lora_sam.deploy`` sit side by side in one layer and may not import each other.
+The ONNX files are made from the merged checkpoint just written, so they hold exactly its weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lora_sam import adapter
+from lora_sam.deploy import export_onnx, require_onnx
+from lora_sam.model import ORIGINAL_SIZE, build_sam
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    adapter.add_arguments(parser)
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write the merged model as ONNX into DIR: encoder.onnx (image encoder) and "
+        "decoder.onnx (prompt encoder + mask decoder, Meta's demo inputs); needs "
+        "pip install 'lora_sam[onnx]'",
+    )
+    parser.add_argument(
+        "--quantize",
+        action="store_true",
+        help="with --onnx: also write encoder.int8.onnx and decoder.int8.onnx (int8 weights, "
+        "smaller, slightly less exact)",
+    )
+    parser.add_argument("--opset", type=int, default=17, help="with --onnx: the ONNX opset (default 17)")
+
+
+def _write_onnx(args: argparse.Namespace) -> dict[str, Path]:
+    model_type = args.model_type or adapter.read_adapter_info(args.adapter).model_type
+    sam = build_sam(model_type, args.out, image_size=(ORIGINAL_SIZE, ORIGINAL_SIZE))
+    return export_onnx(sam, args.onnx, opset=args.opset, quantize=args.quantize)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.quantize and args.onnx is None:
+        print(
+            "lora-sam export: error: --quantize needs --onnx DIR (where the ONNX files go)", file=sys.stderr
+        )
+        return 2
+    try:
+        if args.onnx is not None:
+            require_onnx()  # before the merge, which may take minutes for vit_h
+    except ImportError as err:
+        print(f"lora-sam export: error: {err}", file=sys.stderr)
+        return 2
+    status = adapter.run(args)
+    if status or args.onnx is None:
+        return status
+    try:
+        paths = _write_onnx(args)
+    except (ImportError, ValueError) as err:
+        print(f"lora-sam export: error: {err}", file=sys.stderr)
+        return 2
+    for name, path in paths.items():
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {name}")
+    return 0

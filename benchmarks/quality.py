@@ -27,11 +27,14 @@ import numpy as np
 
 from lora_sam.data.loaders import open_dataset, split_indices
 from lora_sam.data.synth import make_synthetic
+from lora_sam.evaluation.options import EvalModels, EvalOptions
 from lora_sam.evaluation.run import evaluate_models
 from lora_sam.io import markdown_table
+from lora_sam.lora import LoRAOptions
 from lora_sam.metrics import metric_rows
 from lora_sam.model import resolve_checkpoint
-from lora_sam.runs.compare import compare
+from lora_sam.recipe import RecipeOptions
+from lora_sam.runs.compare import CompareConfig, compare
 
 SIZE = (160, 256)
 CLICKS = 10
@@ -100,18 +103,20 @@ def targets(source: dict[str, dict[str, float]], target: dict[str, dict[str, flo
 
 
 def _finetune(folders: dict[str, Path], out: Path, base: str, args: argparse.Namespace) -> dict[str, Any]:
-    return compare(folders["target"], out / "target", model_type="tiny", checkpoint=base, image_size=SIZE,
-                   steps=args.steps, rank=args.rank, alpha=args.alpha, seed=0, batch_size=args.batch_size,
-                   masks_per_image=12, lr_lora=args.lr_lora, lr_full=args.lr_full, val_fraction=args.val_fraction,
-                   val_batches=4, eval_masks_per_image=args.masks_per_image, max_clicks=CLICKS,
-                   iterations=3, focal_weight=0.0, original=True, progress=False)
+    config = CompareConfig(model_type="tiny", checkpoint=base, image_size=SIZE, steps=args.steps, seed=0,
+                           batch_size=args.batch_size, lr_lora=args.lr_lora, lr_full=args.lr_full,
+                           val_fraction=args.val_fraction, val_batches=4, original=True,
+                           lora=LoRAOptions(args.rank, args.alpha),
+                           recipe=RecipeOptions(iterations=3, masks_per_image=12, focal_weight=0.0),
+                           eval=EvalOptions(masks_per_image=args.masks_per_image, max_clicks=CLICKS))
+    return compare(folders["target"], out / "target", config, progress=False)
 
 
 def _evaluate(data: Path, out: Path, base: str, *, adapters=(), fulls=(), original=False, split="all",
               masks: int | None, val_fraction: float = 0.1) -> dict[str, dict[str, float]]:
-    report = evaluate_models(data, out, model_type="tiny", checkpoint=base, image_size=SIZE, adapters=list(adapters),
-                             fulls=list(fulls), original=original, split=split, val_fraction=val_fraction,
-                             masks_per_image=masks, max_clicks=CLICKS, progress=False)
+    models = EvalModels("tiny", base, SIZE, tuple(adapters), tuple(fulls), original=original)
+    options = EvalOptions(split=split, val_fraction=val_fraction, masks_per_image=masks, max_clicks=CLICKS)
+    report = evaluate_models(data, out, models, options, progress=False)
     return {name: _metrics(entry) for name, entry in report["models"].items()}
 
 

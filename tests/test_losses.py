@@ -269,7 +269,7 @@ def test_assign_outputs_is_the_permutation_of_lowest_total_loss() -> None:
     gt = torch.rand(8, 3, 10, 10, generator=gen) > 0.5
     order = torch.stack([torch.randperm(3, generator=gen) for _ in range(8)])  # outputs shuffled GT + noise
     logits = (gt.float()[torch.arange(8)[:, None], order] * 2 - 1) * 3 + torch.randn(8, 3, 10, 10, generator=gen)
-    found = assign_outputs(logits, gt)
+    found = assign_outputs(logits, gt, "distinct")
     for k in range(8):
         def total(perm: tuple[int, ...], k: int = k) -> float:
             return sum(float(20 * sigmoid_focal_loss(logits[k, m], gt[k, perm[m]]) + dice_loss(logits[k, m], gt[k, perm[m]]))
@@ -290,10 +290,10 @@ def test_pairing_is_float32_under_autocast() -> None:
     plain = pairwise_mask_loss(logits, gt)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under = pairwise_mask_loss(logits, gt)
-        paired = assign_outputs(logits, gt)
+        paired = assign_outputs(logits, gt, "distinct")
     assert under.dtype == torch.float32
     assert torch.equal(under, plain)
-    assert torch.equal(paired, assign_outputs(logits, gt))
+    assert torch.equal(paired, assign_outputs(logits, gt, "distinct"))
 
 
 def test_distinct_pairing_matches_a_brute_force_over_the_distinct_masks() -> None:

@@ -31,6 +31,7 @@ from torch import nn
 from lora_sam.io import atomic_path
 from lora_sam.lora import inject_lora, lora_layers, lora_state_dict, merge_lora
 from lora_sam.model import ORIGINAL_SIZE, build_sam
+from lora_sam.settings import MODEL_TYPE
 
 FORMAT = "lora_sam.adapter/1"
 
@@ -164,6 +165,30 @@ def apply_adapter(module: nn.Module, path: str | os.PathLike) -> AdapterInfo:
     return load_adapter(module, path)
 
 
+def merged_sam(
+    adapter: str | os.PathLike | None,
+    base_checkpoint: str | os.PathLike | None = None,
+    model_type: str | None = None,
+) -> nn.Module:
+    """The base at 1024 px with ``adapter`` (if any) folded in: the model ``export_merged`` saves.
+
+    ``model_type`` defaults to the adapter's own (a different one is an error), else ``build_sam``'s.
+    """
+    if adapter is not None:
+        info = read_adapter_info(adapter)
+        if model_type and info.model_type and model_type != info.model_type:
+            raise ValueError(f"adapter {adapter} was trained on {info.model_type}, not {model_type}: "
+                             f"drop the model type or pass {info.model_type}")
+        model_type = model_type or info.model_type
+        if model_type is None:
+            raise ValueError(f"adapter {adapter} does not record its model type: pass model_type")
+    sam = build_sam(model_type or MODEL_TYPE, base_checkpoint, image_size=(ORIGINAL_SIZE, ORIGINAL_SIZE))
+    if adapter is not None:
+        apply_adapter(sam, adapter)
+        sam = merge_lora(sam)
+    return sam
+
+
 def export_merged(
     adapter: str | os.PathLike,
     out: str | os.PathLike,
@@ -180,15 +205,7 @@ def export_merged(
     Returns:
         ``out`` as a Path.
     """
-    info = read_adapter_info(adapter)
-    if model_type and info.model_type and model_type != info.model_type:
-        raise ValueError(f"adapter {adapter} was trained on {info.model_type}, not {model_type}")
-    model_type = model_type or info.model_type
-    if model_type is None:
-        raise ValueError(f"adapter {adapter} does not record its model type: pass model_type")
-    sam = build_sam(model_type, base_checkpoint, image_size=(ORIGINAL_SIZE, ORIGINAL_SIZE))
-    apply_adapter(sam, adapter)
-    merged = merge_lora(sam)
+    merged = merged_sam(adapter, base_checkpoint, model_type)
     state = {k: v.detach().contiguous() for k, v in merged.state_dict().items()}
     out = Path(out)
     with atomic_path(out) as tmp:

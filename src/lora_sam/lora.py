@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,9 @@ __all__ = [
     "LoRALinear",
     "LoRAConv2d",
     "LoRAConvTranspose2d",
+    "LoRAOptions",
+    "SAM_LAYERS",
+    "LAYER_PRESETS",
     "SAM_TARGETS",
     "TARGET_PRESETS",
     "inject_lora",
@@ -35,6 +40,32 @@ __all__ = [
     "lora_layers",
     "lora_state_dict",
 ]
+
+
+@dataclass(frozen=True)
+class LoRAOptions:
+    """Which layers get LoRA and how (``LoRASAM(lora=...)``; ``lora-sam fit --model.lora.rank 8``).
+
+    Args:
+        rank: the rank r of each update (a positive integer).
+        alpha: the update is scaled by alpha / rank.
+        layers: a preset (``LAYER_PRESETS``: ``default``, ``qkv``, ``encoder``, ``decoder``) or ``fnmatch``
+            patterns over qualified module names (``"image_encoder.blocks.*.attn.qkv"``).
+        dropout: dropout on the LoRA branch's input (0: none).
+    """
+
+    rank: int = 4
+    alpha: float = 1.0
+    layers: str | tuple[str, ...] = "default"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
+            raise ValueError(f"LoRA rank must be a positive integer, got {self.rank!r}")
+        if not isinstance(self.layers, str):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
 
 
 class LoRALayer(nn.Module):
@@ -135,7 +166,7 @@ class LoRALayer(nn.Module):
 class LoRALinear(LoRALayer):
     """LoRA around ``nn.Linear``: A (r, in), B (out, r)."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = LoRAOptions.dropout) -> None:
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LoRALinear wraps nn.Linear, got {type(base).__name__}")
         super().__init__(base, rank, alpha, dropout)
@@ -159,7 +190,7 @@ class LoRALinear(LoRALayer):
 class LoRAConv2d(LoRALayer):
     """LoRA around ``nn.Conv2d``: A (r, in/groups, kH, kW), B (out, r)."""
 
-    def __init__(self, base: nn.Conv2d, rank: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(self, base: nn.Conv2d, rank: int, alpha: float, dropout: float = LoRAOptions.dropout) -> None:
         if not isinstance(base, nn.Conv2d):
             raise TypeError(f"LoRAConv2d wraps nn.Conv2d, got {type(base).__name__}")
         if base.padding_mode != "zeros":
@@ -187,7 +218,7 @@ class LoRAConvTranspose2d(LoRALayer):
     The base weight is (in, out/groups, kH, kW) and so is ``delta_weight()``.
     """
 
-    def __init__(self, base: nn.ConvTranspose2d, rank: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(self, base: nn.ConvTranspose2d, rank: int, alpha: float, dropout: float = LoRAOptions.dropout) -> None:
         if not isinstance(base, nn.ConvTranspose2d):
             raise TypeError(f"LoRAConvTranspose2d wraps nn.ConvTranspose2d, got {type(base).__name__}")
         if base.padding_mode != "zeros":
@@ -225,7 +256,7 @@ _WRAPPERS: dict[type[nn.Module], type[LoRALayer]] = {
     nn.ConvTranspose2d: LoRAConvTranspose2d,
 }
 
-SAM_TARGETS: tuple[str, ...] = (
+SAM_LAYERS: tuple[str, ...] = (
     "image_encoder.patch_embed.proj",
     "image_encoder.blocks.*.attn.qkv",
     "image_encoder.blocks.*.attn.proj",
@@ -237,26 +268,43 @@ SAM_TARGETS: tuple[str, ...] = (
     "mask_decoder.transformer.*",
     "mask_decoder.output_upscaling.*",
 )
-"""Default targets: every Linear / Conv2d / ConvTranspose2d of SAM but the mask decoder's output heads
+"""The default LoRA layers: every Linear / Conv2d / ConvTranspose2d of SAM but the mask decoder's output heads
 (``iou_prediction_head`` and ``output_hypernetworks_mlps``), which stay frozen."""
 
-TARGET_PRESETS: dict[str, tuple[str, ...]] = {
-    "default": SAM_TARGETS,
+LAYER_PRESETS: dict[str, tuple[str, ...]] = {
+    "default": SAM_LAYERS,
     "qkv": ("image_encoder.blocks.*.attn.qkv",),
-    "encoder": tuple(t for t in SAM_TARGETS if t.startswith("image_encoder")),
+    "encoder": tuple(t for t in SAM_LAYERS if t.startswith("image_encoder")),
     "decoder": ("mask_decoder.transformer.*", "mask_decoder.output_upscaling.*"),
 }
 
+# the names before LoRA layer patterns were called "layers" (one release)
+SAM_TARGETS, TARGET_PRESETS = SAM_LAYERS, LAYER_PRESETS
 
-def resolve_targets(targets: str | Sequence[str] | None) -> tuple[str, ...]:
-    """Target patterns from a preset name, a list of ``fnmatch`` patterns, or None (default)."""
+
+def resolve_layers(layers: str | Sequence[str] | None,
+                   presets: Mapping[str, tuple[str, ...]] = LAYER_PRESETS) -> tuple[str, ...]:
+    """LoRA layer patterns from a preset name (of ``presets``: a model family's, SAM v1's by default), a list
+    of ``fnmatch`` patterns, or None (the ``default`` preset)."""
+    if layers is None:
+        return tuple(presets["default"])
+    if isinstance(layers, str):
+        return tuple(presets.get(layers, (layers,)))
+    return tuple(layers)
+
+
+resolve_targets = resolve_layers  # the name before "layers" (one release)
+
+
+def deprecated_targets(layers: object, targets: object, where: str) -> object:
+    """``layers``, or the deprecated ``targets=`` alias of it (with a warning); both given is an error."""
     if targets is None:
-        return SAM_TARGETS
-    if isinstance(targets, str):
-        if targets in TARGET_PRESETS:
-            return TARGET_PRESETS[targets]
-        return (targets,)
-    return tuple(targets)
+        return layers
+    if layers is not None:
+        raise TypeError(f"{where}: pass the LoRA layer patterns as layers= only (targets= is its old name)")
+    warnings.warn(f"{where}: targets= is deprecated, pass layers= (the LoRA layer patterns)",
+                  DeprecationWarning, stacklevel=3)
+    return targets
 
 
 def _exact_type(module: nn.Module) -> type[nn.Module] | None:
@@ -272,30 +320,32 @@ def inject_lora(
     module: nn.Module,
     rank: int,
     alpha: float,
-    targets: str | Sequence[str] | None = None,
+    layers: str | Sequence[str] | None = None,
     *,
     layer_types: Iterable[type[nn.Module]] = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d),
-    dropout: float = 0.0,
+    dropout: float = LoRAOptions.dropout,
+    targets: str | Sequence[str] | None = None,
 ) -> list[str]:
     """Wrap the matching layers of ``module`` in LoRA, in place, and freeze everything else.
 
     Args:
-        targets: a preset name (``TARGET_PRESETS``), ``fnmatch`` patterns over qualified module
-            names (``"image_encoder.blocks.*.attn.qkv"``), or None for ``SAM_TARGETS``.
+        layers: a preset name (``LAYER_PRESETS``), ``fnmatch`` patterns over qualified module
+            names (``"image_encoder.blocks.*.attn.qkv"``), or None for ``SAM_LAYERS``.
         layer_types: only layers of these exact types are wrapped.
+        targets: the old name of ``layers`` (deprecated, one release).
     Returns:
         The qualified names of the replaced layers, in module order.
     """
     if not isinstance(rank, int) or rank <= 0:
         raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
-    patterns = resolve_targets(targets)
+    patterns = resolve_layers(deprecated_targets(layers, targets, "inject_lora"))
     allowed = set(layer_types)
     chosen = [
         name for name, sub in module.named_modules()
         if name and _exact_type(sub) in allowed and any(fnmatch.fnmatchcase(name, p) for p in patterns)
     ]
     if not chosen:
-        raise ValueError(f"no Linear / Conv2d / ConvTranspose2d layer matches the LoRA targets {list(patterns)}")
+        raise ValueError(f"no Linear / Conv2d / ConvTranspose2d layer matches the LoRA layer patterns {list(patterns)}")
     for p in module.parameters():
         p.requires_grad_(False)
     for name in chosen:

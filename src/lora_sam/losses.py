@@ -241,7 +241,7 @@ def pairwise_mask_loss(
 
 
 def assign_outputs(
-    logits: Tensor, gt: Tensor, pairing: Pairing = "distinct", *, focal_weight: float = 20.0, dice_weight: float = 1.0,
+    logits: Tensor, gt: Tensor, pairing: Pairing, *, focal_weight: float = 20.0, dice_weight: float = 1.0,
 ) -> Tensor:
     """Which GT mask each of the 3 outputs trains against.
 

@@ -22,6 +22,8 @@ import torchmetrics
 from torch import Tensor
 from torchmetrics.utilities import dim_zero_cat
 
+from lora_sam.settings import MAX_CLICKS
+
 CLICKS = (1, 2, 3, 5, 9)
 NOC_THRESHOLDS = (0.85, 0.90)
 METRIC_KEYS = (
@@ -69,7 +71,7 @@ def miou_at_clicks(ious: Any, ks: Sequence[int] = CLICKS) -> dict[int, float]:
     return result
 
 
-def number_of_clicks(ious: Any, threshold: float, *, max_clicks: int = 20) -> np.ndarray:
+def number_of_clicks(ious: Any, threshold: float, *, max_clicks: int = MAX_CLICKS) -> np.ndarray:
     """Clicks each prompt needs to reach an IoU of ``threshold`` (NoC).
 
     Args:
@@ -90,7 +92,7 @@ def number_of_clicks(ious: Any, threshold: float, *, max_clicks: int = 20) -> np
     return np.where(reached.any(axis=1), first, max_clicks).astype(np.int64)
 
 
-def noc(ious: Any, threshold: float, max_clicks: int = 20) -> float:
+def noc(ious: Any, threshold: float, max_clicks: int = MAX_CLICKS) -> float:
     """Mean number of clicks to reach ``threshold`` over prompts; see :func:`number_of_clicks`."""
     return float(number_of_clicks(ious, threshold, max_clicks=max_clicks).mean())
 
@@ -122,7 +124,7 @@ def summarize(
     output_ious: Any = None,
     iou_pred: Any = None,
     iou_true: Any = None,
-    max_clicks: int = 20,
+    max_clicks: int = MAX_CLICKS,
     box_ious_single: Any = None,
 ) -> dict[str, float]:
     """All metrics of one model, keyed as in ``METRIC_KEYS``.
@@ -194,7 +196,7 @@ class InteractiveIoU(torchmetrics.Metric):
     higher_is_better = True
     is_differentiable = False
 
-    def __init__(self, max_clicks: int = 20, **kwargs: Any) -> None:
+    def __init__(self, max_clicks: int = MAX_CLICKS, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_clicks = max_clicks
         for name in ("click_ious", "box_ious", "output_ious", "iou_pred", "iou_true"):

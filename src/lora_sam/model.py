@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from segment_anything import SamPredictor
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import Tensor
 
@@ -36,6 +38,7 @@ from lora_sam.checkpoints import (  # re-exported: lora_sam.model has always off
     load_checkpoint,
     resolve_checkpoint,
 )
+from lora_sam.settings import MODEL_TYPE
 
 __all__ = [
     "SamConfig",
@@ -57,7 +60,9 @@ __all__ = [
     "upscale",
     "image_size_of",
     "model_type_of",
+    "is_sam",
     "SamV1",
+    "SamV1Predictor",
 ]
 
 ORIGINAL_SIZE = 1024
@@ -185,7 +190,7 @@ def _resize_position_embedding(sam: Sam, image_size: tuple[int, int]) -> None:
 
 
 def build_sam(
-    model_type: str = "vit_b",
+    model_type: str = MODEL_TYPE,
     checkpoint: str | os.PathLike | None = None,
     image_size: tuple[int, int] | int = DEFAULT_IMAGE_SIZE,
 ) -> Sam:
@@ -309,6 +314,11 @@ def model_type_of(sam: Sam) -> str | None:
                  if cfg.encoder_embed_dim == width and cfg.encoder_depth == depth), None)
 
 
+def is_sam(module: object) -> bool:
+    """Whether ``module`` is SAM v1 (the official ``Sam``): ``lora_sam.families`` asks, not importing it."""
+    return isinstance(module, Sam)
+
+
 class SamV1:
     """SAM v1 as a ``promptable.PromptableModel``: ``encode`` / ``decode`` / ``upscale`` on an official ``Sam``.
 
@@ -317,6 +327,25 @@ class SamV1:
 
     def __init__(self, sam: Sam) -> None:
         self.sam = sam
+
+    @property
+    def module(self) -> Sam:
+        return self.sam
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return image_size_of(self.sam)
+
+    @property
+    def mask_threshold(self) -> float:
+        return float(self.sam.mask_threshold)
+
+    def predictor(self) -> SamV1Predictor:
+        """The original pipeline on this model (built at 1024x1024): ``SamPredictor``."""
+        if self.image_size != (ORIGINAL_SIZE, ORIGINAL_SIZE):
+            raise ValueError(f"the original SAM pipeline needs a model built at 1024x1024, got {self.image_size}; "
+                             f"use build_sam(model_type, checkpoint, (1024, 1024))")
+        return SamV1Predictor(self.sam)
 
     @property
     def low_res_size(self) -> tuple[int, int]:
@@ -333,3 +362,27 @@ class SamV1:
 
     def upscale(self, low_res_logits: Tensor, size: tuple[int, int]) -> Tensor:
         return upscale(low_res_logits, size)
+
+
+class SamV1Predictor:
+    """``promptable.ImagePredictor`` over the official ``SamPredictor`` (the image resized to 1024 on its longest
+    side, padded; prompts through its ``ResizeLongestSide``)."""
+
+    def __init__(self, sam: Sam) -> None:
+        self.sam_predictor = SamPredictor(sam.eval())
+        self.device = self.sam_predictor.device
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.sam_predictor.input_size
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.sam_predictor.set_image(image, image_format="RGB")
+
+    def to_frame(self, coords: Tensor, original_size: tuple[int, int]) -> Tensor:
+        # half a pixel off: SAM's prompt encoder adds it back (its "shift to centre of pixel")
+        return self.sam_predictor.transform.apply_coords_torch(coords, original_size) - 0.5
+
+    def predict(self, points: Tensor | None, labels: Tensor | None, boxes: Tensor | None,
+                mask_input: Tensor | None, multimask: bool) -> tuple[Tensor, Tensor, Tensor]:
+        return self.sam_predictor.predict_torch(points, labels, boxes, mask_input, multimask_output=multimask)

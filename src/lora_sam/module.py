@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,139 +19,178 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from lora_sam.adapter import save_adapter
-from lora_sam.checkpoints import FINE_TUNE_KEYS, fine_tune_defaults
-from lora_sam.io import atomic_path
-from lora_sam.lora import inject_lora, lora_state_dict
-from lora_sam.model import (
+from lora_sam.checkpoints import (
     BUILTIN_FILES,
     DEFAULT_IMAGE_SIZE,
-    SamV1,
-    build_sam,
+    FINE_TUNE_KEYS,
     builtin_checkpoint,
+    fine_tune_defaults,
     resolve_checkpoint,
 )
+from lora_sam.families import family_of
+from lora_sam.io import atomic_path
+from lora_sam.lora import LoRAOptions, deprecated_targets, inject_lora, lora_state_dict, resolve_layers
 from lora_sam.recipe import LOSS_TERMS, RecipeOptions, StepResult, interactive_step
 from lora_sam.summary import parameter_summary
 
-__all__ = ["LOSS_TERMS", "LoRASAM", "StepResult"]
+__all__ = ["LOSS_TERMS", "LoRASAM", "OptimOptions", "StepResult"]
 
 
-def _with_base_defaults(model_type: str, checkpoint: str | None, finetune: str, **given: float | None) -> list:
-    """The fine-tuning settings (``checkpoints.FINE_TUNE_KEYS``, in that order), those left at None taken
-    from the base's defaults; says which it took and from where."""
+def _as_dict(options: Any) -> dict[str, Any]:
+    """A settings group as hparams.yaml stores it (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
+
+
+@dataclass(frozen=True)
+class OptimOptions:
+    """AdamW with a linear warm-up, then a constant learning rate (``LoRASAM(optim=...)``).
+
+    Args:
+        lr: the learning rate. None: the base's default (``checkpoints.fine_tune_defaults``).
+        weight_decay: AdamW's decoupled weight decay.
+        warmup_steps: steps of the linear warm-up. None: the base's default.
+    """
+
+    lr: float | None = None
+    weight_decay: float = 0.01
+    warmup_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+
+
+_GROUPS: dict[str, type] = {"lora": LoRAOptions, "recipe": RecipeOptions, "optim": OptimOptions}
+
+
+def _group(cls: type, value: Any) -> Any:
+    """A settings group from itself, a dict (hparams.yaml) or None (its defaults)."""
+    if isinstance(value, cls):
+        return value
+    if cls is RecipeOptions:
+        return RecipeOptions.from_mapping(value or {})
+    return cls(**(value or {}))
+
+
+def _settings(rank: int | None, alpha: float | None, groups: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
+    """``LoRASAM``'s three groups, with any of their fields given flat (``LoRASAM(4, 1, lr=1e-3)``, and
+    hparams.yaml files written before the groups) folded in; a flat field wins over its group's."""
+    flat = dict(flat)
+    if "targets" in flat:  # the LoRA layer patterns' old name
+        flat["layers"] = deprecated_targets(flat.pop("layers", None), flat.pop("targets"), "LoRASAM")
+    flat.update({k: v for k, v in (("rank", rank), ("alpha", alpha)) if v is not None})
+    if "min_only" in flat and "pairing" not in flat:  # runs saved before ``pairing`` existed
+        flat["pairing"] = "min" if flat.pop("min_only") else "fixed"
+    out = {name: _group(cls, groups[name]) for name, cls in _GROUPS.items()}
+    for name, cls in _GROUPS.items():
+        mine = {f.name for f in fields(cls)}
+        out[name] = replace(out[name], **{k: flat.pop(k) for k in list(flat) if k in mine})
+    if flat:
+        raise TypeError(f"LoRASAM got unknown options {sorted(flat)}; its settings are the fields of "
+                        f"LoRAOptions, RecipeOptions and OptimOptions")
+    return out
+
+
+def _with_base_defaults(model_type: str, checkpoint: str | None, finetune: str, recipe: RecipeOptions,
+                        optim: OptimOptions) -> tuple[RecipeOptions, OptimOptions]:
+    """The fine-tuning settings (``checkpoints.FINE_TUNE_KEYS``) left at None taken from the base's defaults;
+    says which it took and from where."""
+    given = {**{k: getattr(optim, k) for k in ("lr", "warmup_steps")},
+             **{k: getattr(recipe, k) for k in FINE_TUNE_KEYS if hasattr(recipe, k)}}
     unset = [k for k in FINE_TUNE_KEYS if given[k] is None]
     if unset:
         defaults, source = fine_tune_defaults(model_type, checkpoint)
         given.update({k: defaults[k][finetune] if k == "lr" else defaults[k] for k in unset})
         shown = ", ".join(f"{k} {given[k]:g}" for k in unset)
         rank_zero_info(f"lora_sam: defaults from {source}: {shown} (explicit arguments win)")
-    return [given[k] for k in FINE_TUNE_KEYS]
+    optim = replace(optim, lr=given.pop("lr"), warmup_steps=given.pop("warmup_steps"))
+    return replace(recipe, **given), optim
 
 
 class LoRASAM(pl.LightningModule):
     """Fine-tune SAM with LoRA (or fully) on SA-1B-style batches (see ``lora_sam.data.samples.collate``).
 
-    The recipe options (iterations, point_prob, masks_per_image, pairing, box_output, box noise,
-    mask_only_iterations, the loss weights) are ``recipe.RecipeOptions``'s, documented there; the rest
-    builds the model and the optimiser.
+    The settings come in three groups, each a frozen dataclass documented where it lives:
+    ``lora.LoRAOptions`` (rank, alpha, layers, dropout), ``recipe.RecipeOptions`` (iterations,
+    point_prob, masks_per_image, pairing, box_output, box noise, mask_only_iterations, the loss
+    weights) and ``OptimOptions`` (lr, weight_decay, warmup_steps). Any of their fields may also be
+    given flat (``LoRASAM(4, 1, lr=1e-3, iterations=2)``); ``lora-sam fit`` reads them as
+    ``--model.recipe.iterations 2``. The learning rate, the warm-up and the loss weights left at None
+    come from the base (``checkpoints.fine_tune_defaults``): SAM's 20, 1, 1 for Meta's weights; the
+    built-in base's model card for it (measured for it: it was pretrained without the focal term).
+    A run prints which defaults it took and from where; an explicit value always wins.
 
     Args:
-        rank, alpha: LoRA rank and alpha (scaling = alpha / rank).
+        rank, alpha: LoRA rank and alpha (scaling = alpha / rank); None: ``lora``'s.
         model_type: ``vit_b`` / ``vit_l`` / ``vit_h`` / ``tiny``; $LORA_SAM_MODEL_TYPE overrides the default.
         checkpoint: official SAM checkpoint (None: $LORA_SAM_CHECKPOINT, then the default path; for
             ``tiny``, the built-in base, announced; ``"random"``: random weights on purpose;
             ``"builtin"``: the weights shipped in the package).
         image_size: training resolution (H, W), multiples of 16.
-        targets: LoRA target preset (``default``, ``qkv``, ``encoder``, ``decoder``) or patterns.
         finetune: ``"lora"`` (only LoRA tensors train) or ``"full"`` (every SAM parameter trains).
-        iterations: interactive rounds for point prompts (box prompts get one).
-        point_prob: probability that a target's first prompt is a point rather than a box.
-        masks_per_image: at most this many of a sample's target masks per step (the loader draws them;
-            ``get_loaders(masks_per_image=...)`` should match, so that no drawn target goes unused).
-        lr, weight_decay, warmup_steps: AdamW with linear warm-up, then constant (lr and warm-up: None takes
-            the base's defaults, below).
-        pairing: ``distinct`` (default), ``optimal``, ``min`` (the SAM paper's min-loss) or ``fixed``.
-        box_output: ``both`` (default: 3 outputs against ``box_sample`` and the single-mask output against
-            the target, one decode), ``multi`` or ``single``.
-        box_noise_std, box_noise_cap: box noise, std as a fraction of the side, cap in 1024 px-frame pixels.
-        mask_only_iterations: extra rounds feeding the mask prompt back with no new point (default 0).
-        focal_weight, dice_weight, iou_weight: loss weights. None: the base's defaults
-            (``checkpoints.fine_tune_defaults``): SAM's 20, 1, 1 for Meta's weights; the built-in base's
-            model card for it (measured for it: it was pretrained without the focal term). A run prints
-            which defaults it took and from where; an explicit argument always wins.
+        lora, recipe, optim: the settings groups (a dict reads as the dataclass of the same fields).
         on_nonfinite: ``"error"`` stops with the step named; ``"skip"`` skips that batch.
         seed: base seed of the prompt sampler (with the global step, so resumed runs reproduce).
+        **given: fields of the groups given flat (and the old name ``targets`` of ``layers``).
     """
 
-    # long: 24 options one a line (LightningCLI reads them from this signature; the seam issue groups them)
     def __init__(
         self,
-        rank: int = 4,
-        alpha: float = 1.0,
+        rank: int | None = None,
+        alpha: float | None = None,
         *,
         model_type: str | None = None,
         checkpoint: str | None = None,
         image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-        targets: str | list[str] = "default",
         finetune: Literal["lora", "full"] = "lora",
-        dropout: float = 0.0,
-        iterations: int = 3,
-        point_prob: float = 0.5,
-        masks_per_image: int = 16,
-        lr: float | None = None,
-        weight_decay: float = 0.01,
-        warmup_steps: int | None = None,
-        pairing: Literal["distinct", "optimal", "min", "fixed"] = "distinct",
-        box_output: Literal["both", "multi", "single"] = "both",
-        box_noise_std: float = 0.1,
-        box_noise_cap: float = 20.0,
-        mask_only_iterations: int = 0,
-        focal_weight: float | None = None,
-        dice_weight: float | None = None,
-        iou_weight: float | None = None,
+        lora: LoRAOptions = LoRAOptions(),
+        recipe: RecipeOptions = RecipeOptions(),
+        optim: OptimOptions = OptimOptions(),
         on_nonfinite: Literal["error", "skip"] = "error",
         seed: int = 0,
+        **given: Any,
     ) -> None:
         super().__init__()
         model_type = model_type or os.environ.get("LORA_SAM_MODEL_TYPE", "vit_b")
         if finetune not in ("lora", "full"):
             raise ValueError(f"finetune must be 'lora' or 'full', got {finetune!r}")
-        if finetune == "lora" and (not isinstance(rank, int) or rank <= 0):
-            raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
         if on_nonfinite not in ("error", "skip"):
             raise ValueError(f"on_nonfinite must be 'error' or 'skip', got {on_nonfinite!r}")
-        lr, warmup_steps, focal_weight, dice_weight, iou_weight = _with_base_defaults(
-            model_type, checkpoint, finetune, lr=lr, warmup_steps=warmup_steps, focal_weight=focal_weight,
-            dice_weight=dice_weight, iou_weight=iou_weight)
-        self.save_hyperparameters()
-        # hparams.yaml holds what the run used: LightningCLI gives save_hyperparameters its config as written
-        # (None for a default), so the values taken from the base are set on both copies Lightning keeps
-        self.set_hparams(**dict(zip(FINE_TUNE_KEYS, (lr, warmup_steps, focal_weight, dice_weight, iou_weight))))
-        self.recipe = RecipeOptions(iterations=iterations, point_prob=point_prob, masks_per_image=masks_per_image,
-                                    pairing=pairing, box_output=box_output, box_noise_std=box_noise_std,
-                                    box_noise_cap=box_noise_cap, mask_only_iterations=mask_only_iterations,
-                                    focal_weight=focal_weight, dice_weight=dice_weight,
-                                    iou_weight=iou_weight)  # validates them
+        groups = _settings(rank, alpha, {"lora": lora, "recipe": recipe, "optim": optim}, given)
+        self.lora_options: LoRAOptions = groups["lora"]
+        self.recipe, self.optim = _with_base_defaults(model_type, checkpoint, finetune, groups["recipe"],
+                                                      groups["optim"])
         image_size = (int(image_size[0]), int(image_size[1]))
+        # hparams.yaml holds what the run used, each group as its dict (``_group`` reads it back)
+        self.save_hyperparameters({
+            "model_type": model_type, "checkpoint": checkpoint, "image_size": list(image_size),
+            "finetune": finetune, "lora": _as_dict(self.lora_options), "recipe": _as_dict(self.recipe),
+            "optim": _as_dict(self.optim), "on_nonfinite": on_nonfinite, "seed": seed})
         if checkpoint is None and model_type in BUILTIN_FILES and resolve_checkpoint(model_type, None) is not None:
             rank_zero_info(f"lora_sam: no checkpoint given: {model_type} starts from the built-in base "
                            f"({builtin_checkpoint(model_type)}; pretrained here on synthetic scenes, not Meta's "
                            f"weights: see MODEL_CARD.md beside it)")
-        self.sam = build_sam(model_type, checkpoint, image_size).train()
+        family = family_of(model_type)  # the model is reached through its family's PromptableModel only
+        self.sam = family.build(model_type, checkpoint, image_size).train()
+        self.promptable = family.wrap(self.sam)
         self.lora_layers: list[str] = []
         if finetune == "lora":
-            self.lora_layers = inject_lora(self.sam, rank, alpha, targets=targets, dropout=dropout)
+            o = self.lora_options
+            layers = resolve_layers(o.layers, family.layer_presets)
+            self.lora_layers = inject_lora(self.sam, o.rank, o.alpha, layers, dropout=o.dropout)
         else:
             self.sam.requires_grad_(True)
         self.strict_loading = finetune == "full"  # LoRA checkpoints hold only the trainable tensors
         self._skipped = 0
         self._val_sums: dict[str, tuple[Tensor, int]] = {}
 
-    def set_hparams(self, **values: Any) -> None:
-        """Set hyperparameters on both copies Lightning keeps (``hparams``, which the run uses, and the
-        initial ones, which hparams.yaml records): the base's defaults, or ``lora-sam fit --lr auto``'s lr."""
-        self.hparams.update(values)
-        self._hparams_initial.update(values)
+    def set_lr(self, lr: float) -> None:
+        """Train with ``lr`` (``lora-sam fit --lr``'s number or its finder's suggestion), recorded in hparams.yaml."""
+        self.optim = replace(self.optim, lr=float(lr))
+        for hparams in (self.hparams, self._hparams_initial):  # the one the run uses, the one hparams.yaml records
+            hparams["optim"] = _as_dict(self.optim)
 
     # ------------------------------------------------------------------ steps
 
@@ -167,7 +207,7 @@ class LoRASAM(pl.LightningModule):
         self, batch: dict[str, Any], generator: torch.Generator, *, keep_records: bool = False
     ) -> StepResult:
         """``recipe.interactive_step`` on this module's SAM with its options."""
-        return interactive_step(SamV1(self.sam), batch, generator, self.recipe, keep_records=keep_records)
+        return interactive_step(self.promptable, batch, generator, self.recipe, keep_records=keep_records)
 
     def _world_size(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1
@@ -263,15 +303,16 @@ class LoRASAM(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        warmup = max(int(self.hparams.warmup_steps), 0)
+        optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        warmup = max(int(self.optim.warmup_steps), 0)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_fit_start(self) -> None:
         if self.trainer.is_global_zero:
-            mode = (f"LoRA rank {self.hparams.rank}, alpha {self.hparams.alpha:g}, {len(self.lora_layers)} layers"
+            mode = (f"LoRA rank {self.lora_options.rank}, alpha {self.lora_options.alpha:g}, "
+                    f"{len(self.lora_layers)} layers"
                     if self.hparams.finetune == "lora" else "full fine-tuning")
             rank_zero_info(f"lora_sam: {self.hparams.model_type} at {tuple(self.hparams.image_size)}, {mode}\n"
                            f"{parameter_summary(self.sam)}")
@@ -306,7 +347,7 @@ class LoRASAM(pl.LightningModule):
         training resolution (``.pth``; ``build_sam(model_type, path, image_size)`` loads it)."""
         path = Path(path)
         if self.hparams.finetune == "lora":
-            save_adapter(self.sam, path, targets=self.hparams.targets, model_type=self.hparams.model_type,
+            save_adapter(self.sam, path, targets=self.lora_options.layers, model_type=self.hparams.model_type,
                          image_size=self.hparams.image_size)
         else:
             with atomic_path(path) as tmp:

@@ -34,10 +34,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lora_sam.checkpoints import SAM_RECIPE_DEFAULTS
 from lora_sam.losses import Pairing, assign_outputs, sam_loss
 from lora_sam.metrics import mask_iou
 from lora_sam.promptable import PromptableModel
 from lora_sam.prompts import masks_to_boxes, noisy_boxes, sample_error_points, sample_points
+from lora_sam.settings import MASKS_PER_IMAGE
 from lora_sam.targets import box_picks, point_picks
 
 __all__ = ["LOSS_TERMS", "SAM_FRAME", "RecipeOptions", "StepResult", "interactive_step"]
@@ -67,22 +69,23 @@ class RecipeOptions:
         box_noise_std: std of each box coordinate's noise, as a fraction of the box side.
         box_noise_cap: largest noise in pixels of SAM's 1024 px frame (converted per image).
         mask_only_iterations: extra rounds at the end that feed the mask prompt back without a new point.
-        focal_weight, dice_weight, iou_weight: loss weights (20, 1, 1 as in SAM).
+        focal_weight, dice_weight, iou_weight: loss weights. None: the base's (``LoRASAM`` sets them from
+            ``checkpoints.fine_tune_defaults``); left at None here, SAM's 20, 1, 1.
     """
 
     # The same names as LoRASAM's keyword arguments and hparams.yaml keys (from_mapping reads them back);
     # other dataclasses of settings (runs.demo.DemoConfig) look alike by shape only.
     iterations: int = 3
     point_prob: float = 0.5
-    masks_per_image: int = 16
+    masks_per_image: int = MASKS_PER_IMAGE
     pairing: Pairing = "distinct"
     box_output: Literal["both", "multi", "single"] = "both"
     box_noise_std: float = 0.1
     box_noise_cap: float = 20.0
     mask_only_iterations: int = 0
-    focal_weight: float = 20.0
-    dice_weight: float = 1.0
-    iou_weight: float = 1.0
+    focal_weight: float | None = None
+    dice_weight: float | None = None
+    iou_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -98,10 +101,19 @@ class RecipeOptions:
         if self.mask_only_iterations < 0 or self.box_noise_std < 0 or self.box_noise_cap < 0:
             raise ValueError("mask_only_iterations, box_noise_std and box_noise_cap must be >= 0")
 
+    def loss_weights(self) -> tuple[float, float, float]:
+        """(focal, dice, IoU head): a weight left at None is SAM's (``checkpoints.SAM_RECIPE_DEFAULTS``)."""
+        given = (self.focal_weight, self.dice_weight, self.iou_weight)
+        sam = (SAM_RECIPE_DEFAULTS[k] for k in ("focal_weight", "dice_weight", "iou_weight"))
+        return tuple(float(d if w is None else w) for w, d in zip(given, sam))
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RecipeOptions:
-        """The options named in ``values`` (e.g. a run's hparams.yaml); other keys are ignored.
-        Runs saved before ``pairing`` existed recorded ``min_only``; True reads as ``pairing="min"``."""
+        """The options named in ``values`` (a run's hparams.yaml: its ``recipe`` group, or the flat keys of
+        runs saved before the groups); other keys are ignored. Runs saved before ``pairing`` existed
+        recorded ``min_only``; True reads as ``pairing="min"``."""
+        if isinstance(values.get("recipe"), Mapping):
+            values = values["recipe"]
         names = {f.name for f in fields(cls)}
         options = {k: v for k, v in values.items() if k in names}
         if "pairing" not in values and "min_only" in values:
@@ -239,6 +251,7 @@ def _score(step: _Step, image: _Image, iteration: int, low: Tensor, iou_pred: Te
     """The losses of decoded outputs (``_decode_and_score``); ``metric=False`` leaves the chosen mask's IoU
     out of the step's mIoU (a second set of outputs of the same prompts)."""
     o = step.options
+    focal, dice, iou = o.loss_weights()
     h, w = image.masks.shape[-2:]
     logits = step.model.upscale(low, image.frame)[..., :h, :w]  # padding cropped, as Sam.postprocess_masks
     best = iou_pred.argmax(1)
@@ -249,14 +262,14 @@ def _score(step: _Step, image: _Image, iteration: int, low: Tensor, iou_pred: Te
     if gt is None or o.pairing == "min":
         gt_used = target[:, None]
     else:
-        paired = assign_outputs(logits, gt, o.pairing, focal_weight=o.focal_weight, dice_weight=o.dice_weight)
+        paired = assign_outputs(logits, gt, o.pairing, focal_weight=focal, dice_weight=dice)
         # an output without a distinct GT: no mask loss; its IoU head learns its IoU with the target
         with_target = torch.cat([gt, target[:, None]], 1)
         index = torch.where(paired >= 0, paired, gt.shape[1])
         gt_used = with_target.gather(1, index[:, :, None, None].expand_as(logits))
         weight = paired >= 0 if o.pairing == "distinct" else None
-    losses = sam_loss(logits, iou_pred, gt_used, focal_weight=o.focal_weight, dice_weight=o.dice_weight,
-                      iou_weight=o.iou_weight, min_only=gt is not None and o.pairing == "min", mask_weight=weight)
+    losses = sam_loss(logits, iou_pred, gt_used, focal_weight=focal, dice_weight=dice,
+                      iou_weight=iou, min_only=gt is not None and o.pairing == "min", mask_weight=weight)
     step.result.add(iteration, losses, mask_iou(chosen, target).detach(), metric=metric)
     return low[rows, best][:, None], chosen, paired
 

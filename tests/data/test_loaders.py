@@ -17,7 +17,9 @@ from lora_sam.data.annotations import BadSample, DataError
 from lora_sam.data.loaders import (
     CocoInstances,
     EpochSampler,
+    LoaderOptions,
     SA1BFolder,
+    SampleOptions,
     collate,
     detect_kind,
     get_loaders,
@@ -372,7 +374,7 @@ def test_pin_memory_follows_cuda(synthetic_root) -> None:
     train, _ = get_loaders(synthetic_root, image_size=(64, 96), num_workers=0)
     assert train.pin_memory == torch.cuda.is_available()
     assert get_loaders(synthetic_root, image_size=(64, 96), num_workers=0, pin_memory=True)[0].pin_memory
-    module = SAMDataModule(str(synthetic_root), image_size=(64, 96), num_workers=0)
+    module = SAMDataModule(str(synthetic_root), LoaderOptions(num_workers=0), SampleOptions(image_size=(64, 96)))
     module.trainer = SimpleNamespace(accelerator=CPUAccelerator())
     assert not module.train_dataloader().pin_memory
 

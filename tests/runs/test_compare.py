@@ -19,8 +19,8 @@ def compare_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rc = main(["compare", "--data", str(root), "--out", str(out), "--model-type", "tiny", "--checkpoint", "random",
                "--image-size", "64", "96",
                "--steps", "3", "--val-every", "2", "--val-fraction", "0.3", "--batch-size", "1",
-               "--masks-per-image", "2", "--iterations", "2", "--eval-images", "1", "--eval-masks-per-image", "2",
-               "--max-clicks", "2", "--quiet"])
+               "--masks-per-image", "2", "--iterations", "2", "--eval-max-images", "1", "--eval-masks-per-image", "2",
+               "--eval-max-clicks", "2", "--quiet"])
     assert rc == 0
     return out
 

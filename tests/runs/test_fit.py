@@ -168,12 +168,12 @@ def test_lr_auto_runs_the_finder_and_trains_with_its_suggestion(tmp_path: Path, 
     exe = Path(sys.executable).with_name("lora-sam")
     done = subprocess.run([str(exe), "fit", "--config", str(config), "--lr", "auto", "--lr_find_steps", "20",
                            "--data.root", str(synthetic_root), "--model.image_size", "[64, 96]",
-                           "--model.masks_per_image", "4", "--trainer.max_steps", "2",
+                           "--model.recipe.masks_per_image", "4", "--trainer.max_steps", "2",
                            "--trainer.default_root_dir", str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     version = tmp_path / "lightning_logs" / "version_0"
     assert (version / "lr_find.png").stat().st_size > 2000
-    lr = yaml.safe_load((version / "hparams.yaml").read_text())["lr"]
+    lr = yaml.safe_load((version / "hparams.yaml").read_text())["optim"]["lr"]
     assert lr is not None and 1e-6 < lr < 1.0 and lr != 1e-3  # the suggestion, not the base's default
     assert "lr_find suggests lr" in done.stdout + done.stderr

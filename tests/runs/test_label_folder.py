@@ -54,8 +54,8 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _compare(root: Path, out: Path) -> dict:
     rc = main(["compare", "--data", str(root), "--out", str(out), "--model-type", "tiny", "--image-size", *map(str, SIZE),
                "--steps", "2", "--val-every", "2", "--val-fraction", "0.34", "--batch-size", "1",
-               "--masks-per-image", "2", "--iterations", "2", "--eval-images", "2", "--eval-masks-per-image", "2",
-               "--max-clicks", "2", "--quiet"])
+               "--masks-per-image", "2", "--iterations", "2", "--eval-max-images", "2", "--eval-masks-per-image", "2",
+               "--eval-max-clicks", "2", "--quiet"])
     assert rc == 0
     return json.loads((out / "compare.json").read_text())
 

@@ -252,7 +252,7 @@ def test_at_1024_px_the_drawn_logits_are_the_official_postprocess_at_display_siz
     output = session.outputs()["base"]
     segmenter = session.bank.segmenter(session.image.key, session.image.sample, "base", "1024")
     predictor = segmenter.predictor  # type: ignore[attr-defined]
-    expected = predictor.model.postprocess_masks(output.low_res[None], predictor.input_size,
+    expected = predictor.sam_predictor.model.postprocess_masks(output.low_res[None], predictor.input_size,
                                                  session.image.display_size)[0]
     assert (expected > 0).any() and not (expected > 0).all()
     torch.testing.assert_close(output.display, expected, atol=1e-4, rtol=1e-4)

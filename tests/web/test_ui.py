@@ -12,6 +12,7 @@ from PIL import Image
 from lora_sam.app.images import DISPLAY_SIDE, MAX_SIDE, ImageError, load_image_file
 from lora_sam.app.models import ModelBank
 from lora_sam.app.session import Box, Point, Session
+from lora_sam.evaluation.options import EvalModels
 from lora_sam.evaluation.run import build_segmenters
 
 gr = pytest.importorskip("gradio")
@@ -81,8 +82,7 @@ def test_an_adapter_that_does_not_fit_gives_build_segmenters_text(model_files: d
     (tmp_path / "other").mkdir()
     wrong = make_adapter(tmp_path / "other", model_files["base"], model_type="vit_b")
     with pytest.raises(ValueError) as expected:
-        build_segmenters(model_type="tiny", checkpoint=model_files["base"], image_size=SIZE, adapters=[wrong],
-                         base=False)
+        build_segmenters(EvalModels("tiny", model_files["base"], SIZE, adapters=(wrong,), base=False))
     status = page.on_add(session, str(wrong))[1]
     assert status == f"cannot add this model: {expected.value}" and bank.names == ["base"]
     assert "expected a LoRA adapter (.safetensors)" in page.on_add(session, str(tmp_path / "photo.png"))[1]

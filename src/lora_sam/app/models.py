@@ -22,12 +22,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling import Sam
-from torch import Tensor
+from torch import Tensor, nn
 
+from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
+from lora_sam.evaluation.options import EvalModels
 from lora_sam.evaluation.run import build_segmenters
 from lora_sam.evaluation.segmenters import ORIGINAL_FRAME, LowResSegmenter, PredictorSegmenter, Segmenter
-from lora_sam.model import DEFAULT_IMAGE_SIZE, upscale
 
 __all__ = ["RESOLUTIONS", "ModelBank", "ModelSpec", "Resolution", "display_logits"]
 
@@ -73,14 +73,14 @@ class ModelBank:
         self.cache_size = cache_size
         self.decode_threads = decode_threads
         self.lock = threading.RLock()
-        built = build_segmenters(model_type=model_type, checkpoint=checkpoint, image_size=self.image_size,
-                                 adapters=adapters, fulls=fulls, base=True, device=self.device)
+        built = build_segmenters(EvalModels(model_type, checkpoint, self.image_size, tuple(adapters), tuple(fulls)),
+                                 device=self.device)
         self.checkpoint = built["base"][1]["path"]
         self.specs: dict[str, ModelSpec] = {}
-        self._models: dict[tuple[str, Resolution], Sam] = {}
+        self._models: dict[tuple[str, Resolution], nn.Module] = {}
         for name, (segmenter, info) in built.items():
             self.specs[name] = ModelSpec(name, info["kind"], info["path"])
-            self._models[name, "low"] = segmenter.sam  # type: ignore[attr-defined]
+            self._models[name, "low"] = segmenter.module  # type: ignore[attr-defined]
         self._cache: OrderedDict[tuple[str, str, Resolution], Segmenter] = OrderedDict()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ModelBank:
@@ -103,13 +103,13 @@ class ModelBank:
     def names(self) -> list[str]:
         return list(self.specs)
 
-    def _build(self, spec: ModelSpec, size: tuple[int, int]) -> Sam:
-        built = build_segmenters(model_type=self.model_type, checkpoint=self.checkpoint, image_size=size,
-                                 adapters=[spec.path] if spec.kind == "lora" else [],
-                                 fulls=[spec.path] if spec.kind == "full" else [], base=spec.kind == "base",
-                                 device=self.device)
+    def _build(self, spec: ModelSpec, size: tuple[int, int]) -> nn.Module:
+        models = EvalModels(self.model_type, self.checkpoint, size,
+                            adapters=(spec.path,) if spec.kind == "lora" else (),
+                            fulls=(spec.path,) if spec.kind == "full" else (), base=spec.kind == "base")
+        built = build_segmenters(models, device=self.device)
         (segmenter, _), = built.values()
-        return segmenter.sam  # type: ignore[attr-defined]
+        return segmenter.module  # type: ignore[attr-defined]
 
     def _unique(self, kind: str, path: Path) -> str:
         name = f"{kind}:{path.stem}"
@@ -142,8 +142,8 @@ class ModelBank:
             self._models[spec.name, "low"] = sam
         return spec.name
 
-    def model(self, name: str, resolution: Resolution) -> Sam:
-        """The ``Sam`` of model ``name`` at the training resolution (``"low"``) or 1024 px (built now)."""
+    def model(self, name: str, resolution: Resolution) -> nn.Module:
+        """The network of model ``name`` at the training resolution (``"low"``) or 1024 px (built now)."""
         with self.lock:
             key = (name, resolution)
             if key not in self._models:
@@ -187,5 +187,5 @@ def display_logits(segmenter: Segmenter, low_res: Tensor, sample: dict[str, Any]
     else:
         frame = tuple(int(v) for v in sample["image"].shape[-2:])
         h, w = (int(v) for v in sample["input_size"])
-    full = upscale(low_res[None].float(), frame)[0, :, :h, :w]  # (M, h, w) in the frame's pixels
+    full = segmenter.model.upscale(low_res[None].float(), frame)[0, :, :h, :w]  # type: ignore[attr-defined]  # (M, h, w) in the frame's pixels
     return F.interpolate(full[None], size=tuple(size), mode="bilinear", align_corners=False)[0].cpu()

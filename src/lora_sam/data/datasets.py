@@ -13,13 +13,13 @@ import copy
 import json
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
 from lora_sam.data.annotations import (
     BadSample,
     DataError,
@@ -100,30 +100,14 @@ class SampleDataset(Dataset):
     """Base class: ``read(i)`` gives the raw image and masks and the problems of item ``i``.
 
     Args:
-        image_size: training (H, W), sides multiples of 16 (default ``model.DEFAULT_IMAGE_SIZE``).
-        masks_per_image: K, the most targets per image and step (default 16).
-        max_mask_fraction: drop masks covering more of the image (default 0.9).
-        min_mask_pixels: drop masks with fewer pixels at training resolution (default 16).
-        seed: seed of the target draws.
-        fast: read low-resolution masks straight from the RLE (default); ``False`` is the slow
-            reference path that decodes every full-resolution mask.
+        options: how samples are made (``samples.SampleOptions``: image_size, masks_per_image,
+            max_mask_fraction, min_mask_pixels, seed, fast); any of its fields may be given by name
+            instead (``SA1BFolder(root, image_size=(64, 96))``) and wins over ``options``'.
         strict: raise ``DataError`` on a bad sample instead of returning ``BadSample``.
     """
 
-    def __init__(
-        self,
-        *,
-        image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-        masks_per_image: int = 16,
-        max_mask_fraction: float = 0.9,
-        min_mask_pixels: int = 16,
-        seed: int = 0,
-        fast: bool = True,
-        strict: bool = False,
-    ) -> None:
-        self.options = SampleOptions(
-            tuple(image_size), masks_per_image, max_mask_fraction, min_mask_pixels, seed, fast
-        )
+    def __init__(self, options: SampleOptions | None = None, *, strict: bool = False, **fields: Any) -> None:
+        self.options = replace(options or SampleOptions(), **fields)
         self.strict = strict
         self.epoch = 0
         self.items: list[Any] = []

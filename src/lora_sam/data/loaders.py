@@ -14,6 +14,8 @@ import glob
 import os
 import random
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +30,7 @@ from lora_sam.data.datasets import CACHE_MANIFEST, CachedDataset, CocoInstances,
 from lora_sam.data.labels import InstanceFolder, instance_layout
 from lora_sam.data.samples import SampleOptions, collate
 from lora_sam.data.shards import SA1BShards, expand_shards, split_score
+from lora_sam.settings import VAL_FRACTION
 
 ENV_VAR = "LORA_SAM_DATA"
 DEFAULT_ROOT = "data"
@@ -39,6 +42,7 @@ __all__ = [
     "DataError",
     "EpochSampler",
     "InstanceFolder",
+    "LoaderOptions",
     "Problem",
     "SA1BFolder",
     "SA1BShards",
@@ -209,37 +213,47 @@ def _shard_datasets(
     return train, SA1BShards([urls[i] for i in val_idx], shuffle=False, **options)
 
 
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How the data is split and batched (``get_loaders``; ``lora-sam fit --data.loader.batch_size 4``).
+
+    Args:
+        batch_size: images per batch.
+        val_fraction: share of images (of shards, for two or more shards) held out for val, by a stable
+            hash of the image id (shard name); at least one when there are two.
+        num_workers: DataLoader workers (None: min(4, cpu_count - 1)); persistent when > 0.
+        strict: raise DataError on a bad sample instead of skipping it.
+        samples_per_epoch: tar shards only (set it for multi-GPU training on them): training samples per
+            epoch over all DDP ranks, the same share per rank (SA1BShards); other roots ignore it.
+        pin_memory: page-locked batches for a GPU (None: when CUDA is available).
+    """
+
+    batch_size: int = 2
+    val_fraction: float = VAL_FRACTION
+    num_workers: int | None = None
+    strict: bool = False
+    samples_per_epoch: int | None = None
+    pin_memory: bool | None = None
+
+
+_EXTRAS = ("image_dir", "shuffle_buffer")
+
+
 def get_loaders(
     root: str | Path | None = None,
-    *,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    batch_size: int = 2,
-    masks_per_image: int = 16,
-    val_fraction: float = 0.1,
-    num_workers: int | None = None,
-    seed: int = 0,
-    strict: bool = False,
-    samples_per_epoch: int | None = None,
-    pin_memory: bool | None = None,
-    **dataset_options: Any,
+    loader: LoaderOptions | None = None,
+    sample: SampleOptions | None = None,
+    **fields: Any,
 ) -> tuple[DataLoader, DataLoader | None]:
     """Train and val DataLoaders of batches (``docs/contracts.md``) from a data root.
 
     Args:
         root: data root (see the module docstring); default ``$LORA_SAM_DATA``, then ``./data``.
-        image_size: training (H, W), sides multiples of 16.
-        batch_size: images per batch.
-        masks_per_image: K, targets drawn per image and step.
-        val_fraction: share of images (of shards, for two or more shards) held out for val,
-            by a stable hash of the image id (shard name); at least one when there are two.
-        num_workers: DataLoader workers (default ``min(4, cpu_count - 1)``); persistent when > 0.
-        seed: seed of the shuffle and of the target draws.
-        strict: raise ``DataError`` on a bad sample instead of skipping it.
-        samples_per_epoch: tar shards only (set it for multi-GPU training on them): training samples per
-            epoch over all DDP ranks, the same share per rank (``SA1BShards``); other roots ignore it.
-        pin_memory: page-locked batches for a GPU (default: when CUDA is available).
-        dataset_options: ``max_mask_fraction``, ``min_mask_pixels``, ``fast``, ``image_dir``
-            (COCO), ``shuffle_buffer`` (shards).
+        loader: how the data is split and batched (``LoaderOptions``).
+        sample: how samples are made (``samples.SampleOptions``: image_size, masks_per_image, seed of the
+            target draws and of the shuffle, ...).
+        fields: any field of either group by name (``get_loaders(root, batch_size=4, image_size=(64, 96))``),
+            winning over the group's; and ``image_dir`` (COCO), ``shuffle_buffer`` (shards).
 
     Returns:
         ``(train_loader, val_loader)``; train shuffles and draws new targets every epoch, val
@@ -247,27 +261,35 @@ def get_loaders(
         is 0 or there is a single image.
     """
     root = resolve_root(root)
-    options = dict(
-        image_size=tuple(image_size),
-        masks_per_image=masks_per_image,
-        seed=seed,
-        strict=strict,
-        **dataset_options,
-    )
-    loader_args = _loader_args(batch_size, num_workers, seed, pin_memory)
+    loader, sample, extras = _groups(loader, sample, fields)
+    options = {**asdict(sample), "strict": loader.strict, **extras}
+    loader_args = _loader_args(loader, sample.seed)
     if detect_kind(root) == "shards":
         options.pop("image_dir", None)
-        train, val = _shard_datasets(root, val_fraction, samples_per_epoch, options)
+        train, val = _shard_datasets(root, loader.val_fraction, loader.samples_per_epoch, options)
         return DataLoader(train, **loader_args), DataLoader(val, **loader_args) if val is not None else None
     options.pop("shuffle_buffer", None)
-    return _map_loaders(root, val_fraction, options, loader_args)
+    return _map_loaders(root, loader.val_fraction, options, loader_args)
 
 
-def _loader_args(batch_size: int, num_workers: int | None, seed: int, pin_memory: bool | None) -> dict[str, Any]:
-    workers = default_workers() if num_workers is None else num_workers
-    return dict(batch_size=batch_size, collate_fn=collate, num_workers=workers, persistent_workers=workers > 0,
+def _groups(loader: LoaderOptions | None, sample: SampleOptions | None,
+            fields: dict[str, Any]) -> tuple[LoaderOptions, SampleOptions, dict[str, Any]]:
+    """``get_loaders``' two groups with the fields given by name folded in, and the dataset extras."""
+    names = {cls: {f.name for f in dataclass_fields(cls)} for cls in (LoaderOptions, SampleOptions)}
+    unknown = sorted(set(fields) - names[LoaderOptions] - names[SampleOptions] - set(_EXTRAS))
+    if unknown:
+        raise TypeError(f"get_loaders got unknown options {unknown}; it takes the fields of LoaderOptions and "
+                        f"SampleOptions, and {', '.join(_EXTRAS)}")
+    loader = replace(loader or LoaderOptions(), **{k: v for k, v in fields.items() if k in names[LoaderOptions]})
+    sample = replace(sample or SampleOptions(), **{k: v for k, v in fields.items() if k in names[SampleOptions]})
+    return loader, sample, {k: v for k, v in fields.items() if k in _EXTRAS}
+
+
+def _loader_args(loader: LoaderOptions, seed: int) -> dict[str, Any]:
+    workers = default_workers() if loader.num_workers is None else loader.num_workers
+    return dict(batch_size=loader.batch_size, collate_fn=collate, num_workers=workers, persistent_workers=workers > 0,
                 worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed),
-                pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)
+                pin_memory=torch.cuda.is_available() if loader.pin_memory is None else loader.pin_memory)
 
 
 def _map_loaders(root: str, val_fraction: float, options: dict[str, Any],

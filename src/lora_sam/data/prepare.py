@@ -30,7 +30,7 @@ from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
 from lora_sam.data.annotations import Problem, errors
 from lora_sam.data.datasets import CACHE_MANIFEST, FORMAT_VERSION, SampleDataset
 from lora_sam.data.loaders import add_data_arguments, open_dataset
-from lora_sam.data.samples import Raw
+from lora_sam.data.samples import Raw, SampleOptions
 from lora_sam.data.shards import SA1BShards
 from lora_sam.io import atomic_path
 
@@ -81,8 +81,8 @@ def prepare_cache(
     *,
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     image_dir: str | Path | None = None,
-    fast: bool = True,
-    num_workers: int = 0,
+    fast: bool = SampleOptions.fast,
+    num_workers: int | None = None,
     allow_inside_root: bool = False,
     progress: bool = True,
 ) -> Path:
@@ -94,7 +94,7 @@ def prepare_cache(
         out: cache folder (created; an existing cache there is replaced).
         image_size: training (H, W); the cache can only be read at this size.
         fast: read masks with the fast RLE path (``False``: the full-resolution reference path).
-        num_workers: reader processes.
+        num_workers: reader processes (None: read in this process).
         allow_inside_root: permit ``out`` inside the data root.
         progress: show a tqdm bar.
 
@@ -111,7 +111,7 @@ def prepare_cache(
     else:
         assert isinstance(source, SampleDataset)
         entries, total = _MapEntries(source), len(source)
-    loader = DataLoader(entries, batch_size=None, num_workers=num_workers, collate_fn=_identity)
+    loader = DataLoader(entries, batch_size=None, num_workers=num_workers or 0, collate_fn=_identity)
     (out / CACHE_MANIFEST).unlink(missing_ok=True)
     if (out / "samples").exists():
         shutil.rmtree(out / "samples")

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE, check_image_size
 from lora_sam.data import rle
 from lora_sam.data.annotations import BadSample, ImageAnnotations, Problem, decode_segments, errors
+from lora_sam.settings import MASKS_PER_IMAGE
 
 _WARNED: set[str] = set()
 
@@ -42,7 +43,7 @@ class SampleOptions:
     """
 
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
-    masks_per_image: int = 16
+    masks_per_image: int = MASKS_PER_IMAGE
     max_mask_fraction: float = 0.9
     min_mask_pixels: int = 16
     seed: int = 0

@@ -15,6 +15,7 @@ import os
 import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,10 +23,10 @@ import torch.distributed as dist
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
 from lora_sam.data.annotations import BadSample, Problem
 from lora_sam.data.datasets import read_sa1b, to_sample
 from lora_sam.data.samples import Raw, SampleOptions
+from lora_sam.settings import VAL_FRACTION
 
 
 def expand_shards(urls_or_glob: str | Path | Sequence[str | Path]) -> list[str]:
@@ -127,23 +128,16 @@ class SA1BShards(IterableDataset):
         shuffle: bool = True,
         shuffle_buffer: int = 100,
         split: Literal["all", "train", "val"] = "all",
-        val_fraction: float = 0.1,
+        val_fraction: float = VAL_FRACTION,
         samples_per_epoch: int | None = None,
-        # SampleDataset's options, spelled out as there: a stream is not a SampleDataset, but takes the same
-        image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-        masks_per_image: int = 16,
-        max_mask_fraction: float = 0.9,
-        min_mask_pixels: int = 16,
-        seed: int = 0,
-        fast: bool = True,
+        options: SampleOptions | None = None,
         strict: bool = False,
+        **fields: Any,
     ) -> None:
         self.urls = expand_shards(urls_or_glob)
         if not self.urls:
             raise FileNotFoundError(f"no .tar shards match {urls_or_glob!r}")
-        self.options = SampleOptions(
-            tuple(image_size), masks_per_image, max_mask_fraction, min_mask_pixels, seed, fast
-        )
+        self.options = replace(options or SampleOptions(), **fields)  # as SampleDataset's
         self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
         self.split, self.val_fraction = split, val_fraction
         if samples_per_epoch is not None and samples_per_epoch < 1:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,9 +38,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 from lora_sam.data.samples import choose_targets
+from lora_sam.evaluation.options import EVAL_DEFAULTS, Refine
 from lora_sam.evaluation.segmenters import LowResSegmenter, Prediction, PredictorSegmenter, Segmenter
 from lora_sam.metrics import NOC_THRESHOLDS, mask_iou, number_of_clicks, summarize
 from lora_sam.prompts import click_points, masks_to_boxes
+from lora_sam.settings import MAX_CLICKS
 
 __all__ = [
     "LowResSegmenter",
@@ -53,7 +55,6 @@ __all__ = [
     "sample_targets",
 ]
 
-Refine = Literal["single", "multi"]
 PROMPT_COLUMNS = ("click_ious", "click_points", "click_labels", "box", "box_iou", "box_iou_single", "output_ious",
                   "iou_pred", "output_tokens")
 
@@ -82,9 +83,9 @@ def evaluate_image(
     sample: dict[str, Any],
     targets: Tensor,
     *,
-    max_clicks: int = 20,
-    refine: Refine = "single",
-    box_output: Refine = "multi",
+    max_clicks: int = MAX_CLICKS,
+    refine: Refine = EVAL_DEFAULTS.refine,
+    box_output: Refine = EVAL_DEFAULTS.box_output,
     prompt_batch: int = 32,
     keep_masks: bool = False,
 ) -> dict[str, Tensor]:
@@ -228,12 +229,12 @@ def evaluate_many(
     segmenters: Mapping[str, Segmenter],
     samples: Iterable[Any],
     *,
-    max_clicks: int = 20,
+    max_clicks: int = MAX_CLICKS,
     seed: int = 0,
     masks_per_image: int | None = None,
     use_sample_targets: bool = False,
-    refine: Refine = "single",
-    box_output: Refine = "multi",
+    refine: Refine = EVAL_DEFAULTS.refine,
+    box_output: Refine = EVAL_DEFAULTS.box_output,
     prompt_batch: int = 32,
     progress: bool = True,
     total: int | None = None,
@@ -289,7 +290,7 @@ def evaluate(
     segmenter: Segmenter,
     samples: Iterable[Any],
     *,
-    max_clicks: int = 20,
+    max_clicks: int = MAX_CLICKS,
     seed: int = 0,
     progress: bool = True,
     **options: Any,

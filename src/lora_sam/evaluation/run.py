@@ -9,23 +9,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from segment_anything.modeling import Sam
+from torch import nn
 
 from lora_sam.adapter import apply_adapter, read_adapter_info
+from lora_sam.checkpoints import resolve_checkpoint
 from lora_sam.data.annotations import DataError
-from lora_sam.evaluation.protocol import Refine, evaluate_many, json_safe
+from lora_sam.evaluation.options import EVAL_DEFAULTS, EvalModels, EvalOptions
+from lora_sam.evaluation.protocol import evaluate_many, json_safe
 from lora_sam.evaluation.segmenters import ORIGINAL_FRAME, LowResSegmenter, PredictorSegmenter, Segmenter
+from lora_sam.families import family_of
 from lora_sam.io import markdown_table
 from lora_sam.lora import merge_lora
 from lora_sam.metrics import metric_rows
-from lora_sam.model import DEFAULT_IMAGE_SIZE, build_sam, resolve_checkpoint
+from lora_sam.settings import add_options, from_args, to_dict
 
 __all__ = ["add_arguments", "build_segmenters", "eval_samples", "evaluate_models", "run", "write_eval"]
+
+
+def _network(model_type: str, checkpoint: str | Path | None, image_size: tuple[int, int]) -> nn.Module:
+    """The network of ``model_type`` at ``image_size``, built by its family."""
+    return family_of(model_type).build(model_type, checkpoint, image_size)
 
 
 def _unique_names(kind: str, paths: list[Path]) -> list[str]:
@@ -40,12 +48,12 @@ def _unique_names(kind: str, paths: list[Path]) -> list[str]:
     return unique
 
 
-def _lora_sam(path: Path, model_type: str, checkpoint: Path, image_size: tuple[int, int]) -> Sam:
+def _lora_sam(path: Path, model_type: str, checkpoint: Path, image_size: tuple[int, int]) -> nn.Module:
     info = read_adapter_info(path)
     if info.model_type and info.model_type != model_type:
         raise ValueError(f"adapter {path}: it was trained on {info.model_type} (metadata 'model_type') but the "
                          f"base is {model_type}; pass --model-type {info.model_type} and its checkpoint")
-    sam = build_sam(model_type, checkpoint, image_size)
+    sam = _network(model_type, checkpoint, image_size)
     try:
         apply_adapter(sam, path)
     except (ValueError, KeyError, RuntimeError) as err:
@@ -54,23 +62,17 @@ def _lora_sam(path: Path, model_type: str, checkpoint: Path, image_size: tuple[i
     return merge_lora(sam)
 
 
-def _full_sam(path: Path, model_type: str, image_size: tuple[int, int]) -> Sam:
+def _full_sam(path: Path, model_type: str, image_size: tuple[int, int]) -> nn.Module:
     try:
-        return build_sam(model_type, path, image_size)
+        return _network(model_type, path, image_size)
     except ValueError as err:
         raise ValueError(f"fully fine-tuned model {path}: {err}. A model.pth holds the weights at its training "
                          f"resolution: evaluate it with that --image-size and --model-type") from err
 
 
 def build_segmenters(
+    models: EvalModels,
     *,
-    model_type: str,
-    checkpoint: str | Path | None,
-    image_size: tuple[int, int],
-    adapters: Sequence[str | Path] = (),
-    fulls: Sequence[str | Path] = (),
-    base: bool = True,
-    original: bool = False,
     original_full_res: bool = False,
     device: str | torch.device | None = None,
 ) -> dict[str, tuple[Segmenter, dict[str, Any]]]:
@@ -88,7 +90,8 @@ def build_segmenters(
         "resolution": [H, W], "input": "training image" | "training image upscaled" | "original image"})}
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    image_size = (int(image_size[0]), int(image_size[1]))
+    model_type, checkpoint, image_size = models.model_type, models.checkpoint, models.image_size
+    base, adapters, fulls, original = models.base, models.adapters, models.fulls, models.original
     base_path = None
     if base or adapters or original:
         base_path = resolve_checkpoint(model_type, checkpoint)
@@ -96,31 +99,31 @@ def build_segmenters(
             raise ValueError(f"evaluation needs a base checkpoint file for {model_type} (random weights would differ "
                              f"between the models built from them): pass --checkpoint PATH")
     size = list(image_size)
-    models: dict[str, tuple[Segmenter, dict[str, Any]]] = {}
+    built: dict[str, tuple[Segmenter, dict[str, Any]]] = {}
     if base:
-        sam = build_sam(model_type, base_path, image_size).to(device)
-        models["base"] = (LowResSegmenter(sam), {"kind": "base", "path": str(base_path), "resolution": size,
+        sam = _network(model_type, base_path, image_size).to(device)
+        built["base"] = (LowResSegmenter(sam), {"kind": "base", "path": str(base_path), "resolution": size,
                                                  "input": "training image"})
     adapter_paths, full_paths = [Path(p) for p in adapters], [Path(p) for p in fulls]
     for kind, paths in (("lora", adapter_paths), ("full", full_paths)):
         for name, path in zip(_unique_names(kind, paths), paths):
             sam = (_lora_sam(path, model_type, base_path, image_size) if kind == "lora"  # type: ignore[arg-type]
                    else _full_sam(path, model_type, image_size))
-            models[name] = (LowResSegmenter(sam.to(device)), {"kind": kind, "path": str(path), "resolution": size,
-                                                              "input": "training image"})
+            built[name] = (LowResSegmenter(sam.to(device)), {"kind": kind, "path": str(path), "resolution": size,
+                                                             "input": "training image"})
     if original:  # each fine-tuned model as users deploy it: merged, SamPredictor at 1024 px
-        models.update(_deployed(model_type, base_path, adapter_paths, full_paths, device))  # type: ignore[arg-type]
-        sam_1024 = build_sam(model_type, base_path, ORIGINAL_FRAME).to(device)
-        models["original-1024"] = (PredictorSegmenter(sam_1024, source="upscaled"),
-                                   {"kind": "original", "path": str(base_path), "resolution": list(ORIGINAL_FRAME),
-                                    "input": "training image upscaled"})
+        built.update(_deployed(model_type, base_path, adapter_paths, full_paths, device))  # type: ignore[arg-type]
+        sam_1024 = _network(model_type, base_path, ORIGINAL_FRAME).to(device)
+        built["original-1024"] = (PredictorSegmenter(sam_1024, source="upscaled"),
+                                  {"kind": "original", "path": str(base_path), "resolution": list(ORIGINAL_FRAME),
+                                   "input": "training image upscaled"})
         if original_full_res:
-            models["original-1024:full-res"] = (PredictorSegmenter(sam_1024, source="original"),
-                                                {"kind": "original", "path": str(base_path),
-                                                 "resolution": list(ORIGINAL_FRAME), "input": "original image"})
-    if not models:
+            built["original-1024:full-res"] = (PredictorSegmenter(sam_1024, source="original"),
+                                               {"kind": "original", "path": str(base_path),
+                                                "resolution": list(ORIGINAL_FRAME), "input": "original image"})
+    if not built:
         raise ValueError("no model to evaluate: give the base, --adapter, --full or --original")
-    return models
+    return built
 
 
 def _deployed(model_type: str, base_path: Path, adapters: list[Path], fulls: list[Path],
@@ -153,14 +156,11 @@ def _original_path(dataset: Any, index: int) -> str | None:
 
 def eval_samples(
     root: str | Path | None,
-    *,
     image_size: tuple[int, int],
-    split: Literal["val", "all"] = "val",
-    val_fraction: float = 0.1,
-    max_images: int | None = None,
-    seed: int = 0,
+    options: EvalOptions = EVAL_DEFAULTS,
 ) -> tuple[Iterator[Any], int | None, bool]:
-    """The samples to evaluate: the val split of ``get_loaders`` (same split as training) or all.
+    """The samples to evaluate: the val split of ``get_loaders`` (same split as training) or all
+    (``options``' split, val_fraction, max_images and seed).
 
     Returns ``(samples, count or None, originals)``: an iterator of sample dicts (``BadSample`` for
     unreadable ones), with ``"original_path"`` added where the dataset keeps full-resolution image
@@ -168,6 +168,7 @@ def eval_samples(
     """
     from lora_sam.data.loaders import get_loaders, open_dataset, resolve_root
 
+    split, val_fraction, max_images, seed = options.split, options.val_fraction, options.max_images, options.seed
     if split == "val":
         _, loader = get_loaders(root, image_size=image_size, batch_size=1, val_fraction=val_fraction,
                                 num_workers=0, seed=seed)
@@ -228,22 +229,9 @@ def write_eval(out: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:
 def evaluate_models(
     data: str | Path | None,
     out: str | Path | None,
+    models: EvalModels,
+    options: EvalOptions = EVAL_DEFAULTS,
     *,
-    model_type: str,
-    checkpoint: str | Path | None,
-    image_size: tuple[int, int],
-    adapters: list[str | Path] | tuple[str | Path, ...] = (),
-    fulls: list[str | Path] | tuple[str | Path, ...] = (),
-    base: bool = True,
-    original: bool = False,
-    split: Literal["val", "all"] = "val",
-    val_fraction: float = 0.1,
-    max_images: int | None = None,
-    masks_per_image: int | None = None,
-    max_clicks: int = 20,
-    refine: Refine = "single",
-    box_output: Refine = "multi",
-    seed: int = 0,
     device: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -251,29 +239,22 @@ def evaluate_models(
 
     Returns (and writes to ``out/eval.json`` unless ``out`` is None)::
 
-        {"settings": {"data", "split", "val_fraction", "model_type", "checkpoint", "image_size": [H, W],
-                      "max_images", "masks_per_image", "max_clicks", "refine", "box_output", "seed", "device"},
+        {"settings": {"data", "model_type", "checkpoint", "image_size": [H, W], "device", **options' fields},
          "models": {name: {"kind", "path", "resolution", "input", **evaluate_many entry}}}
     """
     from lora_sam.data.loaders import resolve_root
 
-    image_size = (int(image_size[0]), int(image_size[1]))
+    o = options
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    samples, count, originals = eval_samples(data, image_size=image_size, split=split, val_fraction=val_fraction,
-                                             max_images=max_images, seed=seed)
-    built = build_segmenters(model_type=model_type, checkpoint=checkpoint, image_size=image_size,
-                             adapters=adapters, fulls=fulls, base=base, original=original,
-                             original_full_res=original and originals, device=device)
-    results = evaluate_many({name: seg for name, (seg, _) in built.items()}, samples, max_clicks=max_clicks,
-                            seed=seed, masks_per_image=masks_per_image, refine=refine, box_output=box_output,
-                            progress=progress,
-                            total=count)
+    samples, count, originals = eval_samples(data, models.image_size, o)
+    built = build_segmenters(models, original_full_res=models.original and originals, device=device)
+    results = evaluate_many({name: seg for name, (seg, _) in built.items()}, samples, max_clicks=o.max_clicks,
+                            seed=o.seed, masks_per_image=o.masks_per_image, refine=o.refine,
+                            box_output=o.box_output, progress=progress, total=count)
     report = {
-        "settings": {"data": resolve_root(data), "split": split, "val_fraction": val_fraction, "model_type": model_type,
+        "settings": {"data": resolve_root(data), **to_dict(o), "model_type": models.model_type,
                      "checkpoint": next((i["path"] for _, i in built.values() if i["kind"] != "full"), None),
-                     "image_size": list(image_size), "max_images": max_images, "masks_per_image": masks_per_image,
-                     "max_clicks": max_clicks, "refine": refine, "box_output": box_output, "seed": seed,
-                     "device": device},
+                     "image_size": list(models.image_size), "device": device},
         "models": {name: {**info, **results[name]} for name, (_, info) in built.items()},
     }
     if out is not None:
@@ -290,31 +271,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(metrics and per-prompt IoUs) and DIR/eval.md (one table row per model)."
     )
     parser.add_argument("--data", default=None, help="data root (default $LORA_SAM_DATA, then ./data)")
-    parser.add_argument("--split", choices=("val", "all"), default="val",
-                        help="the val split of get_loaders (default) or every image")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="val share, as in training (default 0.1)")
-    parser.add_argument("--model-type", default="vit_b", help="vit_b / vit_l / vit_h / tiny (default vit_b)")
-    parser.add_argument("--checkpoint", default=None, help="base SAM checkpoint (official format)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=DEFAULT_IMAGE_SIZE, metavar=("H", "W"),
-                        help=f"training resolution (default {DEFAULT_IMAGE_SIZE[0]} {DEFAULT_IMAGE_SIZE[1]})")
-    parser.add_argument("--adapter", action="append", default=[], metavar="A",
-                        help="a LoRA adapter (.safetensors) on the base; repeatable")
-    parser.add_argument("--full", action="append", default=[], metavar="F",
-                        help="a fully fine-tuned model.pth at the training resolution; repeatable")
-    parser.add_argument("--original", action="store_true",
-                        help="add the original SAM pipeline (SamPredictor at 1024 px) on the base checkpoint")
-    parser.add_argument("--no-base", action="store_true", help="leave out the base model at training resolution")
-    parser.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate the first N images")
-    parser.add_argument("--masks-per-image", type=int, default=None, metavar="K",
-                        help="at most K target masks per image, drawn from the seed (default: every mask)")
-    parser.add_argument("--max-clicks", type=int, default=20, help="clicks per target (default 20)")
-    parser.add_argument("--refine", choices=("single", "multi"), default="single",
-                        help="output after the first click: SAM's single-mask output (single, default, as the "
-                             "training recipe and SamPredictor use it) or the highest predicted IoU of 3 (multi)")
-    parser.add_argument("--box-output", choices=("single", "multi"), default="multi",
-                        help="output for the GT box: the highest predicted IoU of 3 (multi, default, as the "
-                             "training recipe) or the single-mask output (single)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the target choice (default 0)")
+    add_options(parser.add_argument_group("models (EvalModels)"), EvalModels)
+    add_options(parser.add_argument_group("scoring (EvalOptions)"), EvalOptions)
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder (default runs/eval)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -322,14 +280,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        report = evaluate_models(
-            args.data, args.out, model_type=args.model_type, checkpoint=args.checkpoint,
-            image_size=tuple(args.image_size), adapters=args.adapter, fulls=args.full, original=args.original,
-            base=not args.no_base, split=args.split, val_fraction=args.val_fraction, max_images=args.max_images,
-            masks_per_image=args.masks_per_image, max_clicks=args.max_clicks, refine=args.refine,
-            box_output=args.box_output, seed=args.seed,
-            device=args.device, progress=not args.quiet,
-        )
+        report = evaluate_models(args.data, args.out, from_args(EvalModels, args), from_args(EvalOptions, args),
+                                 device=args.device, progress=not args.quiet)
     except (FileNotFoundError, ValueError, DataError) as err:
         print(f"lora-sam eval: error: {err}", file=sys.stderr)
         return 2

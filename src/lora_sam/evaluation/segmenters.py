@@ -5,11 +5,12 @@ given in pixels of the training image; its masks come back at the training resol
 so every model is scored against the same ground truth at the same resolution.
 
 - ``LowResSegmenter``: a model built at the training resolution (base, LoRA, fully fine-tuned),
-  through ``lora_sam.model.encode`` / ``decode`` / ``upscale``.
-- ``PredictorSegmenter``: the original SAM pipeline, ``segment_anything.SamPredictor`` on a model
-  built at 1024 x 1024, given the training image upscaled back to the original size or the
-  original full-resolution image; prompts are scaled into its frame and its masks (original
-  size) resized back to the training resolution on the dataset's own nearest-neighbour grid.
+  through its ``promptable.PromptableModel`` (``encode`` / ``decode`` / ``upscale``).
+- ``PredictorSegmenter``: the family's original pipeline (SAM v1: ``SamPredictor`` on a model built
+  at 1024 x 1024, the model's ``predictor()``), given the training image upscaled back to the
+  original size or the original full-resolution image; prompts are scaled into its frame and its
+  masks (original size) resized back to the training resolution on the dataset's own
+  nearest-neighbour grid.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from segment_anything import SamPredictor
-from segment_anything.modeling import Sam
-from torch import Tensor
+from torch import Tensor, nn
 
 from lora_sam.data.rle import nearest_grid
-from lora_sam.model import decode, encode, image_size_of, upscale
+from lora_sam.families import as_promptable
+from lora_sam.promptable import PromptableModel
 
 __all__ = [
     "LowResSegmenter",
@@ -76,7 +76,7 @@ class Segmenter(Protocol):
         ``Prediction.low_res`` of this segmenter."""
 
 
-def _device(module: torch.nn.Module) -> torch.device:
+def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
@@ -89,7 +89,8 @@ def _sample_sizes(sample: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, i
 
 
 class LowResSegmenter:
-    """A SAM built at the training resolution (``build_sam(..., image_size)``), LoRA or not.
+    """A model built at the training resolution (``families.build``, ``build_sam(..., image_size)``), LoRA
+    or not: a ``PromptableModel`` or its network.
 
     The image encoder runs once in ``set_image``; ``predict`` decodes all K prompts in one call
     and upscales the low-resolution logits bilinearly to (H, W). Pixels in the padding (outside
@@ -100,9 +101,10 @@ class LowResSegmenter:
     kept mask's low-resolution logits as mask prompt).
     """
 
-    def __init__(self, sam: Sam) -> None:
-        self.sam = sam.eval()
-        self.image_size = image_size_of(sam)
+    def __init__(self, model: PromptableModel | nn.Module) -> None:
+        self.model = as_promptable(model)
+        self.module = self.model.module.eval()
+        self.image_size = self.model.image_size
         self.embedding: Tensor | None = None
         self.valid: Tensor | None = None
 
@@ -113,9 +115,9 @@ class LowResSegmenter:
             raise ValueError(f"sample {sample.get('image_id')}: image is {frame[0]}x{frame[1]} but the model "
                              f"was built at {self.image_size[0]}x{self.image_size[1]}; evaluate at the model's "
                              f"training resolution")
-        device = _device(self.sam)
+        device = _device(self.module)
         image = sample["image"].to(device=device, dtype=torch.float32)[None]
-        self.embedding = encode(self.sam, image, torch.tensor([[h, w]], device=device))
+        self.embedding = self.model.encode(image, torch.tensor([[h, w]], device=device))
         valid = torch.zeros(frame, dtype=torch.bool)
         valid[:h, :w] = True
         self.valid = valid
@@ -132,8 +134,7 @@ class LowResSegmenter:
         if self.embedding is None or self.valid is None:
             raise RuntimeError("call set_image(sample) before predict")
         device = self.embedding.device
-        low, iou_pred = decode(
-            self.sam,
+        low, iou_pred = self.model.decode(
             self.embedding,
             points=None if points is None else points.to(device, torch.float32),
             labels=None if labels is None else labels.to(device),
@@ -141,7 +142,7 @@ class LowResSegmenter:
             mask_input=None if mask_input is None else mask_input.to(device),
             multimask=multimask,
         )
-        masks = (upscale(low, self.image_size) > self.sam.mask_threshold).cpu() & self.valid
+        masks = (self.model.upscale(low, self.image_size) > self.model.mask_threshold).cpu() & self.valid
         return Prediction(masks=masks, iou_pred=iou_pred.float().cpu(), low_res=low)
 
 
@@ -186,33 +187,36 @@ def original_image(sample: dict[str, Any]) -> np.ndarray:
 
 
 class PredictorSegmenter:
-    """The original SAM pipeline: ``SamPredictor`` on a model built at 1024 x 1024.
+    """The original pipeline of a model's family (``predictor()``): for SAM v1, ``SamPredictor`` on a model
+    built at 1024 x 1024.
 
     Args:
-        sam_1024: ``build_sam(model_type, checkpoint, (1024, 1024))``.
+        model_1024: ``families.build(model_type, checkpoint, (1024, 1024))`` or the network
+            (``build_sam(model_type, checkpoint, (1024, 1024))``).
         source: ``"upscaled"``: the predictor gets the training image (padding cropped) resized
             back to the original size, so it sees what the low-resolution models saw;
             ``"original"``: the original full-resolution image (see ``original_image``).
         budget_bytes: prompts are decoded in chunks whose full-size masks stay under this.
 
     Prompts map between frames at pixel centres: the centre of training pixel x, (x + 0.5) in
-    continuous coordinates, is (x + 0.5) * w0 / w in the original image and, through
-    ``predictor.transform.apply_coords_torch`` (``ResizeLongestSide``'s per-axis scale), a
-    continuous position in the 1024 px frame; half a pixel is taken off there because SAM's prompt
-    encoder adds it back (its "shift to centre of pixel"). Box corners map the same way. All K prompts go through
-    ``predict_torch`` at once (chunked only for memory). Its masks, at the original size, are
+    continuous coordinates, is (x + 0.5) * w0 / w in the original image and, through the predictor's
+    ``to_frame`` (SAM v1: ``ResizeLongestSide``'s per-axis scale, less the half pixel SAM's prompt
+    encoder adds back), a position in the 1024 px frame. Box corners map the same way. All K prompts
+    go through the predictor at once (chunked only for memory). Its masks, at the original size, are
     resized to (h, w) on the nearest-neighbour grid that resized the ground truth
     (``rle.nearest_grid``) and zero padded to (H, W).
     """
 
-    def __init__(self, sam_1024: Sam, *, source: Literal["upscaled", "original"] = "upscaled",
-                 budget_bytes: int = 256 * 2**20) -> None:
-        if tuple(image_size_of(sam_1024)) != ORIGINAL_FRAME:
+    def __init__(self, model_1024: PromptableModel | nn.Module, *,
+                 source: Literal["upscaled", "original"] = "upscaled", budget_bytes: int = 256 * 2**20) -> None:
+        self.model = as_promptable(model_1024)
+        self.module = self.model.module.eval()
+        if tuple(self.model.image_size) != ORIGINAL_FRAME:
             raise ValueError(f"PredictorSegmenter needs a model built at 1024x1024 (the original SAM), got "
-                             f"{image_size_of(sam_1024)}; use build_sam(model_type, checkpoint, (1024, 1024))")
+                             f"{self.model.image_size}; use build_sam(model_type, checkpoint, (1024, 1024))")
         if source not in ("upscaled", "original"):
             raise ValueError(f"source must be 'upscaled' or 'original', got {source!r}")
-        self.predictor = SamPredictor(sam_1024.eval())
+        self.predictor = self.model.predictor()
         self.source = source
         self.budget_bytes = budget_bytes
         self.sizes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None
@@ -221,7 +225,7 @@ class PredictorSegmenter:
     def set_image(self, sample: dict[str, Any]) -> None:
         self.sizes = _sample_sizes(sample)
         image = upscaled_image(sample) if self.source == "upscaled" else original_image(sample)
-        self.predictor.set_image(image, image_format="RGB")
+        self.predictor.set_image(image)
         _, (h, w), (h0, w0) = self.sizes
         self.scale = torch.tensor([w0 / w, h0 / h], dtype=torch.float64)
         self.rows = torch.from_numpy(nearest_grid(h0, h)).to(self.predictor.device)
@@ -235,8 +239,7 @@ class PredictorSegmenter:
         """
         assert self.sizes is not None
         centres = ((coords.double().cpu() + 0.5) * self.scale).float()  # continuous, original image
-        frame = self.predictor.transform.apply_coords_torch(centres, self.sizes[2]) - 0.5
-        return frame.to(self.predictor.device)
+        return self.predictor.to_frame(centres, self.sizes[2]).to(self.predictor.device)
 
     @torch.no_grad()
     def predict(  # the Segmenter protocol's signature, the same in every segmenter
@@ -261,12 +264,12 @@ class PredictorSegmenter:
         masks, ious, lows = [], [], []
         for start in range(0, k, chunk):
             part = slice(start, start + chunk)
-            full, iou_pred, low = self.predictor.predict_torch(
+            full, iou_pred, low = self.predictor.predict(
                 None if coords is None else coords[part],
                 None if labels_d is None else labels_d[part],
                 None if boxes_d is None else boxes_d[part],
                 None if mask_d is None else mask_d[part],
-                multimask_output=multimask,
+                multimask,
             )  # full: bool (k, M, h0, w0)
             small = full.index_select(2, self.rows).index_select(3, self.cols).cpu()
             frame = torch.zeros((small.shape[0], small.shape[1], height, width), dtype=torch.bool)

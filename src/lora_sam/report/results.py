@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from lora_sam.data.samples import batch_to
+from lora_sam.families import as_promptable
 from lora_sam.io import markdown_table
 from lora_sam.metrics import mask_iou
-from lora_sam.model import SamV1
 from lora_sam.recipe import interactive_step
 from lora_sam.report.numbers import discussion, loss_curves, mean_by_area, pick_examples, read_metrics_csv
 from lora_sam.report.run_folder import Missing, Run
@@ -37,7 +37,7 @@ def iterations_section(run: Run, *, targets: int = 3) -> str:
         raise Missing(f"validation images in `{run.data_root}`")
     batch = batch_to(next(b for b in val if len(b["targets"]) and len(b["targets"][0])), run.device)
     with torch.no_grad():
-        result = interactive_step(SamV1(sam), batch, torch.Generator().manual_seed(0), options, keep_records=True)
+        result = interactive_step(as_promptable(sam), batch, torch.Generator().manual_seed(0), options, keep_records=True)
     rounds = result.records[0]["point"]
     ih, iw = (int(v) for v in batch["input_size"][0])
     image = batch["image"][0][:, :ih, :iw].cpu()
@@ -90,7 +90,7 @@ def _pairing_table(sam: Any, val: Any, options: Any, *, batches: int = 8) -> lis
         for n, batch in enumerate(val):
             if n == batches:
                 break
-            result = interactive_step(SamV1(sam), batch_to(batch, device), torch.Generator().manual_seed(n),
+            result = interactive_step(as_promptable(sam), batch_to(batch, device), torch.Generator().manual_seed(n),
                                       replace(options, point_prob=0.5, iterations=1), keep_records=True)
             for record in result.records:
                 for first in ([record["point"][0]] if record["point"] else []) + [record["box"]]:
@@ -121,7 +121,7 @@ def curves_section(run: Run) -> str:
         curves[mode] = loss_curves(read_metrics_csv(run.need(f"{mode}/metrics.csv")))
         try:
             o = run.recipe_options(mode)
-            weights[mode] = (o.focal_weight, o.dice_weight, o.iou_weight)
+            weights[mode] = o.loss_weights()
         except Missing:
             weights[mode] = None
     panels = {title: {f"{names[m]} {split}": curves[m][split][term] for m in names
@@ -197,13 +197,15 @@ def metrics_section(run: Run) -> str:
 
 
 def _find_samples(run: Run, image_ids: set[str]) -> dict[str, dict[str, Any]]:
+    from lora_sam.evaluation.options import EvalOptions
     from lora_sam.evaluation.run import eval_samples
 
     s = run.eval["settings"]
     if not Path(s["data"]).exists():
         raise Missing(f"the evaluation data `{s['data']}` recorded in eval.json")
-    samples, _, _ = eval_samples(s["data"], image_size=tuple(s["image_size"]), split=s["split"],
-                                 val_fraction=s["val_fraction"], max_images=s.get("max_images"), seed=s["seed"])
+    options = EvalOptions(split=s["split"], val_fraction=s["val_fraction"], max_images=s.get("max_images"),
+                          seed=s["seed"])
+    samples, _, _ = eval_samples(s["data"], tuple(s["image_size"]), options)
     found = {}
     for sample in samples:
         if isinstance(sample, dict) and str(sample["image_id"]) in image_ids:
@@ -218,11 +220,12 @@ def _first_click_masks(run: Run, adapter: str | None, prompts: dict[str, Any], p
     """The LoRA model's, the base's 1024 px pipeline's and the LoRA model's merged into the base at 1024 px
     (as deployed) answer (highest predicted IoU of 3) to the first click of each picked prompt:
     {("lora" | "original" | "deployed", prompt index): (H, W) bool}. One image encoding per image and model."""
+    from lora_sam.evaluation.options import EvalModels
     from lora_sam.evaluation.run import build_segmenters
 
-    built = build_segmenters(model_type=run.model_type, checkpoint=run.base_checkpoint, image_size=run.image_size,
-                             adapters=[run.locate(adapter, "lora/adapter.safetensors")], base=False, original=True,
-                             device=run.device)
+    models = EvalModels(run.model_type, run.base_checkpoint, run.image_size,
+                        adapters=(run.locate(adapter, "lora/adapter.safetensors"),), base=False, original=True)
+    built = build_segmenters(models, device=run.device)
     segmenters = {"lora": next(seg for seg, info in built.values() if info["kind"] == "lora"),
                   "original": built["original-1024"][0],
                   "deployed": next(seg for seg, info in built.values() if info["kind"] == "deployed")}  # the LoRA

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 import yaml
-from segment_anything.modeling import Sam
+from torch import nn
 
+from lora_sam.families import Family
 from lora_sam.recipe import RecipeOptions
 
 __all__ = ["Missing", "REAL_DATA_ENV", "Run"]
@@ -139,16 +140,21 @@ class Run:
 
     # ----------------------------------------------------------------- models
 
-    @cached_property
-    def plain_model(self) -> Sam:
-        """The run's model type at its training resolution, random weights, every parameter trainable."""
-        from lora_sam.model import build_sam
+    @property
+    def family(self) -> Family:
+        """The run's model family (``lora_sam.families``), which builds its networks."""
+        from lora_sam.families import family_of
 
+        return family_of(self.model_type)
+
+    @cached_property
+    def plain_model(self) -> nn.Module:
+        """The run's model type at its training resolution, random weights, every parameter trainable."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return build_sam(self.model_type, "random", self.image_size).requires_grad_(True)
+            return self.family.build(self.model_type, "random", self.image_size).requires_grad_(True)
 
-    def lora_model(self, layers: list[str], rank: int, alpha: float) -> Sam:
+    def lora_model(self, layers: list[str], rank: int, alpha: float) -> nn.Module:
         """``plain_model`` with LoRA on ``layers`` (a copy)."""
         from lora_sam.lora import inject_lora
 
@@ -156,13 +162,11 @@ class Run:
         inject_lora(sam, rank, alpha, targets=layers)
         return sam
 
-    def trained_lora_model(self) -> Sam:
+    def trained_lora_model(self) -> nn.Module:
         """The LoRA run's model: the base checkpoint at the training resolution with the trained adapter
         applied (its own rank, alpha and layers), on ``self.device``, in eval mode."""
         from lora_sam.adapter import apply_adapter
-        from lora_sam.model import build_sam
-
-        sam = build_sam(self.model_type, str(self.base_checkpoint), self.image_size)
+        sam = self.family.build(self.model_type, str(self.base_checkpoint), self.image_size)
         apply_adapter(sam, self.weights("lora"))
         return sam.to(self.device).eval()
 

@@ -32,6 +32,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +41,23 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 
 from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE, fine_tune_defaults
+from lora_sam.evaluation.options import EVAL_DEFAULTS, EvalModels, EvalOptions
 from lora_sam.evaluation.protocol import json_safe
 from lora_sam.evaluation.run import evaluate_models
 from lora_sam.io import markdown_table
+from lora_sam.lora import LoRAOptions
 from lora_sam.metrics import metric_rows
+from lora_sam.module import OptimOptions
+from lora_sam.recipe import RecipeOptions
 from lora_sam.report.numbers import cost_note, cost_table
 from lora_sam.runs.callbacks import PeakMemory, StepTimer, progress_bar, quiet_framework
+from lora_sam.settings import MODEL_TYPE, VAL_FRACTION, add_options, from_args, from_dict, to_dict
 
-__all__ = ["MODES", "add_arguments", "compare", "compare_markdown", "run"]
+__all__ = ["MODES", "CompareConfig", "add_arguments", "compare", "compare_markdown", "run"]
 
 MODES = ("lora", "full")
 WEIGHTS_FILE = {"lora": "adapter.safetensors", "full": "model.pth"}
+_TRAINING_EVAL = ("split", "val_fraction", "seed")  # the evaluation takes the training run's
 
 
 def _base_checkpoint(out_dir: Path, model_type: str, checkpoint: str | Path | None, seed: int) -> tuple[Path, bool]:
@@ -67,20 +74,20 @@ def _base_checkpoint(out_dir: Path, model_type: str, checkpoint: str | Path | No
     return path, True
 
 
-def _train(mode: str, out_dir: Path, settings: dict[str, Any], module_options: dict[str, Any]) -> dict[str, Any]:
+def _train(mode: str, out_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
     from lora_sam.data.loaders import get_loaders
     from lora_sam.module import LoRASAM
     from lora_sam.summary import parameter_summary
 
     s = settings
     pl.seed_everything(s["seed"], verbose=False)
+    config = from_dict(CompareConfig, s["config"])
     train_loader, val_loader = get_loaders(s["data"], image_size=s["image_size"], batch_size=s["batch_size"],
                                            masks_per_image=s["masks_per_image"], val_fraction=s["val_fraction"],
                                            num_workers=s["num_workers"], seed=s["seed"])
-    model = LoRASAM(s["rank"], s["alpha"], model_type=s["model_type"], checkpoint=s["checkpoint"],
-                    image_size=tuple(s["image_size"]), finetune=mode, lr=s["lr"][mode],
-                    warmup_steps=s["warmup_steps"], masks_per_image=s["masks_per_image"], seed=s["seed"],
-                    **module_options)
+    model = LoRASAM(model_type=s["model_type"], checkpoint=s["checkpoint"], image_size=tuple(s["image_size"]),
+                    finetune=mode, lora=config.lora, recipe=config.recipe,
+                    optim=OptimOptions(lr=s["lr"][mode], warmup_steps=s["warmup_steps"]), seed=s["seed"])
     run_dir = out_dir / mode
     (run_dir / "metrics.csv").unlink(missing_ok=True)
     timer, memory = StepTimer(), PeakMemory()
@@ -135,19 +142,18 @@ def _train_job(job_path: str) -> None:
     torch.set_num_threads(job["threads"])
     if job["settings"].get("quiet"):
         quiet_framework()
-    record = _train(job["mode"], Path(job["out_dir"]), job["settings"], job["module_options"])
+    record = _train(job["mode"], Path(job["out_dir"]), job["settings"])
     Path(job["result"]).write_text(json.dumps(json_safe(record)))
 
 
-def _train_isolated(mode: str, out_dir: Path, settings: dict[str, Any], module_options: dict[str, Any]) -> dict[str, Any]:
+def _train_isolated(mode: str, out_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """``_train`` in a fresh Python process, so neither run inherits the other's memory or warm-up."""
     run_dir = out_dir / mode
     run_dir.mkdir(parents=True, exist_ok=True)
     job, result = run_dir / "job.json", run_dir / "run.json"
     result.unlink(missing_ok=True)
     job.write_text(json.dumps({"mode": mode, "out_dir": str(out_dir), "settings": settings,
-                               "module_options": module_options, "threads": torch.get_num_threads(),
-                               "result": str(result)}))
+                               "threads": torch.get_num_threads(), "result": str(result)}))
     code = "import sys; from lora_sam.runs.compare import _train_job; _train_job(sys.argv[1])"
     returncode = subprocess.run([sys.executable, "-c", code, str(job)], check=False).returncode
     if returncode != 0 or not result.is_file():
@@ -156,98 +162,128 @@ def _train_isolated(mode: str, out_dir: Path, settings: dict[str, Any], module_o
     return json.loads(result.read_text())
 
 
-# long: 28 keyword options, one a line and each documented (those LoRASAM also takes keep its names); 20-line body
+@dataclass(frozen=True)
+class CompareConfig:
+    """What ``compare`` trains and evaluates (``lora-sam compare``'s options are these fields).
+
+    Args:
+        model_type: vit_b / vit_l / vit_h / tiny.
+        checkpoint: the base SAM checkpoint (None: as build_sam finds it; random weights are drawn once from
+            the seed and saved as base.pth when there is no file).
+        image_size: the training resolution (H, W).
+        steps: optimizer steps of each run.
+        seed: seed of the data split, the target draws, the prompts and any random weights.
+        batch_size: images per step.
+        lr_lora: LoRA's learning rate (None: the base's default).
+        lr_full: full fine-tuning's learning rate (None: the base's default).
+        warmup_steps: linear warm-up steps (None: min(50, steps / 10)).
+        val_every: steps between validations (None: steps / 10).
+        val_fraction: the val share of the data (the curves and the evaluation).
+        val_batches: at most this many batches per validation (None: all).
+        num_workers: data loader worker processes.
+        accelerator: Lightning's accelerator (one device).
+        precision: Lightning's precision, e.g. bf16-mixed (None: Lightning's).
+        original: also evaluate SamPredictor at 1024 px: the base, and LoRA and full as deployed (merged).
+        lora: the LoRA settings (lora.LoRAOptions).
+        recipe: the training recipe (recipe.RecipeOptions), the same for both runs.
+        eval: the evaluation (evaluation.options.EvalOptions); its split, val share and seed are the training's.
+    """
+
+    model_type: str = MODEL_TYPE
+    checkpoint: str | None = None
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
+    steps: int = 100
+    seed: int = 0
+    batch_size: int = 2
+    lr_lora: float | None = None
+    lr_full: float | None = None
+    warmup_steps: int | None = None
+    val_every: int | None = None
+    val_fraction: float = VAL_FRACTION
+    val_batches: int | None = None
+    num_workers: int = 0
+    accelerator: str = "auto"
+    precision: str | None = None
+    original: bool = False
+    lora: LoRAOptions = LoRAOptions()
+    recipe: RecipeOptions = RecipeOptions()
+    eval: EvalOptions = field(default=EVAL_DEFAULTS, metadata={"prefix": "eval_", "skip": _TRAINING_EVAL})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
+        if self.checkpoint is not None:
+            object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+def _settings(config: CompareConfig, data: str, base_path: Path, progress: bool, quiet: bool) -> dict[str, Any]:
+    """``compare.json``'s settings: the config as given (``config``) and what the runs used, resolved."""
+    c = config
+    defaults, source = fine_tune_defaults(c.model_type, str(base_path))
+    changed = {k: v for k, v in to_dict(c.recipe).items() if v != getattr(RecipeOptions(), k)}
+    return {
+        "data": data, "model_type": c.model_type, "checkpoint": str(base_path), "image_size": list(c.image_size),
+        "steps": c.steps, "rank": c.lora.rank, "alpha": c.lora.alpha, "seed": c.seed, "batch_size": c.batch_size,
+        "masks_per_image": c.recipe.masks_per_image,
+        "lr": {"lora": defaults["lr"]["lora"] if c.lr_lora is None else c.lr_lora,
+               "full": defaults["lr"]["full"] if c.lr_full is None else c.lr_full}, "defaults": source,
+        "warmup_steps": min(50, c.steps // 10) if c.warmup_steps is None else c.warmup_steps,
+        "val_every": max(1, c.steps // 10) if c.val_every is None else c.val_every, "val_fraction": c.val_fraction,
+        "val_batches": c.val_batches, "num_workers": c.num_workers, "accelerator": c.accelerator,
+        "precision": c.precision, "progress": progress, "quiet": quiet, "module_options": changed,
+        "eval": {"images": c.eval.max_images, "masks_per_image": c.eval.masks_per_image,
+                 "max_clicks": c.eval.max_clicks}, "config": to_dict(c),
+    }
+
+
 def compare(
     data_root: str | Path | None,
     out_dir: str | Path,
+    config: CompareConfig = CompareConfig(),
     *,
-    model_type: str = "vit_b",
-    checkpoint: str | Path | None = None,
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    steps: int = 100,
-    rank: int = 4,
-    alpha: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 2,
-    masks_per_image: int = 16,
-    lr_lora: float | None = None,
-    lr_full: float | None = None,
-    warmup_steps: int | None = None,
-    val_every: int | None = None,
-    val_fraction: float = 0.1,
-    val_batches: int | None = None,
-    num_workers: int = 0,
-    accelerator: str = "auto",
-    precision: str | None = None,
-    eval_images: int | None = None,
-    eval_masks_per_image: int | None = None,
-    max_clicks: int = 20,
-    original: bool = False,
     isolate: bool = True,
     progress: bool = True,
     quiet: bool = False,
-    **module_options: Any,
 ) -> dict[str, Any]:
     """Train LoRA and fully unfrozen SAM alike, evaluate both, write ``compare.json`` / ``compare.md``.
 
     Args:
         data_root: data for ``get_loaders`` (train split to train, val split for curves and evaluation).
         out_dir: run folder (see the module docstring).
-        model_type, checkpoint, image_size: the base model; without a checkpoint file random weights
-            are drawn once from ``seed`` and saved as ``out_dir/base.pth``.
-        steps: optimizer steps of each run; ``val_every`` steps between validations (default steps / 10);
-            ``val_batches`` caps each validation.
-        rank, alpha: LoRA; lr_lora, lr_full: AdamW learning rates (default: the base's, as ``LoRASAM``'s);
-            warmup_steps default min(50, steps / 10).
-        seed, batch_size, masks_per_image, val_fraction, num_workers: data and sampling, the same for both.
-        accelerator, precision: passed to ``pytorch_lightning.Trainer`` (devices=1).
-        eval_images, eval_masks_per_image, max_clicks, original: the evaluation
-            (``lora_sam.evaluation.run.evaluate_models``).
+        config: the base, the training of both runs and the evaluation (``CompareConfig``).
         isolate: train each mode in a fresh Python process (``sys.executable``), so that time and
             memory are not shared between the runs (``False``: one after the other in this process).
         progress, quiet: progress bars; ``quiet`` also turns Lightning's info lines and routine warnings off.
-        module_options: more ``LoRASAM`` options (``iterations``, ``targets``, ...).
 
     Returns:
-        The content of ``compare.json`` (see the module docstring).
+        The content of ``compare.json`` (see the module docstring); its ``settings["config"]`` is
+        ``config`` as a dict (``settings.from_dict(CompareConfig, ...)`` reads it back).
     """
     from lora_sam.data.loaders import resolve_root
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    base_path, generated = _base_checkpoint(out, model_type, checkpoint, seed)
-    defaults, source = fine_tune_defaults(model_type, str(base_path))
-    settings: dict[str, Any] = {
-        "data": resolve_root(data_root), "model_type": model_type,
-        "checkpoint": str(base_path), "image_size": [int(image_size[0]), int(image_size[1])], "steps": steps,
-        "rank": rank, "alpha": alpha, "seed": seed, "batch_size": batch_size, "masks_per_image": masks_per_image,
-        "lr": {"lora": defaults["lr"]["lora"] if lr_lora is None else lr_lora,
-               "full": defaults["lr"]["full"] if lr_full is None else lr_full}, "defaults": source,
-        "warmup_steps": min(50, steps // 10) if warmup_steps is None else warmup_steps,
-        "val_every": max(1, steps // 10) if val_every is None else val_every, "val_fraction": val_fraction,
-        "val_batches": val_batches, "num_workers": num_workers, "accelerator": accelerator, "precision": precision,
-        "progress": progress, "quiet": quiet, "module_options": module_options,
-        "eval": {"images": eval_images, "masks_per_image": eval_masks_per_image, "max_clicks": max_clicks},
-    }
+    base_path, generated = _base_checkpoint(out, config.model_type, config.checkpoint, config.seed)
+    settings = _settings(config, resolve_root(data_root), base_path, progress, quiet)
     if quiet:
         quiet_framework()
     train = _train_isolated if isolate else _train
-    runs = {mode: train(mode, out, settings, module_options) for mode in MODES}
-    result = _evaluate(out, settings, runs, generated=generated, original=original)
+    runs = {mode: train(mode, out, settings) for mode in MODES}
+    result = _evaluate(out, config, settings, runs, generated=generated)
     (out / "compare.json").write_text(json.dumps(result, indent=1))
     (out / "compare.md").write_text(compare_markdown(result))
     return result
 
 
-def _evaluate(out: Path, settings: dict[str, Any], runs: dict[str, dict[str, Any]], *, generated: bool,
-              original: bool) -> dict[str, Any]:
+def _evaluate(out: Path, config: CompareConfig, settings: dict[str, Any], runs: dict[str, dict[str, Any]], *,
+              generated: bool) -> dict[str, Any]:
     """Evaluate the base, LoRA and full models alike (``eval.json``); the content of ``compare.json``."""
-    s, e = settings, settings["eval"]
-    report = evaluate_models(s["data"], out, model_type=s["model_type"], checkpoint=s["checkpoint"],
-                             image_size=tuple(s["image_size"]), adapters=[runs["lora"]["weights_file"]],
-                             fulls=[runs["full"]["weights_file"]], original=original, val_fraction=s["val_fraction"],
-                             max_images=e["images"], masks_per_image=e["masks_per_image"],
-                             max_clicks=e["max_clicks"], seed=s["seed"], progress=s["progress"])
+    s = settings
+    models = EvalModels(config.model_type, s["checkpoint"], config.image_size, (runs["lora"]["weights_file"],),
+                        (runs["full"]["weights_file"],), original=config.original)
+    options = replace(config.eval, split="val", val_fraction=config.val_fraction, seed=config.seed)
+    report = evaluate_models(s["data"], out, models, options, progress=s["progress"])
     models = report["models"]
     for mode, name in (("lora", "lora:adapter"), ("full", "full:model")):
         runs[mode].update(eval_name=name, metrics=models[name]["metrics"])
@@ -291,31 +327,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "write DIR/compare.json and DIR/compare.md (and eval.json / eval.md)")
     parser.add_argument("--data", default=None, help="data root (default $LORA_SAM_DATA, then ./data)")
     parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="run folder (default runs/compare)")
-    parser.add_argument("--model-type", default="vit_b", help="vit_b / vit_l / vit_h / tiny (default vit_b)")
-    parser.add_argument("--checkpoint", default=None, help="base SAM checkpoint (default: as build_sam)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=DEFAULT_IMAGE_SIZE, metavar=("H", "W"),
-                        help=f"training resolution (default {DEFAULT_IMAGE_SIZE[0]} {DEFAULT_IMAGE_SIZE[1]})")
-    parser.add_argument("--steps", type=int, default=100, help="training steps of each run (default 100)")
-    parser.add_argument("--rank", type=int, default=4)
-    parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--masks-per-image", type=int, default=16)
-    parser.add_argument("--lr-lora", type=float, default=None, help="LoRA's learning rate (default: the base's)")
-    parser.add_argument("--lr-full", type=float, default=None, help="full fine-tuning's (default: the base's)")
-    parser.add_argument("--warmup-steps", type=int, default=None)
-    parser.add_argument("--iterations", type=int, default=3, help="interactive iterations (default 3)")
-    parser.add_argument("--val-every", type=int, default=None, help="steps between validations (default steps/10)")
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--val-batches", type=int, default=None, help="at most this many batches per validation")
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--precision", default=None, help="e.g. bf16-mixed (default: Lightning's)")
-    parser.add_argument("--eval-images", type=int, default=None, help="evaluate on the first N val images")
-    parser.add_argument("--eval-masks-per-image", type=int, default=None)
-    parser.add_argument("--max-clicks", type=int, default=20)
-    parser.add_argument("--original", action="store_true",
-                        help="also evaluate SamPredictor at 1024 px: the base, and LoRA and full as deployed (merged)")
+    add_options(parser, CompareConfig)
     parser.add_argument("--in-process", action="store_true",
                         help="train both modes in this process (default: each in a fresh process)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -325,16 +337,8 @@ def run(args: argparse.Namespace) -> int:
     from lora_sam.data.annotations import DataError
 
     try:
-        result = compare(
-            args.data, args.out, model_type=args.model_type, checkpoint=args.checkpoint,
-            image_size=tuple(args.image_size), steps=args.steps, rank=args.rank, alpha=args.alpha, seed=args.seed,
-            batch_size=args.batch_size, masks_per_image=args.masks_per_image, lr_lora=args.lr_lora,
-            lr_full=args.lr_full, warmup_steps=args.warmup_steps, val_every=args.val_every,
-            val_fraction=args.val_fraction, val_batches=args.val_batches, num_workers=args.num_workers,
-            accelerator=args.accelerator, precision=args.precision, eval_images=args.eval_images,
-            eval_masks_per_image=args.eval_masks_per_image, max_clicks=args.max_clicks, original=args.original,
-            isolate=not args.in_process, progress=not args.quiet, iterations=args.iterations,
-        )
+        result = compare(args.data, args.out, from_args(CompareConfig, args), isolate=not args.in_process,
+                         progress=not args.quiet)
     except (FileNotFoundError, ValueError, RuntimeError, DataError) as err:
         print(f"lora-sam compare: error: {err}", file=sys.stderr)
         return 2

@@ -28,11 +28,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
+
+if TYPE_CHECKING:  # imported where used: ``lora-sam demo --help`` answers without Lightning
+    from lora_sam.evaluation.options import EvalOptions
+    from lora_sam.runs.compare import CompareConfig
 
 __all__ = ["DEFAULT", "QUICK", "RUN_TIME", "TRAIN_BASE", "DemoConfig", "add_arguments", "run", "run_demo"]
 
@@ -74,6 +78,28 @@ class DemoConfig:
     eval_masks_per_image: int = 4
     max_clicks: int = 5
     seed: int = 0
+
+    def compare_config(self, model_type: str, checkpoint: str) -> CompareConfig:
+        """Stage 3's ``compare`` settings: LoRA and full from ``checkpoint``, each its own learning rate."""
+        from lora_sam.lora import LoRAOptions
+        from lora_sam.recipe import RecipeOptions
+        from lora_sam.runs.compare import CompareConfig
+
+        return CompareConfig(
+            model_type=model_type, checkpoint=checkpoint, image_size=self.image_size, steps=self.steps,
+            seed=self.seed, batch_size=self.batch_size, lr_lora=self.lr_lora, lr_full=self.lr_full,
+            val_fraction=self.val_fraction, val_batches=self.val_batches, original=True,
+            lora=LoRAOptions(self.rank, self.alpha),
+            recipe=RecipeOptions(iterations=self.iterations, masks_per_image=self.masks_per_image,
+                                 focal_weight=self.focal_weight, dice_weight=self.dice_weight),
+            eval=self.eval_options("val"))
+
+    def eval_options(self, split: Literal["val", "all"]) -> EvalOptions:
+        """The evaluation's settings: the demo's images, targets and clicks."""
+        from lora_sam.evaluation.options import EvalOptions
+
+        return EvalOptions(split=split, val_fraction=self.val_fraction, max_images=self.eval_images,
+                           masks_per_image=self.eval_masks_per_image, max_clicks=self.max_clicks, seed=self.seed)
 
 
 DEFAULT = DemoConfig()
@@ -145,12 +171,11 @@ def train_base(out: Path, data: Path, config: DemoConfig) -> dict[str, Any]:
 
 def _evaluate_low_res(checkpoint: str, data: Path, config: DemoConfig) -> dict[str, Any]:
     """Metrics of a ``tiny`` checkpoint at the training resolution on the demo's evaluation prompts."""
+    from lora_sam.evaluation.options import EvalModels
     from lora_sam.evaluation.run import evaluate_models
 
-    report = evaluate_models(data, None, model_type="tiny", checkpoint=checkpoint, image_size=config.image_size,
-                             val_fraction=config.val_fraction, max_images=config.eval_images,
-                             masks_per_image=config.eval_masks_per_image, max_clicks=config.max_clicks,
-                             seed=config.seed, device="cpu", progress=False)
+    report = evaluate_models(data, None, EvalModels("tiny", checkpoint, config.image_size), config.eval_options("val"),
+                             device="cpu", progress=False)
     return report["models"]["base"]["metrics"]
 
 
@@ -183,6 +208,7 @@ def _base(out: Path, folders: dict[str, Path], config: DemoConfig, checkpoint: s
 def run_demo(out: str | Path, config: DemoConfig = DEFAULT, *, checkpoint: str | None = None,
              model_type: str | None = None, train: bool = False) -> dict[str, Any]:
     """Run the 4 stages of the module docstring into ``out``; returns what ``demo.json`` records."""
+    from lora_sam.evaluation.options import EvalModels
     from lora_sam.evaluation.run import evaluate_models
     from lora_sam.report.build import write_report
     from lora_sam.runs.compare import compare
@@ -205,20 +231,12 @@ def run_demo(out: str | Path, config: DemoConfig = DEFAULT, *, checkpoint: str |
 
     start = _stage(3, f"LoRA vs full fine-tuning on the microscopy images, {config.steps} steps each; evaluation of "
                       f"base, LoRA, full and the original pipeline at 1024 px, then of each on the scenes")
-    result = compare(folders["finetune"], out, model_type=model_type, checkpoint=record["base"]["checkpoint"],
-                     image_size=config.image_size, steps=config.steps, rank=config.rank, alpha=config.alpha,
-                     seed=config.seed, batch_size=config.batch_size, masks_per_image=config.masks_per_image,
-                     lr_lora=config.lr_lora, lr_full=config.lr_full, val_fraction=config.val_fraction,
-                     val_batches=config.val_batches, eval_images=config.eval_images,
-                     eval_masks_per_image=config.eval_masks_per_image, max_clicks=config.max_clicks, original=True,
-                     iterations=config.iterations, focal_weight=config.focal_weight, dice_weight=config.dice_weight,
-                     progress=True, quiet=True)
-    source = evaluate_models(folders["source"], out / "source", model_type=model_type,
-                             checkpoint=record["base"]["checkpoint"], image_size=config.image_size,
-                             adapters=[result["runs"]["lora"]["weights_file"]],
-                             fulls=[result["runs"]["full"]["weights_file"]], split="all",
-                             max_images=config.eval_images, masks_per_image=config.eval_masks_per_image,
-                             max_clicks=config.max_clicks, seed=config.seed, progress=False)
+    base = record["base"]["checkpoint"]
+    result = compare(folders["finetune"], out, config.compare_config(model_type, base), progress=True, quiet=True)
+    trained = EvalModels(model_type, base, config.image_size, (result["runs"]["lora"]["weights_file"],),
+                         (result["runs"]["full"]["weights_file"],))
+    source = evaluate_models(folders["source"], out / "source", trained, config.eval_options(split="all"),
+                             progress=False)
     times["compare_and_eval"] = time.perf_counter() - start
     names = {"base": "base", "lora": "lora:adapter", "full": "full:model"}
     record["metrics"] = {"base": result["base"]["metrics"], "lora": result["runs"]["lora"]["metrics"],

@@ -12,6 +12,7 @@ keep only the trainable tensors, a few MB), resumed with ``--ckpt_path last``. T
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,46 +24,42 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
-from lora_sam.data.loaders import get_loaders
+from lora_sam.data.loaders import LoaderOptions, get_loaders
+from lora_sam.data.samples import SampleOptions
 from lora_sam.module import LoRASAM
 from lora_sam.runs.callbacks import progress_bar
+from lora_sam.settings import from_dict, to_dict
+
+
+def _group(cls: type, value: Any) -> Any:
+    """A settings group from itself or from hparams.yaml's dict."""
+    return value if isinstance(value, cls) else from_dict(cls, value or {})
 
 
 class SAMDataModule(pl.LightningDataModule):
-    """``get_loaders`` as a LightningDataModule (for configs); the arguments are ``get_loaders``'s.
+    """``get_loaders`` as a LightningDataModule (for configs): its two settings groups, passed whole.
 
     Args:
-        root: data root (SA-1B folder, .tar shards, COCO json, or a prepared cache); default
-            $LORA_SAM_DATA, then ./data.
-        image_size: training (H, W); linked to ``model.image_size`` in ``lora-sam fit``.
-        samples_per_epoch: tar shards only, and needed for multi-GPU training on them: training
-            samples per epoch over all ranks, the same share per rank (``get_loaders``).
+        root: data root (SA-1B folder, .tar shards, COCO json, instance labels, or a prepared cache);
+            default $LORA_SAM_DATA, then ./data.
+        loader: how the data is split and batched (``data.loaders.LoaderOptions``).
+        sample: how samples are made (``data.samples.SampleOptions``); ``lora-sam fit`` links its
+            ``image_size`` and ``masks_per_image`` to the model's.
     """
 
-    def __init__(  # get_loaders' options spelled out: LightningCLI reads them from this signature
-        self,
-        root: str | None = None,
-        image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-        batch_size: int = 2,
-        masks_per_image: int = 16,
-        val_fraction: float = 0.1,
-        num_workers: int | None = None,
-        seed: int = 0,
-        strict: bool = False,
-        samples_per_epoch: int | None = None,
-    ) -> None:
+    def __init__(self, root: str | None = None, loader: LoaderOptions = LoaderOptions(),
+                 sample: SampleOptions = SampleOptions()) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.root, self.loader, self.sample = root, _group(LoaderOptions, loader), _group(SampleOptions, sample)
+        self.save_hyperparameters({"root": root, "loader": to_dict(self.loader), "sample": to_dict(self.sample)})
         self._loaders: tuple[DataLoader, DataLoader | None] | None = None
 
     def _get(self) -> tuple[DataLoader, DataLoader | None]:
         if self._loaders is None:
-            hp = self.hparams
-            self._loaders = get_loaders(hp.root, image_size=tuple(hp.image_size), batch_size=hp.batch_size,
-                                        masks_per_image=hp.masks_per_image, val_fraction=hp.val_fraction,
-                                        num_workers=hp.num_workers, seed=hp.seed, strict=hp.strict,
-                                        samples_per_epoch=hp.samples_per_epoch, pin_memory=self._on_cuda())
+            loader = self.loader
+            if loader.pin_memory is None:
+                loader = replace(loader, pin_memory=self._on_cuda())
+            self._loaders = get_loaders(self.root, loader, self.sample)
         return self._loaders
 
     def _on_cuda(self) -> bool:
@@ -80,12 +77,12 @@ class SAMDataModule(pl.LightningDataModule):
 
 class _CLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.link_arguments("model.image_size", "data.image_size")
-        parser.link_arguments("model.masks_per_image", "data.masks_per_image")
+        parser.link_arguments("model.image_size", "data.sample.image_size")
+        parser.link_arguments("model.recipe.masks_per_image", "data.sample.masks_per_image")
         parser.add_argument("--lr", type=str | None, default=None,
                             help="'auto': run Lightning's learning-rate finder (Tuner.lr_find) on the data first, "
                                  "train with its suggestion and save its plot as lr_find.png in the run folder; "
-                                 "a number: the learning rate (as --model.lr)")
+                                 "a number: the learning rate (as --model.optim.lr)")
         parser.add_argument("--lr_find_steps", type=int, default=100, help="steps of the finder's sweep (default 100)")
 
     def before_fit(self) -> None:
@@ -99,25 +96,25 @@ class _CLI(LightningCLI):
         self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
         lr = self.config["fit"].get("lr")
         if lr == "auto":
-            find_lr(self.trainer, self.model, self.datamodule, steps=self.config["fit"]["lr_find_steps"])
+            find_lr(self.trainer, self.model, self.datamodule, sweep_steps=self.config["fit"]["lr_find_steps"])
         elif lr is not None:
-            self.model.set_hparams(lr=float(lr))
+            self.model.set_lr(float(lr))
 
 
-def find_lr(trainer: pl.Trainer, model: LoRASAM, datamodule: pl.LightningDataModule, *, steps: int = 100) -> float:
-    """Lightning's ``Tuner.lr_find`` over ``steps`` steps from 1e-6 to 1: sets ``model.hparams.lr`` to its
+def find_lr(trainer: pl.Trainer, model: LoRASAM, datamodule: pl.LightningDataModule, *, sweep_steps: int) -> float:
+    """Lightning's ``Tuner.lr_find`` over ``sweep_steps`` steps from 1e-6 to 1: sets the model's lr to its
     suggestion (the steepest fall of the smoothed loss) and saves the plot as ``lr_find.png`` in the run
     folder (the trainer's log dir). Returns the learning rate taken."""
     from pytorch_lightning.tuner import Tuner
 
-    finder = Tuner(trainer).lr_find(model, datamodule=datamodule, num_training=steps, update_attr=False)
+    finder = Tuner(trainer).lr_find(model, datamodule=datamodule, num_training=sweep_steps, update_attr=False)
     if finder is None:
         raise RuntimeError("lr_find did not run (a fast_dev_run?): pass --lr with a number instead")
     suggestion = finder.suggestion()
     if suggestion is None:
-        raise RuntimeError(f"lr_find found no learning rate in {steps} steps (the loss never fell): pass --lr "
+        raise RuntimeError(f"lr_find found no learning rate in {sweep_steps} steps (the loss never fell): pass --lr "
                            f"with a number, or more --lr_find_steps")
-    model.set_hparams(lr=float(suggestion))
+    model.set_lr(float(suggestion))
     out = Path(trainer.log_dir or trainer.default_root_dir)
     out.mkdir(parents=True, exist_ok=True)
     figure = finder.plot(suggest=True)

@@ -1,0 +1,88 @@
+"""The evaluation's settings: which models (``EvalModels``) and how they are scored (``EvalOptions``).
+
+``lora-sam eval``'s options are made from these fields (``lora_sam.settings.add_options``);
+``lora-sam compare`` and the demo pass them whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
+from lora_sam.settings import MAX_CLICKS, MODEL_TYPE, VAL_FRACTION
+
+__all__ = ["EVAL_DEFAULTS", "EvalModels", "EvalOptions", "Refine"]
+
+Refine = Literal["single", "multi"]
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How the models are scored: the same images, targets and simulated clicks for every model.
+
+    Args:
+        split: the val split of get_loaders (the training run's split) or every image (all).
+        val_fraction: the val share, as in training.
+        max_images: evaluate the first N images (None: all).
+        masks_per_image: at most K target masks per image, drawn from the seed (None: every mask).
+        max_clicks: clicks per target.
+        refine: the output after the first click: SAM's single-mask output (single, as the training
+            recipe and SamPredictor use it) or the highest predicted IoU of 3 (multi).
+        box_output: the output for the GT box: the highest predicted IoU of 3 (multi, as the training
+            recipe) or the single-mask output (single).
+        seed: seed of the target choice (and of the val split).
+    """
+
+    split: Literal["val", "all"] = "val"
+    val_fraction: float = VAL_FRACTION
+    max_images: int | None = None
+    masks_per_image: int | None = None
+    max_clicks: int = MAX_CLICKS
+    refine: Refine = "single"
+    box_output: Refine = "multi"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split not in ("val", "all"):
+            raise ValueError(f"split must be 'val' or 'all', got {self.split!r}")
+        if self.max_clicks < 1:
+            raise ValueError(f"max_clicks must be >= 1, got {self.max_clicks}")
+        for name in ("refine", "box_output"):
+            if getattr(self, name) not in ("single", "multi"):
+                raise ValueError(f"{name} must be 'single' or 'multi', got {getattr(self, name)!r}")
+
+
+EVAL_DEFAULTS = EvalOptions()
+"""The defaults, for the protocol's functions (each default is written once, above)."""
+
+
+@dataclass(frozen=True)
+class EvalModels:
+    """Which models are evaluated: the base and what was trained from it.
+
+    Args:
+        model_type: vit_b / vit_l / vit_h / tiny.
+        checkpoint: the base SAM checkpoint (official format).
+        image_size: the training resolution (H, W).
+        adapters: LoRA adapters (.safetensors) on the base, each a row.
+        fulls: fully fine-tuned model.pth files at the training resolution, each a row.
+        base: evaluate the base at the training resolution.
+        original: add the original SAM pipeline (SamPredictor at 1024 px) on the base, and every
+            adapter merged and every full model at 1024 px (as deployed).
+    """
+
+    model_type: str = MODEL_TYPE
+    checkpoint: str | None = None
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
+    adapters: tuple[str, ...] = field(default=(), metadata={"flag": "adapter", "append": True, "metavar": "A"})
+    fulls: tuple[str, ...] = field(default=(), metadata={"flag": "full", "append": True, "metavar": "F"})
+    base: bool = True
+    original: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
+        object.__setattr__(self, "adapters", tuple(str(p) for p in self.adapters))
+        object.__setattr__(self, "fulls", tuple(str(p) for p in self.fulls))
+        if self.checkpoint is not None:
+            object.__setattr__(self, "checkpoint", str(self.checkpoint))

@@ -1,0 +1,149 @@
+"""The settings groups: each default written once, command lines made from the fields, run-folder round trips."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+from pathlib import Path
+
+import pytest
+
+from lora_sam.data.samples import SampleOptions
+from lora_sam.evaluation.options import EvalModels, EvalOptions
+from lora_sam.lora import LoRAOptions
+from lora_sam.module import OptimOptions
+from lora_sam.recipe import RecipeOptions
+from lora_sam.runs.compare import CompareConfig
+from lora_sam.settings import add_options, field_help, from_args, from_dict, to_dict
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "lora_sam"
+GROUPS = (LoRAOptions, RecipeOptions, OptimOptions, SampleOptions, EvalOptions, EvalModels, CompareConfig)
+
+
+def _literal(node: ast.expr | None) -> object:
+    """The value of a literal default (a constant or a tuple of constants); ``...`` for anything else."""
+    try:
+        return ast.literal_eval(node) if node is not None else ...
+    except ValueError:
+        return ...
+
+
+def _signature_defaults() -> list[tuple[str, str, object]]:
+    """(where, parameter, literal default) of every function parameter in src with a literal default."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = node.args
+            positional = a.posonlyargs + a.args
+            pairs = list(zip(positional[len(positional) - len(a.defaults):], a.defaults))
+            pairs += [(arg, d) for arg, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
+            where = f"{path.relative_to(SRC)}:{node.lineno} {node.name}"
+            found += [(where, arg.arg, _literal(d)) for arg, d in pairs if _literal(d) is not ...]
+    return found
+
+
+# ``seed``: every seeded function starts its own stream at 0 by convention; no group owns that default
+NOT_SETTINGS = {"seed"}
+
+
+def _group_defaults() -> list[tuple[str, str, object]]:
+    """(where, field, literal default) of every field of the groups, as written in their class bodies."""
+    found = []
+    for group in GROUPS:
+        path = Path(inspect.getsourcefile(group))
+        for node in ast.parse(inspect.getsource(group)).body[0].body:
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                value = _literal(node.value)
+                if value is not ...:
+                    found.append((f"{path.name} {group.__name__}", node.target.id, value))
+    return found
+
+
+def test_each_group_default_is_written_once() -> None:
+    """A default of a settings field is written once in src: in its group's class body, and not again as
+    a function's default under the same name nor in a second group (shared ones are ``settings``' constants).
+    None, () and False mean "not set" / "none" / "off" and may repeat."""
+    defaults = {(name, repr(value)) for _, name, value in _group_defaults()
+                if name not in NOT_SETTINGS and value not in (None, (), False)}
+    seen: dict[tuple[str, str], list[str]] = {}
+    for where, name, value in _group_defaults() + _signature_defaults():
+        if (name, repr(value)) in defaults:
+            seen.setdefault((name, repr(value)), []).append(where)
+    repeated = [f"{name}={value}: {', '.join(places)}" for (name, value), places in seen.items() if len(places) > 1]
+    assert not repeated, "defaults written more than once:\n" + "\n".join(repeated)
+
+
+def test_no_function_in_src_takes_more_than_12_parameters() -> None:
+    too_many = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+                count = len(names) + (a.vararg is not None) + (a.kwarg is not None)
+                if count > 12:
+                    too_many.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name}: {count}")
+    assert not too_many, "\n".join(too_many)
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.__name__)
+def test_every_field_has_help_and_round_trips(group: type) -> None:
+    helps = field_help(group)
+    assert not [f.name for f in dataclasses.fields(group) if not helps.get(f.name)], f"{group.__name__}: undocumented"
+    value = group()
+    assert from_dict(group, to_dict(value)) == value
+    parser = argparse.ArgumentParser()
+    add_options(parser, group)
+    assert from_args(group, parser.parse_args([])) == value  # the command line's defaults are the group's
+
+
+def test_command_line_reaches_nested_groups() -> None:
+    parser = argparse.ArgumentParser()
+    add_options(parser, CompareConfig)
+    args = parser.parse_args(["--rank", "8", "--layers", "qkv", "--iterations", "2", "--pairing", "optimal",
+                              "--eval-max-clicks", "7", "--image-size", "64", "96", "--original"])
+    config = from_args(CompareConfig, args)
+    assert config.lora == LoRAOptions(rank=8, layers="qkv")
+    assert config.recipe == RecipeOptions(iterations=2, pairing="optimal")
+    assert config.eval == EvalOptions(max_clicks=7) and config.image_size == (64, 96) and config.original
+    assert from_dict(CompareConfig, to_dict(config)) == config
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--eval-split", "all"])  # the evaluation's split is the training's: no option
+
+
+def test_from_dict_names_an_unknown_field() -> None:
+    with pytest.raises(ValueError, match="unknown settings \\['rnak'\\]"):
+        from_dict(LoRAOptions, {"rnak": 4})
+
+
+def test_the_readme_settings_example_runs() -> None:
+    """The README's settings block, verbatim: the groups passed whole equal the same fields given by name."""
+    readme = (SRC.parents[1] / "README.md").read_text()
+    section = readme.split("## Settings", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md (Settings)", "exec"), {})
+
+
+def test_old_flat_hparams_and_the_old_targets_name_still_load() -> None:
+    """hparams.yaml written before the groups (flat keys, ``targets``, ``min_only``) builds the same module."""
+    old = {"rank": 2, "alpha": 2.0, "model_type": "tiny", "checkpoint": "random", "image_size": [32, 48],
+           "targets": "qkv", "finetune": "lora", "iterations": 2, "masks_per_image": 4, "lr": 1e-3,
+           "weight_decay": 0.0, "warmup_steps": 5, "min_only": True, "focal_weight": 0.0, "dice_weight": 1.0,
+           "iou_weight": 1.0, "on_nonfinite": "error", "seed": 3}
+    from lora_sam.module import LoRASAM
+
+    with pytest.warns(DeprecationWarning, match="layers="):
+        module = LoRASAM(**old)
+    assert module.lora_options == LoRAOptions(rank=2, alpha=2.0, layers="qkv")
+    assert module.recipe == RecipeOptions(iterations=2, masks_per_image=4, pairing="min", focal_weight=0.0,
+                                          dice_weight=1.0, iou_weight=1.0)
+    assert module.optim == OptimOptions(lr=1e-3, weight_decay=0.0, warmup_steps=5)
+    assert all(name.endswith("attn.qkv") for name in module.lora_layers)
+    again = LoRASAM(**module.hparams)  # the new hparams.yaml (groups as dicts) reads back the same
+    assert (again.lora_options, again.recipe, again.optim) == (module.lora_options, module.recipe, module.optim)
+    with pytest.raises(TypeError, match="unknown options \\['itrations'\\]"):
+        LoRASAM(model_type="tiny", checkpoint="random", image_size=(32, 48), itrations=2)

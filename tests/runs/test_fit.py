@@ -130,7 +130,8 @@ def _readme_tiny_cpu_lines() -> list[str]:
 def test_the_readme_tiny_cpu_commands_run_as_written(tmp_path: Path) -> None:
     """The README's two CPU lines (the base's own domain, then a domain it has not seen), run as written
     in a fresh folder with the repository's config file, shortened: 6 images and 3 steps. Each writes the
-    adapter and a metrics.csv whose val curve starts at step 0 (the base's own numbers)."""
+    adapter, a metrics.csv whose val curve starts at step 0 (the base's own numbers), TensorBoard's events
+    beside it and the iteration records."""
     import csv
     import shlex
     import shutil
@@ -156,6 +157,8 @@ def test_the_readme_tiny_cpu_commands_run_as_written(tmp_path: Path) -> None:
         rows = list(csv.DictReader((version / "metrics.csv").open()))
         val_steps = [int(r["step"]) for r in rows if r.get("val/miou")]
         assert val_steps[0] == 0 and val_steps[-1] >= 2, val_steps
+        # TensorBoard's event file beside the CSV, and the report's iteration records
+        assert list(version.glob("events.out.tfevents.*")) and (version / "iterations.pt").is_file()
 
 
 @pytest.mark.slow

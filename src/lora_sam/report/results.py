@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lora_sam.data.samples import batch_to
-from lora_sam.families import as_promptable
 from lora_sam.io import markdown_table
 from lora_sam.metrics import mask_iou
-from lora_sam.recipe import interactive_step
 from lora_sam.report.numbers import discussion, loss_curves, mean_by_area, pick_examples, read_metrics_csv
 from lora_sam.report.run_folder import Missing, Run
 
@@ -24,91 +20,64 @@ _TERM_TITLES = {"focal": "focal", "dice": "dice", "iou": "IoU head (MSE)", "tota
 
 
 def iterations_section(run: Run, *, targets: int = 3) -> str:
-    """5. The points sampled at each interactive iteration and the GT masks assigned, for a few targets."""
-    from lora_sam.data.loaders import get_loaders
+    """5. The points sampled at each interactive iteration and the GT masks assigned, for a few targets, from
+    the records the LoRA run wrote at the end of training (``lora/iterations.pt``, ``runs.records``)."""
     from lora_sam.report.figures import plot_interactive_rounds
 
-    sam = run.trained_lora_model()
-    options = replace(run.recipe_options("lora"), point_prob=1.0)  # every target of the figure starts from a point
-    _, val = get_loaders(run.data_root, image_size=run.image_size, batch_size=1, masks_per_image=8,
-                         val_fraction=run.settings.get("val_fraction", 0.1), num_workers=0,
-                         seed=run.settings.get("seed", 0))
-    if val is None:
-        raise Missing(f"validation images in `{run.data_root}`")
-    batch = batch_to(next(b for b in val if len(b["targets"]) and len(b["targets"][0])), run.device)
-    with torch.no_grad():
-        result = interactive_step(as_promptable(sam), batch, torch.Generator().manual_seed(0), options, keep_records=True)
-    rounds = result.records[0]["point"]
-    ih, iw = (int(v) for v in batch["input_size"][0])
-    image = batch["image"][0][:, :ih, :iw].cpu()
+    path = run.need("lora/iterations.pt")
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    rounds, image = data["rounds"], data["image"]
     areas = rounds[0]["target"].flatten(1).sum(1)
     order = torch.argsort(areas, descending=True).tolist()
     picks = sorted({order[round(i * (len(order) - 1) / max(targets - 1, 1))] for i in range(min(targets, len(order)))},
                    key=order.index)
     text = [
-        f"Training runs {options.iterations} iterations per point prompt (box prompts one). Iteration 1: one positive "
-        "point uniform over the target, answered by the 3 multimask outputs, trained against the 3 GT masks of "
-        "`point_sample` (the target always among them). Each later iteration adds one point drawn uniformly from "
+        f"Training runs {data['iterations']} iterations per point prompt (box prompts one). Iteration 1: one "
+        "positive point uniform over the target, answered by the 3 multimask outputs, trained against the 3 GT masks "
+        "of `point_sample` (the target always among them). Each later iteration adds one point drawn uniformly from "
         "the error region of the previous prediction (positive in a false negative, negative in a false positive) "
         "and feeds that prediction's low-resolution logits back as the mask prompt; with several points and a "
         "mask prompt SAM answers with its single-mask output, trained against the target itself. The figures "
-        f"replay this with the trained LoRA model on the first validation image `{batch['image_id'][0]}` (prompt "
-        "sampler seed 0). Left: every point so far (green positive, red negative, the new one ringed in yellow), "
-        "the target's outline (white, dashed) and the chosen mask (orange); then the GT masks of that iteration, "
-        "largest first (3 at iteration 1, the target after).",
+        f"replay this with the trained LoRA model on the first validation image `{data['image_id']}` (prompt "
+        "sampler seed 0), recorded at the end of training (`lora/iterations.pt`). Left: every point so far (green "
+        "positive, red negative, the new one ringed in yellow), the target's outline (white, dashed) and the chosen "
+        "mask (orange); then the GT masks of that iteration, largest first (3 at iteration 1, the target after).",
         "",
-        *_pairing_table(sam, val, options),
+        *_pairing_lines(data["pairing"]),
     ]
     for n, j in enumerate(picks, start=1):
-        steps = [{"points": r["points"][j], "labels": r["labels"][j], "gt": r["gt"][j][:, :ih, :iw],
-                  "pred": r["pred"][j][:ih, :iw], "target": r["target"][j][:ih, :iw], "paired": r["paired"][j]}
-                 for r in rounds]
+        steps = [{k: r[k][j] for k in ("points", "labels", "gt", "pred", "target", "paired")} for r in rounds]
         ious = [float(mask_iou(s["pred"], s["target"])) for s in steps]
         labels = steps[-1]["labels"].tolist()
         learned = ", ".join(f"output {m + 1} -> {_RANKS[int(g)]}" for m, g in enumerate(rounds[0]["paired"][j]))
-        reassigned = f"at iteration 1 {learned}"
-        path = plot_interactive_rounds(image, steps, run.figures / f"iterations_{n}.png",
-                                       title=f"target {n}: {int(areas[j])} px")
+        figure = plot_interactive_rounds(image, steps, run.figures / f"iterations_{n}.png",
+                                         title=f"target {n}: {int(areas[j])} px")
         text += [f"Target {n} ({int(areas[j])} px): {labels.count(1)} positive and {labels.count(0)} negative points "
                  f"after {len(steps)} iterations; IoU of the chosen mask with the target per iteration: "
-                 + " -> ".join(f"{v:.2f}" for v in ious) + f"; {reassigned}.", "",
-                 f"![iterations, target {n}](figures/{path.name})", ""]
+                 + " -> ".join(f"{v:.2f}" for v in ious) + f"; at iteration 1 {learned}.", "",
+                 f"![iterations, target {n}](figures/{figure.name})", ""]
     return "\n".join(text).rstrip()
+
+
+def _pairing_lines(pairing: dict[str, Any]) -> list[str]:
+    """The pairing table: which GT mask (whole, part, sub-part) each of the 3 outputs trained against at its
+    first decode (``runs.records.pairing_counts``)."""
+    seen = pairing["seen"]
+    if not seen:
+        return []
+    counts = pairing["counts"]
+    rows = [[f"output {m + 1}", *(f"{int(c)} ({100 * c / seen:.0f} %)" for c in counts[m])] for m in range(3)]
+    return [f"Pairing of the 3 outputs with the 3 GT masks (`pairing={pairing['pairing']}`): the GT each output "
+            f"trained against at its first decode, over {seen} point and box prompts of {pairing['images']} "
+            "validation images. The released SAM emits subpart, part, whole; a fixed big-to-small pairing would force "
+            "every token to swap roles, the lowest-loss assignment lets each keep its own. Where fewer than 3 distinct "
+            "masks fit the prompt (a repeated GT), `distinct` pairing gives each distinct mask to one output and "
+            "leaves the others without a mask loss (last column: they train their IoU prediction only).", "",
+            markdown_table(["", *(f"GT {r}" for r in _RANKS), "no mask loss"], rows), ""]
 
 
 _COLUMNS = ("original", "lora", "deployed")  # the example figures' model columns, after the GT
 _RANKS = ("whole", "part", "sub-part")  # the 3 GT masks of point_sample / box_sample, big to small
-
-
-def _pairing_table(sam: Any, val: Any, options: Any, *, batches: int = 8) -> list[str]:
-    """Which GT mask (whole, part, sub-part) each of the 3 multimask outputs was paired with at its first
-    decode, counted over the point and box prompts of the first ``batches`` validation batches."""
-    counts = np.zeros((3, 4), dtype=int)  # the last column: no mask loss (no distinct GT left for it)
-    seen = 0
-    device = next(sam.parameters()).device
-    with torch.no_grad():
-        for n, batch in enumerate(val):
-            if n == batches:
-                break
-            result = interactive_step(as_promptable(sam), batch_to(batch, device), torch.Generator().manual_seed(n),
-                                      replace(options, point_prob=0.5, iterations=1), keep_records=True)
-            for record in result.records:
-                for first in ([record["point"][0]] if record["point"] else []) + [record["box"]]:
-                    if first is None or first["gt"].shape[1] != 3:  # the single output, trained on the target
-                        continue
-                    for row in first["paired"].tolist():
-                        counts[np.arange(3), [r if r >= 0 else 3 for r in row]] += 1
-                        seen += 1
-    if not seen:
-        return []
-    rows = [[f"output {m + 1}", *(f"{int(c)} ({100 * c / seen:.0f} %)" for c in counts[m])] for m in range(3)]
-    return [f"Pairing of the 3 outputs with the 3 GT masks (`pairing={options.pairing}`): the GT each output trained "
-            f"against at its first decode, over {seen} point and box prompts of {min(n + 1, batches)} validation "
-            "images. The released SAM emits subpart, part, whole; a fixed big-to-small pairing would force every "
-            "token to swap roles, the lowest-loss assignment lets each keep its own. Where fewer than 3 distinct "
-            "masks fit the prompt (a repeated GT), `distinct` pairing gives each distinct mask to one output and "
-            "leaves the others without a mask loss (last column: they train their IoU prediction only).", "",
-            markdown_table(["", *(f"GT {r}" for r in _RANKS), "no mask loss"], rows), ""]
 
 
 def curves_section(run: Run) -> str:

@@ -162,14 +162,6 @@ class Run:
         inject_lora(sam, rank, alpha, targets=layers)
         return sam
 
-    def trained_lora_model(self) -> nn.Module:
-        """The LoRA run's model: the base checkpoint at the training resolution with the trained adapter
-        applied (its own rank, alpha and layers), on ``self.device``, in eval mode."""
-        from lora_sam.adapter import apply_adapter
-        sam = self.family.build(self.model_type, str(self.base_checkpoint), self.image_size)
-        apply_adapter(sam, self.weights("lora"))
-        return sam.to(self.device).eval()
-
     def recipe_options(self, mode: str) -> RecipeOptions:
         """The training recipe's options of a run (``lora`` / ``full``), read from its hparams.yaml."""
         return RecipeOptions.from_mapping(self.hparams(mode))

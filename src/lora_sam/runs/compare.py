@@ -7,7 +7,7 @@ result (``lora_sam.evaluation.protocol``), beside those of the base model at ste
 
     base.pth                  the base weights, when none were given (random tiny / random vit_*)
     lora/ full/               metrics.csv (train and val curves), hparams.yaml, adapter.safetensors
-                              or model.pth, checkpoints/final.ckpt
+                              or model.pth, checkpoints/final.ckpt, iterations.pt (``runs.records``)
     eval.json, eval.md        ``lora-sam eval`` of base, lora:adapter, full:model (+ original-1024)
     compare.json, compare.md  the comparison
 
@@ -51,6 +51,7 @@ from lora_sam.module import OptimOptions
 from lora_sam.recipe import RecipeOptions
 from lora_sam.report.numbers import cost_note, cost_table
 from lora_sam.runs.callbacks import PeakMemory, StepTimer, progress_bar, quiet_framework
+from lora_sam.runs.records import IterationRecords
 from lora_sam.settings import MODEL_TYPE, VAL_FRACTION, add_options, from_args, from_dict, to_dict
 
 __all__ = ["MODES", "CompareConfig", "add_arguments", "compare", "compare_markdown", "run"]
@@ -98,7 +99,7 @@ def _train(mode: str, out_dir: Path, settings: dict[str, Any]) -> dict[str, Any]
     trainer = pl.Trainer(
         max_steps=s["steps"], accelerator=s["accelerator"], devices=1,
         logger=CSVLogger(str(out_dir), name=mode, version=""),
-        callbacks=[timer, memory, *([progress_bar()] if s["progress"] else [])],
+        callbacks=[timer, memory, IterationRecords(), *([progress_bar()] if s["progress"] else [])],
         enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1,
         enable_progress_bar=s["progress"], enable_model_summary=False, default_root_dir=str(out_dir),
         **({"precision": s["precision"]} if s["precision"] else {}), **validation,

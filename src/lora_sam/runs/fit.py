@@ -21,6 +21,7 @@ import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
@@ -28,6 +29,7 @@ from lora_sam.data.loaders import LoaderOptions, get_loaders
 from lora_sam.data.samples import SampleOptions
 from lora_sam.module import LoRASAM
 from lora_sam.runs.callbacks import progress_bar
+from lora_sam.runs.records import IterationRecords
 from lora_sam.settings import from_dict, to_dict
 
 
@@ -86,12 +88,15 @@ class _CLI(LightningCLI):
         parser.add_argument("--lr_find_steps", type=int, default=100, help="steps of the finder's sweep (default 100)")
 
     def before_fit(self) -> None:
-        """Lightning's progress bar swapped for ours, which counts epochs from ``max_steps`` ("Epoch 6/9"), a
-        validation at step 0 (the base's own numbers, the start of the val curves), and ``--lr``."""
+        """Lightning's progress bar swapped for ours, which counts epochs from ``max_steps`` ("Epoch 6/9"),
+        ``IterationRecords`` added, a validation at step 0 (the base's own numbers, the start of the val
+        curves), and ``--lr``."""
         callbacks = self.trainer.callbacks
         for i, callback in enumerate(callbacks):
             if isinstance(callback, ProgressBar) and type(callback) in (RichProgressBar, TQDMProgressBar):
                 callbacks[i] = progress_bar()
+        callbacks.append(IterationRecords())  # iterations.pt in the run folder, for the report's figures
+        _csv_beside_tensorboard(self.trainer)
         # the curves start where the base does: one validation at step 0 (logged at step 0)
         self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
         lr = self.config["fit"].get("lr")
@@ -121,6 +126,15 @@ def find_lr(trainer: pl.Trainer, model: LoRASAM, datamodule: pl.LightningDataMod
     figure.savefig(out / "lr_find.png", dpi=100)
     rank_zero_info(f"lora_sam: lr_find suggests lr {suggestion:.3g} (plot: {out / 'lr_find.png'})")
     return float(suggestion)
+
+
+def _csv_beside_tensorboard(trainer: pl.Trainer) -> None:
+    """Lightning's default logger is TensorBoard's when it is installed (a dependency): add a CSV logger writing
+    ``metrics.csv`` into the same version folder, which the report and the tests read."""
+    loggers = trainer.loggers
+    if len(loggers) == 1 and isinstance(loggers[0], TensorBoardLogger):
+        board = loggers[0]
+        trainer.loggers = [board, CSVLogger(board.save_dir, name=board.name, version=board.version)]
 
 
 def trainer_defaults() -> dict[str, Any]:

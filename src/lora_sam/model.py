@@ -61,6 +61,7 @@ __all__ = [
     "image_size_of",
     "model_type_of",
     "is_sam",
+    "resize_position_table",
     "SamV1",
     "SamV1Predictor",
 ]
@@ -169,12 +170,12 @@ def _load_into(sam: Sam, state: dict[str, Tensor], model_type: str, path: Path) 
     sam.load_state_dict(state, strict=True)
 
 
-@torch.no_grad()
-def _resized_table(pos: Tensor, grid: tuple[int, int]) -> Tensor:
-    """A (1, h, w, C) position table bicubically resized to ``grid``."""
-    if tuple(pos.shape[1:3]) == grid:
+def resize_position_table(pos: Tensor, grid: tuple[int, int]) -> Tensor:
+    """A (1, h, w, C) position table bicubically resized to ``grid`` (differentiable: ``lora-sam pretrain``
+    trains one 64x64 table through it at every size; ``build_sam`` resizes a checkpoint's once)."""
+    if tuple(pos.shape[1:3]) == tuple(grid):
         return pos
-    resized = F.interpolate(pos.permute(0, 3, 1, 2), size=grid, mode="bicubic", align_corners=False)
+    resized = F.interpolate(pos.permute(0, 3, 1, 2), size=tuple(grid), mode="bicubic", align_corners=False)
     return resized.permute(0, 2, 3, 1).contiguous()
 
 
@@ -185,8 +186,9 @@ def _grid(image_size: tuple[int, int]) -> tuple[int, int]:
 def _resize_position_embedding(sam: Sam, image_size: tuple[int, int]) -> None:
     pos = sam.image_encoder.pos_embed  # (1, 64, 64, C)
     if tuple(pos.shape[1:3]) != _grid(image_size):
-        sam.image_encoder.pos_embed = torch.nn.Parameter(_resized_table(pos.detach(), _grid(image_size)),
-                                                         requires_grad=pos.requires_grad)
+        with torch.no_grad():
+            table = resize_position_table(pos.detach(), _grid(image_size))
+        sam.image_encoder.pos_embed = torch.nn.Parameter(table, requires_grad=pos.requires_grad)
 
 
 def build_sam(
@@ -218,7 +220,8 @@ def build_sam(
             # at the size asked for (the same size: exact; another, e.g. 1024 px: bicubic, as from 64x64)
             _resize_position_embedding(sam, size)
             if pos.dim() == 4 and pos.shape[-1] == sam.image_encoder.pos_embed.shape[-1]:
-                state = {**state, "image_encoder.pos_embed": _resized_table(pos, _grid(size))}
+                with torch.no_grad():
+                    state = {**state, "image_encoder.pos_embed": resize_position_table(pos, _grid(size))}
         _load_into(sam, state, model_type, path)
     _resize_position_embedding(sam, size)
     return sam.eval()

@@ -30,7 +30,7 @@ from lora_sam.checkpoints import (
 from lora_sam.families import family_of
 from lora_sam.io import atomic_path
 from lora_sam.lora import LoRAOptions, deprecated_targets, inject_lora, lora_state_dict, resolve_layers
-from lora_sam.recipe import LOSS_TERMS, RecipeOptions, StepResult, interactive_step
+from lora_sam.recipe import LOSS_TERMS, RecipeOptions, StepResult, interactive_step, prompt_generator
 from lora_sam.summary import parameter_summary
 
 __all__ = ["LOSS_TERMS", "LoRASAM", "OptimOptions", "StepResult"]
@@ -199,9 +199,8 @@ class LoRASAM(pl.LightningModule):
         would have drawn, and DDP ranks draw their own (rank 0's stream is the single-process one; the CPU
         generator keeps 32 bits of a seed, so ranks are 100_000_007 apart)."""
         step = self.global_step if stage == "train" else batch_idx
-        offset = 0 if stage == "train" else 1_000_003
         rank = self.global_rank if self._trainer is not None else 0
-        return torch.Generator().manual_seed(self.hparams.seed * 7_919 + offset + step + rank * 100_000_007)
+        return prompt_generator(self.hparams.seed, step, validation=stage != "train", rank=rank)
 
     def interactive_step(
         self, batch: dict[str, Any], generator: torch.Generator, *, keep_records: bool = False

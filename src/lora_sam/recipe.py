@@ -42,10 +42,19 @@ from lora_sam.prompts import masks_to_boxes, noisy_boxes, sample_error_points, s
 from lora_sam.settings import MASKS_PER_IMAGE
 from lora_sam.targets import box_picks, point_picks
 
-__all__ = ["LOSS_TERMS", "SAM_FRAME", "RecipeOptions", "StepResult", "interactive_step"]
+__all__ = [
+    "LOSS_TERMS", "SAM_FRAME", "RecipeOptions", "StepResult", "interactive_step", "prompt_generator"]
 
 LOSS_TERMS = ("focal", "dice", "iou", "total")
 SAM_FRAME = 1024  # the longest side of SAM's own input frame, where the paper's pixel constants live
+
+
+def prompt_generator(seed: int, step: int, *, validation: bool = False, rank: int = 0) -> torch.Generator:
+    """The prompt sampler of one training (or validation) step, from (seed, step, rank) alone: a resumed run
+    draws the prompts it would have drawn, and DDP ranks draw their own (rank 0's stream is the
+    single-process one; the CPU generator keeps 32 bits of a seed, so ranks are 100_000_007 apart).
+    ``LoRASAM`` and ``lora-sam pretrain`` both use it."""
+    return torch.Generator().manual_seed(seed * 7_919 + (1_000_003 if validation else 0) + step + rank * 100_000_007)
 
 
 @dataclass(frozen=True)

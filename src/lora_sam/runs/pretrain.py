@@ -43,8 +43,15 @@ from tqdm import tqdm
 
 from lora_sam.data.samples import batch_to
 from lora_sam.io import atomic_path
-from lora_sam.model import ORIGINAL_SIZE, PATCH_SIZE, SamV1, build_sam, check_image_size
-from lora_sam.recipe import RecipeOptions, interactive_step
+from lora_sam.model import (
+    ORIGINAL_SIZE,
+    PATCH_SIZE,
+    SamV1,
+    build_sam,
+    check_image_size,
+    resize_position_table,
+)
+from lora_sam.recipe import RecipeOptions, interactive_step, prompt_generator
 
 __all__ = ["PretrainConfig", "ResolutionSwitch", "export_last", "pretrain", "add_arguments", "run"]
 
@@ -106,11 +113,7 @@ class _Resize(nn.Module):
         self.grid = (ORIGINAL_SIZE // PATCH_SIZE,) * 2
 
     def forward(self, table: Tensor) -> Tensor:
-        if tuple(table.shape[1:3]) == self.grid:
-            return table
-        resized = nn.functional.interpolate(table.permute(0, 3, 1, 2), size=self.grid, mode="bicubic",
-                                            align_corners=False)
-        return resized.permute(0, 2, 3, 1)
+        return resize_position_table(table, self.grid)
 
 
 class ResolutionSwitch:
@@ -269,7 +272,7 @@ def pretrain(out: str | Path, data: str | Path, config: PretrainConfig = Pretrai
         index = _size_index(config, step)
         switch.set(config.sizes[index])
         batch = batch_to(batches.at(step, config.sizes[index]), device)
-        result = interactive_step(model, batch, torch.Generator().manual_seed(config.seed * 7_919 + step), options)
+        result = interactive_step(model, batch, prompt_generator(config.seed, step), options)
         if result.terms:
             loss = result.mean("total")
             optimizer.zero_grad(set_to_none=True)

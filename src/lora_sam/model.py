@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything import SamPredictor
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import Tensor
 
@@ -349,6 +349,11 @@ class SamV1:
             raise ValueError(f"the original SAM pipeline needs a model built at 1024x1024, got {self.image_size}; "
                              f"use build_sam(model_type, checkpoint, (1024, 1024))")
         return SamV1Predictor(self.sam)
+
+    def mask_generator(self, **kwargs: object) -> SamAutomaticMaskGenerator:
+        """The official "segment everything" pipeline on this model (at 1024x1024); ``kwargs`` go to it."""
+        self.predictor()  # the same check: the official pipeline runs at 1024 px only
+        return SamAutomaticMaskGenerator(self.sam, **kwargs)
 
     @property
     def low_res_size(self) -> tuple[int, int]:

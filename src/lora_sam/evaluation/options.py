@@ -32,6 +32,10 @@ class EvalOptions:
         box_output: the output for the GT box: the highest predicted IoU of 3 (multi, as the training
             recipe) or the single-mask output (single).
         seed: seed of the target choice (and of the val split).
+        automatic: also score each model's automatic masks ("segment everything", at 1024 px: the base,
+            every adapter merged, every full model) by proposal recall against every GT mask: AR@100 and
+            AR@1000 over IoU 0.5:0.95, as SAM's paper scores object proposals.
+        automatic_points: the automatic masks' point grid per side (SAM's default is 32: 1024 prompts).
     """
 
     split: Literal["val", "all"] = "val"
@@ -42,6 +46,8 @@ class EvalOptions:
     refine: Refine = "single"
     box_output: Refine = "multi"
     seed: int = 0
+    automatic: bool = False
+    automatic_points: int = 16
 
     def __post_init__(self) -> None:
         if self.split not in ("val", "all"):

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import nn
 from lora_sam.adapter import apply_adapter, read_adapter_info
 from lora_sam.checkpoints import resolve_checkpoint
 from lora_sam.data.annotations import DataError
+from lora_sam.evaluation.automatic import automatic_recall
 from lora_sam.evaluation.options import EVAL_DEFAULTS, EvalModels, EvalOptions
 from lora_sam.evaluation.protocol import evaluate_many, json_safe
 from lora_sam.evaluation.segmenters import ORIGINAL_FRAME, LowResSegmenter, PredictorSegmenter, Segmenter
@@ -247,10 +249,18 @@ def evaluate_models(
     o = options
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     samples, count, originals = eval_samples(data, models.image_size, o)
+    if o.automatic:  # the automatic masks run at 1024 px: the deployed rows
+        models = replace(models, original=True)
     built = build_segmenters(models, original_full_res=models.original and originals, device=device)
     results = evaluate_many({name: seg for name, (seg, _) in built.items()}, samples, max_clicks=o.max_clicks,
                             seed=o.seed, masks_per_image=o.masks_per_image, refine=o.refine,
                             box_output=o.box_output, progress=progress, total=count)
+    if o.automatic:
+        recall = automatic_recall({name: seg for name, (seg, _) in built.items()}, eval_samples(data, models.image_size, o)[0],
+                                  points_per_side=o.automatic_points, progress=progress, total=count)
+        for name, values in recall.items():
+            results[name]["metrics"].update({k: values[k] for k in ("ar@100", "ar@1000")})
+            results[name]["automatic"] = values
     report = {
         "settings": {"data": resolve_root(data), **to_dict(o), "model_type": models.model_type,
                      "checkpoint": next((i["path"] for _, i in built.values() if i["kind"] != "full"), None),

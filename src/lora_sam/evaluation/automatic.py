@@ -1,0 +1,72 @@
+"""Automatic masks ("segment everything") scored as SAM's paper scores them: object-proposal recall.
+
+For each model at 1024 px (the base as the original pipeline, every adapter merged, every full model: the
+``@1024`` rows of ``build_segmenters``), its family's mask generator (SAM v1: the official
+``SamAutomaticMaskGenerator``) runs on each image as the predictor sees it; its masks, ranked by predicted
+IoU, are resized to the training resolution on the ground truth's own grid and matched against every GT
+mask of the image: AR@N is the recall of the GT masks by the top N proposals, averaged over IoU thresholds
+0.5:0.95 (``proposals.ProposalRecall``).
+
+The generator's quality filters are off (predicted IoU and stability thresholds 0): they were tuned for
+ViT-H and would leave a small model nothing to rank, while AR@N already keeps only the N best-ranked
+masks. Its box NMS (0.7) stays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lora_sam.data.annotations import BadSample
+from lora_sam.data.rle import nearest_grid
+from lora_sam.evaluation.proposals import ProposalRecall
+from lora_sam.evaluation.segmenters import PredictorSegmenter, Segmenter, original_image, upscaled_image
+
+__all__ = ["automatic_masks", "automatic_recall"]
+
+
+def automatic_masks(generator: Any, sample: dict[str, Any], source: str) -> tuple[torch.Tensor, np.ndarray]:
+    """The generator's masks of one sample at the training resolution, (P, H, W) bool (padding False), best
+    predicted IoU first, and those predicted IoUs (P,)."""
+    frame = tuple(int(v) for v in sample["image"].shape[-2:])
+    h, w = (int(v) for v in sample["input_size"])
+    h0, w0 = (int(v) for v in sample["original_size"])
+    image = upscaled_image(sample) if source == "upscaled" else original_image(sample)
+    records = sorted(generator.generate(image), key=lambda r: -float(r["predicted_iou"]))
+    masks = torch.zeros((len(records), *frame), dtype=torch.bool)
+    if records:
+        full = torch.from_numpy(np.stack([r["segmentation"] for r in records]))
+        rows, cols = torch.from_numpy(nearest_grid(h0, h)), torch.from_numpy(nearest_grid(w0, w))
+        masks[:, :h, :w] = full.index_select(1, rows).index_select(2, cols)
+    return masks, np.array([float(r["predicted_iou"]) for r in records])
+
+
+def automatic_recall(segmenters: Mapping[str, Segmenter], samples: Iterable[Any], *, points_per_side: int,
+                     progress: bool = True, total: int | None = None) -> dict[str, dict[str, float]]:
+    """AR@100 and AR@1000 of each 1024 px model's automatic masks against every GT mask of ``samples``:
+    ``{name: {"ar@100", "ar@1000", "proposals_per_image"}}``; models below 1024 px are left out."""
+    generators = {name: seg.model.mask_generator(points_per_side=points_per_side, pred_iou_thresh=0.0,
+                                                 stability_score_thresh=0.0)
+                  for name, seg in segmenters.items() if isinstance(seg, PredictorSegmenter)}
+    sources = {name: segmenters[name].source for name in generators}  # type: ignore[attr-defined]
+    recall = {name: ProposalRecall() for name in generators}
+    counts = {name: 0 for name in generators}
+    for sample in tqdm(samples, desc="automatic masks", unit="image", total=total, disable=not progress):
+        if isinstance(sample, BadSample) or not len(sample["masks"]):
+            continue
+        gt = sample["masks"].bool()
+        for name, generator in generators.items():
+            with torch.no_grad():
+                masks, _ = automatic_masks(generator, sample, sources[name])
+            recall[name].update(masks.numpy(), gt.numpy())
+            counts[name] += len(masks)
+    out = {}
+    for name, r in recall.items():
+        values = r.compute()
+        out[name] = {"ar@100": values["AR@100"], "ar@1000": values["AR@1000"],
+                     "proposals_per_image": counts[name] / max(r.images, 1)}
+    return out

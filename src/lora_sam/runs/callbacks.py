@@ -14,7 +14,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.utilities.imports import _RICH_AVAILABLE
 
-__all__ = ["PeakMemory", "StepTimer", "last_epoch", "progress_bar", "quiet_framework"]
+__all__ = ["KeepBest", "PeakMemory", "StepTimer", "last_epoch", "progress_bar", "quiet_framework"]
 
 _FRAMEWORK_NOISE = (".*does not have many workers.*", ".*exists and is not empty.*", ".*weights_only.*",
                     ".*LeafSpec.*", ".*val_check_interval.*")
@@ -158,3 +158,35 @@ def progress_bar() -> Callback:
     """Lightning's progress bar (rich when installed, else tqdm) naming the epoch as "Epoch 6/9", the last
     epoch counted from ``max_steps`` when that ends the run first."""
     return _RichBar() if _RICH_AVAILABLE else _TQDMBar()
+
+
+class KeepBest(Callback):
+    """Keep the trainable weights of the best validation (``monitor``, higher is better) and put them back
+    at the end of training, before the module exports its adapter or weights. The validation at step 0 counts:
+    a run that never beats its start ends where it started (a LoRA adapter of zeros) and says so."""
+
+    def __init__(self, monitor: str = "val/miou") -> None:
+        self.monitor = monitor
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self._weights: dict[str, torch.Tensor] = {}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None or not math.isfinite(float(value)):
+            return
+        if self.best is None or float(value) > self.best:
+            self.best, self.best_step = float(value), int(trainer.global_step)
+            self._weights = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._weights:
+            return
+        with torch.no_grad():
+            for name, param in pl_module.named_parameters():
+                if name in self._weights:
+                    param.copy_(self._weights[name])
+        from pytorch_lightning.utilities import rank_zero_info
+
+        rank_zero_info(f"lora_sam: the run ends with the weights of its best validation, step {self.best_step} "
+                       f"({self.monitor} {self.best:.4f}){' (the start: no step beat it)' if self.best_step == 0 else ''}")

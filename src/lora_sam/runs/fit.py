@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from lora_sam.data.loaders import LoaderOptions, get_loaders
 from lora_sam.data.samples import SampleOptions
 from lora_sam.module import LoRASAM
-from lora_sam.runs.callbacks import progress_bar
+from lora_sam.runs.callbacks import KeepBest, progress_bar
 from lora_sam.runs.records import IterationRecords
 from lora_sam.settings import from_dict, to_dict
 
@@ -89,12 +89,13 @@ class _CLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Lightning's progress bar swapped for ours, which counts epochs from ``max_steps`` ("Epoch 6/9"),
-        ``IterationRecords`` added, a validation at step 0 (the base's own numbers, the start of the val
+        ``KeepBest`` and ``IterationRecords`` added, a validation at step 0 (the base's own numbers, the start of the val
         curves), and ``--lr``."""
         callbacks = self.trainer.callbacks
         for i, callback in enumerate(callbacks):
             if isinstance(callback, ProgressBar) and type(callback) in (RichProgressBar, TQDMProgressBar):
                 callbacks[i] = progress_bar()
+        callbacks.append(KeepBest())  # the run ends with the weights of its best validation (step 0 included)
         callbacks.append(IterationRecords())  # iterations.pt in the run folder, for the report's figures
         _csv_beside_tensorboard(self.trainer)
         # the curves start where the base does: one validation at step 0 (logged at step 0)

@@ -185,3 +185,23 @@ def test_right_click_is_negative_and_a_drag_is_a_box(driver: webdriver.Chrome, u
         assert abs(got - want) <= 2
     time.sleep(1)  # a click that the drag would have let through would arrive now
     assert "2 prompts: box" in _status(driver) and not driver.find_elements(By.ID, "gesture-band")
+
+
+def test_the_segment_everything_button_shows_each_models_automatic_masks(driver: webdriver.Chrome, url: str, bank,
+                                                                         photo: np.ndarray, tmp_path: Path) -> None:
+    """The button answers in the browser: each model's picture is its automatic masks, as a session of our own
+    draws them for the same image."""
+    from lora_sam.app.overlay import automatic_view
+
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    driver.get(url)
+    _upload(driver, tmp_path / "photo.png")
+    _wait(driver, lambda: "loaded photo.png" in _status(driver), "the load message")
+    driver.find_element(By.CSS_SELECTOR, "#segment-everything").click()
+    _wait(driver, lambda: "segment everything" in _status(driver), "the automatic masks", timeout=240)
+    reference = Session(bank)
+    reference.load(load_image_file(tmp_path / "photo.png", bank.image_size))
+    reference.segment_everything()
+    for index, name in enumerate(bank.names):
+        expected = automatic_view(reference.image, *reference.automatic[name])
+        _wait(driver, lambda i=index, e=expected: np.array_equal(_picture(driver, i), e), f"{name}'s automatic masks")

@@ -256,3 +256,30 @@ def test_at_1024_px_the_drawn_logits_are_the_official_postprocess_at_display_siz
                                                  session.image.display_size)[0]
     assert (expected > 0).any() and not (expected > 0).all()
     torch.testing.assert_close(output.display, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_segment_everything_shows_each_models_automatic_masks_until_the_next_prompt(builtin_session: Session) -> None:
+    """The page's "segment everything": each model's masks are the official generator's on the displayed
+    image, run on the model at 1024 px (the reference built here from the checkpoint, not the bank's), best
+    predicted IoU first; a click goes back to the prompts' answers."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from lora_sam.app.models import AUTOMATIC_POINTS, AUTOMATIC_SHOWN
+    from lora_sam.model import builtin_checkpoint
+
+    session = builtin_session
+    session.reset()
+    message = session.segment_everything()
+    assert "segment everything" in message and session.automatic is not None
+    masks, scores = session.automatic["base"]
+    reference = SamAutomaticMaskGenerator(build_sam("tiny", builtin_checkpoint("tiny"), (1024, 1024)),
+                                          points_per_side=AUTOMATIC_POINTS, pred_iou_thresh=0.0,
+                                          stability_score_thresh=0.0)
+    with torch.no_grad():
+        records = sorted(reference.generate(session.image.display), key=lambda r: -r["predicted_iou"])
+    records = records[:AUTOMATIC_SHOWN]
+    assert len(masks) == len(records) > 0 and masks.shape[1:] == session.image.display.shape[:2]
+    assert np.allclose(scores, [r["predicted_iou"] for r in records], atol=1e-5)
+    assert all(np.array_equal(m, r["segmentation"]) for m, r in zip(masks, records))
+    session.click(200, 150, "positive")
+    assert session.automatic is None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,10 +29,13 @@ from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
 from lora_sam.evaluation.options import EvalModels
 from lora_sam.evaluation.run import build_segmenters
 from lora_sam.evaluation.segmenters import ORIGINAL_FRAME, LowResSegmenter, PredictorSegmenter, Segmenter
+from lora_sam.families import as_promptable
 
 __all__ = ["RESOLUTIONS", "ModelBank", "ModelSpec", "Resolution", "display_logits"]
 
 Resolution = Literal["low", "1024"]
+AUTOMATIC_POINTS = 8  # the page's "segment everything" grid per side (64 prompts; SAM's default 32 is 16x slower)
+AUTOMATIC_SHOWN = 40  # the masks drawn per model, best predicted IoU first
 RESOLUTIONS: tuple[Resolution, ...] = ("low", "1024")
 ADAPTER_SUFFIXES = (".safetensors",)
 FULL_SUFFIXES = (".pth", ".pt")
@@ -149,6 +153,20 @@ class ModelBank:
             if key not in self._models:
                 self._models[key] = self._build(self.specs[name], ORIGINAL_FRAME)
             return self._models[key]
+
+    def automatic(self, name: str, image: np.ndarray, points_per_side: int = AUTOMATIC_POINTS,
+                  shown: int = AUTOMATIC_SHOWN) -> tuple[np.ndarray, np.ndarray]:
+        """Model ``name``'s automatic masks ("segment everything") of ``image`` (uint8 (h, w, 3) RGB), through
+        its family's mask generator at 1024 px (an adapter merged, as deployed): the ``shown`` best by
+        predicted IoU, (P, h, w) bool, and those IoUs (P,), best first. The generator's quality filters are
+        off (tuned for ViT-H, they leave a small model nothing), its NMS stays."""
+        with self.decoding():
+            generator = as_promptable(self.model(name, "1024")).mask_generator(
+                points_per_side=points_per_side, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+            with torch.no_grad():
+                records = sorted(generator.generate(image), key=lambda r: -float(r["predicted_iou"]))[:shown]
+        masks = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0, *image.shape[:2]), bool)
+        return masks, np.array([float(r["predicted_iou"]) for r in records])
 
     def segmenter(self, image_key: str, sample: dict[str, Any], name: str, resolution: Resolution) -> Segmenter:
         """The segmenter of ``name`` at ``resolution`` with ``sample`` set (encoded once, then cached).

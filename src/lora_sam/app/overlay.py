@@ -16,7 +16,7 @@ from torch import Tensor
 from lora_sam.app.images import LoadedImage
 from lora_sam.app.session import Box, Output, Point
 
-__all__ = ["draw_prompts", "model_view", "prompt_view"]
+__all__ = ["automatic_view", "draw_prompts", "model_view", "prompt_view"]
 
 POSITIVE, NEGATIVE, BOX, GT = (40, 200, 60), (230, 40, 40), (0, 200, 255), (255, 215, 0)
 MASK, KEPT = (30, 144, 255), (40, 200, 60)
@@ -115,3 +115,25 @@ def model_view(image: LoadedImage, output: Output | None, events: Sequence[Point
     pad = np.zeros((th, dw, 3), np.uint8)
     pad[:, : 3 * tw] = row
     return np.concatenate([main, pad], axis=0)
+
+
+def _palette(count: int) -> list[tuple[int, int, int]]:
+    """``count`` distinct bright colours (hues spread by the golden angle)."""
+    colours = []
+    for i in range(count):
+        hsv = np.uint8([[[int(i * 0.618034 * 180) % 180, 200, 255]]])
+        colours.append(tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]))
+    return colours
+
+
+def automatic_view(image: LoadedImage, masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """One model's automatic masks ("segment everything") on the displayed image: each its own colour, the
+    best predicted IoU drawn last (on top), outlined; a caption with the count."""
+    picture = image.display.copy()
+    colours = _palette(len(masks))
+    for index in reversed(range(len(masks))):
+        picture = _tint(picture, masks[index], colours[index], alpha=0.5)
+        _outline(picture, masks[index], colours[index], thickness=1)
+    best = f", best predicted IoU {float(scores[0]):.2f}" if len(scores) else ""
+    _caption(picture, [f"{len(masks)} automatic masks{best}"])
+    return picture

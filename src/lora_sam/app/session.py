@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -98,6 +99,8 @@ class Session:
         self.resolution: Resolution = "low"
         self.gt_index: int | None = None
         self.show_outputs = True  # draw the 3 outputs of the first prompt under each model's mask
+        # each model's automatic masks and their predicted IoUs, shown instead of the prompts' answers
+        self.automatic: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
         self._memo: dict[tuple, Output] = {}
 
     # ------------------------------------------------------------------ state changes
@@ -105,15 +108,29 @@ class Session:
     def load(self, image: LoadedImage) -> str:
         """Show ``image``, clear the prompts, and encode it for every model at the current resolution."""
         self.image, self.events, self.pending, self.history = image, [], None, []
+        self.automatic = None
         self.gt_index = 0 if image.gt_labels else None
         self._memo.clear()
         self._encode()
         return image.note or f"loaded {image.name}: click on it"
 
+    def segment_everything(self) -> str:
+        """Every model's automatic masks of the image (``ModelBank.automatic``, at 1024 px), shown until the
+        next prompt, undo, reset or image."""
+        if self.image is None:
+            return "load an image first"
+        try:
+            self.automatic = {name: self.bank.automatic(name, self.image.display) for name in self.bank.names}
+        except (RuntimeError, ValueError) as err:
+            return f"the models could not segment everything ({err}); nothing changed"
+        counts = ", ".join(f"{name} {len(masks)}" for name, (masks, _) in self.automatic.items())
+        return f"segment everything (automatic masks at 1024 px): {counts} masks; click to prompt again"
+
     def click(self, x: float, y: float, mode: Mode) -> str:
         """A click at (x, y) of the displayed image in ``mode`` (positive / negative / box corner)."""
         if self.image is None:
             return "load an image first"
+        self.automatic = None
         if mode not in MODES:
             return f"unknown click mode {mode!r}; choose from {', '.join(MODES)}"
         dh, dw = self.image.display_size
@@ -135,6 +152,7 @@ class Session:
         ends a half-made two-click box. Corners past the image's edge are clamped to it."""
         if self.image is None:
             return "load an image first"
+        self.automatic = None
         dh, dw = self.image.display_size
         xs = sorted(min(max(int(v), 0), dw - 1) for v in (x0, x1))
         ys = sorted(min(max(int(v), 0), dh - 1) for v in (y0, y1))
@@ -156,6 +174,7 @@ class Session:
         return f"{len(self.events)} prompt{'s' if len(self.events) > 1 else ''}: {describe(event)}"
 
     def undo(self) -> str:
+        self.automatic = None
         if not self.history:
             return "nothing to undo"
         events, self.pending = self.history.pop()
@@ -163,6 +182,7 @@ class Session:
         return "undone"
 
     def reset(self) -> str:
+        self.automatic = None
         if self.events or self.pending:
             self.history.append((tuple(self.events), self.pending))
         self.events, self.pending = [], None

@@ -15,7 +15,7 @@ import gradio as gr
 from lora_sam.app.gestures import PAGE_JS, parse_gesture
 from lora_sam.app.images import DatasetImages, ImageError, load_image_file
 from lora_sam.app.models import ModelBank
-from lora_sam.app.overlay import model_view, prompt_view
+from lora_sam.app.overlay import automatic_view, model_view, prompt_view
 from lora_sam.app.session import MODES, Session
 from lora_sam.data.annotations import DataError
 
@@ -27,7 +27,8 @@ IMAGE_HEIGHT = 440
 """Height in CSS pixels of the image to click on and of each model's picture."""
 HELP = ("Upload an image (or pick one of the dataset), then click on it: a left click adds a positive point "
         "(or what the click mode says), a right click a negative one, and a drag draws a box. The first prompt "
-        "shows SAM's 3 outputs with their predicted IoU (the kept one framed); later clicks refine the kept mask.")
+        "shows SAM's 3 outputs with their predicted IoU (the kept one framed); later clicks refine the kept mask. "
+        "\"Segment everything\" shows each model's automatic masks (at 1024 px, as deployed).")
 MODE_LABELS = [("positive click", "positive"), ("negative click", "negative"), ("box (two clicks)", "box")]
 
 
@@ -69,8 +70,11 @@ class Page:
                 slots.append(gr.update(visible=False))
                 continue
             name = self.bank.names[index]
-            picture = None if image is None else model_view(image, outputs.get(name), session.events,
-                                                             show_outputs=session.show_outputs)
+            if image is not None and session.automatic is not None:
+                picture = automatic_view(image, *session.automatic[name])
+            else:
+                picture = None if image is None else model_view(image, outputs.get(name), session.events,
+                                                                 show_outputs=session.show_outputs)
             slots.append(gr.update(value=picture, label=f"{name} at {resolution}", visible=True))
         return [session, message, prompt, *slots, scores_table(session)]
 
@@ -136,6 +140,7 @@ def _controls(page: Page) -> dict[str, Any]:
                                        label="resolution", elem_id="resolution")
         parts["outputs"] = gr.Checkbox(True, label="show SAM's 3 outputs of the first prompt",
                                        elem_id="show-outputs")
+        parts["everything"] = gr.Button("Segment everything", elem_id="segment-everything")
         parts["undo"] = gr.Button("Undo", elem_id="undo")
         parts["reset"] = gr.Button("Reset", elem_id="reset")
     # filled and clicked by PAGE_JS for a right click or a drag (in the page, never shown)
@@ -173,6 +178,7 @@ def build_page(bank: ModelBank, data: DatasetImages | None = None) -> gr.Blocks:
                                    outputs)
         parts["outputs"].input(lambda s, v: page.redraw(s, s.set_show_outputs(v)), [state, parts["outputs"]],
                                outputs)
+        parts["everything"].click(lambda s: page.redraw(s, s.segment_everything()), [state], outputs)
         parts["undo"].click(lambda s: page.redraw(s, s.undo()), [state], outputs)
         parts["reset"].click(lambda s: page.redraw(s, s.reset()), [state], outputs)
     return blocks

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lora_sam.data.loaders import LoaderOptions
 from lora_sam.data.samples import SampleOptions
 from lora_sam.evaluation.options import EvalModels, EvalOptions
 from lora_sam.lora import LoRAOptions
@@ -19,7 +20,8 @@ from lora_sam.runs.compare import CompareConfig
 from lora_sam.settings import add_options, field_help, from_args, from_dict, to_dict
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "lora_sam"
-GROUPS = (LoRAOptions, RecipeOptions, OptimOptions, SampleOptions, EvalOptions, EvalModels, CompareConfig)
+GROUPS = (LoRAOptions, RecipeOptions, OptimOptions, SampleOptions, LoaderOptions, EvalOptions, EvalModels,
+          CompareConfig)
 
 
 def _literal(node: ast.expr | None) -> object:
@@ -147,3 +149,17 @@ def test_old_flat_hparams_and_the_old_targets_name_still_load() -> None:
     assert (again.lora_options, again.recipe, again.optim) == (module.lora_options, module.recipe, module.optim)
     with pytest.raises(TypeError, match="unknown options \\['itrations'\\]"):
         LoRASAM(model_type="tiny", checkpoint="random", image_size=(32, 48), itrations=2)
+
+
+def test_demo_options_come_from_its_config_and_override_the_preset() -> None:
+    """``lora-sam demo``'s options are DemoConfig's fields; an option given wins over the preset
+    (``--quick``'s), the others keep the preset's value."""
+    from lora_sam.runs.demo import DEFAULT, QUICK, DemoConfig, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--quick", "--steps", "7", "--image-size", "64", "96", "--lr-lora", "0.01"])
+    assert from_args(DemoConfig, args, base=QUICK) == dataclasses.replace(QUICK, steps=7, image_size=(64, 96),
+                                                                          lr_lora=0.01)
+    assert from_args(DemoConfig, parser.parse_args([]), base=DEFAULT) == DEFAULT
+    assert "--eval-masks-per-image" in parser.format_help()

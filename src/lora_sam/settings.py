@@ -81,9 +81,10 @@ def _argument(annotation: Any, default: Any) -> dict[str, Any]:
 
 
 def add_options(parser: argparse.ArgumentParser | Any, cls: type, *, prefix: str = "",
-                skip: tuple[str, ...] = ()) -> None:
+                skip: tuple[str, ...] = (), given_only: bool = False) -> None:
     """One ``--prefix-field-name`` option per field of ``cls`` (nested groups with their metadata's prefix),
-    its default the field's and its help the docstring's."""
+    its default the field's and its help the docstring's. ``given_only``: an option not given is left out
+    of the parsed arguments (``from_args(..., base=preset)`` then keeps the preset's value)."""
     hints, helps = typing.get_type_hints(cls), field_help(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -93,7 +94,7 @@ def add_options(parser: argparse.ArgumentParser | Any, cls: type, *, prefix: str
             title = f"{f.name} ({type(default).__name__})"
             group = parser.add_argument_group(title) if hasattr(parser, "add_argument_group") else parser
             add_options(group, type(default), prefix=prefix + f.metadata.get("prefix", ""),
-                        skip=tuple(f.metadata.get("skip", ())))
+                        skip=tuple(f.metadata.get("skip", ())), given_only=given_only)
             continue
         name = prefix + f.name
         text = helps.get(f.name, "").rstrip(".").replace("%", "%%")
@@ -103,8 +104,8 @@ def add_options(parser: argparse.ArgumentParser | Any, cls: type, *, prefix: str
                                 help=f"{text} (repeatable)")
             continue
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        parser.add_argument(flag, dest=name, default=default, help=f"{text} (default: {shown})".strip(),
-                            **_argument(hints[f.name], default))
+        parser.add_argument(flag, dest=name, default=argparse.SUPPRESS if given_only else default,
+                            help=f"{text} (default: {shown})".strip(), **_argument(hints[f.name], default))
 
 
 def from_args(cls: type[T], args: argparse.Namespace, *, prefix: str = "", base: T | None = None) -> T:
@@ -121,6 +122,8 @@ def from_args(cls: type[T], args: argparse.Namespace, *, prefix: str = "", base:
             if value is None and f.metadata.get("append"):
                 value = default
             values[f.name] = tuple(value) if isinstance(value, list) else value
+        elif base is not None:
+            values[f.name] = default
     if isinstance(values.get("layers"), tuple) and len(values["layers"]) == 1:
         values["layers"] = values["layers"][0]  # one preset name or pattern
     return cls(**values)

@@ -41,6 +41,7 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 
 from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE, fine_tune_defaults
+from lora_sam.data.loaders import LoaderOptions
 from lora_sam.evaluation.options import EVAL_DEFAULTS, EvalModels, EvalOptions
 from lora_sam.evaluation.protocol import json_safe
 from lora_sam.evaluation.run import evaluate_models
@@ -195,7 +196,7 @@ class CompareConfig:
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
     steps: int = 100
     seed: int = 0
-    batch_size: int = 2
+    batch_size: int = LoaderOptions.batch_size
     lr_lora: float | None = None
     lr_full: float | None = None
     warmup_steps: int | None = None

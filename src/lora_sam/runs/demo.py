@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
+from lora_sam.settings import add_options, from_args
 
 if TYPE_CHECKING:  # imported where used: ``lora-sam demo --help`` answers without Lightning
     from lora_sam.evaluation.options import EvalOptions
@@ -46,7 +47,35 @@ RUN_TIME = "2 to 5 minutes on 2 CPU cores"
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes and hyperparameters of the demo; ``DEFAULT`` runs in ``RUN_TIME``."""
+    """Sizes and hyperparameters of the demo; ``DEFAULT`` runs in ``RUN_TIME`` (``lora-sam demo``'s options).
+
+    Args:
+        images: target-domain images (train and val split); as many scenes for --train-base.
+        source_images: held-out source-domain images (the base's domain).
+        long_side: the synthetic images' longest side in pixels.
+        image_size: the training resolution (H, W) of every model.
+        base_steps: steps of the --train-base model.
+        base_lr: learning rate of the --train-base model.
+        base_masks: targets per image of the --train-base model.
+        base_iterations: interactive iterations of the --train-base model.
+        base_point_prob: point-prompt probability of the --train-base model.
+        steps: LoRA and full fine-tuning steps (the same for both).
+        rank: LoRA rank.
+        alpha: LoRA alpha.
+        lr_lora: LoRA's learning rate.
+        lr_full: full fine-tuning's learning rate.
+        masks_per_image: targets per image and step.
+        batch_size: images per step.
+        iterations: interactive iterations per point prompt.
+        focal_weight: the focal term's weight (0: dice + IoU head, as the built-in base was pretrained).
+        dice_weight: the dice term's weight.
+        val_fraction: the val share of the target-domain images (curves and evaluation).
+        val_batches: at most this many batches per validation.
+        eval_images: evaluate on the first N val images.
+        eval_masks_per_image: targets per evaluated image.
+        max_clicks: clicks per target in the evaluation.
+        seed: seed of data, models and sampling.
+    """
 
     # the data (stage 1) and the training resolution of every model
     images: int = 48  # target-domain images (train and val split); as many scenes for --train-base
@@ -275,23 +304,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-type", default=None, help="model type of --checkpoint (default: from its tensors)")
     parser.add_argument("--train-base", action="store_true",
                         help="train a tiny base from random weights first (the old demo: 1200 steps at 64x96)")
-    parser.add_argument("--images", type=int, default=None, help=f"target-domain images (default {DEFAULT.images})")
-    parser.add_argument("--steps", type=int, default=None, help=f"LoRA and full steps (default {DEFAULT.steps})")
-    parser.add_argument("--base-steps", type=int, default=None,
-                        help=f"steps of the --train-base model (default {DEFAULT.base_steps})")
-    parser.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help=f"training resolution (default {DEFAULT.image_size[0]} {DEFAULT.image_size[1]})")
-    parser.add_argument("--seed", type=int, default=None, help="seed of data, models and sampling (default 0)")
     parser.add_argument("--quick", action="store_true", help="a much smaller run with the same stages (tests)")
+    # the demo's sizes and hyperparameters: DemoConfig's fields (defaults shown are DEFAULT's; --quick and
+    # --train-base start from their own presets, and an option given wins)
+    add_options(parser.add_argument_group("sizes and hyperparameters (DemoConfig)"), DemoConfig, given_only=True)
 
 
 def run(args: argparse.Namespace) -> int:
     config = QUICK if args.quick else TRAIN_BASE if args.train_base else DEFAULT
-    overrides = {"images": args.images, "steps": args.steps, "base_steps": args.base_steps, "seed": args.seed,
-                 "image_size": tuple(args.image_size) if args.image_size else None}
     if args.checkpoint:  # a pretrained SAM: SAM's 20:1 focal / dice loss
         config = replace(config, focal_weight=20.0)
-    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = from_args(DemoConfig, args, base=config)  # the options given win over the preset
     from lora_sam.runs.callbacks import quiet_framework
 
     quiet_framework()

@@ -48,8 +48,18 @@ def test_demo_starts_from_the_shipped_base_and_evaluates_both_domains(demo_run: 
     compare = json.loads((demo_run / "compare.json").read_text())
     assert Path(compare["base"]["checkpoint"]) == builtin_checkpoint("tiny")
     source = json.loads((demo_run / "source" / "eval.json").read_text())["models"]
-    assert set(source) == {"base", "lora:adapter", "full:model"}
-    assert set(record["source_metrics"]) == {"base", "lora", "full"}
+    deployed = {"original-1024", "lora:adapter@1024", "full:model@1024"}  # at 1024 px, for the automatic masks
+    assert {"base", "lora:adapter", "full:model"} | deployed <= set(source)
+    assert set(record["source_metrics"]) == {"base", "lora", "full", "original-1024", "lora merged, 1024 px",
+                                             "full, 1024 px"}
+    # the automatic masks' proposal recall of base, LoRA and full on both domains, and their figure
+    target = json.loads((demo_run / "eval.json").read_text())["models"]
+    for models in (source, target):
+        for name in deployed:
+            assert 0.0 <= models[name]["metrics"]["ar@100"] <= models[name]["metrics"]["ar@1000"] <= 1.0
+    report = (demo_run / "report.md").read_text()
+    assert "## 9. Segment everything" in report and "AR@100" in report
+    assert (demo_run / "figures" / "automatic_masks.png").stat().st_size > 1000
 
 
 def test_train_base_keeps_the_old_path_and_writes_an_official_1024_checkpoint(tmp_path: Path) -> None:
@@ -72,12 +82,13 @@ def test_eval_has_every_model(demo_run: Path) -> None:
     models = json.loads((demo_run / "eval.json").read_text())["models"]
     kinds = {entry["kind"] for entry in models.values()}
     assert {"base", "lora", "full", "original"} <= kinds and "original-1024" in models
-    for entry in models.values():
-        assert set(entry["metrics"]) == set(METRIC_KEYS)
+    for entry in models.values():  # the 1024 px models also have their automatic masks' recall
+        extra = {"ar@100", "ar@1000"} if entry["resolution"] == [1024, 1024] else set()
+        assert set(entry["metrics"]) == set(METRIC_KEYS) | extra
         assert entry["metrics"]["miou@1"] is not None
 
 
-def test_report_has_the_eight_sections_and_nothing_missing(report: str) -> None:
+def test_report_has_every_section_and_nothing_missing(report: str) -> None:
     headings = re.findall(r"^## (.+)$", report, flags=re.M)
     assert headings == [title for title, _ in SECTIONS]
     assert MISSING not in report and "Could not be made" not in report
@@ -115,10 +126,12 @@ def test_report_says_what_is_missing(demo_run: Path, tmp_path: Path) -> None:
     assert main(["report", str(partial), "--quiet"]) == 0
     text = (partial / "report.md").read_text()
     sections = re.split(r"^## ", text, flags=re.M)[1:]
-    assert len(sections) == 8
+    assert len(sections) == len(SECTIONS) == 9
     for number, section in enumerate(sections, start=1):
         if number == 7:  # the metrics section needs eval.json only
             assert MISSING not in section and re.search(r"^\| base \| \d+\.\d{3} \|", section, flags=re.M)
+        elif number == 9:  # so does the automatic masks' table (its figure needs automatic.pt)
+            assert MISSING not in section and "| original-1024 |" in section and "![" not in section
         else:
             assert MISSING in section, section[:200]
     assert "compare.json" in text and "adapter.safetensors" in text

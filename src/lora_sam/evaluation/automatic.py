@@ -26,7 +26,7 @@ from lora_sam.data.rle import nearest_grid
 from lora_sam.evaluation.proposals import ProposalRecall
 from lora_sam.evaluation.segmenters import PredictorSegmenter, Segmenter, original_image, upscaled_image
 
-__all__ = ["automatic_masks", "automatic_recall"]
+__all__ = ["EXAMPLE_MASKS", "automatic_masks", "automatic_recall"]
 
 
 def automatic_masks(generator: Any, sample: dict[str, Any], source: str) -> tuple[torch.Tensor, np.ndarray]:
@@ -45,10 +45,16 @@ def automatic_masks(generator: Any, sample: dict[str, Any], source: str) -> tupl
     return masks, np.array([float(r["predicted_iou"]) for r in records])
 
 
+EXAMPLE_MASKS = 30  # the masks of each model kept for the report's figure, best predicted IoU first
+
+
 def automatic_recall(segmenters: Mapping[str, Segmenter], samples: Iterable[Any], *, points_per_side: int,
-                     progress: bool = True, total: int | None = None) -> dict[str, dict[str, float]]:
+                     progress: bool = True, total: int | None = None,
+                     example: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
     """AR@100 and AR@1000 of each 1024 px model's automatic masks against every GT mask of ``samples``:
-    ``{name: {"ar@100", "ar@1000", "proposals_per_image"}}``; models below 1024 px are left out."""
+    ``{name: {"ar@100", "ar@1000", "proposals_per_image", "images"}}``; models below 1024 px are left out.
+    ``example``: a dict filled with the first image's masks per model (for the report's figure):
+    ``{"image_id", "image": uint8 (3, h, w), "masks": {name: bool (P, h, w)}, "scores": {name: (P,)}}``."""
     generators = {name: seg.model.mask_generator(points_per_side=points_per_side, pred_iou_thresh=0.0,
                                                  stability_score_thresh=0.0)
                   for name, seg in segmenters.items() if isinstance(seg, PredictorSegmenter)}
@@ -59,14 +65,22 @@ def automatic_recall(segmenters: Mapping[str, Segmenter], samples: Iterable[Any]
         if isinstance(sample, BadSample) or not len(sample["masks"]):
             continue
         gt = sample["masks"].bool()
+        h, w = (int(v) for v in sample["input_size"])
+        first = example is not None and not example
         for name, generator in generators.items():
             with torch.no_grad():
-                masks, _ = automatic_masks(generator, sample, sources[name])
+                masks, scores = automatic_masks(generator, sample, sources[name])
             recall[name].update(masks.numpy(), gt.numpy())
             counts[name] += len(masks)
+            if first:
+                example.setdefault("masks", {})[name] = masks[:EXAMPLE_MASKS, :h, :w].clone()
+                example.setdefault("scores", {})[name] = torch.from_numpy(scores[:EXAMPLE_MASKS].copy())
+        if first:
+            example.update(image_id=str(sample["image_id"]), image=sample["image"][:, :h, :w].round().clamp(0, 255)
+                           .to(torch.uint8))
     out = {}
     for name, r in recall.items():
         values = r.compute()
         out[name] = {"ar@100": values["AR@100"], "ar@1000": values["AR@1000"],
-                     "proposals_per_image": counts[name] / max(r.images, 1)}
+                     "proposals_per_image": counts[name] / max(r.images, 1), "images": r.images}
     return out

@@ -36,6 +36,7 @@ class EvalOptions:
             every adapter merged, every full model) by proposal recall against every GT mask: AR@100 and
             AR@1000 over IoU 0.5:0.95, as SAM's paper scores object proposals.
         automatic_points: the automatic masks' point grid per side (SAM's default is 32: 1024 prompts).
+        automatic_images: score the automatic masks on the first N images only (None: all).
     """
 
     split: Literal["val", "all"] = "val"
@@ -48,6 +49,7 @@ class EvalOptions:
     seed: int = 0
     automatic: bool = False
     automatic_points: int = 16
+    automatic_images: int | None = None
 
     def __post_init__(self) -> None:
         if self.split not in ("val", "all"):

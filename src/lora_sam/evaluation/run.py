@@ -256,11 +256,7 @@ def evaluate_models(
                             seed=o.seed, masks_per_image=o.masks_per_image, refine=o.refine,
                             box_output=o.box_output, progress=progress, total=count)
     if o.automatic:
-        recall = automatic_recall({name: seg for name, (seg, _) in built.items()}, eval_samples(data, models.image_size, o)[0],
-                                  points_per_side=o.automatic_points, progress=progress, total=count)
-        for name, values in recall.items():
-            results[name]["metrics"].update({k: values[k] for k in ("ar@100", "ar@1000")})
-            results[name]["automatic"] = values
+        _add_automatic(results, built, data, models, o, out, progress=progress, total=count)
     report = {
         "settings": {"data": resolve_root(data), **to_dict(o), "model_type": models.model_type,
                      "checkpoint": next((i["path"] for _, i in built.values() if i["kind"] != "full"), None),
@@ -270,6 +266,27 @@ def evaluate_models(
     if out is not None:
         write_eval(out, report)
     return report
+
+
+def _add_automatic(results: dict[str, Any], built: dict[str, Any], data: str | Path | None, models: EvalModels,
+                   o: EvalOptions, out: str | Path | None, *, progress: bool, total: int | None) -> None:
+    """AR@100 / AR@1000 of each 1024 px model into ``results``; the first image's masks into
+    ``out/automatic.pt`` (the report's figure)."""
+    samples = eval_samples(data, models.image_size, replace(o, max_images=_fewest(o.max_images, o.automatic_images)))[0]
+    example: dict[str, Any] = {}
+    recall = automatic_recall({name: seg for name, (seg, _) in built.items()}, samples, points_per_side=o.automatic_points,
+                              progress=progress, total=_fewest(total, o.automatic_images), example=example)
+    for name, values in recall.items():
+        results[name]["metrics"].update({k: values[k] for k in ("ar@100", "ar@1000")})
+        results[name]["automatic"] = values
+    if out is not None and example:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        torch.save(example, Path(out) / "automatic.pt")
+
+
+def _fewest(*counts: int | None) -> int | None:
+    given = [c for c in counts if c is not None]
+    return min(given) if given else None
 
 
 # ----------------------------------------------------------------------------- command line

@@ -1,9 +1,9 @@
 """``lora-sam report RUN_DIR``: a Markdown report with PNG figures, from a run folder's files only.
 
-The report answers eight questions, one section each (``SECTIONS``: how LoRA sits in SAM, parameter
+The report answers nine questions, one section each (``SECTIONS``: how LoRA sits in SAM, parameter
 counts, LoRA vs full fine-tuning, the GT masks of ``point_sample`` / ``box_sample``, the interactive
-iterations, loss curves, metrics, good and bad examples vs the 1024 px pipeline; ``methods`` and
-``results`` write them); numbers come from ``compare.json``, ``eval.json``, the runs' ``metrics.csv`` and
+iterations, loss curves, metrics, good and bad examples vs the 1024 px pipeline, the automatic mode; ``methods``,
+``results`` and ``automatic`` write them); numbers come from ``compare.json``, ``eval.json``, the runs' ``metrics.csv`` and
 ``hparams.yaml``, and figures from the run's weights and data. A section whose files are absent says
 which file is missing instead of stopping the report.
 """
@@ -21,6 +21,7 @@ from typing import Any
 
 from lora_sam.io import markdown_table
 from lora_sam.metrics import metric_rows
+from lora_sam.report.automatic import automatic_section
 from lora_sam.report.methods import compare_section, lora_section, parameters_section, targets_section
 from lora_sam.report.results import curves_section, examples_section, iterations_section, metrics_section
 from lora_sam.report.run_folder import Missing, Run
@@ -36,6 +37,7 @@ SECTIONS: list[tuple[str, Callable[[Run], str]]] = [
     ("6. Train / val loss curves", curves_section),
     ("7. Metrics for SAM, and the measured table", metrics_section),
     ("8. Good and bad examples: low resolution vs the original pipeline at 1024 px", examples_section),
+    ("9. Segment everything: each model's automatic masks, scored by proposal recall", automatic_section),
 ]
 
 MISSING = "**Missing:**"

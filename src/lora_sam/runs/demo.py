@@ -74,6 +74,8 @@ class DemoConfig:
         eval_images: evaluate on the first N val images.
         eval_masks_per_image: targets per evaluated image.
         max_clicks: clicks per target in the evaluation.
+        automatic_points: the automatic masks' point grid per side (their proposal recall, both domains).
+        automatic_images: score the automatic masks on the first N evaluated images of each domain.
         seed: seed of data, models and sampling.
     """
 
@@ -106,6 +108,8 @@ class DemoConfig:
     eval_images: int | None = 8
     eval_masks_per_image: int = 4
     max_clicks: int = 5
+    automatic_points: int = 8
+    automatic_images: int | None = 2
     seed: int = 0
 
     def compare_config(self, model_type: str, checkpoint: str) -> CompareConfig:
@@ -128,7 +132,9 @@ class DemoConfig:
         from lora_sam.evaluation.options import EvalOptions
 
         return EvalOptions(split=split, val_fraction=self.val_fraction, max_images=self.eval_images,
-                           masks_per_image=self.eval_masks_per_image, max_clicks=self.max_clicks, seed=self.seed)
+                           masks_per_image=self.eval_masks_per_image, max_clicks=self.max_clicks, seed=self.seed,
+                           automatic=True, automatic_points=self.automatic_points,
+                           automatic_images=self.automatic_images)
 
 
 DEFAULT = DemoConfig()
@@ -136,7 +142,7 @@ TRAIN_BASE = replace(DEFAULT, image_size=(64, 96), steps=200, masks_per_image=16
 """``--train-base``: the old demo, a tiny base trained 1200 steps at 64x96 (about 6 minutes)."""
 QUICK = DemoConfig(images=6, source_images=2, long_side=128, image_size=(64, 96), base_steps=12, base_masks=4,
                    steps=4, masks_per_image=4, iterations=2, val_fraction=0.34, val_batches=2, eval_images=1,
-                   eval_masks_per_image=3, max_clicks=3)
+                   eval_masks_per_image=3, max_clicks=3, automatic_points=4, automatic_images=1)
 
 
 def _stage(number: int, text: str) -> float:
@@ -203,8 +209,9 @@ def _evaluate_low_res(checkpoint: str, data: Path, config: DemoConfig) -> dict[s
     from lora_sam.evaluation.options import EvalModels
     from lora_sam.evaluation.run import evaluate_models
 
-    report = evaluate_models(data, None, EvalModels("tiny", checkpoint, config.image_size), config.eval_options("val"),
-                             device="cpu", progress=False)
+    options = replace(config.eval_options("val"), automatic=False)
+    report = evaluate_models(data, None, EvalModels("tiny", checkpoint, config.image_size), options, device="cpu",
+                             progress=False)
     return report["models"]["base"]["metrics"]
 
 
@@ -274,7 +281,10 @@ def run_demo(out: str | Path, config: DemoConfig = DEFAULT, *, checkpoint: str |
                          # as users deploy them: merged into the base checkpoint, SamPredictor at 1024 px
                          "lora merged, 1024 px": result["runs"]["lora"].get("deployed_metrics"),
                          "full, 1024 px": result["runs"]["full"].get("deployed_metrics")}
-    record["source_metrics"] = {k: source["models"][v]["metrics"] for k, v in names.items()}
+    deployed = {"original-1024": "original-1024", "lora merged, 1024 px": "lora:adapter@1024",
+                "full, 1024 px": "full:model@1024"}  # at 1024 px, with the automatic masks' AR
+    record["source_metrics"] = {k: source["models"][v]["metrics"] for k, v in {**names, **deployed}.items()
+                                if v in source["models"]}
     _write_record(out, record)
 
     start = _stage(4, "report")
@@ -330,8 +340,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {title}:")
         for name, values in table.items():
             if values:
+                ar = f"  AR@100 {values['ar@100']:.3f}" if "ar@100" in values else ""
                 print(f"  {name:>20}: mIoU@1 {values['miou@1']:.3f}  mIoU@3 {values['miou@3']:.3f}  "
-                      f"NoC@85 {values['noc@85']:.2f}  box mIoU {values['box_miou']:.3f}")
+                      f"NoC@85 {values['noc@85']:.2f}  box mIoU {values['box_miou']:.3f}{ar}")
     lora, base = record["metrics"]["lora"]["miou@1"], record["metrics"]["base"]["miou@1"]
     verdict = "beats" if lora > base else "does NOT beat"
     print(f"  On the target domain LoRA {verdict} the base on 1-click mIoU: {lora:.4f} vs {base:.4f}.")

@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # imported where used: ``lora-sam demo --help`` answers witho
 
 __all__ = ["DEFAULT", "QUICK", "RUN_TIME", "TRAIN_BASE", "DemoConfig", "add_arguments", "run", "run_demo"]
 
-RUN_TIME = "2 to 5 minutes on 2 CPU cores"
+RUN_TIME = "5 to 8 minutes on 2 CPU cores"
 """How long the demo runs with ``DEFAULT``."""
 
 

@@ -38,7 +38,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.onnx import SamOnnxModel
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from lora_sam.model import ORIGINAL_SIZE, image_size_of
+from lora_sam.model import ORIGINAL_SIZE, SamV1, image_size_of
 
 __all__ = [
     "DECODER_INPUTS",
@@ -279,7 +279,7 @@ def automatic_mask_generator(sam: Sam, **kwargs: Any) -> SamAutomaticMaskGenerat
     ``generate(image)`` takes an RGB uint8 (H, W, 3) image and returns one record per mask.
     """
     _check_deployable(sam)
-    return SamAutomaticMaskGenerator(sam, **kwargs)
+    return SamV1(sam).mask_generator(**kwargs)
 
 
 def _coco_rle(segmentation: Any, image_size: tuple[int, int]) -> dict[str, Any]:

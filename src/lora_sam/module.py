@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,14 +31,11 @@ from lora_sam.families import family_of
 from lora_sam.io import atomic_path
 from lora_sam.lora import LoRAOptions, deprecated_targets, inject_lora, lora_state_dict, resolve_layers
 from lora_sam.recipe import LOSS_TERMS, RecipeOptions, StepResult, interactive_step, prompt_generator
+from lora_sam.settings import as_group, to_dict
 from lora_sam.summary import parameter_summary
 
 __all__ = ["LOSS_TERMS", "LoRASAM", "OptimOptions", "StepResult"]
 
-
-def _as_dict(options: Any) -> dict[str, Any]:
-    """A settings group as hparams.yaml stores it (tuples as lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
 
 
 @dataclass(frozen=True)
@@ -65,15 +62,6 @@ class OptimOptions:
 _GROUPS: dict[str, type] = {"lora": LoRAOptions, "recipe": RecipeOptions, "optim": OptimOptions}
 
 
-def _group(cls: type, value: Any) -> Any:
-    """A settings group from itself, a dict (hparams.yaml) or None (its defaults)."""
-    if isinstance(value, cls):
-        return value
-    if cls is RecipeOptions:
-        return RecipeOptions.from_mapping(value or {})
-    return cls(**(value or {}))
-
-
 def _settings(rank: int | None, alpha: float | None, groups: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
     """``LoRASAM``'s three groups, with any of their fields given flat (``LoRASAM(4, 1, lr=1e-3)``, and
     hparams.yaml files written before the groups) folded in; a flat field wins over its group's."""
@@ -83,7 +71,7 @@ def _settings(rank: int | None, alpha: float | None, groups: dict[str, Any], fla
     flat.update({k: v for k, v in (("rank", rank), ("alpha", alpha)) if v is not None})
     if "min_only" in flat and "pairing" not in flat:  # runs saved before ``pairing`` existed
         flat["pairing"] = "min" if flat.pop("min_only") else "fixed"
-    out = {name: _group(cls, groups[name]) for name, cls in _GROUPS.items()}
+    out = {name: as_group(cls, groups[name]) for name, cls in _GROUPS.items()}
     for name, cls in _GROUPS.items():
         mine = {f.name for f in fields(cls)}
         out[name] = replace(out[name], **{k: flat.pop(k) for k in list(flat) if k in mine})
@@ -163,11 +151,11 @@ class LoRASAM(pl.LightningModule):
         self.recipe, self.optim = _with_base_defaults(model_type, checkpoint, finetune, groups["recipe"],
                                                       groups["optim"])
         image_size = (int(image_size[0]), int(image_size[1]))
-        # hparams.yaml holds what the run used, each group as its dict (``_group`` reads it back)
+        # hparams.yaml holds what the run used, each group as its dict (``settings.as_group`` reads it back)
         self.save_hyperparameters({
             "model_type": model_type, "checkpoint": checkpoint, "image_size": list(image_size),
-            "finetune": finetune, "lora": _as_dict(self.lora_options), "recipe": _as_dict(self.recipe),
-            "optim": _as_dict(self.optim), "on_nonfinite": on_nonfinite, "seed": seed})
+            "finetune": finetune, "lora": to_dict(self.lora_options), "recipe": to_dict(self.recipe),
+            "optim": to_dict(self.optim), "on_nonfinite": on_nonfinite, "seed": seed})
         if checkpoint is None and model_type in BUILTIN_FILES and resolve_checkpoint(model_type, None) is not None:
             rank_zero_info(f"lora_sam: no checkpoint given: {model_type} starts from the built-in base "
                            f"({builtin_checkpoint(model_type)}; pretrained here on synthetic scenes, not Meta's "
@@ -190,7 +178,7 @@ class LoRASAM(pl.LightningModule):
         """Train with ``lr`` (``lora-sam fit --lr``'s number or its finder's suggestion), recorded in hparams.yaml."""
         self.optim = replace(self.optim, lr=float(lr))
         for hparams in (self.hparams, self._hparams_initial):  # the one the run uses, the one hparams.yaml records
-            hparams["optim"] = _as_dict(self.optim)
+            hparams["optim"] = to_dict(self.optim)
 
     # ------------------------------------------------------------------ steps
 

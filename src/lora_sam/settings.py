@@ -19,8 +19,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-__all__ = ["MASKS_PER_IMAGE", "MAX_CLICKS", "MODEL_TYPE", "VAL_FRACTION", "add_options", "field_help", "from_args",
-           "from_dict", "to_dict"]
+__all__ = ["MASKS_PER_IMAGE", "MAX_CLICKS", "MODEL_TYPE", "VAL_FRACTION", "add_options", "as_group", "field_help",
+           "from_args", "from_dict", "to_dict"]
 
 T = TypeVar("T")
 
@@ -111,6 +111,7 @@ def add_options(parser: argparse.ArgumentParser | Any, cls: type, *, prefix: str
 def from_args(cls: type[T], args: argparse.Namespace, *, prefix: str = "", base: T | None = None) -> T:
     """``cls`` from the options ``add_options`` added (fields it skipped come from ``base`` or the defaults)."""
     values: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         default = getattr(base, f.name) if base is not None else (
             f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
@@ -121,12 +122,18 @@ def from_args(cls: type[T], args: argparse.Namespace, *, prefix: str = "", base:
             value = getattr(args, prefix + f.name)
             if value is None and f.metadata.get("append"):
                 value = default
+            if isinstance(value, list) and len(value) == 1 and _one_or_many(hints[f.name]):
+                value = value[0]  # ``str | tuple[str, ...]`` given one value: the single form (a preset name)
             values[f.name] = tuple(value) if isinstance(value, list) else value
         elif base is not None:
             values[f.name] = default
-    if isinstance(values.get("layers"), tuple) and len(values["layers"]) == 1:
-        values["layers"] = values["layers"][0]  # one preset name or pattern
     return cls(**values)
+
+
+def _one_or_many(annotation: Any) -> bool:
+    """Whether a field takes one value or a tuple of them (``str | tuple[str, ...]``)."""
+    kind, _ = _unwrap(annotation)
+    return typing.get_origin(kind) in (typing.Union, types.UnionType)
 
 
 def to_dict(options: Any) -> dict[str, Any]:
@@ -139,6 +146,11 @@ def to_dict(options: Any) -> dict[str, Any]:
         return value
 
     return plain(dataclasses.asdict(options))
+
+
+def as_group(cls: type[T], value: T | Mapping[str, Any] | None) -> T:
+    """A settings group from itself, from ``to_dict``'s dict (a run's hparams.yaml) or from None (its defaults)."""
+    return value if isinstance(value, cls) else from_dict(cls, value or {})
 
 
 def from_dict(cls: type[T], values: Mapping[str, Any]) -> T:

@@ -22,9 +22,14 @@ import torch
 from tqdm import tqdm
 
 from lora_sam.data.annotations import BadSample
-from lora_sam.data.rle import nearest_grid
 from lora_sam.evaluation.proposals import ProposalRecall
-from lora_sam.evaluation.segmenters import PredictorSegmenter, Segmenter, original_image, upscaled_image
+from lora_sam.evaluation.segmenters import (
+    PredictorSegmenter,
+    Segmenter,
+    on_training_grid,
+    original_image,
+    upscaled_image,
+)
 
 __all__ = ["EXAMPLE_MASKS", "automatic_masks", "automatic_recall"]
 
@@ -33,15 +38,11 @@ def automatic_masks(generator: Any, sample: dict[str, Any], source: str) -> tupl
     """The generator's masks of one sample at the training resolution, (P, H, W) bool (padding False), best
     predicted IoU first, and those predicted IoUs (P,)."""
     frame = tuple(int(v) for v in sample["image"].shape[-2:])
-    h, w = (int(v) for v in sample["input_size"])
-    h0, w0 = (int(v) for v in sample["original_size"])
+    input_size = tuple(int(v) for v in sample["input_size"])
     image = upscaled_image(sample) if source == "upscaled" else original_image(sample)
     records = sorted(generator.generate(image), key=lambda r: -float(r["predicted_iou"]))
-    masks = torch.zeros((len(records), *frame), dtype=torch.bool)
-    if records:
-        full = torch.from_numpy(np.stack([r["segmentation"] for r in records]))
-        rows, cols = torch.from_numpy(nearest_grid(h0, h)), torch.from_numpy(nearest_grid(w0, w))
-        masks[:, :h, :w] = full.index_select(1, rows).index_select(2, cols)
+    full = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0, *image.shape[:2]), bool)
+    masks = on_training_grid(torch.from_numpy(full), frame, input_size)
     return masks, np.array([float(r["predicted_iou"]) for r in records])
 
 

@@ -186,6 +186,17 @@ def original_image(sample: dict[str, Any]) -> np.ndarray:
     return image
 
 
+def on_training_grid(full: Tensor, frame: tuple[int, int], input_size: tuple[int, int]) -> Tensor:
+    """(..., h0, w0) masks at the original size -> bool (..., H, W) on the CPU: the (h, w) image region
+    on the nearest-neighbour grid that resized the ground truth (``rle.nearest_grid``), padding False."""
+    (h, w), (h0, w0) = input_size, full.shape[-2:]
+    rows = torch.from_numpy(nearest_grid(h0, h)).to(full.device)
+    cols = torch.from_numpy(nearest_grid(w0, w)).to(full.device)
+    out = torch.zeros((*full.shape[:-2], *frame), dtype=torch.bool)
+    out[..., :h, :w] = full.index_select(-2, rows).index_select(-1, cols).cpu()
+    return out
+
+
 class PredictorSegmenter:
     """The original pipeline of a model's family (``predictor()``): for SAM v1, ``SamPredictor`` on a model
     built at 1024 x 1024.
@@ -228,8 +239,6 @@ class PredictorSegmenter:
         self.predictor.set_image(image)
         _, (h, w), (h0, w0) = self.sizes
         self.scale = torch.tensor([w0 / w, h0 / h], dtype=torch.float64)
-        self.rows = torch.from_numpy(nearest_grid(h0, h)).to(self.predictor.device)
-        self.cols = torch.from_numpy(nearest_grid(w0, w)).to(self.predictor.device)
 
     def _to_frame(self, coords: Tensor) -> Tensor:
         """(..., 2) (x, y) training pixels -> pixel coordinates of the predictor's frame, float32 on its device.
@@ -271,10 +280,7 @@ class PredictorSegmenter:
                 None if mask_d is None else mask_d[part],
                 multimask,
             )  # full: bool (k, M, h0, w0)
-            small = full.index_select(2, self.rows).index_select(3, self.cols).cpu()
-            frame = torch.zeros((small.shape[0], small.shape[1], height, width), dtype=torch.bool)
-            frame[..., :h, :w] = small
-            masks.append(frame)
+            masks.append(on_training_grid(full, (height, width), (h, w)))
             ious.append(iou_pred.float().cpu())
             lows.append(low)
         return Prediction(masks=torch.cat(masks), iou_pred=torch.cat(ious), low_res=torch.cat(lows))

@@ -30,12 +30,7 @@ from lora_sam.data.samples import SampleOptions
 from lora_sam.module import LoRASAM
 from lora_sam.runs.callbacks import KeepBest, progress_bar
 from lora_sam.runs.records import IterationRecords
-from lora_sam.settings import from_dict, to_dict
-
-
-def _group(cls: type, value: Any) -> Any:
-    """A settings group from itself or from hparams.yaml's dict."""
-    return value if isinstance(value, cls) else from_dict(cls, value or {})
+from lora_sam.settings import as_group, to_dict
 
 
 class SAMDataModule(pl.LightningDataModule):
@@ -52,7 +47,7 @@ class SAMDataModule(pl.LightningDataModule):
     def __init__(self, root: str | None = None, loader: LoaderOptions = LoaderOptions(),
                  sample: SampleOptions = SampleOptions()) -> None:
         super().__init__()
-        self.root, self.loader, self.sample = root, _group(LoaderOptions, loader), _group(SampleOptions, sample)
+        self.root, self.loader, self.sample = root, as_group(LoaderOptions, loader), as_group(SampleOptions, sample)
         self.save_hyperparameters({"root": root, "loader": to_dict(self.loader), "sample": to_dict(self.sample)})
         self._loaders: tuple[DataLoader, DataLoader | None] | None = None
 

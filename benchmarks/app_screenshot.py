@@ -27,10 +27,10 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from lora_sam.app.images import DatasetImages
-from lora_sam.app.models import ModelBank
 from lora_sam.app.overlay import gt_on_display
-from lora_sam.app.serve import add_arguments, resolve_settings
+from lora_sam.app.serve import AppConfig, add_arguments, model_bank, resolve_settings
 from lora_sam.app.ui import launch_page
+from lora_sam.settings import from_args
 
 
 def _free_port() -> int:
@@ -89,12 +89,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/images/app.png"))
     args = parser.parse_args()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    settings = resolve_settings(args)
-    if settings["data"] is None:
+    config = resolve_settings(from_args(AppConfig, args))
+    if config.data is None:
         parser.error("give --data ROOT or a --run folder whose data still exists")
-    bank = ModelBank(model_type=settings["model_type"], checkpoint=settings["checkpoint"],
-                     image_size=settings["image_size"], adapters=settings["adapters"], fulls=settings["fulls"])
-    data = DatasetImages(settings["data"], settings["image_size"])
+    bank = model_bank(config)
+    data = DatasetImages(config.data, bank.image_size)
     loaded = data.load(args.image_index)
     masks = loaded.sample["masks"]
     mask = args.mask if args.mask is not None else int(masks.flatten(1).sum(1).argmax())

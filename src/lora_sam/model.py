@@ -15,7 +15,6 @@ built-in base) is ``lora_sam.checkpoints``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import Tensor
+from torch.nn.utils import parametrize
 
 from lora_sam.checkpoints import (  # re-exported: lora_sam.model has always offered them
     BUILTIN,
@@ -39,75 +39,20 @@ from lora_sam.checkpoints import (  # re-exported: lora_sam.model has always off
     resolve_checkpoint,
 )
 from lora_sam.settings import MODEL_TYPE
+from lora_sam.sizes import (  # re-exported: lora_sam.model has always offered them
+    MODEL_CONFIGS,
+    ORIGINAL_SIZE,
+    SamConfig,
+    check_model_type,
+    detect_model_type,
+)
 
 __all__ = [
-    "SamConfig",
-    "MODEL_CONFIGS",
-    "CHECKPOINT_FILES",
-    "DEFAULT_IMAGE_SIZE",
-    "build_sam",
-    "check_image_size",
-    "resolve_checkpoint",
-    "BUILTIN",
-    "BUILTIN_FILES",
-    "WEIGHTS_DIR",
-    "builtin_checkpoint",
-    "load_checkpoint",
-    "detect_model_type",
-    "encode",
-    "decode",
-    "encode_prompts",
-    "upscale",
-    "image_size_of",
-    "model_type_of",
-    "is_sam",
-    "resize_position_table",
-    "SamV1",
-    "SamV1Predictor",
+    "SamConfig", "MODEL_CONFIGS", "CHECKPOINT_FILES", "DEFAULT_IMAGE_SIZE", "build_sam", "check_image_size",
+    "resolve_checkpoint", "BUILTIN", "BUILTIN_FILES", "WEIGHTS_DIR", "builtin_checkpoint", "load_checkpoint",
+    "detect_model_type", "encode", "decode", "encode_prompts", "upscale", "image_size_of", "model_type_of", "is_sam",
+    "resize_position_table", "ResolutionSwitch", "SamV1", "SamV1Predictor",
 ]
-
-ORIGINAL_SIZE = 1024
-
-
-@dataclass(frozen=True)
-class SamConfig:
-    encoder_embed_dim: int
-    encoder_depth: int
-    encoder_num_heads: int
-    encoder_global_attn_indexes: tuple[int, ...]
-    window_size: int = 14
-    prompt_embed_dim: int = 256
-    decoder_mlp_dim: int = 2048
-    decoder_num_heads: int = 8
-    iou_head_hidden_dim: int = 256
-
-
-MODEL_CONFIGS: dict[str, SamConfig] = {
-    "vit_b": SamConfig(768, 12, 12, (2, 5, 8, 11)),
-    "vit_l": SamConfig(1024, 24, 16, (5, 11, 17, 23)),
-    "vit_h": SamConfig(1280, 32, 16, (7, 15, 23, 31)),
-    # Same classes, small dims: tests and CPU demos (about 2.5 M parameters).
-    "tiny": SamConfig(160, 4, 5, (1, 3), window_size=7, prompt_embed_dim=64, decoder_mlp_dim=256,
-                      decoder_num_heads=4, iou_head_hidden_dim=64),
-}
-
-def _check_model_type(model_type: str) -> SamConfig:
-    if model_type not in MODEL_CONFIGS:
-        raise ValueError(f"unknown model_type {model_type!r}; choose from {', '.join(MODEL_CONFIGS)}")
-    return MODEL_CONFIGS[model_type]
-
-
-def detect_model_type(state: dict[str, Tensor]) -> str | None:
-    """Which of ``MODEL_CONFIGS`` a state dict belongs to, from its encoder width and depth."""
-    weight = state.get("image_encoder.patch_embed.proj.weight")
-    if weight is None:
-        return None
-    depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
-    for name, cfg in MODEL_CONFIGS.items():
-        if weight.shape[0] == cfg.encoder_embed_dim and depth == cfg.encoder_depth:
-            return name
-    return None
-
 
 def _sam_from_config(cfg: SamConfig, image_size: tuple[int, int]) -> Sam:
     embedding_size = (image_size[0] // PATCH_SIZE, image_size[1] // PATCH_SIZE)
@@ -179,6 +124,50 @@ def resize_position_table(pos: Tensor, grid: tuple[int, int]) -> Tensor:
     return resized.permute(0, 2, 3, 1).contiguous()
 
 
+class _Resize(torch.nn.Module):
+    """A parametrization: the (1, 64, 64, C) table resized bicubically (with gradients) to ``grid``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grid = (ORIGINAL_SIZE // PATCH_SIZE,) * 2
+
+    def forward(self, table: Tensor) -> Tensor:
+        return resize_position_table(table, self.grid)
+
+
+class ResolutionSwitch:
+    """Lets one ``Sam`` built at 1024 px run (and train) at any size: ``set(size)`` before a forward.
+
+    The encoder keeps one 64x64 position table (``official_state_dict`` returns it so), resized with
+    gradients to the size's patch grid at every forward; the prompt encoder's sizes follow ``size``.
+    The attention's relative position tables are resized by the official code at run time already.
+    """
+
+    def __init__(self, sam: Sam) -> None:
+        self.sam = sam
+        self.resize = _Resize()
+        parametrize.register_parametrization(sam.image_encoder, "pos_embed", self.resize, unsafe=True)
+
+    def set(self, size: tuple[int, int]) -> None:
+        grid = _grid(size)
+        self.resize.grid = grid
+        prompt = self.sam.prompt_encoder
+        prompt.input_image_size = (int(size[0]), int(size[1]))
+        prompt.image_embedding_size = grid
+        prompt.mask_input_size = (4 * grid[0], 4 * grid[1])
+
+    def official_state_dict(self) -> dict[str, Tensor]:
+        """The model's weights in the official layout, the position table at 64x64."""
+        return self.to_official(self.sam.state_dict())
+
+    @staticmethod
+    def to_official(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A state dict of a switched model (a checkpoint's) in the official layout, on the CPU."""
+        key = "image_encoder.parametrizations.pos_embed.original"
+        return {"image_encoder.pos_embed" if name == key else name: value.detach().cpu().clone()
+                for name, value in state.items()}
+
+
 def _grid(image_size: tuple[int, int]) -> tuple[int, int]:
     return image_size[0] // PATCH_SIZE, image_size[1] // PATCH_SIZE
 
@@ -208,7 +197,7 @@ def build_sam(
     Returns:
         ``segment_anything.modeling.Sam`` in eval mode, on the CPU.
     """
-    cfg = _check_model_type(model_type)
+    cfg = check_model_type(model_type)
     size = check_image_size(image_size)
     path = resolve_checkpoint(model_type, checkpoint)
     state = load_checkpoint(path) if path is not None else None

@@ -7,6 +7,7 @@ the checkpoints (LoRA runs keep only the trainable tensors).
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass, fields, replace
@@ -40,23 +41,38 @@ __all__ = ["LOSS_TERMS", "LoRASAM", "OptimOptions", "StepResult"]
 
 @dataclass(frozen=True)
 class OptimOptions:
-    """AdamW with a linear warm-up, then a constant learning rate (``LoRASAM(optim=...)``).
+    """AdamW with a linear warm-up, then a constant learning rate or a cosine decay (``LoRASAM(optim=...)``).
 
     Args:
         lr: the learning rate. None: the base's default (``checkpoints.fine_tune_defaults``).
         weight_decay: AdamW's decoupled weight decay.
         warmup_steps: steps of the linear warm-up. None: the base's default.
+        final_lr_fraction: None: the learning rate stays constant after the warm-up; a number: it decays
+            on a cosine to this fraction of ``lr`` at the run's last step (the Trainer's ``max_steps``).
     """
 
     lr: float | None = None
     weight_decay: float = 0.01
     warmup_steps: int | None = None
+    final_lr_fraction: float | None = None
 
     def __post_init__(self) -> None:
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if self.lr is not None and not self.lr >= 0:
+            raise ValueError(f"lr must be >= 0, got {self.lr!r}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if self.final_lr_fraction is not None and not 0 <= self.final_lr_fraction <= 1:
+            raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction!r}")
+
+    def factor(self, step: int, total: int) -> float:
+        """The learning rate of ``step`` (0-based) as a fraction of ``lr``, in a run of ``total`` steps."""
+        warmup = max(int(self.warmup_steps or 0), 0)
+        if step < warmup:
+            return (step + 1) / warmup
+        if self.final_lr_fraction is None:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return self.final_lr_fraction + (1 - self.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 _GROUPS: dict[str, type] = {"lora": LoRAOptions, "recipe": RecipeOptions, "optim": OptimOptions}
@@ -291,9 +307,16 @@ class LoRASAM(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
-        warmup = max(int(self.optim.warmup_steps), 0)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        optim = self.optim
+
+        def factor(step: int) -> float:  # the run's length read at each step: a resumed run may set another
+            if optim.final_lr_fraction is None:
+                return optim.factor(step, 0)
+            trainer = self.trainer
+            total = trainer.max_steps if trainer.max_steps > 0 else int(trainer.estimated_stepping_batches)
+            return optim.factor(step, total)
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_fit_start(self) -> None:

@@ -71,6 +71,8 @@ def _argument(annotation: Any, default: Any) -> dict[str, Any]:
         return {"action": argparse.BooleanOptionalAction}
     if origin is Literal:
         return {"choices": args, "type": type(args[0])}
+    if origin is tuple and typing.get_origin(args[0]) is tuple:  # sizes: 160x256 320x512
+        return {"nargs": "+", "type": _size, "metavar": "HxW"}
     if origin is tuple and len(args) == 2 and args[1] is not Ellipsis:
         return {"nargs": 2, "type": args[0], "metavar": ("H", "W") if args[0] is int else None}
     if origin in (typing.Union, types.UnionType):  # str | tuple[str, ...]: one name or several
@@ -80,21 +82,32 @@ def _argument(annotation: Any, default: Any) -> dict[str, Any]:
     return {"type": kind}
 
 
+def _size(text: str) -> tuple[int, int]:
+    """``160x256`` -> (160, 256)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a size is HxW, such as 160x256; got {text!r}") from None
+    return h, w
+
+
 def add_options(parser: argparse.ArgumentParser | Any, cls: type, *, prefix: str = "",
-                skip: tuple[str, ...] = (), given_only: bool = False) -> None:
+                skip: tuple[str, ...] = (), given_only: bool = False, base: Any = None) -> None:
     """One ``--prefix-field-name`` option per field of ``cls`` (nested groups with their metadata's prefix),
-    its default the field's and its help the docstring's. ``given_only``: an option not given is left out
-    of the parsed arguments (``from_args(..., base=preset)`` then keeps the preset's value)."""
+    its default the field's (``base``'s value when given: a nested group's default instance) and its help the
+    docstring's. ``given_only``: an option not given is left out of the parsed arguments
+    (``from_args(..., base=preset)`` then keeps the preset's value)."""
     hints, helps = typing.get_type_hints(cls), field_help(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = getattr(base, f.name) if base is not None else (
+            f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
         if dataclasses.is_dataclass(default):
             title = f"{f.name} ({type(default).__name__})"
             group = parser.add_argument_group(title) if hasattr(parser, "add_argument_group") else parser
             add_options(group, type(default), prefix=prefix + f.metadata.get("prefix", ""),
-                        skip=tuple(f.metadata.get("skip", ())), given_only=given_only)
+                        skip=tuple(f.metadata.get("skip", ())), given_only=given_only, base=default)
             continue
         name = prefix + f.name
         text = helps.get(f.name, "").rstrip(".").replace("%", "%%")
@@ -103,7 +116,8 @@ def add_options(parser: argparse.ArgumentParser | Any, cls: type, *, prefix: str
             parser.add_argument(flag, dest=name, action="append", default=None, metavar=f.metadata.get("metavar"),
                                 help=f"{text} (repeatable)")
             continue
-        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = " ".join("x".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in default) \
+            if isinstance(default, tuple) else default
         parser.add_argument(flag, dest=name, default=argparse.SUPPRESS if given_only else default,
                             help=f"{text} (default: {shown})".strip(), **_argument(hints[f.name], default))
 

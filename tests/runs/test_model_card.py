@@ -15,7 +15,7 @@ from lora_sam.runs.pretrain import PretrainConfig
 def _run(folder: Path, steps: int, seconds: float, data: Path, tiny_checkpoint: Path, lr: float) -> Path:
     folder.mkdir(parents=True)
     (folder / "base.pth").write_bytes(tiny_checkpoint.read_bytes())
-    config = {**PretrainConfig().__dict__, "lr": lr, "steps": steps}
+    config = {**PretrainConfig().flat(), "lr": lr, "steps": steps}  # the flat record of runs before the groups
     record = {"config": config, "steps": steps, "seconds": seconds, "data": str(data), "parameters": 123,
               "threads": 2, "cpu": "x86_64", "torch": torch.__version__, "schedule": [[0, steps]]}
     (folder / "pretrain.json").write_text(json.dumps(record))

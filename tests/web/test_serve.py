@@ -35,7 +35,8 @@ def test_without_gradio_it_says_how_to_install_it(monkeypatch: pytest.MonkeyPatc
 def _args(**given):
     from argparse import ArgumentParser
 
-    from lora_sam.app.serve import add_arguments
+    from lora_sam.app.serve import AppConfig, add_arguments
+    from lora_sam.settings import from_args
 
     parser = ArgumentParser()
     add_arguments(parser)
@@ -43,7 +44,7 @@ def _args(**given):
     for key, value in given.items():
         for item in value if isinstance(value, list) else [value]:
             argv += [f"--{key.replace('_', '-')}", *map(str, item if isinstance(item, tuple) else [item])]
-    return parser.parse_args(argv)
+    return from_args(AppConfig, parser.parse_args(argv))
 
 
 def test_a_run_folder_gives_its_base_adapter_full_model_and_data(tmp_path: Path, synth_root: Path) -> None:
@@ -54,12 +55,13 @@ def test_a_run_folder_gives_its_base_adapter_full_model_and_data(tmp_path: Path,
     settings = {"model_type": "tiny", "checkpoint": "/base.pth", "image_size": [64, 96], "data": str(synth_root)}
     (tmp_path / "compare.json").write_text(json.dumps({"settings": settings}))
     got = resolve_settings(_args(run=tmp_path))
-    assert got.pop("run") == str(tmp_path) and got == {"model_type": "tiny", "checkpoint": "/base.pth", "image_size": (64, 96),
-                   "adapters": [str(tmp_path / "lora" / "adapter.safetensors")],
-                   "fulls": [str(tmp_path / "full" / "model.pth")], "data": str(synth_root)}
+    assert got.run == str(tmp_path)
+    assert (got.model_type, got.checkpoint, got.image_size, got.data) == ("tiny", "/base.pth", (64, 96), str(synth_root))
+    assert got.adapters == (str(tmp_path / "lora" / "adapter.safetensors"),)
+    assert got.fulls == (str(tmp_path / "full" / "model.pth"),)
     explicit = resolve_settings(_args(run=tmp_path, image_size=(32, 48), checkpoint="other.pth"))
-    assert explicit["image_size"] == (32, 48) and explicit["checkpoint"] == "other.pth"
-    assert resolve_settings(_args())["image_size"] == (160, 256) and resolve_settings(_args())["model_type"] == "tiny"
+    assert explicit.image_size == (32, 48) and explicit.checkpoint == "other.pth"
+    assert resolve_settings(_args()).image_size == (160, 256) and resolve_settings(_args()).model_type == "tiny"
     with pytest.raises(FileNotFoundError, match="compare.json not found"):
         resolve_settings(_args(run=tmp_path / "lora"))
 
@@ -73,17 +75,17 @@ def test_with_no_model_named_the_demo_results_are_the_default(tmp_path: Path, mo
     demo.add_arguments(parser)
     assert parser.parse_args([]).out == DEMO_RUN, "the app must look where lora-sam demo writes"
     monkeypatch.chdir(tmp_path)
-    assert resolve_settings(_args())["run"] is None and resolve_settings(_args())["adapters"] == []
+    assert resolve_settings(_args()).run is None and resolve_settings(_args()).adapters == ()
     for part in ("lora/adapter.safetensors", "full/model.pth"):
         (DEMO_RUN / part).parent.mkdir(parents=True, exist_ok=True)
         (DEMO_RUN / part).write_bytes(b"x")
     (DEMO_RUN / "compare.json").write_text(json.dumps({"settings": {"image_size": [160, 256], "checkpoint": None}}))
     got = resolve_settings(_args())
-    assert got["run"] == str(DEMO_RUN) and got["checkpoint"] is None
-    assert got["adapters"] == [str(DEMO_RUN / "lora/adapter.safetensors")]
-    assert got["fulls"] == [str(DEMO_RUN / "full/model.pth")]
+    assert got.run == str(DEMO_RUN) and got.checkpoint is None
+    assert got.adapters == (str(DEMO_RUN / "lora/adapter.safetensors"),)
+    assert got.fulls == (str(DEMO_RUN / "full/model.pth"),)
     named = resolve_settings(_args(adapter="mine.safetensors"))
-    assert named["run"] is None and named["adapters"] == ["mine.safetensors"] and named["fulls"] == []
+    assert named.run is None and named.adapters == ("mine.safetensors",) and named.fulls == ()
 
 
 def test_an_adapter_that_does_not_fit_stops_the_command(tmp_path: Path, tiny_checkpoint: Path,

@@ -14,35 +14,76 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
+from lora_sam.evaluation.options import EvalModels
+from lora_sam.settings import add_options, from_args
 
-__all__ = ["DEMO_RUN", "INSTALL_HINT", "add_arguments", "resolve_settings", "run"]
+if TYPE_CHECKING:
+    from lora_sam.app.models import ModelBank
+
+__all__ = ["DEMO_RUN", "INSTALL_HINT", "AppConfig", "add_arguments", "model_bank", "resolve_settings", "run"]
 
 INSTALL_HINT = 'pip install "lora_sam[app]"'
 DEMO_RUN = Path("runs/demo")
 """Where ``lora-sam demo`` writes by default (its ``--out``): the page's models when none is named."""
 
 
-def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The models and data of the page: the options, filled in from ``--run DIR`` where not given.
+@dataclass(frozen=True)
+class AppConfig:
+    """What the page serves and where (``lora-sam app``'s options are these fields).
 
-    With no ``--run``, ``--checkpoint``, ``--adapter`` or ``--full``, ``runs/demo`` (``DEMO_RUN``, relative to
-    the working folder) is the run when its ``compare.json`` exists.
-
-    Returns {"model_type", "checkpoint", "image_size": (H, W), "adapters": [path], "fulls": [path],
-    "data": root or None, "run": the run folder used or None}.
+    Args:
+        checkpoint: base SAM checkpoint (official format; None: the run's, else the built-in tiny base).
+        model_type: vit_b / vit_l / vit_h / tiny (None: the run's, else tiny).
+        adapters: a LoRA adapter (.safetensors) on the base.
+        fulls: a fully fine-tuned model.pth at the training resolution.
+        image_size: training resolution (None: the run's, else 160 256).
+        run: a lora-sam compare / demo folder: its base, lora/adapter.safetensors, full/model.pth and data
+            (options given explicitly win; None: runs/demo when lora-sam demo has written it and no model
+            option is given).
+        data: a dataset with ground-truth masks to pick images from (SA-1B folder, COCO, cache).
+        device: cuda / cpu (None: cuda when available).
+        threads: torch CPU threads for encoding images (None: torch's; clicks decode on one).
+        host: address to serve on.
+        port: port.
+        share: also make a public Gradio link.
     """
-    settings: dict[str, Any] = {"model_type": args.model_type, "checkpoint": args.checkpoint,
-                                "image_size": args.image_size, "adapters": list(args.adapter),
-                                "fulls": list(args.full), "data": args.data, "run": args.run}
-    named = args.checkpoint is not None or args.adapter or args.full
-    if args.run is None and not named and (DEMO_RUN / "compare.json").is_file():
-        settings["run"] = str(DEMO_RUN)
-    if settings["run"] is not None:
-        run_dir = Path(settings["run"])
+
+    checkpoint: str | None = None
+    model_type: str | None = None
+    adapters: tuple[str, ...] = field(default=(), metadata={"flag": "adapter", "append": True, "metavar": "A"})
+    fulls: tuple[str, ...] = field(default=(), metadata={"flag": "full", "append": True, "metavar": "F"})
+    image_size: tuple[int, int] | None = None
+    run: str | None = None
+    data: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+
+    def models(self) -> EvalModels:
+        """The page's models (after ``resolve_settings``)."""
+        return EvalModels(self.model_type or "tiny", self.checkpoint, self.image_size or DEFAULT_IMAGE_SIZE,
+                          self.adapters, self.fulls)
+
+
+def resolve_settings(config: AppConfig) -> AppConfig:
+    """The models and data of the page: ``config`` filled in from its ``run`` folder where not given.
+
+    With no ``run``, ``checkpoint``, ``adapters`` or ``fulls``, ``runs/demo`` (``DEMO_RUN``, relative to the
+    working folder) is the run when its ``compare.json`` exists. The result names a model type and an image
+    size always, ``run`` the folder used (or None) and ``data`` None when the run's data is gone.
+    """
+    named = config.checkpoint is not None or config.adapters or config.fulls
+    if config.run is None and not named and (DEMO_RUN / "compare.json").is_file():
+        config = replace(config, run=str(DEMO_RUN))
+    if config.run is not None:
+        run_dir = Path(config.run)
         record = run_dir / "compare.json"
         if not record.is_file():
             raise FileNotFoundError(f"{record} not found: --run takes a folder written by lora-sam compare or demo")
@@ -50,17 +91,24 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
             saved = json.loads(record.read_text())["settings"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{record}: not a compare.json with 'settings' ({err})") from err
-        for key in ("model_type", "checkpoint", "image_size", "data"):
-            if settings[key] is None:
-                settings[key] = saved.get(key)
+        config = replace(config, **{key: saved.get(key) for key in ("model_type", "checkpoint", "image_size", "data")
+                                    if getattr(config, key) is None})
         for key, path in (("adapters", run_dir / "lora" / "adapter.safetensors"), ("fulls", run_dir / "full" / "model.pth")):
-            if path.is_file() and str(path) not in settings[key]:
-                settings[key].append(str(path))
-        if settings["data"] is not None and not Path(settings["data"]).exists():
-            settings["data"] = None
-    settings["model_type"] = settings["model_type"] or "tiny"
-    settings["image_size"] = tuple(int(v) for v in (settings["image_size"] or DEFAULT_IMAGE_SIZE))
-    return settings
+            if path.is_file() and str(path) not in getattr(config, key):
+                config = replace(config, **{key: (*getattr(config, key), str(path))})
+        if config.data is not None and not Path(config.data).exists():
+            config = replace(config, data=None)
+    size = tuple(int(v) for v in (config.image_size or DEFAULT_IMAGE_SIZE))
+    return replace(config, model_type=config.model_type or "tiny", image_size=size)
+
+
+def model_bank(config: AppConfig) -> ModelBank:
+    """The page's models (``config`` after ``resolve_settings``), loaded."""
+    from lora_sam.app.models import ModelBank
+
+    m = config.models()
+    return ModelBank(model_type=m.model_type, checkpoint=m.checkpoint, image_size=m.image_size, adapters=m.adapters,
+                     fulls=m.fulls, device=config.device)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,27 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "adapters and fully fine-tuned models, at the training resolution or through the original 1024 px "
         f"pipeline. Needs the app extra: {INSTALL_HINT}."
     )
-    parser.add_argument("--checkpoint", default=None,
-                        help="base SAM checkpoint (official format; default: the built-in tiny base)")
-    parser.add_argument("--model-type", default=None, help="vit_b / vit_l / vit_h / tiny (default tiny)")
-    parser.add_argument("--adapter", action="append", default=[], metavar="A",
-                        help="a LoRA adapter (.safetensors) on the base; repeatable")
-    parser.add_argument("--full", action="append", default=[], metavar="F",
-                        help="a fully fine-tuned model.pth at the training resolution; repeatable")
-    parser.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help=f"training resolution (default {DEFAULT_IMAGE_SIZE[0]} {DEFAULT_IMAGE_SIZE[1]})")
-    parser.add_argument("--run", default=None, metavar="DIR",
-                        help="a lora-sam compare / demo folder: its base, lora/adapter.safetensors, "
-                             "full/model.pth and data (options given explicitly win; default: runs/demo when "
-                             "lora-sam demo has written it and no model option is given)")
-    parser.add_argument("--data", default=None, metavar="ROOT",
-                        help="a dataset with ground-truth masks to pick images from (SA-1B folder, COCO, cache)")
-    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch CPU threads for encoding images (default: torch's; clicks decode on one)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--share", action="store_true", help="also make a public Gradio link (off by default)")
+    add_options(parser, AppConfig)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,24 +130,22 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from lora_sam.app.images import DatasetImages
-    from lora_sam.app.models import ModelBank
     from lora_sam.app.ui import launch_page
     from lora_sam.data.annotations import DataError
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    given = from_args(AppConfig, args)
+    if given.threads:
+        torch.set_num_threads(given.threads)
     try:
-        settings = resolve_settings(args)
-        bank = ModelBank(model_type=settings["model_type"], checkpoint=settings["checkpoint"],
-                         image_size=settings["image_size"], adapters=settings["adapters"], fulls=settings["fulls"],
-                         device=args.device)
-        data = None if settings["data"] is None else DatasetImages(settings["data"], settings["image_size"])
+        config = resolve_settings(given)
+        bank = model_bank(config)
+        data = None if config.data is None else DatasetImages(config.data, bank.image_size)
     except (FileNotFoundError, ValueError, DataError) as err:
         print(f"lora-sam app: error: {err}", file=sys.stderr)
         return 2
-    if args.run is None and settings["run"] is not None:
-        print(f"lora-sam app: the models of {settings['run']} (lora-sam demo's results); --checkpoint, --adapter, "
+    if given.run is None and config.run is not None:
+        print(f"lora-sam app: the models of {config.run} (lora-sam demo's results); --checkpoint, --adapter, "
               "--full or --run choose others")
     print(f"lora-sam app: {', '.join(bank.names)} at {bank.image_size[0]}x{bank.image_size[1]} on {bank.device}")
-    launch_page(bank, data, server_name=args.host, server_port=args.port, share=args.share)
+    launch_page(bank, data, server_name=config.host, server_port=config.port, share=config.share)
     return 0

@@ -19,7 +19,7 @@ from typing import Any
 
 from lora_sam.checkpoints import BUILTIN_FILES, WEIGHTS_DIR
 from lora_sam.io import markdown_table
-from lora_sam.runs.pretrain import sha256
+from lora_sam.runs.pretrain import PretrainConfig, sha256
 
 __all__ = ["card_markdown", "set_fine_tune_defaults", "ship"]
 
@@ -49,7 +49,7 @@ def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str,
     earlier = None if previous is None else json.loads(Path(previous).read_text())
     run_dir = Path(run_dir)
     record = json.loads((run_dir / "pretrain.json").read_text())
-    config = record["config"]
+    config = PretrainConfig.from_dict(record["config"]).flat()  # the groups' fields by name (old flat records too)
     target = Path(out_dir) / BUILTIN_FILES[config["model_type"]]
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "base.pth", target)

@@ -10,18 +10,20 @@ from pathlib import Path
 
 import pytest
 
+from lora_sam.app.serve import AppConfig
 from lora_sam.data.loaders import LoaderOptions
 from lora_sam.data.samples import SampleOptions
 from lora_sam.evaluation.options import EvalModels, EvalOptions
 from lora_sam.lora import LoRAOptions
-from lora_sam.module import OptimOptions
+from lora_sam.module import ComputeOptions, OptimOptions
 from lora_sam.recipe import RecipeOptions
 from lora_sam.runs.compare import CompareConfig
+from lora_sam.runs.pretrain import PretrainConfig
 from lora_sam.settings import add_options, field_help, from_args, from_dict, to_dict
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "lora_sam"
-GROUPS = (LoRAOptions, RecipeOptions, OptimOptions, SampleOptions, LoaderOptions, EvalOptions, EvalModels,
-          CompareConfig)
+GROUPS = (LoRAOptions, RecipeOptions, OptimOptions, ComputeOptions, SampleOptions, LoaderOptions, EvalOptions,
+          EvalModels, CompareConfig, PretrainConfig, AppConfig)
 
 
 def _literal(node: ast.expr | None) -> object:

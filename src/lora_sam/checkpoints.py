@@ -20,6 +20,7 @@ from torch import Tensor
 __all__ = [
     "BUILTIN",
     "BUILTIN_FILES",
+    "BUILTIN_MODEL_TYPE",
     "CHECKPOINT_FILES",
     "DEFAULT_IMAGE_SIZE",
     "PATCH_SIZE",
@@ -48,9 +49,11 @@ BUILTIN_FILES = {"tiny": "sam_tiny_scenes.pth"}
 """Weights shipped inside the package (``lora_sam/weights/``, with ``MODEL_CARD.md``): a ``tiny`` SAM
 pretrained here on ``lora-sam synth`` scenes (``lora-sam pretrain``), not Meta's weights."""
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+BUILTIN_MODEL_TYPE = "tiny"
+"""The model type of the built-in base: ``lora-sam pretrain``'s and the app's when none is named."""
 
 
-def builtin_checkpoint(model_type: str = "tiny") -> Path:
+def builtin_checkpoint(model_type: str = BUILTIN_MODEL_TYPE) -> Path:
     """The path of the shipped checkpoint of ``model_type`` (only ``tiny`` has one)."""
     if model_type not in BUILTIN_FILES:
         raise ValueError(f"no built-in weights for {model_type}: only {', '.join(BUILTIN_FILES)} has them; pass "

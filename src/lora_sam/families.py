@@ -33,6 +33,8 @@ class Family:
         wrap: the network -> its ``PromptableModel`` view.
         owns: whether a network is of this family.
         layer_presets: LoRA layer presets by name (``default`` among them), ``fnmatch`` patterns.
+        compute: (network, grad_checkpointing, fused_attention) -> None: how the network computes (None: the
+            family has neither option; its own way).
     """
 
     name: str
@@ -41,6 +43,7 @@ class Family:
     wrap: Callable[[nn.Module], PromptableModel]
     owns: Callable[[object], bool]
     layer_presets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    compute: Callable[[nn.Module, bool, bool], None] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -57,7 +60,7 @@ def register_family(family: Family) -> Family:
 
 
 register_family(Family("sam_v1", tuple(sam_v1.MODEL_CONFIGS), sam_v1.build_sam, sam_v1.SamV1, sam_v1.is_sam,
-                       LAYER_PRESETS))
+                       LAYER_PRESETS, sam_v1.set_compute))
 
 
 def family_of(model_type_or_module: str | object) -> Family:

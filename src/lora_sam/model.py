@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import Tensor
-from torch.nn.utils import parametrize
 
 from lora_sam.checkpoints import (  # re-exported: lora_sam.model has always offered them
     BUILTIN,
@@ -46,12 +45,19 @@ from lora_sam.sizes import (  # re-exported: lora_sam.model has always offered t
     check_model_type,
     detect_model_type,
 )
+from lora_sam.vit_encoder import (  # re-exported: the SAM v1 family's run-time encoder options
+    ResolutionSwitch,
+    grid_of,
+    resize_position_table,
+    use_checkpointing,
+    use_fused_attention,
+)
 
 __all__ = [
     "SamConfig", "MODEL_CONFIGS", "CHECKPOINT_FILES", "DEFAULT_IMAGE_SIZE", "build_sam", "check_image_size",
     "resolve_checkpoint", "BUILTIN", "BUILTIN_FILES", "WEIGHTS_DIR", "builtin_checkpoint", "load_checkpoint",
     "detect_model_type", "encode", "decode", "encode_prompts", "upscale", "image_size_of", "model_type_of", "is_sam",
-    "resize_position_table", "ResolutionSwitch", "SamV1", "SamV1Predictor",
+    "resize_position_table", "ResolutionSwitch", "use_checkpointing", "use_fused_attention", "set_compute", "SamV1", "SamV1Predictor",
 ]
 
 def _sam_from_config(cfg: SamConfig, image_size: tuple[int, int]) -> Sam:
@@ -115,68 +121,11 @@ def _load_into(sam: Sam, state: dict[str, Tensor], model_type: str, path: Path) 
     sam.load_state_dict(state, strict=True)
 
 
-def resize_position_table(pos: Tensor, grid: tuple[int, int]) -> Tensor:
-    """A (1, h, w, C) position table bicubically resized to ``grid`` (differentiable: ``lora-sam pretrain``
-    trains one 64x64 table through it at every size; ``build_sam`` resizes a checkpoint's once)."""
-    if tuple(pos.shape[1:3]) == tuple(grid):
-        return pos
-    resized = F.interpolate(pos.permute(0, 3, 1, 2), size=tuple(grid), mode="bicubic", align_corners=False)
-    return resized.permute(0, 2, 3, 1).contiguous()
-
-
-class _Resize(torch.nn.Module):
-    """A parametrization: the (1, 64, 64, C) table resized bicubically (with gradients) to ``grid``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.grid = (ORIGINAL_SIZE // PATCH_SIZE,) * 2
-
-    def forward(self, table: Tensor) -> Tensor:
-        return resize_position_table(table, self.grid)
-
-
-class ResolutionSwitch:
-    """Lets one ``Sam`` built at 1024 px run (and train) at any size: ``set(size)`` before a forward.
-
-    The encoder keeps one 64x64 position table (``official_state_dict`` returns it so), resized with
-    gradients to the size's patch grid at every forward; the prompt encoder's sizes follow ``size``.
-    The attention's relative position tables are resized by the official code at run time already.
-    """
-
-    def __init__(self, sam: Sam) -> None:
-        self.sam = sam
-        self.resize = _Resize()
-        parametrize.register_parametrization(sam.image_encoder, "pos_embed", self.resize, unsafe=True)
-
-    def set(self, size: tuple[int, int]) -> None:
-        grid = _grid(size)
-        self.resize.grid = grid
-        prompt = self.sam.prompt_encoder
-        prompt.input_image_size = (int(size[0]), int(size[1]))
-        prompt.image_embedding_size = grid
-        prompt.mask_input_size = (4 * grid[0], 4 * grid[1])
-
-    def official_state_dict(self) -> dict[str, Tensor]:
-        """The model's weights in the official layout, the position table at 64x64."""
-        return self.to_official(self.sam.state_dict())
-
-    @staticmethod
-    def to_official(state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """A state dict of a switched model (a checkpoint's) in the official layout, on the CPU."""
-        key = "image_encoder.parametrizations.pos_embed.original"
-        return {"image_encoder.pos_embed" if name == key else name: value.detach().cpu().clone()
-                for name, value in state.items()}
-
-
-def _grid(image_size: tuple[int, int]) -> tuple[int, int]:
-    return image_size[0] // PATCH_SIZE, image_size[1] // PATCH_SIZE
-
-
 def _resize_position_embedding(sam: Sam, image_size: tuple[int, int]) -> None:
     pos = sam.image_encoder.pos_embed  # (1, 64, 64, C)
-    if tuple(pos.shape[1:3]) != _grid(image_size):
+    if tuple(pos.shape[1:3]) != grid_of(image_size):
         with torch.no_grad():
-            table = resize_position_table(pos.detach(), _grid(image_size))
+            table = resize_position_table(pos.detach(), grid_of(image_size))
         sam.image_encoder.pos_embed = torch.nn.Parameter(table, requires_grad=pos.requires_grad)
 
 
@@ -210,10 +159,17 @@ def build_sam(
             _resize_position_embedding(sam, size)
             if pos.dim() == 4 and pos.shape[-1] == sam.image_encoder.pos_embed.shape[-1]:
                 with torch.no_grad():
-                    state = {**state, "image_encoder.pos_embed": resize_position_table(pos, _grid(size))}
+                    state = {**state, "image_encoder.pos_embed": resize_position_table(pos, grid_of(size))}
         _load_into(sam, state, model_type, path)
     _resize_position_embedding(sam, size)
+    use_fused_attention(sam)
     return sam.eval()
+
+
+def set_compute(sam: Sam, grad_checkpointing: bool, fused_attention: bool) -> None:
+    """How the encoder computes (``module.ComputeOptions``): its blocks checkpointed, its attention fused."""
+    use_checkpointing(sam, grad_checkpointing)
+    use_fused_attention(sam, fused_attention)
 
 
 def image_size_of(sam: Sam) -> tuple[int, int]:

@@ -35,7 +35,7 @@ from lora_sam.recipe import LOSS_TERMS, RecipeOptions, StepResult, interactive_s
 from lora_sam.settings import as_group, to_dict
 from lora_sam.summary import parameter_summary
 
-__all__ = ["LOSS_TERMS", "LoRASAM", "OptimOptions", "StepResult"]
+__all__ = ["LOSS_TERMS", "ComputeOptions", "LoRASAM", "OptimOptions", "StepResult"]
 
 
 
@@ -75,11 +75,35 @@ class OptimOptions:
         return self.final_lr_fraction + (1 - self.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-_GROUPS: dict[str, type] = {"lora": LoRAOptions, "recipe": RecipeOptions, "optim": OptimOptions}
+@dataclass(frozen=True)
+class ComputeOptions:
+    """How a training step is computed (``LoRASAM(compute=...)``); the numbers do not depend on it (to float
+    tolerance), its time and memory do.
+
+    Args:
+        grad_checkpointing: recompute the image encoder blocks' activations in the backward instead of keeping
+            them: the low-memory setting (ViT-B LoRA at 1024 px in about half the peak memory, for one more
+            encoder forward per step).
+        fused_attention: the encoder's attention without N x N maps (``lora_sam.attention``); False: the
+            official code.
+        on_nonfinite: ``"error"`` stops with the step named; ``"skip"`` skips that batch.
+    """
+
+    grad_checkpointing: bool = False
+    fused_attention: bool = True
+    on_nonfinite: Literal["error", "skip"] = "error"
+
+    def __post_init__(self) -> None:
+        if self.on_nonfinite not in ("error", "skip"):
+            raise ValueError(f"on_nonfinite must be 'error' or 'skip', got {self.on_nonfinite!r}")
+
+
+_GROUPS: dict[str, type] = {"lora": LoRAOptions, "recipe": RecipeOptions, "optim": OptimOptions,
+                            "compute": ComputeOptions}
 
 
 def _settings(rank: int | None, alpha: float | None, groups: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
-    """``LoRASAM``'s three groups, with any of their fields given flat (``LoRASAM(4, 1, lr=1e-3)``, and
+    """``LoRASAM``'s four groups, with any of their fields given flat (``LoRASAM(4, 1, lr=1e-3)``, and
     hparams.yaml files written before the groups) folded in; a flat field wins over its group's."""
     flat = dict(flat)
     if "targets" in flat:  # the LoRA layer patterns' old name
@@ -93,7 +117,7 @@ def _settings(rank: int | None, alpha: float | None, groups: dict[str, Any], fla
         out[name] = replace(out[name], **{k: flat.pop(k) for k in list(flat) if k in mine})
     if flat:
         raise TypeError(f"LoRASAM got unknown options {sorted(flat)}; its settings are the fields of "
-                        f"LoRAOptions, RecipeOptions and OptimOptions")
+                        f"LoRAOptions, RecipeOptions, OptimOptions and ComputeOptions")
     return out
 
 
@@ -116,12 +140,13 @@ def _with_base_defaults(model_type: str, checkpoint: str | None, finetune: str, 
 class LoRASAM(pl.LightningModule):
     """Fine-tune SAM with LoRA (or fully) on SA-1B-style batches (see ``lora_sam.data.samples.collate``).
 
-    The settings come in three groups, each a frozen dataclass documented where it lives:
+    The settings come in four groups, each a frozen dataclass documented where it lives:
     ``lora.LoRAOptions`` (rank, alpha, layers, dropout), ``recipe.RecipeOptions`` (iterations,
     point_prob, masks_per_image, pairing, box_output, box noise, mask_only_iterations, the loss
-    weights) and ``OptimOptions`` (lr, weight_decay, warmup_steps). Any of their fields may also be
-    given flat (``LoRASAM(4, 1, lr=1e-3, iterations=2)``); ``lora-sam fit`` reads them as
-    ``--model.recipe.iterations 2``. The learning rate, the warm-up and the loss weights left at None
+    weights), ``OptimOptions`` (lr, weight_decay, warmup_steps, final_lr_fraction) and ``ComputeOptions``
+    (grad_checkpointing, fused_attention, on_nonfinite). Any of their fields may also be given flat
+    (``LoRASAM(4, 1, lr=1e-3, grad_checkpointing=True)``); ``lora-sam fit`` reads them as
+    ``--model.recipe.iterations 2`` or ``--model.compute.grad_checkpointing true``. The learning rate, the warm-up and the loss weights left at None
     come from the base (``checkpoints.fine_tune_defaults``): SAM's 20, 1, 1 for Meta's weights; the
     built-in base's model card for it (measured for it: it was pretrained without the focal term).
     A run prints which defaults it took and from where; an explicit value always wins.
@@ -135,7 +160,8 @@ class LoRASAM(pl.LightningModule):
         image_size: training resolution (H, W), multiples of 16.
         finetune: ``"lora"`` (only LoRA tensors train) or ``"full"`` (every SAM parameter trains).
         lora, recipe, optim: the settings groups (a dict reads as the dataclass of the same fields).
-        on_nonfinite: ``"error"`` stops with the step named; ``"skip"`` skips that batch.
+        compute: how a step is computed (``ComputeOptions``: activation checkpointing, fused attention, what a
+            non-finite loss does).
         seed: base seed of the prompt sampler (with the global step, so resumed runs reproduce).
         **given: fields of the groups given flat (and the old name ``targets`` of ``layers``).
     """
@@ -152,7 +178,7 @@ class LoRASAM(pl.LightningModule):
         lora: LoRAOptions = LoRAOptions(),
         recipe: RecipeOptions = RecipeOptions(),
         optim: OptimOptions = OptimOptions(),
-        on_nonfinite: Literal["error", "skip"] = "error",
+        compute: ComputeOptions = ComputeOptions(),
         seed: int = 0,
         **given: Any,
     ) -> None:
@@ -160,10 +186,9 @@ class LoRASAM(pl.LightningModule):
         model_type = model_type or os.environ.get("LORA_SAM_MODEL_TYPE", "vit_b")
         if finetune not in ("lora", "full"):
             raise ValueError(f"finetune must be 'lora' or 'full', got {finetune!r}")
-        if on_nonfinite not in ("error", "skip"):
-            raise ValueError(f"on_nonfinite must be 'error' or 'skip', got {on_nonfinite!r}")
-        groups = _settings(rank, alpha, {"lora": lora, "recipe": recipe, "optim": optim}, given)
+        groups = _settings(rank, alpha, {"lora": lora, "recipe": recipe, "optim": optim, "compute": compute}, given)
         self.lora_options: LoRAOptions = groups["lora"]
+        self.compute: ComputeOptions = groups["compute"]
         self.recipe, self.optim = _with_base_defaults(model_type, checkpoint, finetune, groups["recipe"],
                                                       groups["optim"])
         image_size = (int(image_size[0]), int(image_size[1]))
@@ -171,7 +196,7 @@ class LoRASAM(pl.LightningModule):
         self.save_hyperparameters({
             "model_type": model_type, "checkpoint": checkpoint, "image_size": list(image_size),
             "finetune": finetune, "lora": to_dict(self.lora_options), "recipe": to_dict(self.recipe),
-            "optim": to_dict(self.optim), "on_nonfinite": on_nonfinite, "seed": seed})
+            "optim": to_dict(self.optim), "compute": to_dict(self.compute), "seed": seed})
         if checkpoint is None and model_type in BUILTIN_FILES and resolve_checkpoint(model_type, None) is not None:
             rank_zero_info(f"lora_sam: no checkpoint given: {model_type} starts from the built-in base "
                            f"({builtin_checkpoint(model_type)}; pretrained here on synthetic scenes, not Meta's "
@@ -186,6 +211,10 @@ class LoRASAM(pl.LightningModule):
             self.lora_layers = inject_lora(self.sam, o.rank, o.alpha, layers, dropout=o.dropout)
         else:
             self.sam.requires_grad_(True)
+        if family.compute is not None:
+            family.compute(self.sam, self.compute.grad_checkpointing, self.compute.fused_attention)
+        elif self.compute.grad_checkpointing:
+            raise ValueError(f"the {family.name} family has no activation checkpointing (grad_checkpointing)")
         self.strict_loading = finetune == "full"  # LoRA checkpoints hold only the trainable tensors
         self._skipped = 0
         self._val_sums: dict[str, tuple[Tensor, int]] = {}
@@ -251,7 +280,7 @@ class LoRASAM(pl.LightningModule):
             where = f" on rank {', '.join(map(str, bad))} of {self._world_size()}" if distributed else ""
             message = (f"non-finite {stage} loss{where} at global step {self.global_step}, batch {batch_idx}"
                        + ("" if distributed else f", images {batch['image_id']}"))
-            if self.hparams.on_nonfinite == "error":  # every rank raises the same error: none waits for the others
+            if self.compute.on_nonfinite == "error":  # every rank raises the same error: none waits for the others
                 raise FloatingPointError(message + "; lower the learning rate or set on_nonfinite='skip'")
             warnings.warn(message + ": batch skipped" + (" on every rank" if distributed else ""), RuntimeWarning,
                           stacklevel=2)

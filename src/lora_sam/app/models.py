@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
+from lora_sam.checkpoints import BUILTIN_MODEL_TYPE, DEFAULT_IMAGE_SIZE
 from lora_sam.evaluation.options import EvalModels
 from lora_sam.evaluation.run import build_segmenters
 from lora_sam.evaluation.segmenters import ORIGINAL_FRAME, LowResSegmenter, PredictorSegmenter, Segmenter
@@ -67,7 +67,7 @@ class ModelBank:
     not fit. Shared by every page session: ``copy.deepcopy`` returns the bank itself.
     """
 
-    def __init__(self, *, model_type: str = "tiny", checkpoint: str | Path | None = None,
+    def __init__(self, *, model_type: str = BUILTIN_MODEL_TYPE, checkpoint: str | Path | None = None,
                  image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE, adapters: tuple[str | Path, ...] | list = (),
                  fulls: tuple[str | Path, ...] | list = (), device: str | torch.device | None = None,
                  cache_size: int = 24, decode_threads: int = 1) -> None:

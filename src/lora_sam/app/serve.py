@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
+from lora_sam.checkpoints import BUILTIN_MODEL_TYPE, DEFAULT_IMAGE_SIZE
 from lora_sam.evaluation.options import EvalModels
 from lora_sam.settings import add_options, from_args
 
@@ -68,7 +68,7 @@ class AppConfig:
 
     def models(self) -> EvalModels:
         """The page's models (after ``resolve_settings``)."""
-        return EvalModels(self.model_type or "tiny", self.checkpoint, self.image_size or DEFAULT_IMAGE_SIZE,
+        return EvalModels(self.model_type or BUILTIN_MODEL_TYPE, self.checkpoint, self.image_size or DEFAULT_IMAGE_SIZE,
                           self.adapters, self.fulls)
 
 
@@ -99,7 +99,7 @@ def resolve_settings(config: AppConfig) -> AppConfig:
         if config.data is not None and not Path(config.data).exists():
             config = replace(config, data=None)
     size = tuple(int(v) for v in (config.image_size or DEFAULT_IMAGE_SIZE))
-    return replace(config, model_type=config.model_type or "tiny", image_size=size)
+    return replace(config, model_type=config.model_type or BUILTIN_MODEL_TYPE, image_size=size)
 
 
 def model_bank(config: AppConfig) -> ModelBank:

@@ -45,6 +45,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
+from lora_sam.checkpoints import BUILTIN_MODEL_TYPE
 from lora_sam.io import atomic_path
 from lora_sam.model import ORIGINAL_SIZE, ResolutionSwitch, build_sam, check_image_size
 from lora_sam.module import LoRASAM, OptimOptions
@@ -81,7 +82,7 @@ class PretrainConfig:
         optim: AdamW and its schedule (module.OptimOptions): warm-up, then a cosine to 5 % of lr.
     """
 
-    model_type: str = "tiny"
+    model_type: str = BUILTIN_MODEL_TYPE
     steps: int = 2600
     sizes: tuple[tuple[int, int], ...] = ((160, 256), (256, 256), (320, 512))
     size_weights: tuple[float, ...] = (0.75, 0.1, 0.15)

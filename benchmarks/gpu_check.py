@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -187,6 +188,12 @@ def part_eval(check: Check, record: dict[str, Any], tmp: Path) -> None:
                   eval_seconds=base["seconds"])
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its finished children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _card(check: Check) -> str | None:
     import torch
 
@@ -214,13 +221,13 @@ def run_check(check: Check, parts: tuple[str, ...], out: Path) -> dict[str, Any]
         for name in parts:
             print(f"gpu_check: {name} ...", file=sys.stderr, flush=True)
             record: dict[str, Any] = {}
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), _cpu_seconds()
             try:
                 (Path(tmp) / name).mkdir()
                 RUNNERS[name](check, record, Path(tmp) / name)
             except Exception as error:  # recorded; the next part runs
                 record.update(error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc()[-4000:])
-            record.update(ok="error" not in record, seconds=time.perf_counter() - t)
+            record.update(ok="error" not in record, seconds=time.perf_counter() - t, cpu_seconds=_cpu_seconds() - cpu)
             report["parts"][name] = record
             report["total_seconds"] = time.perf_counter() - start
             out.write_text(json.dumps(report, indent=1))

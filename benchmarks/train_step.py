@@ -462,7 +462,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     mode = args.worker
     module = LoRASAM(4, 1, model_type=args.model_type, checkpoint="random", image_size=tuple(args.image_size),
                      finetune="full" if mode == "full" else "lora", iterations=args.iterations,
-                     masks_per_image=args.masks).to(device).train()
+                     masks_per_image=args.masks, fused_attention=args.compute != "official",
+                     grad_checkpointing=args.compute == "fused+ckpt").to(device).train()
     batch = to_device(load_batch(args.data, tuple(args.image_size), args.masks, args.seed), device)
     stepper = Stepper(module, batch, mode, args.naive_targets, device)
     global _IDLE_DEADLINE
@@ -582,7 +583,7 @@ def run_mode(mode: str, args: argparse.Namespace, data: str) -> dict[str, Any]:
            "--steps", str(args.naive_steps if mode == "naive" else args.steps),
            "--warmup", str(args.warmup), "--threads", str(args.threads), "--seed", str(args.seed),
            "--naive-targets", str(args.naive_targets), "--wait-idle", str(args.wait_idle), "--profile", str(args.profile),
-           "--top-ops", str(args.top_ops), "--image-size", *map(str, args.image_size)]
+           "--top-ops", str(args.top_ops), "--image-size", *map(str, args.image_size), "--compute", args.compute]
     if args.flops_naive:
         cmd.append("--flops-naive")
     busy0, total0 = _cpu_busy()
@@ -716,6 +717,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--masks", type=int, default=16, help="K, target masks per image (default 16)")
     parser.add_argument("--iterations", type=int, default=3, help="interactive iterations (default 3)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of lora,full,naive")
+    parser.add_argument("--compute", choices=("official", "fused", "fused+ckpt"), default="fused",
+                        help="the encoder's attention (SAM's official code or the fused one, LoRASAM's default) and "
+                             "activation checkpointing of its blocks (default fused)")
     parser.add_argument("--naive-targets", type=int, default=4,
                         help="targets timed per naive step, scaled to K (default 4)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")

@@ -1,4 +1,4 @@
-"""One pass over what needs a GPU to check, for a session that is lent one (about 5 of its 8 minutes on one GPU).
+"""One pass over what needs a GPU to check, for a session that is lent one (it should finish in 8 minutes on one GPU).
 
 Four parts, each in ``try``/``except`` (a failing part records its error and the next one runs), written to one
 JSON file (``--out``, rewritten after every part) with the card, torch and CUDA versions and each part's seconds:
@@ -84,7 +84,8 @@ def run_command(command: list[str], timeout_s: float) -> tuple[float, str]:
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=BENCHMARKS.parent)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:3])} ... exited {done.returncode}:\n{(done.stdout + done.stderr)[-3000:]}")
+        output = (done.stdout + done.stderr)[-3000:]
+        raise RuntimeError(f"{' '.join(command[:3])} ... exited {done.returncode}:\n{output}")
     return time.perf_counter() - start, done.stdout
 
 
@@ -105,7 +106,7 @@ def part_api(check: Check, record: dict[str, Any], tmp: Path) -> None:
                 self.losses.append(float(loss))
 
     root = tmp / "api_data"
-    make_synthetic(root, check.api_images, seed=0, image_size=(160, 256), workers=min(8, os.cpu_count() or 1))
+    make_synthetic(root, check.api_images, seed=0, image_size=(160, 256))
     model = lora_sam.LoRASAM(4, 1, model_type=check.model_type, checkpoint="random")
     train_loader, val_loader = lora_sam.get_loaders(str(root))
     log = LossLog()
@@ -132,9 +133,12 @@ def part_train_step(check: Check, record: dict[str, Any], tmp: Path) -> None:
     out = tmp / "train_step.json"
     command = [sys.executable, str(BENCHMARKS / "train_step.py"), "--device", check.device, "--steps",
                str(check.bench_steps), "--json", str(out)]
-    if check.quick:
+    if check.quick:  # its own small images: the default ones are SA-1B sized
+        from lora_sam.data.synth import make_synthetic
+
+        make_synthetic(tmp / "data", 2, seed=0, image_size=(128, 192))
         command += ["--model-type", "tiny", "--image-size", "64", "96", "--masks", "4", "--modes", "lora",
-                    "--profile", "0"]
+                    "--profile", "0", "--data", str(tmp / "data")]
     record["command"] = " ".join(command[1:])
     record["wall_seconds"], _ = run_command(command, check.timeout_s)
     card = record["card"] = _card(check)
@@ -157,8 +161,9 @@ def part_vs_peft(check: Check, record: dict[str, Any], tmp: Path) -> None:
         import transformers  # noqa: F401
     except ImportError as error:
         raise RuntimeError(f"{error}: pip install transformers peft") from error
-    report = vs_peft.run(parts=("a",), steps=max(2, check.bench_steps) if not check.quick else 1, warmup=1,
-                         device=check.device, quick=check.quick, timeout_s=check.timeout_s)
+    variants = ("official", "fused+ckpt") if check.quick else vs_peft.VARIANTS  # quick: both switches, 2 runs
+    report = vs_peft.run(parts=("a",), steps=1 if check.quick else max(2, check.bench_steps), warmup=1,
+                         device=check.device, quick=check.quick, ours_variants=variants, timeout_s=check.timeout_s)
     record.update(report)
     failed = [name for name, r in report["results"].items() if "error" in r]
     if failed:
@@ -177,10 +182,12 @@ def part_eval(check: Check, record: dict[str, Any], tmp: Path) -> None:
     torch.save(build_sam(check.model_type, "random", (1024, 1024)).state_dict(), checkpoint)
     make_synthetic(data, check.eval_images, seed=1, image_size=(320, 512))
     script = Path(sys.executable).parent / "lora-sam"
-    entry = [str(script)] if script.is_file() else [sys.executable, "-c", "from lora_sam.cli import main; raise SystemExit(main())"]
+    cli = "import lora_sam.cli as c; raise SystemExit(c.main())"
+    entry = [str(script)] if script.is_file() else [sys.executable, "-c", cli]
     command = entry + ["eval", "--data", str(data), "--model-type", check.model_type, "--checkpoint", str(checkpoint),
                        "--device", check.device, "--out", str(out), "--split", "all", "--max-images",
-                       str(check.eval_images), "--max-clicks", str(check.eval_clicks), "--masks-per-image", str(check.eval_masks), "--quiet"]
+                       str(check.eval_images), "--max-clicks", str(check.eval_clicks), "--masks-per-image",
+                       str(check.eval_masks), "--quiet"]
     record["command"] = " ".join(["lora-sam", *command[len(entry):]])
     record["wall_seconds"], _ = run_command(command, check.timeout_s)
     base = json.loads((out / "eval.json").read_text())["models"]["base"]
@@ -197,7 +204,8 @@ def _cpu_seconds() -> float:
 def _card(check: Check) -> str | None:
     import torch
 
-    return torch.cuda.get_device_name(check.device) if check.device.startswith("cuda") else None
+    cuda = check.device.startswith("cuda") and torch.cuda.is_available()
+    return torch.cuda.get_device_name(check.device) if cuda else None
 
 
 def environment(check: Check) -> dict[str, Any]:
@@ -243,12 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:i or cpu")
     parser.add_argument("--quick", action="store_true", help="tiny model, reduced sizes (the CPU test)")
     parser.add_argument("--api-steps", type=int, default=None, help="steps of the API run (default 300; quick 5)")
+    parser.add_argument("--precision", default="bf16-mixed", help="the API run's Trainer precision")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
     args = parser.parse_args(argv)
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     if set(parts) - set(PARTS):
         parser.error(f"--parts takes {', '.join(PARTS)}")
-    check = Check(device=args.device, **(QUICK if args.quick else {}))
+    check = Check(device=args.device, precision=args.precision, **(QUICK if args.quick else {}))
     if args.api_steps is not None:
         check = replace(check, api_steps=args.api_steps)
     warnings.filterwarnings("ignore", message=".*RANDOM weights.*")

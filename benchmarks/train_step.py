@@ -705,7 +705,8 @@ def profile_report(a: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options (``benchmarks/memory_table.py`` parses its cells with it too)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3, help="timed steps of (a) and (b) (default 3)")
@@ -735,6 +736,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="extra sentence for the Markdown section")
     parser.add_argument("--json", default=None, help="write the raw results here")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     if args.worker:

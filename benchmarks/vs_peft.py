@@ -17,8 +17,8 @@ subprocess (so its peak memory is its own).
 
 Reported: mean step seconds after the warm-up, prompts/s, peak memory above the baseline taken once the model,
 the optimiser and the batch are in place (CPU: VmHWM reset via /proc/self/clear_refs minus VmRSS then; CUDA:
-``max_memory_allocated`` minus ``memory_allocated`` then) and the absolute peak (VmHWM / max allocated); the
-speed ratio (HF step time / ours, per prompt) and the memory ratio (our peak / HF's).
+``max_memory_allocated`` minus ``memory_allocated`` then) and the absolute peak; the speed ratio (HF step time / ours,
+per prompt) and the memory ratio (our peak / HF's).
 
 Usage::
 
@@ -50,7 +50,6 @@ PARTS = ("a", "b")
 VARIANTS = ("official", "fused", "fused+ckpt")
 NEEDS = {"official": (), "fused": ("fused",), "fused+ckpt": ("fused", "ckpt")}  # the library options they need
 RATIO_KEY = {"b/ours": "b", **{f"a/ours/{v}": f"a/{v}" for v in VARIANTS}}
-LABELS = {"a/hf": "(a) HF + PEFT", "b/hf": "(b) HF + PEFT", "b/ours": "(b) ours, defaults"}
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,6 @@ def ours_module(part: str, variant: str, setup: Setup) -> Any:
 
 def measure_ours(part: str, variant: str, data: str, setup: Setup) -> dict[str, Any]:
     import pytorch_lightning as pl
-    import torch
 
     from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
     from lora_sam.data.loaders import get_loaders
@@ -152,9 +150,8 @@ def measure_ours(part: str, variant: str, data: str, setup: Setup) -> dict[str, 
     size = DEFAULT_IMAGE_SIZE if part == "b" else (setup.side, setup.side)
     loader, _ = get_loaders(data, image_size=size, masks_per_image=setup.prompts, batch_size=1, val_fraction=0.0,
                             num_workers=0)
-    device = torch.device(setup.device)
     probe, timer = Probe(), StepTimer()
-    accelerator, devices = ("gpu", [device.index or 0]) if device.type == "cuda" else ("cpu", 1)
+    accelerator, devices = ("gpu", [int(setup.device[5:] or 0)]) if "cuda" in setup.device else ("cpu", 1)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = pl.Trainer(accelerator=accelerator, devices=devices, max_steps=setup.warmup + setup.steps,
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -289,7 +286,8 @@ def ratio(ours: dict[str, Any], hf: dict[str, Any]) -> dict[str, float] | None:
     if "error" in ours or "error" in hf:
         return None
     return {"speed": hf["step_s"] / ours["step_s"], "speed_per_prompt": ours["prompts_per_s"] / hf["prompts_per_s"],
-            "memory": ours["peak_bytes"] / hf["peak_bytes"], "memory_abs": ours["peak_abs_bytes"] / hf["peak_abs_bytes"]}
+            "memory": ours["peak_bytes"] / hf["peak_bytes"],
+            "memory_abs": ours["peak_abs_bytes"] / hf["peak_abs_bytes"]}
 
 
 def machine(setup: Setup) -> dict[str, Any]:
@@ -297,7 +295,8 @@ def machine(setup: Setup) -> dict[str, Any]:
     import torch
     import transformers
 
-    gpu = {"gpu": torch.cuda.get_device_name(setup.device), "cuda": torch.version.cuda} if "cuda" in setup.device else {}
+    cuda = "cuda" in setup.device
+    gpu = {"gpu": torch.cuda.get_device_name(setup.device), "cuda": torch.version.cuda} if cuda else {}
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": setup.threads or os.cpu_count(), **gpu,
             "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
 
@@ -309,9 +308,9 @@ def run(parts: Sequence[str] = PARTS, steps: int = 2, warmup: int = 1, device: s
     ``machine``, ``setup``, ``notes``)."""
     from lora_sam.data.synth import make_synthetic
 
-    setup = Setup(steps=steps, warmup=warmup, device=device, threads=threads, hf_loss=hf_loss, **(QUICK if quick else {}))
-    notes: list[str] = []
-    missing = missing_features()
+    setup = Setup(steps=steps, warmup=warmup, device=device, threads=threads, hf_loss=hf_loss,
+                  **(QUICK if quick else {}))
+    missing, notes = missing_features(), []
     names = measurement_names(parts, ours_variants, missing, notes)
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -323,7 +322,8 @@ def run(parts: Sequence[str] = PARTS, steps: int = 2, warmup: int = 1, device: s
             results[name] = spawn(name, users if name.startswith("b/") else frame, setup, timeout_s)
     hf = results.get("a/hf") or results.get("b/hf")
     ratios = {RATIO_KEY[n]: ratio(r, hf) for n, r in results.items() if n in RATIO_KEY}
-    notes += [f"{n} failed: {(r['error'].strip().splitlines() or [''])[-1]}" for n, r in results.items() if "error" in r]
+    notes += [f"{n} failed: {(r['error'].strip().splitlines() or [''])[-1]}" for n, r in results.items()
+              if "error" in r]
     return {"setup": asdict(setup), "machine": machine(setup), "results": results, "ratios": ratios, "notes": notes,
             "library_lacks": missing}
 
@@ -333,7 +333,7 @@ def table(report: dict[str, Any]) -> str:
              "peak abs, GiB | speed vs HF per prompt (HF time / ours) | memory vs HF (ours / HF) |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in report["results"].items():
-        label = LABELS.get(name) or f"(a) ours, {name.rsplit('/', 1)[1]}"
+        label = f"({name[0]}) " + ("HF + PEFT" if name.endswith("hf") else f"ours, {name[7:] or 'defaults'}")
         if "error" in r:
             lines.append(f"| {label} | failed: {(r['error'].strip().splitlines() or [''])[-1][:80]} |||||||||")
             continue

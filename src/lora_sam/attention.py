@@ -8,7 +8,8 @@ dot product instead, exactly: for a query at (h, w) and a key at (h', w'),
     scale * q.k + rel_h[q, h'] + rel_w[q, w'] = [scale * q, rel_h[q], rel_w[q]] . [k, onehot(h'), onehot(w')]
 
 so one call of ``torch.nn.functional.scaled_dot_product_attention`` on the widened queries and keys
-(head dim + H + W) gives the official output, and its fused kernels never store an (N, N) map. The
+(head dim + H + W; the values zero-padded to the same width, which the fused kernels need) gives the
+official output, and its fused kernels never store an (N, N) map. The
 weights, their names and the outputs (to float tolerance) are the official ones; gradients reach
 ``qkv``, ``proj`` (LoRA-wrapped or not) and the relative-position tables as before.
 """
@@ -56,7 +57,9 @@ def fused_attention(attn: Any, x: Tensor) -> Tensor:
         rows = torch.eye(h, dtype=q.dtype, device=q.device).repeat_interleave(w, dim=0)  # key j = (j // W, j % W)
         cols = torch.eye(w, dtype=q.dtype, device=q.device).repeat(h, 1)
         keys = torch.cat([rows, cols], dim=-1).expand(b, heads, n, h + w)
+        # values padded to the widened head dim: the fused kernels need one head dim for q, k and v (with
+        # another, PyTorch falls back to the math path, which stores the N x N map: 9x the memory at 1024 px)
         out = F.scaled_dot_product_attention(torch.cat([q * attn.scale, rel_h, rel_w], dim=-1),
-                                             torch.cat([k, keys], dim=-1), v, scale=1.0)
+                                             torch.cat([k, keys], dim=-1), F.pad(v, (0, h + w)), scale=1.0)[..., :d]
     out = out.view(b, heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
     return attn.proj(out)

@@ -47,13 +47,27 @@ def test_fused_attention_is_the_official_forward_and_backward(size: tuple[int, i
     assert fused.state_dict().keys() == official.state_dict().keys()
 
 
+def _decode_too(sam: torch.nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The encoder and the decoder of 3 boxes (its upscaling path included), gradients of both."""
+    from lora_sam.model import decode
+
+    sam.zero_grad(set_to_none=True)
+    boxes = torch.tensor([[10.0, 10.0, 90.0, 120.0], [40.0, 30.0, 200.0, 150.0], [0.0, 0.0, 250.0, 150.0]])
+    logits, iou = decode(sam, encode(sam, image), boxes=boxes, multimask=True)
+    (logits * torch.linspace(-1, 1, logits.numel()).reshape(logits.shape)).sum().add(iou.sum()).backward()
+    return logits.detach(), {n: p.grad for n, p in sam.named_parameters() if p.grad is not None}
+
+
 def test_checkpointed_blocks_give_the_same_outputs_and_gradients() -> None:
     plain = _model(1)
+    plain.mask_decoder.requires_grad_(True)  # the checkpointed upscaling path's gradients too
     checkpointed = copy.deepcopy(plain)
     use_checkpointing(checkpointed)
+    assert type(checkpointed.mask_decoder.output_upscaling).__name__ == "_CheckpointedUpscaling"
     image = torch.rand(1, 3, 160, 256) * 255
-    out_p, grads_p = _forward_backward(plain, image)
-    out_c, grads_c = _forward_backward(checkpointed, image)
+    out_p, grads_p = _decode_too(plain, image)
+    out_c, grads_c = _decode_too(checkpointed, image)
+    assert any("output_upscaling" in k for k in grads_p)
     torch.testing.assert_close(out_c, out_p, atol=1e-6, rtol=1e-5)
     for name in grads_p:
         torch.testing.assert_close(grads_c[name], grads_p[name], atol=1e-6, rtol=1e-5, msg=name)

@@ -40,6 +40,16 @@ class _FusedAttention(Attention):
         return fused_attention(self, x)
 
 
+class _CheckpointedUpscaling(torch.nn.Sequential):
+    """The mask decoder's upscaling path (two transposed convs at 4x and 16x the embedding's grid, K prompts
+    at once) with its activations recomputed in the backward (when training with gradients)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and torch.is_grad_enabled():
+            return checkpoint(super().forward, x, use_reentrant=False)
+        return super().forward(x)
+
+
 class _CheckpointedBlock(Block):
     """An encoder block whose activations are recomputed in the backward (when training with gradients)."""
 
@@ -57,10 +67,11 @@ def use_fused_attention(sam: Sam, enabled: bool = True) -> None:
 
 
 def use_checkpointing(sam: Sam, enabled: bool = True) -> None:
-    """Activation checkpointing of the image encoder's blocks: their activations are recomputed in the
-    backward instead of stored (less memory, one more encoder forward per step)."""
+    """Activation checkpointing of the image encoder's blocks and of the mask decoder's upscaling path: their
+    activations are recomputed in the backward instead of stored (less memory, one more forward of each)."""
     for block in sam.image_encoder.blocks:
         block.__class__ = _CheckpointedBlock if enabled else Block
+    sam.mask_decoder.output_upscaling.__class__ = _CheckpointedUpscaling if enabled else torch.nn.Sequential
 
 
 class _Resize(torch.nn.Module):

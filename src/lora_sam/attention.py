@@ -16,32 +16,21 @@ weights, their names and the outputs (to float tolerance) are the official ones;
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fused_attention", "relative_table"]
+__all__ = ["fused_attention"]
 
 
-def relative_table(q_size: int, k_size: int, rel_pos: Tensor) -> Tensor:
-    """The (q_size, k_size, C) table of relative-position embeddings, as SAM's ``get_rel_pos`` makes it: the
-    (L, C) parameter linearly resized to 2 * max(q_size, k_size) - 1 entries when it has another length."""
-    length = int(2 * max(q_size, k_size) - 1)
-    if rel_pos.shape[0] != length:
-        rel_pos = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=length,
-                                mode="linear").reshape(-1, length).permute(1, 0)
-    q_coords = torch.arange(q_size)[:, None] * max(k_size / q_size, 1.0)
-    k_coords = torch.arange(k_size)[None, :] * max(q_size / k_size, 1.0)
-    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
-    return rel_pos[relative.long().to(rel_pos.device)]
-
-
-def fused_attention(attn: Any, x: Tensor) -> Tensor:
+def fused_attention(attn: Any, x: Tensor, relative_table: Callable[[int, int, Tensor], Tensor]) -> Tensor:
     """SAM's ``Attention.forward`` on ``x`` (B, H, W, C), the relative positions folded into one fused
     attention call. ``attn`` is the official module (``qkv``, ``proj``, ``num_heads``, ``scale``,
-    ``use_rel_pos``, ``rel_pos_h``, ``rel_pos_w``)."""
+    ``use_rel_pos``, ``rel_pos_h``, ``rel_pos_w``); ``relative_table(q_size, k_size, rel_pos)`` is the
+    family's own lookup of the (q_size, k_size, C) relative-position table (SAM's ``get_rel_pos``)."""
     b, h, w, _ = x.shape
     heads, n = attn.num_heads, h * w
     q, k, v = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, N, d)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
-from segment_anything.modeling.image_encoder import Attention, Block
+from segment_anything.modeling.image_encoder import Attention, Block, get_rel_pos
 from torch import Tensor
 from torch.nn.utils import parametrize
 from torch.utils.checkpoint import checkpoint
@@ -37,26 +37,26 @@ class _FusedAttention(Attention):
     """The official attention, computed by ``attention.fused_attention``: no N x N map is stored."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return fused_attention(self, x)
+        return fused_attention(self, x, get_rel_pos)
 
 
-class _CheckpointedUpscaling(torch.nn.Sequential):
+class _Recomputed:
+    """Mixed into a module class: its activations are recomputed in the backward (when training with
+    gradients) instead of kept."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and torch.is_grad_enabled():  # type: ignore[attr-defined]
+            return checkpoint(super().forward, x, use_reentrant=False)  # type: ignore[misc]
+        return super().forward(x)  # type: ignore[misc]
+
+
+class _CheckpointedUpscaling(_Recomputed, torch.nn.Sequential):
     """The mask decoder's upscaling path (two transposed convs at 4x and 16x the embedding's grid, K prompts
-    at once) with its activations recomputed in the backward (when training with gradients)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.training and torch.is_grad_enabled():
-            return checkpoint(super().forward, x, use_reentrant=False)
-        return super().forward(x)
+    at once), recomputed in the backward."""
 
 
-class _CheckpointedBlock(Block):
-    """An encoder block whose activations are recomputed in the backward (when training with gradients)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.training and torch.is_grad_enabled():
-            return checkpoint(super().forward, x, use_reentrant=False)
-        return super().forward(x)
+class _CheckpointedBlock(_Recomputed, Block):
+    """An encoder block, recomputed in the backward."""
 
 
 def use_fused_attention(sam: Sam, enabled: bool = True) -> None:

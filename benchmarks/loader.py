@@ -156,7 +156,7 @@ def main() -> None:
 
         documents = [json.loads((data / f"sa_{i + 1}.json").read_text()) for i in range(args.samples)]
         segments = [parse_sa1b(doc, "bench")[0].segments for doc in documents]
-        out_size = resize_shape((args.height, args.width), image_size)
+        out_size = resize_shape((args.height, args.width), image_size, "pad")
 
         def naive_masks(i: int) -> object:
             return [decode_naive(s.segmentation, out_size) for s in segments[i]]

@@ -8,9 +8,11 @@ loads into the same model type at any resolution) and ``base_fingerprint``, a ha
 frozen base tensors, so an adapter applied to another base checkpoint is refused.
 
 ``export_merged`` rebuilds the model at 1024 px from the base checkpoint (its own position
-embedding kept), merges the adapter's updates into the Linear / Conv weights and saves the plain
-``state_dict``: ``segment_anything.sam_model_registry[model_type](checkpoint=out)`` loads it with
-strict key checking and ``SamPredictor`` runs it as any SAM.
+embedding kept), merges the adapter's updates into the Linear / Conv weights and saves it in its family's
+official format: for SAM v1 the plain ``state_dict``, which
+``segment_anything.sam_model_registry[model_type](checkpoint=out)`` loads with strict key checking and
+``SamPredictor`` runs as any SAM; for SAM 2.1 ``{"model": state_dict}`` with every key of Meta's
+checkpoint (the memory modules included), which ``sam2.build_sam.build_sam2(config, out)`` loads strictly.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from lora_sam.families import build, family_of
 from lora_sam.io import atomic_path
 from lora_sam.lora import inject_lora, lora_layers, lora_state_dict, merge_lora
-from lora_sam.model import ORIGINAL_SIZE, build_sam
 from lora_sam.settings import MODEL_TYPE
+
+ORIGINAL_SIZE = 1024  # every family's original frame, where a merged model is exported
 
 FORMAT = "lora_sam.adapter/1"
 
@@ -53,15 +57,18 @@ _FINGERPRINT_TENSORS = (
     "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
     "prompt_encoder.not_a_point_embed.weight",
 )
+"""SAM v1's names; SAM 2's are the same with ``sam_`` before each."""
 
 
 def base_fingerprint(module: nn.Module) -> str | None:
     """sha256 (16 hex digits) of a few SAM tensors that LoRA never wraps; None for a non-SAM module."""
     state = module.state_dict()
-    if not all(k in state for k in _FINGERPRINT_TENSORS):
+    keys = next((keys for keys in (_FINGERPRINT_TENSORS, tuple(f"sam_{k}" for k in _FINGERPRINT_TENSORS))
+                 if all(k in state for k in keys)), None)
+    if keys is None:
         return None
     digest = hashlib.sha256()
-    for key in _FINGERPRINT_TENSORS:
+    for key in keys:
         digest.update(state[key].detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
@@ -120,12 +127,13 @@ def read_adapter_info(path: str | os.PathLike) -> AdapterInfo:
 
 def load_adapter(module: nn.Module, path: str | os.PathLike) -> AdapterInfo:
     """Load an adapter into a model that already has the same LoRA layers; says what differs if not."""
-    from lora_sam.model import model_type_of
-
     info = read_adapter_info(path)
     layers = lora_layers(module)
     problems = []
-    found_type = model_type_of(module) if hasattr(module, "image_encoder") else None
+    try:
+        found_type = family_of(module).model_type_of(module)
+    except ValueError:  # not a network of a known family: nothing to compare
+        found_type = None
     if info.model_type and found_type and info.model_type != found_type:
         problems.append(f"model type: adapter {info.model_type}, model {found_type}")
     found_base = base_fingerprint(module)
@@ -172,7 +180,7 @@ def merged_sam(
 ) -> nn.Module:
     """The base at 1024 px with ``adapter`` (if any) folded in: the model ``export_merged`` saves.
 
-    ``model_type`` defaults to the adapter's own (a different one is an error), else ``build_sam``'s.
+    ``model_type`` defaults to the adapter's own (a different one is an error), else ``settings.MODEL_TYPE``.
     """
     if adapter is not None:
         info = read_adapter_info(adapter)
@@ -182,7 +190,7 @@ def merged_sam(
         model_type = model_type or info.model_type
         if model_type is None:
             raise ValueError(f"adapter {adapter} does not record its model type: pass model_type")
-    sam = build_sam(model_type or MODEL_TYPE, base_checkpoint, image_size=(ORIGINAL_SIZE, ORIGINAL_SIZE))
+    sam = build(model_type or MODEL_TYPE, base_checkpoint, (ORIGINAL_SIZE, ORIGINAL_SIZE)).module
     if adapter is not None:
         apply_adapter(sam, adapter)
         sam = merge_lora(sam)
@@ -195,7 +203,7 @@ def export_merged(
     base_checkpoint: str | os.PathLike | None = None,
     model_type: str | None = None,
 ) -> Path:
-    """Write ``base_checkpoint`` + ``adapter`` merged, in the official format, to ``out``.
+    """Write ``base_checkpoint`` + ``adapter`` merged, in its family's official format, to ``out``.
 
     Args:
         adapter: a ``.safetensors`` adapter written by ``save_adapter`` (or a training run).
@@ -209,7 +217,7 @@ def export_merged(
     state = {k: v.detach().contiguous() for k, v in merged.state_dict().items()}
     out = Path(out)
     with atomic_path(out) as tmp:
-        torch.save(state, tmp)
+        torch.save(family_of(merged).to_checkpoint(state), tmp)
     return out
 
 
@@ -218,7 +226,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="base SAM checkpoint the adapter was trained on (default: $LORA_SAM_CHECKPOINT, "
                              "then ~/.cache/lora_sam/<official file>)")
-    parser.add_argument("--model-type", default=None, help="vit_b / vit_l / vit_h / tiny (default: the adapter's)")
+    parser.add_argument("--model-type", default=None,
+                        help="vit_b / vit_l / vit_h / tiny, or sam2.1_hiera_t / _s / _b+ / _l / sam2.1_mini "
+                             "(default: the adapter's)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the merged checkpoint (.pth)")
 
 
@@ -226,5 +236,5 @@ def run(args: argparse.Namespace) -> int:
     out = export_merged(args.adapter, args.out, args.checkpoint, args.model_type)
     info = read_adapter_info(args.adapter)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {info.model_type} with the rank-{info.rank} "
-          f"adapter merged into {len(info.layers)} layers, official SAM format, 1024 px")
+          f"adapter merged into {len(info.layers)} layers, its family's official format, 1024 px")
     return 0

@@ -12,6 +12,9 @@ so one call of ``torch.nn.functional.scaled_dot_product_attention`` on the widen
 official output, and its fused kernels never store an (N, N) map. The
 weights, their names and the outputs (to float tolerance) are the official ones; gradients reach
 ``qkv``, ``proj`` (LoRA-wrapped or not) and the relative-position tables as before.
+
+``Recomputed`` is the other half of the low-memory options of every family: mixed into a block's class,
+it recomputes the block's activations in the backward instead of keeping them.
 """
 
 from __future__ import annotations
@@ -22,8 +25,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
-__all__ = ["fused_attention"]
+__all__ = ["Recomputed", "fused_attention"]
+
+
+class Recomputed:
+    """Mixed into a module class (before it): its activations are recomputed in the backward (when training
+    with gradients) instead of kept."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and torch.is_grad_enabled():  # type: ignore[attr-defined]
+            return checkpoint(super().forward, x, use_reentrant=False)  # type: ignore[misc]
+        return super().forward(x)  # type: ignore[misc]
 
 
 def fused_attention(attn: Any, x: Tensor, relative_table: Callable[[int, int, Tensor], Tensor]) -> Tensor:

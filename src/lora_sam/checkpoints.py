@@ -40,7 +40,12 @@ CHECKPOINT_FILES = {
     "vit_b": "sam_vit_b_01ec64.pth",
     "vit_l": "sam_vit_l_0b3195.pth",
     "vit_h": "sam_vit_h_4b8939.pth",
+    "sam2.1_hiera_t": "sam2.1_hiera_tiny.pt",
+    "sam2.1_hiera_s": "sam2.1_hiera_small.pt",
+    "sam2.1_hiera_b+": "sam2.1_hiera_base_plus.pt",
+    "sam2.1_hiera_l": "sam2.1_hiera_large.pt",
 }
+"""Meta's file name of each model type with official weights (SAM v1's, then SAM 2.1's)."""
 CHECKPOINT_ENV = "LORA_SAM_CHECKPOINT"
 HOME_ENV = "LORA_SAM_HOME"
 RANDOM = "random"
@@ -85,10 +90,11 @@ def resolve_checkpoint(model_type: str, checkpoint: str | os.PathLike | None) ->
     ``checkpoint="random"`` asks for random weights explicitly (with a warning for vit_*);
     ``checkpoint="builtin"`` the shipped weights (``builtin_checkpoint``). The ``tiny``
     configuration has no official weights: without an argument it takes the built-in ones
-    (random when they are not installed).
+    (random when they are not installed); a small type without official weights or a built-in base
+    (``sam2.1_mini``) starts from random weights.
     """
     if checkpoint is not None and str(checkpoint) == RANDOM:
-        if model_type != "tiny":
+        if model_type in CHECKPOINT_FILES:
             warnings.warn(f"build_sam: {model_type} starts from RANDOM weights (checkpoint='random')",
                           UserWarning, stacklevel=3)
         return None
@@ -96,8 +102,8 @@ def resolve_checkpoint(model_type: str, checkpoint: str | os.PathLike | None) ->
         return builtin_checkpoint(model_type)
     if checkpoint is not None:
         return Path(checkpoint)
-    if model_type == "tiny":
-        path = WEIGHTS_DIR / BUILTIN_FILES["tiny"]
+    if model_type in BUILTIN_FILES or model_type not in CHECKPOINT_FILES:
+        path = WEIGHTS_DIR / BUILTIN_FILES.get(model_type, "-")
         return path if path.is_file() else None
     if os.environ.get(CHECKPOINT_ENV):
         return Path(os.environ[CHECKPOINT_ENV])
@@ -107,13 +113,14 @@ def resolve_checkpoint(model_type: str, checkpoint: str | os.PathLike | None) ->
     raise FileNotFoundError(
         f"no SAM checkpoint for {model_type}: pass checkpoint=PATH, set ${CHECKPOINT_ENV}, or put "
         f"{CHECKPOINT_FILES[model_type]} at {default} (official files: "
-        f"https://github.com/facebookresearch/segment-anything#model-checkpoints). "
+        f"https://github.com/facebookresearch/{'sam2' if model_type.startswith('sam2') else 'segment-anything'}). "
         f"checkpoint='random' starts from random weights on purpose."
     )
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read an official SAM checkpoint (a ``state_dict`` saved by ``torch.save``), with clear errors."""
+    """Read an official SAM checkpoint (a ``state_dict`` saved by ``torch.save``; SAM 2's ``{"model": state_dict}``),
+    with clear errors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SAM checkpoint {path} does not exist (or is not a file)")
@@ -124,8 +131,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
             f"SAM checkpoint {path} cannot be read ({type(err).__name__}: {err}); the file may be truncated "
             f"or not a PyTorch checkpoint: download it again"
         ) from err
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"SAM checkpoint {path} is not a state_dict of tensors (official SAM format)")
     return state

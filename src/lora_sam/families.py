@@ -1,7 +1,8 @@
 """The model families: which module builds a model type, wraps a network as a ``PromptableModel``, and
 names its LoRA layer presets.
 
-SAM v1 (``lora_sam.model``) is built in. A family is one module implementing ``PromptableModel`` (and,
+SAM v1 (``lora_sam.model``) and SAM 2.1's image models (``lora_sam.sam2_model``, with Meta's optional
+``sam2`` package) are built in. A family is one module implementing ``PromptableModel`` (and,
 for its own full-resolution pipeline, ``ImagePredictor``) plus one ``register_family`` call; training
 (``LoRASAM``), the evaluation, the app and the report reach every model through ``build`` and
 ``as_promptable``, so they run on a new family unchanged.
@@ -12,14 +13,26 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from lora_sam import model as sam_v1
+from lora_sam import sam2_model
+from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE, check_image_size
 from lora_sam.lora import LAYER_PRESETS
 from lora_sam.promptable import PromptableModel
+from lora_sam.settings import MODEL_TYPE
 
-__all__ = ["Family", "as_promptable", "build", "family_of", "register_family"]
+__all__ = ["Family", "as_promptable", "build", "data_frame", "family_of", "register_family", "resolve_model_type"]
+
+
+def _same(state: dict[str, Tensor]) -> object:
+    return state
+
+
+def _unknown(module: nn.Module) -> str | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,15 @@ class Family:
         layer_presets: LoRA layer presets by name (``default`` among them), ``fnmatch`` patterns.
         compute: (network, grad_checkpointing, fused_attention) -> None: how the network computes (None: the
             family has neither option; its own way).
+        default_image_size: the training frame a model type of this family takes when none is named.
+        square: whether the family's frame is a square the image fills without keeping its aspect ratio
+            (SAM 2); else the image is resized on its longest side and padded (SAM v1). The data must match.
+        check_size: a training size -> (H, W), or an error saying which sizes the family takes.
+        size_switch: the network -> an object whose ``set((H, W))`` makes it run at that size from then on
+            (``lora-sam pretrain`` draws a size per step); ``to_official(state)`` on its class gives the
+            official layout of a switched network's state dict.
+        to_checkpoint: a state dict -> what the family's official checkpoint files hold.
+        model_type_of: the network -> its model type (None: unknown).
     """
 
     name: str
@@ -44,6 +66,12 @@ class Family:
     owns: Callable[[object], bool]
     layer_presets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     compute: Callable[[nn.Module, bool, bool], None] | None = None
+    default_image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
+    square: bool = False
+    check_size: Callable[[tuple[int, int] | int], tuple[int, int]] = check_image_size
+    size_switch: Callable[[nn.Module], Any] | None = None
+    to_checkpoint: Callable[[dict[str, Tensor]], object] = _same
+    model_type_of: Callable[[nn.Module], str | None] = _unknown
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -60,7 +88,13 @@ def register_family(family: Family) -> Family:
 
 
 register_family(Family("sam_v1", tuple(sam_v1.MODEL_CONFIGS), sam_v1.build_sam, sam_v1.SamV1, sam_v1.is_sam,
-                       LAYER_PRESETS, sam_v1.set_compute))
+                       LAYER_PRESETS, sam_v1.set_compute, size_switch=sam_v1.ResolutionSwitch,
+                       model_type_of=sam_v1.model_type_of))
+register_family(Family("sam2.1", tuple(sam2_model.MODEL_TYPES), sam2_model.build_sam2_model, sam2_model.Sam2Image,
+                       sam2_model.is_sam2, sam2_model.LAYER_PRESETS, sam2_model.set_compute,
+                       (sam2_model.DEFAULT_SIDE, sam2_model.DEFAULT_SIDE), square=True,
+                       check_size=sam2_model.check_size, size_switch=sam2_model.SideSwitch,
+                       to_checkpoint=sam2_model.to_checkpoint, model_type_of=sam2_model.model_type_of))
 
 
 def family_of(model_type_or_module: str | object) -> Family:
@@ -71,6 +105,20 @@ def family_of(model_type_or_module: str | object) -> Family:
             return family
     known = ", ".join(t for f in _FAMILIES.values() for t in f.model_types)
     raise ValueError(f"no model family for {model_type_or_module!r}; the model types are {known}")
+
+
+def resolve_model_type(model_type: str | None) -> str:
+    """``model_type``, else $LORA_SAM_MODEL_TYPE, else ``settings.MODEL_TYPE``: what ``LoRASAM`` builds."""
+    return model_type or os.environ.get("LORA_SAM_MODEL_TYPE", MODEL_TYPE)
+
+
+def data_frame(model_type: str | None, image_size: tuple[int, int] | None) -> tuple[tuple[int, int], str]:
+    """The training frame of ``LoRASAM(model_type=..., image_size=...)`` as the data must make it: (H, W) and
+    ``SampleOptions.frame`` (``"square"`` for SAM 2.1, ``"pad"`` for SAM v1). ``lora-sam fit`` links the data's
+    settings through it."""
+    family = family_of(resolve_model_type(model_type))
+    size = tuple(int(s) for s in (image_size or family.default_image_size))
+    return size, "square" if family.square else "pad"  # type: ignore[return-value]
 
 
 def build(model_type: str, checkpoint: str | os.PathLike | None, image_size: tuple[int, int]) -> PromptableModel:

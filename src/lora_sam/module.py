@@ -22,13 +22,12 @@ from torch import Tensor
 from lora_sam.adapter import save_adapter
 from lora_sam.checkpoints import (
     BUILTIN_FILES,
-    DEFAULT_IMAGE_SIZE,
     FINE_TUNE_KEYS,
     builtin_checkpoint,
     fine_tune_defaults,
     resolve_checkpoint,
 )
-from lora_sam.families import family_of
+from lora_sam.families import family_of, resolve_model_type
 from lora_sam.io import atomic_path
 from lora_sam.lora import LoRAOptions, deprecated_targets, inject_lora, lora_state_dict, resolve_layers
 from lora_sam.recipe import LOSS_TERMS, RecipeOptions, StepResult, interactive_step, prompt_generator
@@ -153,11 +152,13 @@ class LoRASAM(pl.LightningModule):
 
     Args:
         rank, alpha: LoRA rank and alpha (scaling = alpha / rank); None: ``lora``'s.
-        model_type: ``vit_b`` / ``vit_l`` / ``vit_h`` / ``tiny``; $LORA_SAM_MODEL_TYPE overrides the default.
+        model_type: ``vit_b`` / ``vit_l`` / ``vit_h`` / ``tiny`` (SAM v1), or a SAM 2.1 type (``sam2.1_hiera_t`` / ``_s`` /
+            ``_b+`` / ``_l``, ``sam2.1_mini``; ``lora_sam.sam2_model``); $LORA_SAM_MODEL_TYPE overrides the default.
         checkpoint: official SAM checkpoint (None: $LORA_SAM_CHECKPOINT, then the default path; for
             ``tiny``, the built-in base, announced; ``"random"``: random weights on purpose;
             ``"builtin"``: the weights shipped in the package).
-        image_size: training resolution (H, W), multiples of 16.
+        image_size: training resolution (H, W), multiples of 16 (SAM v1; default 160x256); SAM 2.1 model types
+            take a square side, a multiple of 32 (default 224x224). None: the family's default.
         finetune: ``"lora"`` (only LoRA tensors train) or ``"full"`` (every SAM parameter trains).
         lora, recipe, optim: the settings groups (a dict reads as the dataclass of the same fields).
         compute: how a step is computed (``ComputeOptions``: activation checkpointing, fused attention, what a
@@ -173,7 +174,7 @@ class LoRASAM(pl.LightningModule):
         *,
         model_type: str | None = None,
         checkpoint: str | None = None,
-        image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+        image_size: tuple[int, int] | None = None,
         finetune: Literal["lora", "full"] = "lora",
         lora: LoRAOptions = LoRAOptions(),
         recipe: RecipeOptions = RecipeOptions(),
@@ -183,7 +184,7 @@ class LoRASAM(pl.LightningModule):
         **given: Any,
     ) -> None:
         super().__init__()
-        model_type = model_type or os.environ.get("LORA_SAM_MODEL_TYPE", "vit_b")
+        model_type = resolve_model_type(model_type)
         if finetune not in ("lora", "full"):
             raise ValueError(f"finetune must be 'lora' or 'full', got {finetune!r}")
         groups = _settings(rank, alpha, {"lora": lora, "recipe": recipe, "optim": optim, "compute": compute}, given)
@@ -191,7 +192,8 @@ class LoRASAM(pl.LightningModule):
         self.compute: ComputeOptions = groups["compute"]
         self.recipe, self.optim = _with_base_defaults(model_type, checkpoint, finetune, groups["recipe"],
                                                       groups["optim"])
-        image_size = (int(image_size[0]), int(image_size[1]))
+        family = family_of(model_type)  # the model is reached through its family's PromptableModel only
+        image_size = tuple(int(s) for s in (image_size or family.default_image_size))
         # hparams.yaml holds what the run used, each group as its dict (``settings.as_group`` reads it back)
         self.save_hyperparameters({
             "model_type": model_type, "checkpoint": checkpoint, "image_size": list(image_size),
@@ -201,7 +203,6 @@ class LoRASAM(pl.LightningModule):
             rank_zero_info(f"lora_sam: no checkpoint given: {model_type} starts from the built-in base "
                            f"({builtin_checkpoint(model_type)}; pretrained here on synthetic scenes, not Meta's "
                            f"weights: see MODEL_CARD.md beside it)")
-        family = family_of(model_type)  # the model is reached through its family's PromptableModel only
         self.sam = family.build(model_type, checkpoint, image_size).train()
         self.promptable = family.wrap(self.sam)
         self.lora_layers: list[str] = []
@@ -383,13 +384,15 @@ class LoRASAM(pl.LightningModule):
 
     def export_weights(self, path: str | os.PathLike) -> Path:
         """LoRA: the adapter (``.safetensors``, LoRA tensors only). Full: the whole state dict at the
-        training resolution (``.pth``; ``build_sam(model_type, path, image_size)`` loads it)."""
+        training resolution in its family's official format (``.pth``; ``families.build(model_type, path,
+        image_size)`` loads it; for SAM 2.1 Meta's ``{"model": state_dict}``, which ``build_sam2`` loads too)."""
         path = Path(path)
         if self.hparams.finetune == "lora":
             save_adapter(self.sam, path, targets=self.lora_options.layers, model_type=self.hparams.model_type,
                          image_size=self.hparams.image_size)
         else:
             with atomic_path(path) as tmp:
-                torch.save({k: v.detach().cpu() for k, v in self.sam.state_dict().items()}, tmp)
+                state = {k: v.detach().cpu() for k, v in self.sam.state_dict().items()}
+                torch.save(family_of(self.sam).to_checkpoint(state), tmp)
         return path
 

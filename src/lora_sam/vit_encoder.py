@@ -15,9 +15,8 @@ from segment_anything.modeling import Sam
 from segment_anything.modeling.image_encoder import Attention, Block, get_rel_pos
 from torch import Tensor
 from torch.nn.utils import parametrize
-from torch.utils.checkpoint import checkpoint
 
-from lora_sam.attention import fused_attention
+from lora_sam.attention import Recomputed, fused_attention
 from lora_sam.checkpoints import PATCH_SIZE
 from lora_sam.sizes import ORIGINAL_SIZE
 
@@ -40,22 +39,12 @@ class _FusedAttention(Attention):
         return fused_attention(self, x, get_rel_pos)
 
 
-class _Recomputed:
-    """Mixed into a module class: its activations are recomputed in the backward (when training with
-    gradients) instead of kept."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.training and torch.is_grad_enabled():  # type: ignore[attr-defined]
-            return checkpoint(super().forward, x, use_reentrant=False)  # type: ignore[misc]
-        return super().forward(x)  # type: ignore[misc]
-
-
-class _CheckpointedUpscaling(_Recomputed, torch.nn.Sequential):
+class _CheckpointedUpscaling(Recomputed, torch.nn.Sequential):
     """The mask decoder's upscaling path (two transposed convs at 4x and 16x the embedding's grid, K prompts
     at once), recomputed in the backward."""
 
 
-class _CheckpointedBlock(_Recomputed, Block):
+class _CheckpointedBlock(Recomputed, Block):
     """An encoder block, recomputed in the backward."""
 
 

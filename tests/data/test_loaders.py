@@ -45,7 +45,7 @@ def _check_sample(sample: dict, image_size: tuple[int, int], masks_per_image: in
     assert len(set(targets.tolist())) == len(targets) and all(0 <= t < len(masks) for t in targets.tolist())
     h, w = sample["input_size"].tolist()
     assert sample["input_size"].dtype == sample["original_size"].dtype == torch.int64
-    assert (h, w) == resize_shape(tuple(sample["original_size"].tolist()), image_size)
+    assert (h, w) == resize_shape(tuple(sample["original_size"].tolist()), image_size, "pad")
     assert not image[:, h:].any() and not image[:, :, w:].any()
     assert not masks[:, h:].any() and not masks[:, :, w:].any()
     assert isinstance(sample["image_id"], str)

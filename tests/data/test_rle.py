@@ -85,10 +85,10 @@ def test_nearest_grid_reads_the_pixel_under_each_output_centre() -> None:
 
 
 def test_resize_shape_keeps_aspect_and_fits() -> None:
-    assert rle.resize_shape((1500, 2250), (160, 256)) == (160, 240)
-    assert rle.resize_shape((2060, 1500), (160, 256)) == (160, 117)
-    assert rle.resize_shape((375, 500), (160, 256)) == (160, 213)
-    assert rle.resize_shape((100, 1000), (160, 256)) == (26, 256)
+    assert rle.resize_shape((1500, 2250), (160, 256), "pad") == (160, 240)
+    assert rle.resize_shape((2060, 1500), (160, 256), "pad") == (160, 117)
+    assert rle.resize_shape((375, 500), (160, 256), "pad") == (160, 213)
+    assert rle.resize_shape((100, 1000), (160, 256), "pad") == (26, 256)
 
 
 def test_uncompressed_counts_and_mixed_batches() -> None:

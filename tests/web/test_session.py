@@ -45,7 +45,7 @@ def session(bank, photo: np.ndarray) -> Session:
 
 def test_an_upload_is_framed_as_the_data_pipeline_frames_it(photo: np.ndarray, tmp_path: Path) -> None:
     Image.fromarray(photo).save(tmp_path / "photo.png")
-    pixels, size, problems = read_image(tmp_path / "photo.png", "photo.png", SIZE)
+    pixels, size, problems = read_image(tmp_path / "photo.png", "photo.png", SIZE, frame="pad")
     sample = from_array(photo, SIZE).sample
     h, w = pixels.shape[:2]
     assert size == photo.shape[:2] and not problems and tuple(sample["input_size"].tolist()) == (h, w)

@@ -85,7 +85,7 @@ def from_array(rgb: np.ndarray, image_size: tuple[int, int], name: str = "image"
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageError(f"{name}: expected uint8 (height, width, 3) RGB pixels, got {rgb.dtype} {rgb.shape}")
     h0, w0 = rgb.shape[:2]
-    h, w = resize_shape((h0, w0), image_size)
+    h, w = resize_shape((h0, w0), image_size, "pad")
     small = rgb if (h, w) == (h0, w0) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
     image = torch.zeros((3, *image_size), dtype=torch.float32)
     image[:, :h, :w] = torch.from_numpy(small.transpose(2, 0, 1).astype(np.float32))

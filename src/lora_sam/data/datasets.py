@@ -268,7 +268,12 @@ class CachedDataset(SampleDataset):
                 f"{image_size[0]}x{image_size[1]} was asked for; use image_size={cached} or run "
                 f"'lora-sam prepare {manifest['source']} OUT --image-size {image_size[0]} {image_size[1]}'"
             )
-        super().__init__(image_size=cached, **options)
+        frame = manifest.get("frame", "pad")
+        if options.get("frame", frame) != frame:
+            raise DataError(
+                f"{manifest_path}: frame: the cache was prepared with frame={frame!r} but {options['frame']!r} was "
+                f"asked for; run 'lora-sam prepare {manifest['source']} OUT --frame {options['frame']}'")
+        super().__init__(image_size=cached, **{**options, "frame": frame})
         self.items = manifest["items"]
 
     def path(self, index: int) -> str:

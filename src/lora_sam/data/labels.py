@@ -54,12 +54,12 @@ def natural_key(name: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def _decode(path: Path, *, colour: bool, draft_into: tuple[int, int] | None = None
+def _decode(path: Path, *, colour: bool, draft_into: tuple[tuple[int, int], str] | None = None
             ) -> tuple[np.ndarray | None, tuple[int, int] | None, str, list[Problem]]:
     """The pixel array of an image file, its (h0, w0) from the header (TIFF: ``None``), its mode, problems.
 
-    ``colour`` converts palette, CMYK and similar Pillow modes to RGB(A); with ``draft_into`` = (H, W)
-    a JPEG is decoded at the smallest DCT scale still at least its size resized into (H, W).
+    ``colour`` converts palette, CMYK and similar Pillow modes to RGB(A); with ``draft_into`` = ((H, W), frame)
+    a JPEG is decoded at the smallest DCT scale still at least its size resized into (H, W) (``rle.resize_shape``).
     """
     try:
         if path.suffix.lower() in _TIFF:
@@ -67,7 +67,7 @@ def _decode(path: Path, *, colour: bool, draft_into: tuple[int, int] | None = No
         with Image.open(path) as image:
             size, mode = (image.height, image.width), image.mode
             if draft_into is not None and image.format == "JPEG":
-                target = rle.resize_shape(size, draft_into)
+                target = rle.resize_shape(size, *draft_into)
                 image.draft(mode, (target[1], target[0]))
             if colour and mode in _COLOUR_MODES:
                 image = image.convert("RGBA" if "A" in mode or "transparency" in image.info else "RGB")
@@ -111,7 +111,7 @@ def _to_uint8(pixels: np.ndarray, path: str) -> tuple[np.ndarray | None, list[Pr
     return scaled.astype(np.uint8), problems
 
 
-def read_image_file(path: Path, image_size: tuple[int, int], *, reduce: bool = True
+def read_image_file(path: Path, image_size: tuple[int, int], *, frame: str, reduce: bool = True
                     ) -> tuple[np.ndarray | None, tuple[int, int] | None, list[Problem]]:
     """The RGB image resized into ``image_size`` (uint8 (h, w, 3)), its original (h0, w0), and problems.
 
@@ -119,7 +119,7 @@ def read_image_file(path: Path, image_size: tuple[int, int], *, reduce: bool = T
     ordinary in these layouts). With ``reduce`` a JPEG is decoded at a reduced scale first, as in
     ``samples.read_image``.
     """
-    pixels, size, _, problems = _decode(path, colour=True, draft_into=image_size if reduce else None)
+    pixels, size, _, problems = _decode(path, colour=True, draft_into=(image_size, frame) if reduce else None)
     if pixels is None:
         return None, None, problems
     rgb, found = _channels(pixels, str(path))
@@ -129,7 +129,7 @@ def read_image_file(path: Path, image_size: tuple[int, int], *, reduce: bool = T
     if rgb is None:
         return None, size, problems + found
     size = size or rgb.shape[:2]
-    target = rle.resize_shape(size, image_size)
+    target = rle.resize_shape(size, image_size, frame)
     if rgb.shape[:2] != target:
         rgb = cv2.resize(rgb, (target[1], target[0]), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(rgb), size, problems + found
@@ -359,7 +359,8 @@ class InstanceFolder(SampleDataset):
         problems = _pairing_problems(item, self.layout)
         image = size = None
         if item.image is not None:
-            image, size, found = read_image_file(item.image, self.options.image_size, reduce=self.options.fast)
+            image, size, found = read_image_file(item.image, self.options.image_size, reduce=self.options.fast,
+                                                 frame=self.options.frame)
             problems += found
         if item.annotation is None:
             return None, problems

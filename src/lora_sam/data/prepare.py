@@ -82,6 +82,7 @@ def prepare_cache(
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     image_dir: str | Path | None = None,
     fast: bool = SampleOptions.fast,
+    frame: str = SampleOptions.frame,
     num_workers: int | None = None,
     allow_inside_root: bool = False,
     progress: bool = True,
@@ -94,6 +95,8 @@ def prepare_cache(
         out: cache folder (created; an existing cache there is replaced).
         image_size: training (H, W); the cache can only be read at this size.
         fast: read masks with the fast RLE path (``False``: the full-resolution reference path).
+        frame: ``"pad"`` (SAM v1) or ``"square"`` (SAM 2): how images enter the frame (``SampleOptions.frame``);
+            the cache can only be read with this frame.
         num_workers: reader processes (None: read in this process).
         allow_inside_root: permit ``out`` inside the data root.
         progress: show a tqdm bar.
@@ -103,7 +106,7 @@ def prepare_cache(
     """
     root_path, out = Path(root), Path(out)
     _check_out(root_path, out, allow_inside_root)
-    source = open_dataset(root, image_dir=image_dir, image_size=tuple(image_size), fast=fast)
+    source = open_dataset(root, image_dir=image_dir, image_size=tuple(image_size), fast=fast, frame=frame)
     if isinstance(source, SA1BShards):
         source.shuffle = False
         entries: Dataset = _ShardEntries(source)
@@ -122,6 +125,7 @@ def prepare_cache(
         "version": FORMAT_VERSION,
         "image_size": list(image_size),
         "fast": fast,
+        "frame": frame,
         "source": str(root),
         "items": _write_samples(entries_bar, out),
     }
@@ -173,6 +177,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--naive", action="store_true", help="decode full-resolution masks first (slow reference path)"
     )
     parser.add_argument("--inside-root", action="store_true", help="allow OUT inside the data root")
+    parser.add_argument("--frame", choices=("pad", "square"), default=SampleOptions.frame,
+                        help="how images enter the frame: pad (keep the aspect ratio; SAM v1) or square "
+                             "(fill it; SAM 2.1 models). Default: %(default)s")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             image_size=tuple(args.image_size),
             image_dir=args.image_dir,
             fast=not args.naive,
+            frame=args.frame,
             num_workers=args.workers,
             allow_inside_root=args.inside_root,
         )

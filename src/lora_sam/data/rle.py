@@ -168,8 +168,17 @@ def nearest_grid(source: int, target: int) -> np.ndarray:
     return np.minimum(((2 * x + 1) * source) // (2 * target), source - 1)
 
 
-def resize_shape(size: tuple[int, int], image_size: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) of an (h0, w0) image resized by ``s = min(H / h0, W / w0)`` into ``image_size`` (H, W)."""
+FRAMES = ("pad", "square")
+"""How an image enters the training frame (H, W): ``pad`` resized by one scale into it and zero padded right
+and bottom (SAM v1's ``ResizeLongestSide``); ``square`` resized to fill it, each axis by its own scale
+(SAM 2's ``SAM2ImagePredictor``: the aspect ratio is not kept)."""
+
+
+def resize_shape(size: tuple[int, int], image_size: tuple[int, int], frame: str) -> tuple[int, int]:
+    """(h, w) of an (h0, w0) image resized by ``s = min(H / h0, W / w0)`` into ``image_size`` (H, W); with
+    ``frame="square"`` (H, W) itself."""
+    if frame == "square":
+        return tuple(image_size)  # type: ignore[return-value]
     (h0, w0), (height, width) = size, image_size
     scale = min(height / h0, width / w0)
     return max(1, min(height, int(h0 * scale + 0.5))), max(1, min(width, int(w0 * scale + 0.5)))

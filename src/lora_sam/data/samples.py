@@ -2,7 +2,8 @@
 
 The sample and batch formats are those of ``docs/contracts.md``. Images are resized by
 ``s = min(H / h0, W / w0)`` to ``input_size`` = (h, w), placed top-left and zero padded to
-``image_size`` = (H, W); masks are resized nearest on the grid of ``rle.nearest_grid``.
+``image_size`` = (H, W) (SAM v1's frame), or with ``frame="square"`` resized to fill (H, W) (SAM 2's:
+``input_size`` is then (H, W)); masks are resized nearest on the grid of ``rle.nearest_grid``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class SampleOptions:
         seed: seed of the target draws, which depend only on (seed, epoch, image_id).
         fast: read masks straight from the RLE runs and decode JPEGs at reduced size; ``False``
             decodes every full-resolution image and mask first (the slow reference path).
+        frame: ``"pad"`` keeps the aspect ratio and pads (SAM v1); ``"square"`` fills the frame, each axis
+            scaled on its own (SAM 2; ``lora_sam.data.rle.FRAMES``). ``LoRASAM`` checks it fits its model.
     """
 
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
@@ -48,9 +51,12 @@ class SampleOptions:
     min_mask_pixels: int = 16
     seed: int = 0
     fast: bool = True
+    frame: str = "pad"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", check_image_size(self.image_size))
+        if self.frame not in rle.FRAMES:
+            raise ValueError(f"frame must be one of {', '.join(rle.FRAMES)}, got {self.frame!r}")
         if self.masks_per_image < 1:
             raise ValueError(f"masks_per_image must be at least 1, got {self.masks_per_image}")
         if not 0.0 < self.max_mask_fraction <= 1.0:
@@ -75,7 +81,7 @@ class Raw:
 
 
 def read_image(
-    source: Path | bytes, path: str, image_size: tuple[int, int], *, reduce: bool = True
+    source: Path | bytes, path: str, image_size: tuple[int, int], *, frame: str, reduce: bool = True
 ) -> tuple[np.ndarray | None, tuple[int, int] | None, list[Problem]]:
     """The RGB image resized into ``image_size`` (uint8 (h, w, 3)), its original (h0, w0), and problems.
 
@@ -100,7 +106,7 @@ def read_image(
                 "warning",
             )
         )
-    target = rle.resize_shape(size, image_size)
+    target = rle.resize_shape(size, image_size, frame)
     try:
         if reduce and image.format == "JPEG":
             image.draft(image.mode, (target[1], target[0]))
@@ -122,7 +128,8 @@ def read_raw(
     check_sa1b_fields: bool,
 ) -> tuple[Raw | None, list[Problem]]:
     """The image and all masks of one annotated image, or ``None`` when any problem is an error."""
-    image, size, problems = read_image(image_source, image_path, options.image_size, reduce=options.fast)
+    image, size, problems = read_image(image_source, image_path, options.image_size, reduce=options.fast,
+                                     frame=options.frame)
     if annotations is None or image is None or size is None:
         return None, problems
     if annotations.size is not None and annotations.size != size:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from lora_sam.data.loaders import LoaderOptions, get_loaders
 from lora_sam.data.samples import SampleOptions
+from lora_sam.families import data_frame
 from lora_sam.module import LoRASAM
 from lora_sam.runs.callbacks import KeepBest, progress_bar
 from lora_sam.runs.records import IterationRecords
@@ -74,7 +75,12 @@ class SAMDataModule(pl.LightningDataModule):
 
 class _CLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.link_arguments("model.image_size", "data.sample.image_size")
+        # the data's frame follows the model's: its size (the family's default when none is named) and its
+        # geometry (SAM 2.1: a square the image fills; SAM v1: resized on the longest side and padded)
+        parser.link_arguments(("model.model_type", "model.image_size"), "data.sample.image_size",
+                              compute_fn=lambda model_type, size: data_frame(model_type, size)[0])
+        parser.link_arguments(("model.model_type", "model.image_size"), "data.sample.frame",
+                              compute_fn=lambda model_type, size: data_frame(model_type, size)[1])
         parser.link_arguments("model.recipe.masks_per_image", "data.sample.masks_per_image")
         parser.add_argument("--lr", type=str | None, default=None,
                             help="'auto': run Lightning's learning-rate finder (Tuner.lr_find) on the data first, "

@@ -46,8 +46,8 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from lora_sam.checkpoints import BUILTIN_MODEL_TYPE
+from lora_sam.families import build, family_of
 from lora_sam.io import atomic_path
-from lora_sam.model import ORIGINAL_SIZE, ResolutionSwitch, build_sam, check_image_size
 from lora_sam.module import LoRASAM, OptimOptions
 from lora_sam.recipe import RecipeOptions
 from lora_sam.runs.callbacks import progress_bar
@@ -56,6 +56,7 @@ from lora_sam.summary import parameter_summary
 
 __all__ = ["PretrainConfig", "StepBatches", "export_last", "pretrain", "add_arguments", "run"]
 
+ORIGINAL_SIZE = 1024  # both families' original frame: the model is built there and switched per batch
 _RECIPE = RecipeOptions(masks_per_image=12, focal_weight=0.0, dice_weight=1.0, iou_weight=1.0)
 _OPTIM = OptimOptions(lr=1e-3, weight_decay=0.05, warmup_steps=150, final_lr_fraction=0.05)
 
@@ -66,9 +67,10 @@ class PretrainConfig:
     ``pretrain.json`` and in every checkpoint.
 
     Args:
-        model_type: the SAM model type (official classes).
+        model_type: the model type (SAM v1's official classes, or a SAM 2.1 type: ``sam2.1_mini``).
         steps: optimizer steps in all (a run resumed with another number ends its schedule there).
-        sizes: the training sizes (H, W), multiples of 16; each step draws one.
+        sizes: the training sizes (H, W), multiples of 16 (SAM 2.1: squares, multiples of 32: 224x224 448x448);
+            each step draws one.
         size_weights: how often each of ``sizes`` is drawn.
         batch_size: images per step.
         grad_clip: the gradients' largest norm.
@@ -96,7 +98,8 @@ class PretrainConfig:
     optim: OptimOptions = field(default=_OPTIM, metadata={"prefix": ""})
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sizes", tuple(check_image_size(tuple(size)) for size in self.sizes))
+        check = family_of(self.model_type).check_size
+        object.__setattr__(self, "sizes", tuple(check(tuple(size)) for size in self.sizes))
         object.__setattr__(self, "size_weights", tuple(float(w) for w in self.size_weights))
         if len(self.sizes) != len(self.size_weights) or not self.sizes:
             raise ValueError(f"sizes and size_weights must have the same non-zero length, got {self.sizes} and "
@@ -135,8 +138,9 @@ class StepBatches:
 
         self.config, self.start = config, start
         masks = config.recipe.masks_per_image
-        self.datasets = {size: open_dataset(root, image_size=size, masks_per_image=masks, seed=config.seed)
-                         for size in config.sizes}
+        frame = "square" if family_of(config.model_type).square else "pad"
+        self.datasets = {size: open_dataset(root, image_size=size, masks_per_image=masks, seed=config.seed,
+                                            frame=frame) for size in config.sizes}
         first = next(iter(self.datasets.values()))
         if not hasattr(first, "__len__") or len(first) == 0:
             raise ValueError(f"{root}: no training images (an SA-1B folder, a COCO json or a prepared cache is "
@@ -170,7 +174,8 @@ class StepBatches:
 
 
 class _Pretraining(LoRASAM):
-    """``LoRASAM`` training every weight of a SAM built at 1024 px, at each batch's size; the checkpoints
+    """``LoRASAM`` training every weight of a model built at 1024 px, at each batch's size (the family's
+    ``size_switch``); the checkpoints
     also hold the pretrain settings, the time so far and the schedule's history; ``base.pth`` at the end
     is ``pretrain``'s to write (not LoRASAM's ``model.pth``)."""
 
@@ -178,7 +183,7 @@ class _Pretraining(LoRASAM):
         super().__init__(model_type=config.model_type, checkpoint=config.init or "random",
                          image_size=(ORIGINAL_SIZE, ORIGINAL_SIZE), finetune="full", recipe=config.recipe,
                          optim=config.optim, seed=config.seed)
-        self.switch = ResolutionSwitch(self.sam)
+        self.switch = family_of(config.model_type).size_switch(self.sam)
         self.config, self.seconds, self.schedule = config, seconds, schedule
         self.started: float | None = None
 
@@ -303,7 +308,7 @@ def pretrain(out: str | Path, data: str | Path, config: PretrainConfig = Pretrai
         print(f"lora-sam pretrain: stopped at step {trainer.global_step} after {stop_after_s or 0:.0f} s; "
               f"run again to go on")
         return {"step": trainer.global_step, "finished": False}
-    state = ResolutionSwitch.to_official(module.sam.state_dict())
+    state = module.switch.to_official(module.sam.state_dict())
     return _finish(out, data, config, state, trainer.global_step, module.elapsed(), module.schedule, device)
 
 
@@ -323,7 +328,8 @@ def export_last(out: str | Path, data: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{folder / 'last.ckpt'} does not exist: nothing to export (train first)")
     config = PretrainConfig.from_dict(record["config"])
     schedule = record.get("schedule", [[0, config.steps]])
-    return _finish(Path(out), Path(data), config, ResolutionSwitch.to_official(weights), step,
+    switch = family_of(config.model_type).size_switch
+    return _finish(Path(out), Path(data), config, switch.to_official(weights), step,
                    float(record["seconds"]), schedule)
 
 
@@ -331,8 +337,8 @@ def _finish(out: Path, data: Path, config: PretrainConfig, state: dict[str, Tens
             seconds: float, schedule: list[list[int]], device: torch.device | None = None) -> dict[str, Any]:
     base = out / "base.pth"
     with atomic_path(base) as tmp:
-        torch.save(state, tmp)
-    build_sam(config.model_type, base, (ORIGINAL_SIZE, ORIGINAL_SIZE))  # the official format loads strictly
+        torch.save(family_of(config.model_type).to_checkpoint(state), tmp)
+    build(config.model_type, base, (ORIGINAL_SIZE, ORIGINAL_SIZE))  # the official format loads strictly
     record = {"config": to_dict(config), "steps": step, "finished": step >= config.steps, "schedule": schedule,
               "seconds": round(seconds, 1), "data": str(data), "checkpoint": str(base), "sha256": sha256(base),
               "bytes": base.stat().st_size, "parameters": sum(v.numel() for v in state.values()),

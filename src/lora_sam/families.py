@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from typing import Any
 
 from torch import Tensor, nn
@@ -24,7 +25,8 @@ from lora_sam.lora import LAYER_PRESETS
 from lora_sam.promptable import PromptableModel
 from lora_sam.settings import MODEL_TYPE
 
-__all__ = ["Family", "as_promptable", "build", "data_frame", "family_of", "register_family", "resolve_model_type"]
+__all__ = ["Family", "as_promptable", "build", "data_frame", "family_of", "register_family", "resolve_model_type",
+           "unfreeze"]
 
 
 def _same(state: dict[str, Tensor]) -> object:
@@ -57,6 +59,8 @@ class Family:
             official layout of a switched network's state dict.
         to_checkpoint: a state dict -> what the family's official checkpoint files hold.
         model_type_of: the network -> its model type (None: unknown).
+        frozen: ``fnmatch`` patterns of parameters full fine-tuning leaves frozen (parts that do not run on
+            images, or whose output no loss reaches).
     """
 
     name: str
@@ -72,6 +76,7 @@ class Family:
     size_switch: Callable[[nn.Module], Any] | None = None
     to_checkpoint: Callable[[dict[str, Tensor]], object] = _same
     model_type_of: Callable[[nn.Module], str | None] = _unknown
+    frozen: tuple[str, ...] = ()
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -94,7 +99,8 @@ register_family(Family("sam2.1", tuple(sam2_model.MODEL_TYPES), sam2_model.build
                        sam2_model.is_sam2, sam2_model.LAYER_PRESETS, sam2_model.set_compute,
                        (sam2_model.DEFAULT_SIDE, sam2_model.DEFAULT_SIDE), square=True,
                        check_size=sam2_model.check_size, size_switch=sam2_model.SideSwitch,
-                       to_checkpoint=sam2_model.to_checkpoint, model_type_of=sam2_model.model_type_of))
+                       to_checkpoint=sam2_model.to_checkpoint, model_type_of=sam2_model.model_type_of,
+                       frozen=sam2_model.FROZEN))
 
 
 def family_of(model_type_or_module: str | object) -> Family:
@@ -119,6 +125,16 @@ def data_frame(model_type: str | None, image_size: tuple[int, int] | None) -> tu
     family = family_of(resolve_model_type(model_type))
     size = tuple(int(s) for s in (image_size or family.default_image_size))
     return size, "square" if family.square else "pad"  # type: ignore[return-value]
+
+
+def unfreeze(module: nn.Module) -> list[str]:
+    """Full fine-tuning: every parameter of the network trains but its family's ``frozen`` ones; returns those."""
+    frozen = family_of(module).frozen
+    module.requires_grad_(True)
+    held = [name for name, p in module.named_parameters() if any(fnmatch(name, pattern) for pattern in frozen)]
+    for name in held:
+        module.get_parameter(name).requires_grad_(False)
+    return held
 
 
 def build(model_type: str, checkpoint: str | os.PathLike | None, image_size: tuple[int, int]) -> PromptableModel:

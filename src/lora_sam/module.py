@@ -27,7 +27,7 @@ from lora_sam.checkpoints import (
     fine_tune_defaults,
     resolve_checkpoint,
 )
-from lora_sam.families import family_of, resolve_model_type
+from lora_sam.families import family_of, resolve_model_type, unfreeze
 from lora_sam.io import atomic_path
 from lora_sam.lora import LoRAOptions, deprecated_targets, inject_lora, lora_state_dict, resolve_layers
 from lora_sam.recipe import LOSS_TERMS, RecipeOptions, StepResult, interactive_step, prompt_generator
@@ -211,7 +211,7 @@ class LoRASAM(pl.LightningModule):
             layers = resolve_layers(o.layers, family.layer_presets)
             self.lora_layers = inject_lora(self.sam, o.rank, o.alpha, layers, dropout=o.dropout)
         else:
-            self.sam.requires_grad_(True)
+            unfreeze(self.sam)  # every weight but the family's frozen parts (SAM 2.1: the memory modules)
         if family.compute is not None:
             family.compute(self.sam, self.compute.grad_checkpointing, self.compute.fused_attention)
         elif self.compute.grad_checkpointing:

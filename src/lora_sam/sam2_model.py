@@ -34,7 +34,7 @@ from lora_sam.checkpoints import load_checkpoint, resolve_checkpoint
 __all__ = [
     "DEFAULT_SIDE", "MODEL_TYPES", "SIDE_MULTIPLE", "Sam2Features", "Sam2Image", "Sam2Predictor", "build_sam2_model",
     "SideSwitch", "check_side", "check_size", "is_sam2", "model_type_of", "set_compute", "set_side",
-    "to_checkpoint", "LAYER_PRESETS",
+    "to_checkpoint", "FROZEN", "LAYER_PRESETS",
 ]
 
 ORIGINAL_SIDE = 1024
@@ -105,6 +105,18 @@ LAYER_PRESETS: dict[str, tuple[str, ...]] = {
     "encoder": _ENCODER_LAYERS,
     "decoder": _DECODER_LAYERS,
 }
+
+
+FROZEN = (
+    "memory_attention.*", "memory_encoder.*", "obj_ptr_proj.*", "obj_ptr_tpos_proj.*", "mask_downsample.*",
+    "maskmem_tpos_enc", "no_mem_pos_enc", "no_obj_ptr", "no_obj_embed_spatial",
+    "sam_mask_decoder.pred_obj_score_head.*",
+)
+"""What full fine-tuning leaves as it is: the memory modules and object pointers (they never run on images)
+and the object-score head. Every training target is present, so its only target would be 1: training it so
+would teach it that objects are always there and spoil it for the video predictor, while
+``SAM2ImagePredictor`` never reads it. Its token (``obj_score_token``) is an input of the decoder's
+transformer and trains with the masks."""
 
 
 def _sam2():

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-SAM_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+from lora_sam.settings import MODEL_TYPE
+
+SAM_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "sam_prompt_encoder", "sam_mask_decoder")
+"""SAM v1's parts and SAM 2.1's (whose memory modules, unused on images, count as "other")."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ def parameter_summary(module: nn.Module) -> ParameterSummary:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-type", default="vit_b", help="vit_b, vit_l, vit_h or tiny (default vit_b)")
+    parser.add_argument("--model-type", default=MODEL_TYPE,
+                        help="vit_b, vit_l, vit_h, tiny; sam2.1_hiera_t, _s, _b+, _l, sam2.1_mini (default %(default)s)")
     parser.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
     parser.add_argument("--alpha", type=float, default=1.0, help="LoRA alpha (default 1)")
     parser.add_argument("--targets", default="default", help="LoRA target preset or pattern (default: default)")
@@ -79,17 +83,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lora_sam.lora import inject_lora
-    from lora_sam.model import build_sam
+    from lora_sam.families import build, family_of, unfreeze
+    from lora_sam.lora import inject_lora, resolve_layers
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        sam = build_sam(args.model_type, "random", image_size=(1024, 1024))
+        sam = build(args.model_type, "random", (1024, 1024)).module
+    unfreeze(sam)
     full = parameter_summary(sam)
-    names = inject_lora(sam, args.rank, args.alpha, targets=args.targets)
+    names = inject_lora(sam, args.rank, args.alpha, targets=resolve_layers(args.targets, family_of(sam).layer_presets))
     lora = parameter_summary(sam)
     render = ParameterSummary.to_markdown if args.markdown else ParameterSummary.__str__
-    print(f"{args.model_type}, full fine-tuning (every parameter trainable):")
+    print(f"{args.model_type}, full fine-tuning (every parameter trainable but the parts that do not run on images):")
     print(render(full))
     print(f"\n{args.model_type}, LoRA rank {args.rank}, alpha {args.alpha:g}, {len(names)} layers wrapped "
           f"(targets: {args.targets}):")

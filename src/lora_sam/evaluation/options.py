@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
+from lora_sam.families import data_frame
 from lora_sam.settings import MAX_CLICKS, MODEL_TYPE, VAL_FRACTION
 
 __all__ = ["EVAL_DEFAULTS", "EvalModels", "EvalOptions", "Refine"]
@@ -70,9 +70,10 @@ class EvalModels:
     """Which models are evaluated: the base and what was trained from it.
 
     Args:
-        model_type: vit_b / vit_l / vit_h / tiny.
+        model_type: vit_b / vit_l / vit_h / tiny, or a SAM 2.1 type (sam2.1_hiera_t, ..., sam2.1_mini).
         checkpoint: the base SAM checkpoint (official format).
-        image_size: the training resolution (H, W).
+        image_size: the training resolution (H, W); None: the family's default (SAM v1 160x256, SAM 2.1
+            224x224). The data is made in the family's frame (``frame``: padded, or a square for SAM 2.1).
         adapters: LoRA adapters (.safetensors) on the base, each a row.
         fulls: fully fine-tuned model.pth files at the training resolution, each a row.
         base: evaluate the base at the training resolution.
@@ -82,15 +83,20 @@ class EvalModels:
 
     model_type: str = MODEL_TYPE
     checkpoint: str | None = None
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
+    image_size: tuple[int, int] | None = None
     adapters: tuple[str, ...] = field(default=(), metadata={"flag": "adapter", "append": True, "metavar": "A"})
     fulls: tuple[str, ...] = field(default=(), metadata={"flag": "full", "append": True, "metavar": "F"})
     base: bool = True
     original: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
+        object.__setattr__(self, "image_size", data_frame(self.model_type, self.image_size)[0])
         object.__setattr__(self, "adapters", tuple(str(p) for p in self.adapters))
         object.__setattr__(self, "fulls", tuple(str(p) for p in self.fulls))
         if self.checkpoint is not None:
             object.__setattr__(self, "checkpoint", str(self.checkpoint))
+
+    @property
+    def frame(self) -> str:
+        """How the data enters the training frame (``SampleOptions.frame``): the model family's."""
+        return data_frame(self.model_type, self.image_size)[1]

@@ -160,9 +160,12 @@ def eval_samples(
     root: str | Path | None,
     image_size: tuple[int, int],
     options: EvalOptions = EVAL_DEFAULTS,
+    *,
+    frame: str,
 ) -> tuple[Iterator[Any], int | None, bool]:
     """The samples to evaluate: the val split of ``get_loaders`` (same split as training) or all
-    (``options``' split, val_fraction, max_images and seed).
+    (``options``' split, val_fraction, max_images and seed), made in ``frame`` (``SampleOptions.frame``:
+    the model family's, ``EvalModels.frame``).
 
     Returns ``(samples, count or None, originals)``: an iterator of sample dicts (``BadSample`` for
     unreadable ones), with ``"original_path"`` added where the dataset keeps full-resolution image
@@ -173,13 +176,13 @@ def eval_samples(
     split, val_fraction, max_images, seed = options.split, options.val_fraction, options.max_images, options.seed
     if split == "val":
         _, loader = get_loaders(root, image_size=image_size, batch_size=1, val_fraction=val_fraction,
-                                num_workers=0, seed=seed)
+                                num_workers=0, seed=seed, frame=frame)
         if loader is None:
             raise ValueError(f"{resolve_root(root)}: no val images (val_fraction {val_fraction}); "
                              f"use --split all or a larger --val-fraction")
         dataset = loader.dataset
     elif split == "all":
-        dataset = open_dataset(resolve_root(root), image_size=image_size, seed=seed)
+        dataset = open_dataset(resolve_root(root), image_size=image_size, seed=seed, frame=frame)
     else:
         raise ValueError(f"split must be 'val' or 'all', got {split!r}")
     if not hasattr(dataset, "__len__"):
@@ -248,7 +251,7 @@ def evaluate_models(
 
     o = options
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    samples, count, originals = eval_samples(data, models.image_size, o)
+    samples, count, originals = eval_samples(data, models.image_size, o, frame=models.frame)
     if o.automatic:  # the automatic masks run at 1024 px: the deployed rows
         models = replace(models, original=True)
     built = build_segmenters(models, original_full_res=models.original and originals, device=device)
@@ -272,7 +275,8 @@ def _add_automatic(results: dict[str, Any], built: dict[str, Any], data: str | P
                    o: EvalOptions, out: str | Path | None, *, progress: bool, total: int | None) -> None:
     """AR@100 / AR@1000 of each 1024 px model into ``results``; the first image's masks into
     ``out/automatic.pt`` (the report's figure)."""
-    samples = eval_samples(data, models.image_size, replace(o, max_images=_fewest(o.max_images, o.automatic_images)))[0]
+    samples = eval_samples(data, models.image_size, replace(o, max_images=_fewest(o.max_images, o.automatic_images)),
+                           frame=models.frame)[0]
     example: dict[str, Any] = {}
     recall = automatic_recall({name: seg for name, (seg, _) in built.items()}, samples, points_per_side=o.automatic_points,
                               progress=progress, total=_fewest(total, o.automatic_images), example=example)

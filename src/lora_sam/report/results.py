@@ -168,13 +168,15 @@ def metrics_section(run: Run) -> str:
 def _find_samples(run: Run, image_ids: set[str]) -> dict[str, dict[str, Any]]:
     from lora_sam.evaluation.options import EvalOptions
     from lora_sam.evaluation.run import eval_samples
+    from lora_sam.families import data_frame
 
     s = run.eval["settings"]
     if not Path(s["data"]).exists():
         raise Missing(f"the evaluation data `{s['data']}` recorded in eval.json")
     options = EvalOptions(split=s["split"], val_fraction=s["val_fraction"], max_images=s.get("max_images"),
                           seed=s["seed"])
-    samples, _, _ = eval_samples(s["data"], tuple(s["image_size"]), options)
+    frame = data_frame(s["model_type"], tuple(s["image_size"]))[1]
+    samples, _, _ = eval_samples(s["data"], tuple(s["image_size"]), options, frame=frame)
     found = {}
     for sample in samples:
         if isinstance(sample, dict) and str(sample["image_id"]) in image_ids:

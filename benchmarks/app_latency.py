@@ -119,7 +119,7 @@ def main() -> None:
             session = Session(bank)
             session.set_resolution(resolution)
             start = time.perf_counter()
-            session.load(from_array(_image(0), size, "bench"))
+            session.load(from_array(_image(0), size, "bench", frame=bank.frame))
             encode = time.perf_counter() - start
             totals, per_model = _clicks(session, args.clicks, seed=1)
             label = f"{size[0]}x{size[1]}" if resolution == "low" else "1024 px"

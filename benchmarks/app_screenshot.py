@@ -93,7 +93,7 @@ def main() -> None:
     if config.data is None:
         parser.error("give --data ROOT or a --run folder whose data still exists")
     bank = model_bank(config)
-    data = DatasetImages(config.data, bank.image_size)
+    data = DatasetImages(config.data, bank.image_size, frame=bank.frame)
     loaded = data.load(args.image_index)
     masks = loaded.sample["masks"]
     mask = args.mask if args.mask is not None else int(masks.flatten(1).sum(1).argmax())

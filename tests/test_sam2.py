@@ -202,3 +202,37 @@ def test_missing_sam2_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "sam2.build_sam", None)  # import fails as if sam2 were not installed
     with pytest.raises(ImportError, match=r"lora_sam\[sam2\]"):
         families.build(MINI, "random", (224, 224))
+
+
+def test_the_apps_session_answers_a_click_on_a_sam2_model_as_sam2_image_predictor(tmp_path: Path) -> None:
+    from lora_sam.app.images import from_array
+    from lora_sam.app.models import ModelBank
+    from lora_sam.app.session import Session
+
+    base = tmp_path / "sam2.1_mini_random.pt"
+    torch.save({"model": _mini(1024, seed=3).module.state_dict()}, base)
+    bank = ModelBank(model_type=MINI, checkpoint=str(base), device="cpu")
+    assert bank.image_size == (224, 224) and bank.frame == "square"
+    image = _image(300, 420, seed=2)
+    session = Session(bank)
+    session.load(from_array(image, bank.image_size, "picture", frame=bank.frame))
+    assert session.image.input_size == (224, 224)  # the whole frame: SAM 2's geometry
+    dh, dw = session.image.display_size
+    px, py = int(dw * 0.4), int(dh * 0.3)
+    session.click(px, py, "positive")
+    low = session.outputs()["base"]
+    assert low.masks.shape == (3, 224, 224) and low.masks.any()
+    session.set_resolution("1024")
+    deployed = session.outputs()["base"]
+
+    meta = build_sam2(MODEL_TYPES[MINI], str(base), device="cpu", hydra_overrides_extra=list(MINI_OVERRIDES),
+                      apply_postprocessing=False)
+    predictor = SAM2ImagePredictor(meta)
+    predictor.set_image(image)
+    # the display pixel's centre in the original image; SAM2ImagePredictor takes pixel indices (its prompt
+    # encoder adds half a pixel of its 1024 px frame), so the centre is given less that half pixel
+    h0, w0 = image.shape[:2]
+    centre = np.array([[(px + 0.5) * w0 / dw - 0.5 * w0 / 1024, (py + 0.5) * h0 / dh - 0.5 * h0 / 1024]])
+    _, ious, logits = predictor.predict(point_coords=centre, point_labels=np.ones(1), multimask_output=True)
+    torch.testing.assert_close(deployed.iou_pred.float(), torch.from_numpy(ious), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(deployed.low_res.float(), torch.from_numpy(logits), rtol=1e-3, atol=1e-3)

@@ -359,6 +359,14 @@ class Sam2Image:
     def upscale(self, low_res_logits: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(low_res_logits, size=tuple(size), mode="bilinear", align_corners=False)
 
+    def mask_generator(self, **kwargs: object) -> object:
+        """SAM 2's "segment everything" pipeline on this model (at 1024 px): ``SAM2AutomaticMaskGenerator``;
+        ``kwargs`` go to it."""
+        self.predictor()  # the same check: the original pipeline runs at 1024 px only
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+        return SAM2AutomaticMaskGenerator(self.model, **kwargs)
+
     def predictor(self) -> Sam2Predictor:
         """SAM 2's original pipeline on this model (built at 1024 px): ``SAM2ImagePredictor``."""
         if self.image_size != (ORIGINAL_SIDE, ORIGINAL_SIDE):

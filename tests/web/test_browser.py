@@ -131,7 +131,7 @@ def test_upload_click_and_see_a_mask_per_model(driver: webdriver.Chrome, url: st
     prompt = driver.find_element(By.CSS_SELECTOR, "#prompt img")
     count = len(bank.names)
     before = _sources(driver, count)
-    loaded = load_image_file(tmp_path / "photo.png", bank.image_size)
+    loaded = load_image_file(tmp_path / "photo.png", bank.image_size, frame=bank.frame)
     dh, dw = loaded.display_size
     ActionChains(driver).move_to_element_with_offset(prompt, *_offset(driver, prompt, dw * 0.3, dh * 0.5)).click() \
         .perform()
@@ -170,7 +170,7 @@ def test_right_click_is_negative_and_a_drag_is_a_box(driver: webdriver.Chrome, u
     _upload(driver, tmp_path / "photo.png")
     _wait(driver, lambda: "loaded photo.png" in _status(driver), "the load message")
     prompt = driver.find_element(By.CSS_SELECTOR, "#prompt img")
-    dh, dw = load_image_file(tmp_path / "photo.png", bank.image_size).display_size
+    dh, dw = load_image_file(tmp_path / "photo.png", bank.image_size, frame=bank.frame).display_size
     ActionChains(driver).move_to_element_with_offset(prompt, *_offset(driver, prompt, dw * 0.7, dh * 0.4)) \
         .context_click().perform()
     _wait(driver, lambda: "1 prompt: negative click at" in _status(driver), "the right click's answer")
@@ -200,7 +200,7 @@ def test_the_segment_everything_button_shows_each_models_automatic_masks(driver:
     driver.find_element(By.CSS_SELECTOR, "#segment-everything").click()
     _wait(driver, lambda: "segment everything" in _status(driver), "the automatic masks", timeout=240)
     reference = Session(bank)
-    reference.load(load_image_file(tmp_path / "photo.png", bank.image_size))
+    reference.load(load_image_file(tmp_path / "photo.png", bank.image_size, frame=bank.frame))
     reference.segment_everything()
     for index, name in enumerate(bank.names):
         expected = automatic_view(reference.image, *reference.automatic[name])

@@ -39,14 +39,14 @@ def _training_points(session: Session, clicks: list[tuple[int, int]]) -> torch.T
 @pytest.fixture()
 def session(bank, photo: np.ndarray) -> Session:
     s = Session(bank)
-    s.load(from_array(photo, SIZE, "photo"))
+    s.load(from_array(photo, SIZE, "photo", frame="pad"))
     return s
 
 
 def test_an_upload_is_framed_as_the_data_pipeline_frames_it(photo: np.ndarray, tmp_path: Path) -> None:
     Image.fromarray(photo).save(tmp_path / "photo.png")
     pixels, size, problems = read_image(tmp_path / "photo.png", "photo.png", SIZE, frame="pad")
-    sample = from_array(photo, SIZE).sample
+    sample = from_array(photo, SIZE, frame="pad").sample
     h, w = pixels.shape[:2]
     assert size == photo.shape[:2] and not problems and tuple(sample["input_size"].tolist()) == (h, w)
     assert torch.equal(sample["image"][:, :h, :w], torch.from_numpy(pixels.transpose(2, 0, 1)).float())
@@ -155,7 +155,7 @@ def test_undo_restores_the_previous_state_exactly(session: Session) -> None:
 
 
 def test_iou_with_the_ground_truth_is_the_numpy_formula(bank, synth_root: Path) -> None:
-    data = DatasetImages(synth_root, SIZE)
+    data = DatasetImages(synth_root, SIZE, frame="pad")
     session = Session(bank)
     session.load(data.load(1))
     assert session.gt_index == 0 and len(session.image.gt_labels) == len(session.image.sample["masks"])
@@ -178,7 +178,7 @@ def test_a_click_decodes_without_encoding_again(session: Session, bank) -> None:
         session.click(200, 150, "positive")
         session.click(300, 150, "positive")
         assert calls == []
-        session.load(from_array(np.zeros((40, 60, 3), np.uint8), SIZE, "black"))
+        session.load(from_array(np.zeros((40, 60, 3), np.uint8), SIZE, "black", frame="pad"))
         assert len(calls) == len(bank.names)  # a new image: encoded once per model
         session.click(10, 10, "positive")
         assert len(calls) == len(bank.names)
@@ -215,7 +215,7 @@ def builtin_session(photo: np.ndarray) -> Session:
     from lora_sam.app.models import ModelBank
 
     session = Session(ModelBank(model_type="tiny", image_size=(160, 256), device="cpu"))
-    session.load(from_array(photo, (160, 256), "photo"))
+    session.load(from_array(photo, (160, 256), "photo", frame="pad"))
     return session
 
 

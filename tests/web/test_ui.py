@@ -64,12 +64,12 @@ def test_a_file_that_is_no_image_loses_nothing(page_and_session: tuple[Page, Ses
 
 def test_a_huge_image_is_resized(tmp_path: Path) -> None:
     Image.new("RGB", (5000, 300), (10, 200, 30)).save(tmp_path / "wide.png")
-    loaded = load_image_file(tmp_path / "wide.png", SIZE)
+    loaded = load_image_file(tmp_path / "wide.png", SIZE, frame="pad")
     assert "5000x300 px: resized to 4096x246" in loaded.note
     assert tuple(loaded.sample["original_size"].tolist()) == (246, MAX_SIDE)
     assert loaded.display_size == (round(246 * DISPLAY_SIDE / MAX_SIDE), DISPLAY_SIDE)
     with pytest.raises(ImageError, match="file not found"):
-        load_image_file(tmp_path / "missing.png", SIZE)
+        load_image_file(tmp_path / "missing.png", SIZE, frame="pad")
 
 
 def test_an_adapter_that_does_not_fit_gives_build_segmenters_text(model_files: dict[str, Path],

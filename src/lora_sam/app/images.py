@@ -79,13 +79,15 @@ def _digest(*arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def from_array(rgb: np.ndarray, image_size: tuple[int, int], name: str = "image", note: str = "") -> LoadedImage:
-    """A ``LoadedImage`` of an uint8 (h0, w0, 3) RGB array, with no ground truth."""
+def from_array(rgb: np.ndarray, image_size: tuple[int, int], name: str = "image", note: str = "", *,
+               frame: str) -> LoadedImage:
+    """A ``LoadedImage`` of an uint8 (h0, w0, 3) RGB array, with no ground truth, in the model family's ``frame``
+    (``SampleOptions.frame``: ``"pad"`` SAM v1, ``"square"`` SAM 2.1; ``ModelBank.frame``)."""
     rgb = np.ascontiguousarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageError(f"{name}: expected uint8 (height, width, 3) RGB pixels, got {rgb.dtype} {rgb.shape}")
     h0, w0 = rgb.shape[:2]
-    h, w = resize_shape((h0, w0), image_size, "pad")
+    h, w = resize_shape((h0, w0), image_size, frame)
     small = rgb if (h, w) == (h0, w0) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
     image = torch.zeros((3, *image_size), dtype=torch.float32)
     image[:, :h, :w] = torch.from_numpy(small.transpose(2, 0, 1).astype(np.float32))
@@ -95,8 +97,10 @@ def from_array(rgb: np.ndarray, image_size: tuple[int, int], name: str = "image"
     return LoadedImage(name, sample, _display(rgb), _digest(rgb), note)
 
 
-def load_image_file(path: str | Path, image_size: tuple[int, int], name: str | None = None) -> LoadedImage:
-    """Read an image file (any format PIL reads); ``ImageError`` with a clear message when it cannot be used."""
+def load_image_file(path: str | Path, image_size: tuple[int, int], name: str | None = None, *,
+                    frame: str) -> LoadedImage:
+    """Read an image file (any format PIL reads) into ``frame`` (as ``from_array``); ``ImageError`` with a clear
+    message when it cannot be used."""
     path = Path(path)
     name = name or path.name
     try:
@@ -115,7 +119,7 @@ def load_image_file(path: str | Path, image_size: tuple[int, int], name: str | N
         before = f"{image.width}x{image.height}"
         image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
         note = f"{name} is {before} px: resized to {image.width}x{image.height} (longest side {MAX_SIDE})"
-    return from_array(np.asarray(image), image_size, name, note)
+    return from_array(np.asarray(image), image_size, name, note, frame=frame)
 
 
 def from_sample(sample: dict[str, Any], name: str) -> LoadedImage:
@@ -129,16 +133,16 @@ def from_sample(sample: dict[str, Any], name: str) -> LoadedImage:
 
 
 class DatasetImages:
-    """The images of a dataset (``open_dataset(root, image_size=...)``), read one at a time.
+    """The images of a dataset (``open_dataset(root, image_size=..., frame=...)``), read one at a time.
 
     Every mask of a sample is kept as ground truth (``masks_per_image`` only caps drawn targets).
     """
 
-    def __init__(self, root: str | Path, image_size: tuple[int, int], limit: int = 500) -> None:
+    def __init__(self, root: str | Path, image_size: tuple[int, int], limit: int = 500, *, frame: str) -> None:
         from lora_sam.data.loaders import open_dataset, resolve_root
 
         self.root = resolve_root(root)
-        self.dataset = open_dataset(self.root, image_size=tuple(image_size))
+        self.dataset = open_dataset(self.root, image_size=tuple(image_size), frame=frame)
         if not hasattr(self.dataset, "__len__") or not hasattr(self.dataset, "image_id"):
             raise DataError(f"{self.root}: the app needs a dataset it can index (an SA-1B folder, a COCO "
                             f"json or a prepared cache), not a stream of .tar shards")

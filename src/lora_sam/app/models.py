@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lora_sam.checkpoints import BUILTIN_MODEL_TYPE, DEFAULT_IMAGE_SIZE
+from lora_sam.checkpoints import BUILTIN_MODEL_TYPE
 from lora_sam.evaluation.options import EvalModels
 from lora_sam.evaluation.run import build_segmenters
 from lora_sam.evaluation.segmenters import ORIGINAL_FRAME, LowResSegmenter, PredictorSegmenter, Segmenter
-from lora_sam.families import as_promptable
+from lora_sam.families import as_promptable, data_frame
 
 __all__ = ["RESOLUTIONS", "ModelBank", "ModelSpec", "Resolution", "display_logits"]
 
@@ -55,7 +55,8 @@ class ModelBank:
 
     Args:
         model_type, checkpoint, image_size: the base model and the training resolution (H, W), as for
-            ``build_segmenters``; ``checkpoint=None`` is the built-in tiny base for ``tiny``.
+            ``build_segmenters``; ``checkpoint=None`` is the built-in tiny base for ``tiny``; ``image_size=None``
+            the family's default. ``frame`` is how images enter it (``SampleOptions.frame``).
         adapters: LoRA ``.safetensors`` files on the base; ``fulls``: fully fine-tuned ``model.pth`` files.
         device: where the models run (default: cuda when available).
         cache_size: how many encoded (image, model, resolution) triples are kept.
@@ -68,11 +69,11 @@ class ModelBank:
     """
 
     def __init__(self, *, model_type: str = BUILTIN_MODEL_TYPE, checkpoint: str | Path | None = None,
-                 image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE, adapters: tuple[str | Path, ...] | list = (),
+                 image_size: tuple[int, int] | None = None, adapters: tuple[str | Path, ...] | list = (),
                  fulls: tuple[str | Path, ...] | list = (), device: str | torch.device | None = None,
                  cache_size: int = 24, decode_threads: int = 1) -> None:
         self.model_type = model_type
-        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.image_size, self.frame = data_frame(model_type, image_size)  # the frame: images enter it so
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.cache_size = cache_size
         self.decode_threads = decode_threads

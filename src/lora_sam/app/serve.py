@@ -18,8 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lora_sam.checkpoints import BUILTIN_MODEL_TYPE, DEFAULT_IMAGE_SIZE
+from lora_sam.checkpoints import BUILTIN_MODEL_TYPE
 from lora_sam.evaluation.options import EvalModels
+from lora_sam.families import data_frame
 from lora_sam.settings import add_options, from_args
 
 if TYPE_CHECKING:
@@ -38,10 +39,11 @@ class AppConfig:
 
     Args:
         checkpoint: base SAM checkpoint (official format; None: the run's, else the built-in tiny base).
-        model_type: vit_b / vit_l / vit_h / tiny (None: the run's, else tiny).
+        model_type: vit_b / vit_l / vit_h / tiny, or a SAM 2.1 type (None: the run's, else tiny).
         adapters: a LoRA adapter (.safetensors) on the base.
         fulls: a fully fine-tuned model.pth at the training resolution.
-        image_size: training resolution (None: the run's, else 160 256).
+        image_size: training resolution (None: the run's, else the family's default: 160 256 for SAM v1,
+            224 224 for SAM 2.1).
         run: a lora-sam compare / demo folder: its base, lora/adapter.safetensors, full/model.pth and data
             (options given explicitly win; None: runs/demo when lora-sam demo has written it and no model
             option is given).
@@ -68,8 +70,8 @@ class AppConfig:
 
     def models(self) -> EvalModels:
         """The page's models (after ``resolve_settings``)."""
-        return EvalModels(self.model_type or BUILTIN_MODEL_TYPE, self.checkpoint, self.image_size or DEFAULT_IMAGE_SIZE,
-                          self.adapters, self.fulls)
+        return EvalModels(self.model_type or BUILTIN_MODEL_TYPE, self.checkpoint, self.image_size, self.adapters,
+                          self.fulls)
 
 
 def resolve_settings(config: AppConfig) -> AppConfig:
@@ -98,8 +100,8 @@ def resolve_settings(config: AppConfig) -> AppConfig:
                 config = replace(config, **{key: (*getattr(config, key), str(path))})
         if config.data is not None and not Path(config.data).exists():
             config = replace(config, data=None)
-    size = tuple(int(v) for v in (config.image_size or DEFAULT_IMAGE_SIZE))
-    return replace(config, model_type=config.model_type or BUILTIN_MODEL_TYPE, image_size=size)
+    model_type = config.model_type or BUILTIN_MODEL_TYPE
+    return replace(config, model_type=model_type, image_size=data_frame(model_type, config.image_size)[0])
 
 
 def model_bank(config: AppConfig) -> ModelBank:
@@ -139,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = resolve_settings(given)
         bank = model_bank(config)
-        data = None if config.data is None else DatasetImages(config.data, bank.image_size)
+        data = None if config.data is None else DatasetImages(config.data, bank.image_size, frame=bank.frame)
     except (FileNotFoundError, ValueError, DataError) as err:
         print(f"lora-sam app: error: {err}", file=sys.stderr)
         return 2

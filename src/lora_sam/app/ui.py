@@ -82,7 +82,7 @@ class Page:
         if not path:
             return self.redraw(session, "no file received")
         try:
-            message = session.load(load_image_file(path, self.bank.image_size))
+            message = session.load(load_image_file(path, self.bank.image_size, frame=self.bank.frame))
         except ImageError as err:
             message = f"cannot use this file: {err}"
         return [*self.redraw(session, message), self._gt_update(session)]

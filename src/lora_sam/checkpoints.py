@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "PATCH_SIZE",
     "WEIGHTS_DIR",
+    "builtin_card",
     "builtin_checkpoint",
     "check_image_size",
     "fine_tune_defaults",
@@ -50,16 +51,21 @@ CHECKPOINT_ENV = "LORA_SAM_CHECKPOINT"
 HOME_ENV = "LORA_SAM_HOME"
 RANDOM = "random"
 BUILTIN = "builtin"
-BUILTIN_FILES = {"tiny": "sam_tiny_scenes.pth"}
-"""Weights shipped inside the package (``lora_sam/weights/``, with ``MODEL_CARD.md``): a ``tiny`` SAM
-pretrained here on ``lora-sam synth`` scenes (``lora-sam pretrain``), not Meta's weights."""
+BUILTIN_FILES = {"tiny": "sam_tiny_scenes.pth", "sam2.1_mini": "sam2.1_mini_scenes.pt"}
+"""Weights shipped inside the package (``lora_sam/weights/``, each with its model card): a ``tiny`` SAM and a
+``sam2.1_mini`` SAM 2.1 pretrained here on ``lora-sam synth`` scenes (``lora-sam pretrain``), not Meta's weights.
+A type whose file is not installed starts from random weights."""
+CARD_FILES = {"tiny": ("model_card.json", "MODEL_CARD.md"),
+              "sam2.1_mini": ("sam2.1_mini_card.json", "SAM2.1_MINI_MODEL_CARD.md")}
+"""Each built-in base's model card: (what ``lora-sam demo``, the report and ``fine_tune_defaults`` read, the same
+for people), beside the weights."""
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 BUILTIN_MODEL_TYPE = "tiny"
 """The model type of the built-in base: ``lora-sam pretrain``'s and the app's when none is named."""
 
 
 def builtin_checkpoint(model_type: str = BUILTIN_MODEL_TYPE) -> Path:
-    """The path of the shipped checkpoint of ``model_type`` (only ``tiny`` has one)."""
+    """The path of the shipped checkpoint of ``model_type`` (``BUILTIN_FILES``)."""
     if model_type not in BUILTIN_FILES:
         raise ValueError(f"no built-in weights for {model_type}: only {', '.join(BUILTIN_FILES)} has them; pass "
                          f"the official checkpoint (https://github.com/facebookresearch/segment-anything)")
@@ -68,6 +74,11 @@ def builtin_checkpoint(model_type: str = BUILTIN_MODEL_TYPE) -> Path:
         raise FileNotFoundError(f"the built-in {model_type} weights {path} are missing from this installation; "
                                 f"reinstall lora_sam, or pass checkpoint='random'")
     return path
+
+
+def builtin_card(model_type: str = BUILTIN_MODEL_TYPE) -> Path:
+    """The path of the model card (``.json``) of the built-in base of ``model_type``."""
+    return WEIGHTS_DIR / CARD_FILES[model_type][0]
 
 
 def default_home() -> Path:
@@ -163,7 +174,7 @@ def fine_tune_defaults(model_type: str, checkpoint: str | os.PathLike | None) ->
     path = resolve_checkpoint(model_type, checkpoint) if model_type in BUILTIN_FILES or checkpoint else None
     builtin = WEIGHTS_DIR / BUILTIN_FILES.get(model_type, "")
     if path is not None and builtin.is_file() and Path(path).resolve() == builtin.resolve():
-        card = WEIGHTS_DIR / "model_card.json"
+        card = builtin_card(model_type)
         found = json.loads(card.read_text()).get("fine_tune_defaults") if card.is_file() else None
         if found:
             return {k: found[k] for k in FINE_TUNE_KEYS}, f"the built-in base's model card ({card.name})"

@@ -37,6 +37,11 @@ def _unknown(module: nn.Module) -> str | None:
     return None
 
 
+def _v1_frame(size: tuple[int, int]) -> str:
+    return (f"the position embedding is interpolated to {size[0] // 16}x{size[1] // 16}; every other tensor has its "
+            f"1024 px shape")
+
+
 @dataclass(frozen=True)
 class Family:
     """One model family.
@@ -61,6 +66,8 @@ class Family:
         model_type_of: the network -> its model type (None: unknown).
         frozen: ``fnmatch`` patterns of parameters full fine-tuning leaves frozen (parts that do not run on
             images, or whose output no loss reaches).
+        pipeline: the name of the family's own 1024 px pipeline (``ImagePredictor``), as reports name it.
+        frame_note: (H, W) -> how a model of the family sits at that training size, a phrase for reports.
     """
 
     name: str
@@ -77,6 +84,8 @@ class Family:
     to_checkpoint: Callable[[dict[str, Tensor]], object] = _same
     model_type_of: Callable[[nn.Module], str | None] = _unknown
     frozen: tuple[str, ...] = ()
+    pipeline: str = "SamPredictor"
+    frame_note: Callable[[tuple[int, int]], str] = _v1_frame
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -100,7 +109,7 @@ register_family(Family("sam2.1", tuple(sam2_model.MODEL_TYPES), sam2_model.build
                        (sam2_model.DEFAULT_SIDE, sam2_model.DEFAULT_SIDE), square=True,
                        check_size=sam2_model.check_size, size_switch=sam2_model.SideSwitch,
                        to_checkpoint=sam2_model.to_checkpoint, model_type_of=sam2_model.model_type_of,
-                       frozen=sam2_model.FROZEN))
+                       frozen=sam2_model.FROZEN, pipeline="SAM2ImagePredictor", frame_note=sam2_model.frame_note))
 
 
 def family_of(model_type_or_module: str | object) -> Family:

@@ -223,6 +223,13 @@ def build_sam2_model(
     return model.eval()
 
 
+def frame_note(size: tuple[int, int]) -> str:
+    """How a model sits at training size ``size``, for reports."""
+    return (f"a square the image fills without keeping its aspect ratio, as SAM2ImagePredictor's 1024x1024 frame; "
+            f"Hiera resizes its position embedding to {size[0] // 4}x{size[1] // 4} tokens at run time, and no tensor "
+            f"depends on the size")
+
+
 def model_type_of(model: nn.Module) -> str | None:
     """The model type ``build_sam2_model`` built ``model`` as (LoRA-wrapped or not)."""
     return getattr(model, "lora_sam_model_type", None)

@@ -108,7 +108,7 @@ COSTS = {"lora": {"trainable_params": 1000, "weights_bytes": 10 * 1024, "step_ti
 def test_discussion_states_the_measured_numbers() -> None:
     by_area = {"lora": [(1, 10, 0.1), (11, 50, 0.3), (51, 900, 0.6)],
                "original": [(1, 10, 0.05), (11, 50, 0.2), (51, 900, 0.7)]}
-    text = "\n".join(discussion(METRICS, costs=COSTS, by_area=by_area))
+    text = "\n".join(discussion(METRICS, costs=COSTS, by_area=by_area, pipeline="SamPredictor"))
     assert "scores 0.200 and the LoRA model 0.350 (+0.150), higher than its step-0 model" in text
     assert "Full fine-tuning reaches mIoU@1 0.400, so LoRA is below it by 0.050" in text
     assert "1,000 parameters instead of 100,000 (1.00 %)" in text and "10.0 KB instead of 1.0 MB (102 times less)" in text
@@ -123,17 +123,17 @@ def test_discussion_states_the_measured_numbers() -> None:
 
 def test_discussion_says_when_lora_does_not_help_and_skips_what_is_missing() -> None:
     metrics = {"base": {"miou@1": 0.30, "noc@90": None}, "lora": {"miou@1": 0.25, "noc@90": 12.0}}
-    sentences = discussion(metrics)
+    sentences = discussion(metrics, pipeline="SamPredictor")
     assert sentences == ["1-click mIoU (mIoU@1): the base (LoRA's step-0 model) scores 0.300 and the LoRA model "
                          "0.250 (-0.050), lower than its step-0 model."]
-    assert discussion({"base": {"miou@1": 0.3}}) == []
+    assert discussion({"base": {"miou@1": 0.3}}, pipeline="SamPredictor") == []
 
 
 def test_discussion_numbers_all_come_from_the_inputs() -> None:
     values = [v for row in METRICS.values() for v in row.values()]
     values += [abs(a - b) for a in values for b in values]  # differences between measured numbers
     inputs = {f"{v:.3f}" for v in values} | {f"{v:.2f}" for v in values}
-    text = " ".join(discussion(METRICS)).replace("reach IoU 0.90", "")
+    text = " ".join(discussion(METRICS, pipeline="SamPredictor")).replace("reach IoU 0.90", "")
     for number in re.findall(r"(?<![\d.+-])\d+\.\d+", text):
         assert number in inputs, number
 

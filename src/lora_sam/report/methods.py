@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from lora_sam.families import family_of
 from lora_sam.io import markdown_table
 from lora_sam.metrics import metric_rows
 from lora_sam.report.numbers import cost_note, cost_table
@@ -101,8 +102,8 @@ def parameters_section(run: Run) -> str:
     lora = parameter_summary(run.lora_model(info.layers, info.rank, info.alpha))
     h, w = run.image_size
     text = [
-        f"`{run.model_type}` at the training resolution {h}x{w} (the position embedding is interpolated to "
-        f"{h // 16}x{w // 16}; every other tensor has its 1024 px shape), counted with `parameter_summary`.",
+        f"`{run.model_type}` at the training resolution {h}x{w} ({family_of(run.model_type).frame_note((h, w))}), "
+        f"counted with `parameter_summary`.",
         "",
         "**Fully unfrozen** (every parameter trains):", "", full.to_markdown(), "",
         f"**LoRA** rank {info.rank}, alpha {info.alpha:g}, {len(info.layers)} layers wrapped:", "", lora.to_markdown(), "",

@@ -228,11 +228,11 @@ def _step_times(costs: Mapping[str, Mapping[str, Any]] | None) -> str | None:
 
 
 def _original_pipeline(orig: float | None, base: float | None, lora: float | None,
-                       base_resolution: tuple[int, int] | None) -> str | None:
+                       base_resolution: tuple[int, int] | None, pipeline: str) -> str | None:
     if orig is None or base is None:
         return None
     word = "higher" if orig > base else ("lower" if orig < base else "the same")
-    sentence = (f"The original pipeline (SamPredictor at 1024 px) on the same base weights scores mIoU@1 "
+    sentence = (f"The original pipeline ({pipeline} at 1024 px) on the same base weights scores mIoU@1 "
                 f"{orig:.3f}, {word} than the base at the training resolution ({base:.3f})"
                 + (f" and {'above' if orig > lora else 'below'} LoRA ({lora:.3f})" if lora is not None else ""))
     if base_resolution and orig < base:
@@ -287,14 +287,14 @@ def _box_and_iou_head(get: _Get) -> list[str]:
     return out
 
 
-def _deployed(deployed: float | None, lora: float | None, orig: float | None) -> str | None:
+def _deployed(deployed: float | None, lora: float | None, orig: float | None, pipeline: str) -> str | None:
     """LoRA merged and run at 1024 px against LoRA at its training resolution and the base at 1024 px."""
     if deployed is None or lora is None:
         return None
     gap = deployed - lora
     how = (f"within 0.02 of it ({gap:+.3f})" if abs(gap) < 0.02
            else f"{'above' if gap > 0 else 'below'} it by {abs(gap):.3f}")
-    text = (f"Deployed as users run it (merged into the base checkpoint, `SamPredictor` at 1024 px) the LoRA model "
+    text = (f"Deployed as users run it (merged into the base checkpoint, `{pipeline}` at 1024 px) the LoRA model "
             f"scores mIoU@1 {deployed:.3f} against {lora:.3f} at its training resolution, {how}. The LoRA weights were trained on the encoder's low-resolution token grid; at 1024 px the "
             "position table is the checkpoint's own and each attention window sees a smaller part of the image")
     if orig is not None:
@@ -308,6 +308,7 @@ def discussion(
     costs: Mapping[str, Mapping[str, Any]] | None = None,
     by_area: Mapping[str, Sequence[tuple[float, float, float]]] | None = None,
     base_resolution: tuple[int, int] | None = None,
+    pipeline: str,
 ) -> list[str]:
     """Sentences about the measured numbers; every number in them is taken from the arguments.
 
@@ -318,6 +319,7 @@ def discussion(
         costs: {"lora" | "full": {"trainable_params", "weights_bytes", "step_time_s"}} from compare.json.
         by_area: {"lora" | "original": ``mean_by_area`` of the 1-click IoUs} over the same prompts.
         base_resolution: (H, W) the base weights were trained at, when known (the demo's tiny base).
+        pipeline: the model family's original pipeline (``families.Family.pipeline``).
 
     Returns:
         One sentence per comparison that the inputs allow.
@@ -331,8 +333,8 @@ def discussion(
         _better_than_base(base, lora),
         _lora_vs_full(lora, full, costs),
         _step_times(costs),
-        _original_pipeline(orig, base, lora, base_resolution),
-        _deployed(get("deployed", "miou@1"), lora, orig),
+        _original_pipeline(orig, base, lora, base_resolution, pipeline),
+        _deployed(get("deployed", "miou@1"), lora, orig, pipeline),
         _by_mask_size(by_area),
         _clicks(get),
         *_box_and_iou_head(get),

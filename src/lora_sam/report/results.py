@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lora_sam.families import family_of
 from lora_sam.io import markdown_table
 from lora_sam.metrics import mask_iou
 from lora_sam.report.numbers import discussion, loss_curves, mean_by_area, pick_examples, read_metrics_csv
@@ -260,12 +261,13 @@ def examples_section(run: Run, *, count: int = 3) -> str:
     samples = _find_samples(run, {prompts["image_id"][i] for i in best + worst})
     masks = _first_click_masks(run, lora_entry["path"], prompts, best + worst, samples)
     h, w = run.image_size
+    pipeline = family_of(run.model_type).pipeline
     figures = []
     for tag, picked in (("good", best), ("bad", worst)):
         rows = _example_rows(run, tag, picked, prompts, samples, masks, recorded)
         if rows:
-            figures.append(plot_examples(rows, ["GT", "base, SamPredictor 1024 px", f"LoRA {h}x{w}",
-                                                "LoRA merged, SamPredictor 1024 px"],
+            figures.append(plot_examples(rows, ["GT", f"base, {pipeline} 1024 px", f"LoRA {h}x{w}",
+                                                f"LoRA merged, {pipeline} 1024 px"],
                                          run.figures / f"examples_{tag}.png",
                                          title=f"{tag} examples: {'highest' if tag == 'good' else 'lowest'} LoRA "
                                                f"1-click IoU"))
@@ -283,9 +285,9 @@ def examples_section(run: Run, *, count: int = 3) -> str:
         f"the lowest 1-click IoU of the LoRA model (`{lora_name}` in eval.json; ties to the earlier prompt), beside "
         f"`{orig_name}`. Each row: "
         f"the image with the first click (the target's most interior point), the GT mask, the original SAM "
-        "pipeline's answer on the base weights (`SamPredictor` at 1024 px, given the training image upscaled back to "
+        f"pipeline's answer on the base weights (`{pipeline}` at 1024 px, given the training image upscaled back to "
         f"its original size; its mask resized to the training resolution), the LoRA model's at {h}x{w}, and the LoRA "
-        "model as users deploy it (merged into the base checkpoint, `SamPredictor` at 1024 px), each the output "
+        f"model as users deploy it (merged into the base checkpoint, `{pipeline}` at 1024 px), each the output "
         "with the highest predicted IoU.",
         "",
         *[f"![{p.stem}](figures/{p.name})" for p in figures],
@@ -293,7 +295,7 @@ def examples_section(run: Run, *, count: int = 3) -> str:
         "**Discussion** (generated from the numbers above):",
         "",
         *[f"- {sentence}" for sentence in discussion(roles, costs=costs, by_area=by_area,
-                                                         base_resolution=base_resolution)],
+                                                         base_resolution=base_resolution, pipeline=pipeline)],
     ]
     full_res = run.eval_model("original", "original image")
     if full_res is not None:

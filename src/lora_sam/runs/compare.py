@@ -40,11 +40,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE, fine_tune_defaults
+from lora_sam.checkpoints import fine_tune_defaults
 from lora_sam.data.loaders import LoaderOptions
 from lora_sam.evaluation.options import EVAL_DEFAULTS, EvalModels, EvalOptions
 from lora_sam.evaluation.protocol import json_safe
 from lora_sam.evaluation.run import evaluate_models
+from lora_sam.families import data_frame
 from lora_sam.io import markdown_table
 from lora_sam.lora import LoRAOptions
 from lora_sam.metrics import metric_rows
@@ -64,15 +65,16 @@ _TRAINING_EVAL = ("split", "val_fraction", "seed")  # the evaluation takes the t
 
 def _base_checkpoint(out_dir: Path, model_type: str, checkpoint: str | Path | None, seed: int) -> tuple[Path, bool]:
     """The base weights file both runs start from; random weights are drawn once and saved."""
-    from lora_sam.model import build_sam, resolve_checkpoint
+    from lora_sam.checkpoints import resolve_checkpoint
+    from lora_sam.families import build, family_of
 
     path = resolve_checkpoint(model_type, checkpoint)
     if path is not None:
         return path, False
     pl.seed_everything(seed, verbose=False)
-    sam = build_sam(model_type, checkpoint, (1024, 1024))
+    sam = build(model_type, checkpoint, (1024, 1024)).module
     path = out_dir / "base.pth"
-    torch.save(sam.state_dict(), path)
+    torch.save(family_of(model_type).to_checkpoint(sam.state_dict()), path)
     return path, True
 
 
@@ -84,9 +86,10 @@ def _train(mode: str, out_dir: Path, settings: dict[str, Any]) -> dict[str, Any]
     s = settings
     pl.seed_everything(s["seed"], verbose=False)
     config = from_dict(CompareConfig, s["config"])
-    train_loader, val_loader = get_loaders(s["data"], image_size=s["image_size"], batch_size=s["batch_size"],
+    image_size, frame = data_frame(s["model_type"], s["image_size"])  # the data in the family's frame
+    train_loader, val_loader = get_loaders(s["data"], image_size=image_size, batch_size=s["batch_size"],
                                            masks_per_image=s["masks_per_image"], val_fraction=s["val_fraction"],
-                                           num_workers=s["num_workers"], seed=s["seed"])
+                                           num_workers=s["num_workers"], seed=s["seed"], frame=frame)
     model = LoRASAM(model_type=s["model_type"], checkpoint=s["checkpoint"], image_size=tuple(s["image_size"]),
                     finetune=mode, lora=config.lora, recipe=config.recipe,
                     optim=OptimOptions(lr=s["lr"][mode], warmup_steps=s["warmup_steps"]), seed=s["seed"])
@@ -172,7 +175,7 @@ class CompareConfig:
         model_type: vit_b / vit_l / vit_h / tiny.
         checkpoint: the base SAM checkpoint (None: as build_sam finds it; random weights are drawn once from
             the seed and saved as base.pth when there is no file).
-        image_size: the training resolution (H, W).
+        image_size: the training resolution (H, W); None: the family's default (SAM v1 160x256, SAM 2.1 224x224).
         steps: optimizer steps of each run.
         seed: seed of the data split, the target draws, the prompts and any random weights.
         batch_size: images per step.
@@ -193,7 +196,7 @@ class CompareConfig:
 
     model_type: str = MODEL_TYPE
     checkpoint: str | None = None
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
+    image_size: tuple[int, int] | None = None
     steps: int = 100
     seed: int = 0
     batch_size: int = LoaderOptions.batch_size
@@ -212,7 +215,7 @@ class CompareConfig:
     eval: EvalOptions = field(default=EVAL_DEFAULTS, metadata={"prefix": "eval_", "skip": _TRAINING_EVAL})
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
+        object.__setattr__(self, "image_size", data_frame(self.model_type, self.image_size)[0])
         if self.checkpoint is not None:
             object.__setattr__(self, "checkpoint", str(self.checkpoint))
         if self.steps < 1:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
+from lora_sam.checkpoints import BUILTIN_MODEL_TYPE
 from lora_sam.settings import add_options, from_args
 
 if TYPE_CHECKING:  # imported where used: ``lora-sam demo --help`` answers without Lightning
@@ -53,7 +53,7 @@ class DemoConfig:
         images: target-domain images (train and val split); as many scenes for --train-base.
         source_images: held-out source-domain images (the base's domain).
         long_side: the synthetic images' longest side in pixels.
-        image_size: the training resolution (H, W) of every model.
+        image_size: the training resolution (H, W) of every model (None: the model family's default).
         base_steps: steps of the --train-base model.
         base_lr: learning rate of the --train-base model.
         base_masks: targets per image of the --train-base model.
@@ -83,7 +83,7 @@ class DemoConfig:
     images: int = 48  # target-domain images (train and val split); as many scenes for --train-base
     source_images: int = 8  # held-out source-domain images
     long_side: int = 384
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
+    image_size: tuple[int, int] | None = None  # None: the family's (SAM v1 160x256, SAM 2.1 224x224)
     # the tiny base model of --train-base (stage 2)
     base_steps: int = 1200
     base_lr: float = 3e-4
@@ -218,7 +218,8 @@ def _evaluate_low_res(checkpoint: str, data: Path, config: DemoConfig) -> dict[s
 def _base(out: Path, folders: dict[str, Path], config: DemoConfig, checkpoint: str | None,
           model_type: str | None, train: bool) -> tuple[dict[str, Any], str]:
     """Stage 2: what the base is (``demo.json``'s ``base``) and its model type."""
-    from lora_sam.model import builtin_checkpoint, detect_model_type, load_checkpoint
+    from lora_sam.checkpoints import builtin_card, builtin_checkpoint, load_checkpoint
+    from lora_sam.sizes import detect_model_type
 
     if train:
         _stage(2, f"base model: a tiny SAM trained {config.base_steps} steps on data/base (--train-base)")
@@ -232,13 +233,13 @@ def _base(out: Path, folders: dict[str, Path], config: DemoConfig, checkpoint: s
             raise ValueError(f"{checkpoint}: cannot tell the model type from its tensors; pass --model-type")
         return {"source": "checkpoint", "checkpoint": str(Path(checkpoint).resolve()), "model_type": model_type}, \
             model_type
-    path = builtin_checkpoint("tiny")
-    card = path.with_name("model_card.json")
-    _stage(2, f"base model: the built-in tiny SAM ({path.name}), pretrained here on synthetic scenes; not Meta's")
-    record = {"source": "builtin", "checkpoint": str(path), "model_type": "tiny"}
+    model_type = model_type or BUILTIN_MODEL_TYPE
+    path, card = builtin_checkpoint(model_type), builtin_card(model_type)
+    _stage(2, f"base model: the built-in {model_type} ({path.name}), pretrained here on synthetic scenes; not Meta's")
+    record = {"source": "builtin", "checkpoint": str(path), "model_type": model_type}
     if card.is_file():
         record["card"] = json.loads(card.read_text())
-    return record, "tiny"
+    return record, model_type
 
 
 def run_demo(out: str | Path, config: DemoConfig = DEFAULT, *, checkpoint: str | None = None,
@@ -311,7 +312,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="an official SAM checkpoint as the base instead of the built-in tiny one; then the "
                              "loss is SAM's 20 x focal + dice")
-    parser.add_argument("--model-type", default=None, help="model type of --checkpoint (default: from its tensors)")
+    parser.add_argument("--model-type", default=None,
+                        help="the base's model type: with --checkpoint, its type (default: from its tensors); "
+                             "without, a built-in base: tiny (SAM v1, the default) or sam2.1_mini (SAM 2.1)")
     parser.add_argument("--train-base", action="store_true",
                         help="train a tiny base from random weights first (the old demo: 1200 steps at 64x96)")
     parser.add_argument("--quick", action="store_true", help="a much smaller run with the same stages (tests)")
@@ -320,10 +323,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser.add_argument_group("sizes and hyperparameters (DemoConfig)"), DemoConfig, given_only=True)
 
 
+def _square(model_type: str | None) -> bool:
+    """Whether ``model_type`` is of a family with a square frame (SAM 2.1), whose size the presets cannot take."""
+    from lora_sam.families import family_of
+
+    return model_type is not None and family_of(model_type).square
+
+
 def run(args: argparse.Namespace) -> int:
     config = QUICK if args.quick else TRAIN_BASE if args.train_base else DEFAULT
     if args.checkpoint:  # a pretrained SAM: SAM's 20:1 focal / dice loss
         config = replace(config, focal_weight=20.0)
+    if _square(args.model_type) and config.image_size and config.image_size[0] != config.image_size[1]:
+        config = replace(config, image_size=(64, 64) if args.quick else None)  # SAM 2.1 trains in a square frame
     config = from_args(DemoConfig, args, base=config)  # the options given win over the preset
     from lora_sam.runs.callbacks import quiet_framework
 

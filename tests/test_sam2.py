@@ -174,7 +174,8 @@ def test_one_recipe_step_trains_every_lora_layer(synthetic_root: Path) -> None:
     torch.manual_seed(0)
     module = LoRASAM(model_type=MINI, checkpoint="random")
     assert module.promptable.image_size == (224, 224)  # the family's default square frame
-    train, _ = get_loaders(synthetic_root, batch_size=2, image_size=(224, 224), frame="square", val_fraction=0.0)
+    train, _ = get_loaders(synthetic_root, batch_size=2, image_size=(224, 224), frame="square", val_fraction=0.0,
+                           num_workers=0)
     batch = next(iter(train))
     assert (batch["input_size"] == 224).all()  # the square frame: no padding
     before = {name: layer.lora_B.detach().clone() for name, layer in lora_layers(module.sam).items()}

@@ -54,7 +54,7 @@ def test_square_samples_fill_the_frame_and_masks_follow_each_axis(root: Path, fa
 
 
 def test_get_loaders_and_open_dataset_take_the_frame(root: Path) -> None:
-    train, _ = get_loaders(root, batch_size=3, image_size=SIZE, frame="square", val_fraction=0.0)
+    train, _ = get_loaders(root, batch_size=3, image_size=SIZE, frame="square", val_fraction=0.0, num_workers=0)
     assert (next(iter(train))["input_size"] == torch.tensor(SIZE)).all()
     padded = open_dataset(root, image_size=SIZE)[0]  # SAM v1's frame stays the default
     assert padded["input_size"].tolist() == [43, 64]

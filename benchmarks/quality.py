@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py --out runs/quality              # the built-in base (about 30 min, 2 cores)
     python benchmarks/quality.py --base runs/pretrain/run/base.pth --out runs/quality
+    python benchmarks/quality.py --model-type sam2.1_mini --out runs/quality_sam2   # SAM 2.1's base, 224x224
 
 1. **Source domain** (``lora-sam synth`` scenes, held-out seed): the base at 160x256 and SamPredictor
    at 1024 px on the original images: mIoU after k = 1..5 clicks, box mIoU, NoC@85 (budget 10).
@@ -25,18 +26,18 @@ from typing import Any
 
 import numpy as np
 
+from lora_sam.checkpoints import resolve_checkpoint
 from lora_sam.data.loaders import open_dataset, split_indices
 from lora_sam.data.synth import make_synthetic
 from lora_sam.evaluation.options import EvalModels, EvalOptions
 from lora_sam.evaluation.run import evaluate_models
+from lora_sam.families import data_frame, family_of
 from lora_sam.io import markdown_table
 from lora_sam.lora import LoRAOptions
 from lora_sam.metrics import metric_rows
-from lora_sam.model import resolve_checkpoint
 from lora_sam.recipe import RecipeOptions
 from lora_sam.runs.compare import CompareConfig, compare
 
-SIZE = (160, 256)
 CLICKS = 10
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -62,8 +63,9 @@ def _data(out: Path, args: argparse.Namespace) -> dict[str, Path]:
     return folders
 
 
-def _train_count(root: Path, val_fraction: float) -> int:
-    dataset = open_dataset(root, image_size=SIZE)
+def _train_count(root: Path, val_fraction: float, model_type: str) -> int:
+    size, frame = data_frame(model_type, None)
+    dataset = open_dataset(root, image_size=size, frame=frame)
     return len(split_indices([dataset.image_id(i) for i in range(len(dataset))], val_fraction)[0])
 
 
@@ -75,8 +77,10 @@ def _check(name: str, value: float, target: float, higher: bool, limit: str) -> 
 
 
 def targets(source: dict[str, dict[str, float]], target: dict[str, dict[str, float]],
-            params: dict[str, int]) -> list[dict[str, Any]]:
-    """The checks of the issue's item 5, each with its value and margin."""
+            params: dict[str, int], model_type: str = "tiny") -> list[dict[str, Any]]:
+    """The checks of the issue's item 5, each with its value and margin (the same goals for every family)."""
+    (h, w), _ = data_frame(model_type, None)
+    pipeline = family_of(model_type).pipeline
     base, orig = source["base"], source.get("original-1024:full-res", {})
     curve = [base[f"miou@{k}"] for k in range(1, 6)]
     steps = [b - a for a, b in zip(curve, curve[1:])]
@@ -85,7 +89,7 @@ def targets(source: dict[str, dict[str, float]], target: dict[str, dict[str, flo
     gain_full = tf["miou@1"] - tb["miou@1"]
     recovered = (tl["miou@1"] - tb["miou@1"]) / gain_full if gain_full > 0 else math.nan
     return [
-        _check("source mIoU@1 (160x256)", base["miou@1"], 0.75, True, "base capacity / pretraining budget"),
+        _check(f"source mIoU@1 ({h}x{w})", base["miou@1"], 0.75, True, "base capacity / pretraining budget"),
         _check("source mIoU@k non-decreasing, k=1..5 (smallest step)", min(steps), 0.0, True,
                f"click {worst + 2} lowers mIoU@{worst + 1} {curve[worst]:.3f} to {curve[worst + 1]:.3f}: "
                + ("training runs 3 clicks per prompt (iterations=3), so later clicks are past what the base learned"
@@ -93,7 +97,7 @@ def targets(source: dict[str, dict[str, float]], target: dict[str, dict[str, flo
         _check("source mIoU@5", base["miou@5"], 0.88, True, "refinement with clicks"),
         _check("source box mIoU", base["box_miou"], 0.85, True, "box prompts"),
         _check("source NoC@85 (budget 10)", base["noc@85"], 3.0, False, "refinement with clicks"),
-        _check("SamPredictor 1024 px mIoU@1 - base mIoU@1 at 160x256", orig.get("miou@1", math.nan) - base["miou@1"],
+        _check(f"{pipeline} 1024 px mIoU@1 - base mIoU@1 at {h}x{w}", orig.get("miou@1", math.nan) - base["miou@1"],
                0.0, True, "resolution transfer of the encoder"),
         _check("target: LoRA mIoU@1 - base", tl["miou@1"] - tb["miou@1"], 0.10, True, "fine-tuning budget"),
         _check("target: base NoC@85 - LoRA NoC@85", tb["noc@85"] - tl["noc@85"], 0.0, True, "fine-tuning budget"),
@@ -103,7 +107,7 @@ def targets(source: dict[str, dict[str, float]], target: dict[str, dict[str, flo
 
 
 def _finetune(folders: dict[str, Path], out: Path, base: str, args: argparse.Namespace) -> dict[str, Any]:
-    config = CompareConfig(model_type="tiny", checkpoint=base, image_size=SIZE, steps=args.steps, seed=0,
+    config = CompareConfig(model_type=args.model_type, checkpoint=base, steps=args.steps, seed=0,
                            batch_size=args.batch_size, lr_lora=args.lr_lora, lr_full=args.lr_full,
                            val_fraction=args.val_fraction, val_batches=4, original=True,
                            lora=LoRAOptions(args.rank, args.alpha),
@@ -112,9 +116,9 @@ def _finetune(folders: dict[str, Path], out: Path, base: str, args: argparse.Nam
     return compare(folders["target"], out / "target", config, progress=False)
 
 
-def _evaluate(data: Path, out: Path, base: str, *, adapters=(), fulls=(), original=False, split="all",
-              masks: int | None, val_fraction: float = 0.1) -> dict[str, dict[str, float]]:
-    models = EvalModels("tiny", base, SIZE, tuple(adapters), tuple(fulls), original=original)
+def _evaluate(data: Path, out: Path, base: str, *, model_type: str, adapters=(), fulls=(), original=False,
+              split="all", masks: int | None, val_fraction: float = 0.1) -> dict[str, dict[str, float]]:
+    models = EvalModels(model_type, base, None, tuple(adapters), tuple(fulls), original=original)
     options = EvalOptions(split=split, val_fraction=val_fraction, masks_per_image=masks, max_clicks=CLICKS)
     report = evaluate_models(data, out, models, options, progress=False)
     return {name: _metrics(entry) for name, entry in report["models"].items()}
@@ -122,18 +126,20 @@ def _evaluate(data: Path, out: Path, base: str, *, adapters=(), fulls=(), origin
 
 def run(args: argparse.Namespace) -> dict[str, Any]:  # long: the benchmark's stages in order
     out = Path(args.out)
-    base = str(resolve_checkpoint("tiny", None if args.base == "builtin" else args.base))
+    base = str(resolve_checkpoint(args.model_type, None if args.base == "builtin" else args.base))
     times: dict[str, float] = {}
     start = time.perf_counter()
     folders = _data(out, args)
-    train_images = _train_count(folders["target"], args.val_fraction)
+    train_images = _train_count(folders["target"], args.val_fraction, args.model_type)
     if train_images > 200:
         raise SystemExit(f"the target domain's train split has {train_images} images; the target allows 200")
     times["data"] = time.perf_counter() - start
 
-    print("[1/3] source domain: base at 160x256 and SamPredictor at 1024 px", flush=True)
+    (h, w), _ = data_frame(args.model_type, None)
+    print(f"[1/3] source domain: base at {h}x{w} and {family_of(args.model_type).pipeline} at 1024 px", flush=True)
     start = time.perf_counter()
-    source = _evaluate(folders["source"], out / "source", base, original=True, masks=args.masks_per_image)
+    source = _evaluate(folders["source"], out / "source", base, model_type=args.model_type, original=True,
+                       masks=args.masks_per_image)
     times["source"] = time.perf_counter() - start
 
     print(f"[2/3] target domain: LoRA and full fine-tuning on {train_images} images, {args.steps} steps each",
@@ -148,8 +154,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # long: the benchmark's st
               "base, 1024 px": _metrics(target_eval["original-1024"]),
               "lora merged, 1024 px": _metrics(target_eval["lora:adapter@1024"]),
               "full, 1024 px": _metrics(target_eval["full:model@1024"])}
-    after = _evaluate(folders["source"], out / "source_after", base, adapters=[lora], fulls=[full],
-                      masks=args.masks_per_image)
+    after = _evaluate(folders["source"], out / "source_after", base, model_type=args.model_type, adapters=[lora],
+                      fulls=[full], masks=args.masks_per_image)
     times["target"] = time.perf_counter() - start
 
     print("[3/3] real samples (out of domain)", flush=True)
@@ -158,14 +164,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # long: the benchmark's st
     for name, folder in (("sa1b", SHARED / "sa1b"), ("coco-train", SHARED / "coco" / "train"),
                          ("coco-val", SHARED / "coco" / "val")):
         if folder.is_dir():
-            real[name] = _evaluate(folder, out / f"real_{name}", base, adapters=[lora], fulls=[full],
-                                   masks=args.masks_per_image)
+            real[name] = _evaluate(folder, out / f"real_{name}", base, model_type=args.model_type,
+                                   adapters=[lora], fulls=[full], masks=args.masks_per_image)
     times["real"] = time.perf_counter() - start
 
     params = {m: result["runs"][m]["trainable_params"] for m in ("lora", "full")}
     record = {"base": base, "settings": vars(args) | {"out": str(out)}, "target_train_images": train_images,
               "source": source, "target": target, "source_after_finetuning": after, "real": real,
-              "params": params, "targets": targets(source, target, params), "times_s": times}
+              "params": params, "targets": targets(source, target, params, args.model_type), "times_s": times}
     (out / "quality.json").write_text(json.dumps(record, indent=1, default=float))
     (out / "quality.md").write_text(markdown(record))
     return record
@@ -190,7 +196,8 @@ def markdown(record: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", default="builtin", help="base checkpoint (default: the built-in tiny base)")
+    parser.add_argument("--base", default="builtin", help="base checkpoint (default: the built-in base of --model-type)")
+    parser.add_argument("--model-type", default="tiny", help="tiny (SAM v1, default) or sam2.1_mini (SAM 2.1)")
     parser.add_argument("--out", default="runs/quality", help="work folder (default runs/quality)")
     parser.add_argument("--source-images", type=int, default=24, help="held-out source images (default 24)")
     parser.add_argument("--target-images", type=int, default=200,

@@ -138,11 +138,12 @@ def matmul_rate(device: Any, size: int = 2048, repeats: int = 7, shape: tuple[in
 # --------------------------------------------------------------------------- the step
 
 
-def load_batch(data: str, image_size: tuple[int, int], masks: int, seed: int) -> dict[str, Any]:
-    """One real synthetic SA-1B image with its masks, through the library's loader path."""
+def load_batch(data: str, image_size: tuple[int, int], masks: int, seed: int, frame: str) -> dict[str, Any]:
+    """One real synthetic SA-1B image with its masks, through the library's loader path, in the model
+    family's ``frame`` (SAM 2.1: a square the image fills)."""
     from lora_sam.data.loaders import collate, open_dataset
 
-    dataset = open_dataset(data, image_size=image_size, masks_per_image=masks, seed=seed)
+    dataset = open_dataset(data, image_size=image_size, masks_per_image=masks, seed=seed, frame=frame)
     for i in range(len(dataset)):
         sample = dataset[i]
         if isinstance(sample, dict) and len(sample["targets"]) >= masks:
@@ -464,7 +465,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                      finetune="full" if mode == "full" else "lora", iterations=args.iterations,
                      masks_per_image=args.masks, fused_attention=args.compute != "official",
                      grad_checkpointing=args.compute == "fused+ckpt").to(device).train()
-    batch = to_device(load_batch(args.data, tuple(args.image_size), args.masks, args.seed), device)
+    from lora_sam.families import data_frame
+
+    frame = data_frame(args.model_type, tuple(args.image_size))[1]
+    batch = to_device(load_batch(args.data, tuple(args.image_size), args.masks, args.seed, frame), device)
     stepper = Stepper(module, batch, mode, args.naive_targets, device)
     global _IDLE_DEADLINE
     _IDLE_DEADLINE = time.monotonic() + min(args.wait_idle, 60)

@@ -237,3 +237,24 @@ def test_the_apps_session_answers_a_click_on_a_sam2_model_as_sam2_image_predicto
     _, ious, logits = predictor.predict(point_coords=centre, point_labels=np.ones(1), multimask_output=True)
     torch.testing.assert_close(deployed.iou_pred.float(), torch.from_numpy(ious), rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(deployed.low_res.float(), torch.from_numpy(logits), rtol=1e-3, atol=1e-3)
+
+
+def test_the_readmes_sam2_code_runs(tmp_path: Path, synthetic_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's SAM 2.1 block as written, but for a small random model, the CPU and one step."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("## SAM 2.1", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    base = tmp_path / "mini.pt"
+    torch.save({"model": _mini(1024).module.state_dict()}, base)
+    for old, new in (('build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", "merged.pt", device="cpu")',
+                      f'build_sam2({MODEL_TYPES[MINI]!r}, "merged.pt", device="cpu", '
+                      f'hydra_overrides_extra={list(MINI_OVERRIDES)!r})'),
+                     ('"sam2.1_hiera_tiny.pt"', repr(str(base))), ('"sam2.1_hiera_t"', repr(MINI)),
+                     ('accelerator="gpu", max_epochs=30', 'accelerator="cpu", max_steps=1, limit_val_batches=1')):
+        assert old in code
+        code = code.replace(old, new)
+    monkeypatch.setenv("LORA_SAM_DATA", str(synthetic_root))
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md (SAM 2.1)", "exec"), scope)
+    assert scope["trainer"].global_step == 1 and (tmp_path / "merged.pt").is_file()
+    assert isinstance(scope["predictor"], SAM2ImagePredictor)

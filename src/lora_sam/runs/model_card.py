@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lora_sam.checkpoints import BUILTIN_FILES, WEIGHTS_DIR
+from lora_sam.checkpoints import BUILTIN_FILES, CARD_FILES, WEIGHTS_DIR
 from lora_sam.io import markdown_table
 from lora_sam.runs.pretrain import PretrainConfig, sha256
 
@@ -73,22 +73,25 @@ def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str,
         q = json.loads(Path(quality).read_text())
         card["metrics"] = {"source": q["source"], "target": q["target"]}
         card["targets"] = q["targets"]
-    (target.parent / "model_card.json").write_text(json.dumps(card, indent=1))
-    (target.parent / "MODEL_CARD.md").write_text(card_markdown(card))
+    json_name, md_name = CARD_FILES[config["model_type"]]
+    (target.parent / json_name).write_text(json.dumps(card, indent=1))
+    (target.parent / md_name).write_text(card_markdown(card))
     return card
 
 
-def set_fine_tune_defaults(defaults: dict[str, Any], *, measured_by: str, out_dir: Path = WEIGHTS_DIR) -> dict[str, Any]:
+def set_fine_tune_defaults(defaults: dict[str, Any], *, measured_by: str, out_dir: Path = WEIGHTS_DIR,
+                           model_type: str = "tiny") -> dict[str, Any]:
     """Record the base's fine-tuning defaults (``checkpoints.fine_tune_defaults`` reads them) in its card.
 
     ``defaults``: {"lr": {"lora": float, "full": float}, "warmup_steps", "focal_weight", "dice_weight",
     "iou_weight"}; ``measured_by``: the sweep's command and where its table is.
     """
-    path = out_dir / "model_card.json"
+    json_name, md_name = CARD_FILES[model_type]
+    path = out_dir / json_name
     card = json.loads(path.read_text())
     card["fine_tune_defaults"] = {**defaults, "measured_by": measured_by}
     path.write_text(json.dumps(card, indent=1))
-    (out_dir / "MODEL_CARD.md").write_text(card_markdown(card))
+    (out_dir / md_name).write_text(card_markdown(card))
     return card
 
 
@@ -120,19 +123,35 @@ def _made_lines(card: dict[str, Any]) -> list[str]:
     return lines
 
 
+_FAMILY_TEXT = {
+    "sam_v1": ("SAM (the official `segment_anything` classes with small dimensions",
+               "one 64x64 position table resized to each (so the file is the official 1024 px format)",
+               ['sam = lora_sam.build_sam("tiny", checkpoint="builtin")        # at 160x256',
+                'model = lora_sam.LoRASAM(4, 1, model_type="tiny")             # starts from it, and says so']),
+    "sam2.1": ("SAM 2.1 (Meta's `sam2` classes, Hiera-t's config with small dimensions: `sam2_model.MINI_OVERRIDES`",
+               "square frames, SAM 2's geometry (Hiera resizes its position embedding at run time; the file is "
+               "Meta's format, `{\"model\": state_dict}`, which `build_sam2` loads with the same overrides)",
+               ['model = lora_sam.LoRASAM(4, 1, model_type="sam2.1_mini")      # at 224x224; starts from it',
+                "from lora_sam.families import build",
+                'predictor = build("sam2.1_mini", "builtin", (1024, 1024)).predictor()  # SAM2ImagePredictor']),
+}
+
+
 def card_markdown(card: dict[str, Any]) -> str:
+    from lora_sam.families import family_of
+
     r = card["recipe"]
+    what, frames, use = _FAMILY_TEXT[family_of(card["model_type"]).name]
     sizes = ", ".join(f"{h}x{w} ({p:.0%} of steps)" for (h, w), p in zip(card["sizes"], card["size_weights"]))
     lines = [
         f"# Model card: `{card['name']}`", "",
-        f"A `{card['model_type']}` SAM (the official `segment_anything` classes with small dimensions, "
+        f"A `{card['model_type']}` {what}, "
         f"{card['parameters']:,} parameters) **pretrained from random weights by this project, on its own synthetic "
         "data**. It is not Meta's SAM and was never trained on real images: it is the base that `lora-sam demo`, "
         "the learning tests and `benchmarks/quality.py` fine-tune, so that what fine-tuning does can be measured.", "",
         "## How it was made", "",
         *_made_lines(card),
-        f"- {card['steps']:,} AdamW steps in {card['hours']:.2f} h in all; resolutions {sizes}, "
-        "one 64x64 position table resized to each (so the file is the official 1024 px format).",
+        f"- {card['steps']:,} AdamW steps in {card['hours']:.2f} h in all; resolutions {sizes}, {frames}.",
         f"- Recipe: SAM's interactive training (`lora_sam.recipe`): a point (p = {r['point_prob']}) or a noisy box, "
         f"then up to {r['iterations']} iterations of error-region clicks with the previous logits fed back; "
         f"{r['batch_size']} images x {r['masks_per_image']} targets per step; loss {r['focal_weight']:g} x focal + "
@@ -148,10 +167,7 @@ def card_markdown(card: dict[str, Any]) -> str:
                   markdown_table(["target", "value", "goal", "result"], rows), "",
                   "Details and what limits each missed target: `BENCHMARKS.md`, section \"Quality\".", ""]
     lines += _defaults_lines(card)
-    lines += ["## Use", "", "```python", "import lora_sam",
-              'sam = lora_sam.build_sam("tiny", checkpoint="builtin")        # at 160x256',
-              'model = lora_sam.LoRASAM(4, 1, model_type="tiny")             # starts from it, and says so',
-              "```", ""]
+    lines += ["## Use", "", "```python", "import lora_sam", *use, "```", ""]
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from lora_sam import model as sam_v1
-from lora_sam import sam2_model
+from lora_sam import sam2_config, sam2_model
 from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE, check_image_size
 from lora_sam.lora import LAYER_PRESETS
 from lora_sam.promptable import PromptableModel
@@ -104,12 +104,12 @@ def register_family(family: Family) -> Family:
 register_family(Family("sam_v1", tuple(sam_v1.MODEL_CONFIGS), sam_v1.build_sam, sam_v1.SamV1, sam_v1.is_sam,
                        LAYER_PRESETS, sam_v1.set_compute, size_switch=sam_v1.ResolutionSwitch,
                        model_type_of=sam_v1.model_type_of))
-register_family(Family("sam2.1", tuple(sam2_model.MODEL_TYPES), sam2_model.build_sam2_model, sam2_model.Sam2Image,
-                       sam2_model.is_sam2, sam2_model.LAYER_PRESETS, sam2_model.set_compute,
-                       (sam2_model.DEFAULT_SIDE, sam2_model.DEFAULT_SIDE), square=True,
-                       check_size=sam2_model.check_size, size_switch=sam2_model.SideSwitch,
+register_family(Family("sam2.1", tuple(sam2_config.MODEL_TYPES), sam2_model.build_sam2_model, sam2_model.Sam2Image,
+                       sam2_model.is_sam2, sam2_config.LAYER_PRESETS, sam2_model.set_compute,
+                       (sam2_config.DEFAULT_SIDE, sam2_config.DEFAULT_SIDE), square=True,
+                       check_size=sam2_config.check_size, size_switch=sam2_model.SideSwitch,
                        to_checkpoint=sam2_model.to_checkpoint, model_type_of=sam2_model.model_type_of,
-                       frozen=sam2_model.FROZEN, pipeline="SAM2ImagePredictor", frame_note=sam2_model.frame_note))
+                       frozen=sam2_config.FROZEN, pipeline="SAM2ImagePredictor", frame_note=sam2_config.frame_note))
 
 
 def family_of(model_type_or_module: str | object) -> Family:

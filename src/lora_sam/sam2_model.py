@@ -45,9 +45,9 @@ from lora_sam.sam2_config import (  # re-exported: the SAM 2.1 family's data
 )
 
 __all__ = [
-    "DEFAULT_SIDE", "MODEL_TYPES", "SIDE_MULTIPLE", "Sam2Features", "Sam2Image", "Sam2Predictor", "build_sam2_model",
-    "SideSwitch", "check_side", "check_size", "is_sam2", "model_type_of", "set_compute", "set_side",
-    "to_checkpoint", "FROZEN", "LAYER_PRESETS",
+    "DEFAULT_SIDE", "FROZEN", "LAYER_PRESETS", "MINI_OVERRIDES", "MODEL_TYPES", "SIDE_MULTIPLE", "SideSwitch",
+    "Sam2Features", "Sam2Image", "Sam2Predictor", "build_sam2_model", "check_side", "check_size", "is_sam2",
+    "model_type_of", "set_compute", "set_side", "to_checkpoint",
 ]
 
 def _sam2():

@@ -191,11 +191,10 @@ def default_workers() -> int:
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed ``random`` and numpy in a DataLoader worker from its torch seed; one OpenCV thread."""
+    """Seed ``random`` and numpy in a DataLoader worker from its torch seed (OpenCV's threads: ``_loader_args``)."""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
-    cv2.setNumThreads(1)
 
 
 def _shard_datasets(
@@ -287,6 +286,11 @@ def _groups(loader: LoaderOptions | None, sample: SampleOptions | None,
 
 def _loader_args(loader: LoaderOptions, seed: int) -> dict[str, Any]:
     workers = default_workers() if loader.num_workers is None else loader.num_workers
+    if workers > 0:
+        # One OpenCV thread, set here before the workers fork, not in them: a forked worker that resized its
+        # OpenCV pool (cv2.setNumThreads) hung when this process had run OpenCV's pool before (a test that
+        # resized larger images first). The workers are the parallelism; each inherits the single thread.
+        cv2.setNumThreads(1)
     return dict(batch_size=loader.batch_size, collate_fn=collate, num_workers=workers, persistent_workers=workers > 0,
                 worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed),
                 pin_memory=torch.cuda.is_available() if loader.pin_memory is None else loader.pin_memory)

@@ -251,8 +251,8 @@ def examples_section(run: Run, *, count: int = 3) -> str:
     if lora is None or orig is None:
         raise Missing(f"a {'LoRA' if lora is None else 'original-1024'} model in `{run.root / 'eval.json'}`")
     (lora_name, lora_entry), (orig_name, orig_entry) = lora, orig
-    deployed = next(((n, e) for n, e in run.eval["models"].items()
-                     if e.get("kind") == "deployed" and e.get("of") == "lora"), None)
+    deployed = next(((n, e) for n, e in run.eval["models"].items() if e.get("kind") == "deployed" and e.get("of") == "lora"),
+                    None)
     recorded = {key: found[1]["prompts"]["click_ious"]
                 for key, found in (("lora", lora), ("original", orig), ("deployed", deployed)) if found is not None}
     prompts = lora_entry["prompts"]
@@ -260,8 +260,7 @@ def examples_section(run: Run, *, count: int = 3) -> str:
     best, worst = pick_examples(first, count)
     samples = _find_samples(run, {prompts["image_id"][i] for i in best + worst})
     masks = _first_click_masks(run, lora_entry["path"], prompts, best + worst, samples)
-    h, w = run.image_size
-    pipeline = family_of(run.model_type).pipeline
+    (h, w), pipeline = run.image_size, family_of(run.model_type).pipeline
     figures = []
     for tag, picked in (("good", best), ("bad", worst)):
         rows = _example_rows(run, tag, picked, prompts, samples, masks, recorded)

@@ -78,18 +78,24 @@ def _base_checkpoint(out_dir: Path, model_type: str, checkpoint: str | Path | No
     return path, True
 
 
-def _train(mode: str, out_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
+def _loaders(s: dict[str, Any]) -> tuple[Any, Any]:
+    """Both runs' loaders: the data in the model family's frame (SAM 2.1: a square the image fills)."""
     from lora_sam.data.loaders import get_loaders
+
+    image_size, frame = data_frame(s["model_type"], s["image_size"])
+    return get_loaders(s["data"], image_size=image_size, batch_size=s["batch_size"],
+                       masks_per_image=s["masks_per_image"], val_fraction=s["val_fraction"],
+                       num_workers=s["num_workers"], seed=s["seed"], frame=frame)
+
+
+def _train(mode: str, out_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
     from lora_sam.module import LoRASAM
     from lora_sam.summary import parameter_summary
 
     s = settings
     pl.seed_everything(s["seed"], verbose=False)
     config = from_dict(CompareConfig, s["config"])
-    image_size, frame = data_frame(s["model_type"], s["image_size"])  # the data in the family's frame
-    train_loader, val_loader = get_loaders(s["data"], image_size=image_size, batch_size=s["batch_size"],
-                                           masks_per_image=s["masks_per_image"], val_fraction=s["val_fraction"],
-                                           num_workers=s["num_workers"], seed=s["seed"], frame=frame)
+    train_loader, val_loader = _loaders(s)
     model = LoRASAM(model_type=s["model_type"], checkpoint=s["checkpoint"], image_size=tuple(s["image_size"]),
                     finetune=mode, lora=config.lora, recipe=config.recipe,
                     optim=OptimOptions(lr=s["lr"][mode], warmup_steps=s["warmup_steps"]), seed=s["seed"])

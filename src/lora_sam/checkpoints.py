@@ -51,10 +51,10 @@ CHECKPOINT_ENV = "LORA_SAM_CHECKPOINT"
 HOME_ENV = "LORA_SAM_HOME"
 RANDOM = "random"
 BUILTIN = "builtin"
-BUILTIN_FILES = {"tiny": "sam_tiny_scenes.pth", "sam2.1_mini": "sam2.1_mini_scenes.pt"}
-"""Weights shipped inside the package (``lora_sam/weights/``, each with its model card): a ``tiny`` SAM and a
-``sam2.1_mini`` SAM 2.1 pretrained here on ``lora-sam synth`` scenes (``lora-sam pretrain``), not Meta's weights.
-A type whose file is not installed starts from random weights."""
+BUILTIN_FILES = {"tiny": "sam_tiny_scenes.pth"}
+"""Weights shipped inside the package (``lora_sam/weights/``, each with its model card): a ``tiny`` SAM
+pretrained here on ``lora-sam synth`` scenes (``lora-sam pretrain``), not Meta's weights. (``sam2.1_mini``'s
+base, ``sam2.1_mini_scenes.pt``, joins when it is good enough: BENCHMARKS.md, "SAM 2.1".)"""
 CARD_FILES = {"tiny": ("model_card.json", "MODEL_CARD.md"),
               "sam2.1_mini": ("sam2.1_mini_card.json", "SAM2.1_MINI_MODEL_CARD.md")}
 """Each built-in base's model card: (what ``lora-sam demo``, the report and ``fine_tune_defaults`` read, the same

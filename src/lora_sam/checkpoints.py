@@ -67,8 +67,10 @@ BUILTIN_MODEL_TYPE = "tiny"
 def builtin_checkpoint(model_type: str = BUILTIN_MODEL_TYPE) -> Path:
     """The path of the shipped checkpoint of ``model_type`` (``BUILTIN_FILES``)."""
     if model_type not in BUILTIN_FILES:
+        site = "sam2" if model_type.startswith("sam2") else "segment-anything"
         raise ValueError(f"no built-in weights for {model_type}: only {', '.join(BUILTIN_FILES)} has them; pass "
-                         f"the official checkpoint (https://github.com/facebookresearch/segment-anything)")
+                         f"a checkpoint file (checkpoint=PATH, --checkpoint; official files: "
+                         f"https://github.com/facebookresearch/{site})")
     path = WEIGHTS_DIR / BUILTIN_FILES[model_type]
     if not path.is_file():
         raise FileNotFoundError(f"the built-in {model_type} weights {path} are missing from this installation; "

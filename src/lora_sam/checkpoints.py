@@ -31,6 +31,7 @@ __all__ = [
     "fine_tune_defaults",
     "load_checkpoint",
     "resolve_checkpoint",
+    "state_mismatch",
 ]
 
 PATCH_SIZE = 16
@@ -150,6 +151,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"SAM checkpoint {path} is not a state_dict of tensors (official SAM format)")
     return state
+
+
+def state_mismatch(expected: dict[str, Tensor], state: dict[str, Tensor]) -> str:
+    """What keeps ``state`` from loading strictly into a model whose state dict is ``expected``: its missing keys,
+    unexpected keys and shape mismatches (the first 5 of each), or "" when it fits."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    return "; ".join(f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 and what != 'shape mismatch' else ''}"
+                     for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                        ("shape mismatch", wrong)) if keys)
 
 
 SAM_RECIPE_DEFAULTS: dict[str, Any] = {

@@ -36,6 +36,7 @@ from lora_sam.checkpoints import (  # re-exported: lora_sam.model has always off
     check_image_size,
     load_checkpoint,
     resolve_checkpoint,
+    state_mismatch,
 )
 from lora_sam.settings import MODEL_TYPE
 from lora_sam.sizes import (  # re-exported: lora_sam.model has always offered them
@@ -105,18 +106,8 @@ def _load_into(sam: Sam, state: dict[str, Tensor], model_type: str, path: Path) 
     if found is not None and found != model_type:
         raise ValueError(f"SAM checkpoint {path} holds a {found} model, not {model_type}: "
                          f"pass model_type={found!r} or the {model_type} checkpoint")
-    expected = sam.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        details = "; ".join(filter(None, [
-            f"missing keys: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}" if missing else "",
-            f"unexpected keys: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
-            if unexpected else "",
-            f"shape mismatch: {', '.join(wrong[:5])}" if wrong else "",
-        ]))
+    details = state_mismatch(sam.state_dict(), state)
+    if details:
         raise ValueError(f"SAM checkpoint {path} does not fit {model_type}: {details}")
     sam.load_state_dict(state, strict=True)
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lora_sam.attention import Recomputed
-from lora_sam.checkpoints import load_checkpoint, resolve_checkpoint
+from lora_sam.checkpoints import load_checkpoint, resolve_checkpoint, state_mismatch
 from lora_sam.sam2_config import (  # re-exported: the SAM 2.1 family's data
     DEFAULT_SIDE,
     FROZEN,
@@ -97,15 +97,8 @@ def set_compute(model: nn.Module, grad_checkpointing: bool, fused_attention: boo
 
 
 def _load(model: nn.Module, state: dict[str, Tensor], model_type: str, path: Path) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        details = "; ".join(f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                            for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                               ("shape mismatch", wrong)) if keys)
+    details = state_mismatch(model.state_dict(), state)
+    if details:
         raise ValueError(f"SAM 2 checkpoint {path} does not fit {model_type} (built from {MODEL_TYPES[model_type]}): "
                          f"{details}; pass the model type the file was trained as")
     model.load_state_dict(state, strict=True)

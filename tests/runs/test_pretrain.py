@@ -36,8 +36,10 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path, data
     stopped = pretrain(tmp_path / "b", data, CONFIG, stop_after_s=0.0, progress=False)
     assert stopped == {"step": 1, "finished": False}
     assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
+    first_rows = (tmp_path / "b" / "metrics.csv").read_text()
     resumed = pretrain(tmp_path / "b", data, CONFIG, progress=False)
     assert straight["steps"] == resumed["steps"] == 3
+    assert (tmp_path / "b" / "metrics_to_step1.csv").read_text() == first_rows  # Lightning deletes metrics.csv
     a = torch.load(tmp_path / "a" / "base.pth", weights_only=True)
     b = torch.load(tmp_path / "b" / "base.pth", weights_only=True)
     assert a.keys() == b.keys()

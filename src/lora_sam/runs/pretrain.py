@@ -21,7 +21,7 @@ from it (with the same settings, except ``--steps``: a new total makes the cosin
 At the end: ``OUT/base.pth`` in the official checkpoint format (``build_sam`` and
 ``sam_model_registry`` load it) and ``OUT/pretrain.json`` (settings, steps, seconds, sha256).
 ``OUT/metrics.csv`` (Lightning's CSVLogger) has the loss terms, mIoU per iteration and the learning rate
-every ``log_every`` steps. ``--export`` writes ``base.pth`` from the last checkpoint without training
+every ``log_every`` steps (a resumed call's rows; the earlier calls' are kept as ``metrics_to_step{N}.csv``). ``--export`` writes ``base.pth`` from the last checkpoint without training
 further (a run ended early).
 """
 
@@ -271,6 +271,19 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _keep_metrics(out: Path, step: int) -> None:
+    """Lightning's ``CSVLogger`` deletes ``metrics.csv`` when training starts again: keep the earlier calls'
+    rows as ``metrics_to_step{step}.csv`` (``-2``, ``-3`` ... when that name is taken)."""
+    metrics = out / "metrics.csv"
+    if not metrics.is_file():
+        return
+    kept, n = out / f"metrics_to_step{step}.csv", 1
+    while kept.exists():
+        n += 1
+        kept = out / f"metrics_to_step{step}-{n}.csv"
+    metrics.rename(kept)
+
+
 def _trainer(out: Path, config: PretrainConfig, device: torch.device, stop_after_s: float | None,
              progress: bool) -> pl.Trainer:
     callbacks: list[Callback] = [_SaveLast(out / "checkpoints" / "last.ckpt", config.save_every_s, stop_after_s),
@@ -299,6 +312,7 @@ def pretrain(out: str | Path, data: str | Path, config: PretrainConfig = Pretrai
     step, seconds, schedule = _resume_state(last, config)
     if step:
         print(f"lora-sam pretrain: resuming {last} at step {step} ({seconds / 60:.1f} min so far)", flush=True)
+        _keep_metrics(out, step)
     torch.manual_seed(config.seed)  # the random weights (a resumed run loads its own over them)
     module = _Pretraining(config, seconds, schedule)
     trainer = _trainer(out, config, device, stop_after_s, progress)

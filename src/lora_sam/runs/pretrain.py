@@ -33,6 +33,7 @@ import json
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -317,7 +318,9 @@ def pretrain(out: str | Path, data: str | Path, config: PretrainConfig = Pretrai
     module = _Pretraining(config, seconds, schedule)
     trainer = _trainer(out, config, device, stop_after_s, progress)
     batches = StepBatches(data, config, start=lambda: trainer.global_step)
-    trainer.fit(module, train_dataloaders=batches, ckpt_path=last if step else None)
+    with warnings.catch_warnings():  # its "will be deleted" is about metrics.csv, kept above (_keep_metrics)
+        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+        trainer.fit(module, train_dataloaders=batches, ckpt_path=last if step else None)
     if trainer.global_step < config.steps:
         print(f"lora-sam pretrain: stopped at step {trainer.global_step} after {stop_after_s or 0:.0f} s; "
               f"run again to go on")

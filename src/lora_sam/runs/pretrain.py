@@ -21,8 +21,8 @@ from it (with the same settings, except ``--steps``: a new total makes the cosin
 At the end: ``OUT/base.pth`` in the official checkpoint format (``build_sam`` and
 ``sam_model_registry`` load it) and ``OUT/pretrain.json`` (settings, steps, seconds, sha256).
 ``OUT/metrics.csv`` (Lightning's CSVLogger) has the loss terms, mIoU per iteration and the learning rate
-every ``log_every`` steps (a resumed call's rows; the earlier calls' are kept as ``metrics_to_step{N}.csv``). ``--export`` writes ``base.pth`` from the last checkpoint without training
-further (a run ended early).
+every ``log_every`` steps (a resumed call's rows; the earlier calls' are kept as ``metrics_to_step{N}.csv``).
+``--export`` writes ``base.pth`` from the last checkpoint without training further (a run ended early).
 """
 
 from __future__ import annotations

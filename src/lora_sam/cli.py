@@ -17,6 +17,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "check-data": ("lora_sam.data.check", "read every sample of a dataset and report each problem"),
     "prepare": ("lora_sam.data.prepare", "write a low-resolution cache of images and packed masks"),
     "pretrain": ("lora_sam.runs.pretrain", "train a small SAM from scratch at several resolutions, resumably"),
+    "distill": ("lora_sam.runs.distill", "start a small SAM 2.1 from a trained SAM v1 base (before pretrain)"),
     "fit": ("lora_sam.runs.fit", "train LoRA (or full) SAM with a YAML config (LightningCLI)"),
     "export": ("lora_sam.runs.export", "fold an adapter into the base (official SAM checkpoint; ONNX files)"),
     "segment-all": ("lora_sam.runs.segment_all", "segment everything in images; SA-1B JSON with RLE masks"),

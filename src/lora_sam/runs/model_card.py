@@ -39,12 +39,13 @@ def _stages(previous: dict[str, Any] | None, card: dict[str, Any]) -> list[dict[
 
 def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str, pretrain_command: str,
          out_dir: Path = WEIGHTS_DIR, commit: str | None = None, note: str = "",
-         previous: str | Path | None = None) -> dict[str, Any]:
+         previous: str | Path | None = None, distilled: tuple[str | Path, str] | None = None) -> dict[str, Any]:
     """Copy ``run_dir/base.pth`` to ``out_dir`` and write the two card files; returns the card.
 
     ``previous``: the card of the weights this run started from (``lora-sam pretrain --init``), read
     before it is replaced; the new card lists both runs (``stages``) and counts steps, time and
-    training images over all of them.
+    training images over all of them. ``distilled``: (``distill.json``, its command) when the run started
+    from ``lora-sam distill``'s output; the card says so and counts its time.
     """
     earlier = None if previous is None else json.loads(Path(previous).read_text())
     run_dir = Path(run_dir)
@@ -69,6 +70,13 @@ def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str,
         card["stages"] = _stages(earlier, card)
         for key in ("steps", "seconds", "hours", "train_images"):
             card[key] = sum(stage[key] or 0 for stage in card["stages"])
+    if distilled is not None:
+        record = json.loads(Path(distilled[0]).read_text())
+        card["distilled"] = {"command": distilled[1], "steps": record["steps"], "seconds": record["seconds"],
+                             "relative_mse": [record["first_relative_mse"], record["last_relative_mse"]],
+                             "teacher": record["config"]["teacher_type"], "sha256": record["sha256"]}
+        card["seconds"] += record["seconds"]
+        card["hours"] = card["seconds"] / 3600
     if quality:
         q = json.loads(Path(quality).read_text())
         card["metrics"] = {"source": q["source"], "target": q["target"]}
@@ -143,13 +151,22 @@ def card_markdown(card: dict[str, Any]) -> str:
     r = card["recipe"]
     what, frames, use = _FAMILY_TEXT[family_of(card["model_type"]).name]
     sizes = ", ".join(f"{h}x{w} ({p:.0%} of steps)" for (h, w), p in zip(card["sizes"], card["size_weights"]))
+    d = card.get("distilled")
+    origin = ("pretrained from random weights by this project" if d is None else
+              f"pretrained by this project from its own `{d['teacher']}` base (itself trained from random weights)")
     lines = [
         f"# Model card: `{card['name']}`", "",
         f"A `{card['model_type']}` {what}, "
-        f"{card['parameters']:,} parameters) **pretrained from random weights by this project, on its own synthetic "
+        f"{card['parameters']:,} parameters) **{origin}, on its own synthetic "
         "data**. It is not Meta's SAM and was never trained on real images: it is the base that `lora-sam demo`, "
         "the learning tests and `benchmarks/quality.py` fine-tune, so that what fine-tuning does can be measured.", "",
         "## How it was made", "",
+        *([] if d is None else [
+            f"- Distilled first: `{d['command']}`: the `{d['teacher']}` base's prompt encoder and mask decoder "
+            f"copied, then {d['steps']:,} steps ({d['seconds'] / 3600:.2f} h) training the image encoder on that "
+            f"base's image embedding (relative MSE {d['relative_mse'][0]:.3f} -> {d['relative_mse'][1]:.3f}); "
+            "from random weights the recipe alone never left predicting the whole frame (`BENCHMARKS.md`, "
+            "\"SAM 2.1\")."]),
         *_made_lines(card),
         f"- {card['steps']:,} AdamW steps in {card['hours']:.2f} h in all; resolutions {sizes}, {frames}.",
         f"- Recipe: SAM's interactive training (`lora_sam.recipe`): a point (p = {r['point_prob']}) or a noisy box, "
@@ -182,9 +199,11 @@ def main() -> None:
     parser.add_argument("--previous", default=None, metavar="CARD",
                         help="model_card.json of the weights the run started from (pretrain --init), to list both "
                              "runs; give a copy, since the shipped card is replaced")
+    parser.add_argument("--distilled", nargs=2, default=None, metavar=("DISTILL_JSON", "COMMAND"),
+                        help="the run started from lora-sam distill's output: its distill.json and its command")
     args = parser.parse_args()
     card = ship(args.run_dir, args.quality, synth_command=args.synth, pretrain_command=args.pretrain,
-                commit=args.commit, note=args.note, previous=args.previous)
+                commit=args.commit, note=args.note, previous=args.previous, distilled=args.distilled)
     print(f"wrote {WEIGHTS_DIR / card['name']} ({card['bytes'] / 1e6:.1f} MB) and its model card")
 
 

@@ -27,7 +27,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_warm_start_copies_the_teachers_prompt_encoder_and_decoder_functions(tiny_checkpoint: Path) -> None:
     teacher = build("tiny", tiny_checkpoint, (SIDE, SIDE)).module
-    student = build("sam2.1_mini", None, (SIDE, SIDE)).module
+    student = build("sam2.1_mini", "random", (SIDE, SIDE)).module
     copied = warm_start(student, teacher)
     assert any(".mlp.layers.0." in k for k in copied) and any("iou_prediction_head" in k for k in copied)
     assert not any(k.startswith("image_encoder.") for k in copied)
@@ -47,7 +47,7 @@ def test_the_warm_start_copies_the_teachers_prompt_encoder_and_decoder_functions
 
 
 def test_a_teacher_of_another_width_is_an_error_naming_the_tensor() -> None:
-    student = build("sam2.1_mini", None, (SIDE, SIDE)).module
+    student = build("sam2.1_mini", "random", (SIDE, SIDE)).module
     teacher = torch.nn.Module()  # a decoder side 256 wide (vit_b's), the student's 64
     teacher.prompt_encoder = torch.nn.Module()
     teacher.prompt_encoder.no_mask_embed = torch.nn.Embedding(1, 256)
@@ -72,5 +72,7 @@ def test_a_resumed_distillation_ends_where_an_uninterrupted_one_does(tmp_path: P
     assert [r.split(",")[0] for r in rows] == ["step", "1", "2", "3", "4", "5", "6"]
     assert straight["last_relative_mse"] < straight["first_relative_mse"]  # a regression from random weights
     build("sam2.1_mini", tmp_path / "a" / "distilled.pt", (SIDE, SIDE))  # Meta's format, loaded strictly
+    again = distill(tmp_path / "a", data, config, progress=False)  # finished: nothing to train, the same record
+    assert (again["steps"], again["last_relative_mse"]) == (straight["steps"], straight["last_relative_mse"])
     with pytest.raises(ValueError, match="other settings"):
         distill(tmp_path / "a", data, replace(config, lr=1e-2), progress=False)

@@ -166,7 +166,7 @@ def _models(config: DistillConfig, resume: dict[str, Any] | None) -> tuple[Any, 
     teacher = build(config.teacher_type, config.teacher, size)
     teacher.module.eval().requires_grad_(False)
     torch.manual_seed(config.seed)
-    student = build(config.model_type, None, size)
+    student = build(config.model_type, "random", size)  # not a built-in base: the student starts here
     if resume is not None:
         student.module.load_state_dict(resume["model"])
     else:
@@ -204,14 +204,13 @@ def distill(out: str | Path, data: str | Path, config: DistillConfig = DistillCo
     trained = [p for p in student.module.parameters() if p.requires_grad]
     optim = _schedule(config)
     optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=optim.weight_decay)
-    step, seconds, first = 0, 0.0, None
+    step, seconds, first, value = 0, 0.0, None, float("nan")
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
-        step, seconds, first = resume["step"], resume["seconds"], resume["first_loss"]
+        step, seconds, first, value = resume["step"], resume["seconds"], resume["first_loss"], resume["last_loss"]
     start, saved = time.monotonic() - seconds, time.monotonic()
     stop_at = None if stop_after_s is None else time.monotonic() + stop_after_s
     bar = tqdm(total=config.steps, initial=step, desc="distill", disable=not progress, unit="step")
-    loss = torch.tensor(float("nan"))
     while step < config.steps:
         images = _batch(dataset, config, step)
         with torch.no_grad():
@@ -223,22 +222,24 @@ def distill(out: str | Path, data: str | Path, config: DistillConfig = DistillCo
         loss.backward()
         optimizer.step()
         step += 1
-        first = float(loss) if first is None else first
+        value = float(loss.detach())
+        first = value if first is None else first
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.4f}")
+        bar.set_postfix(loss=f"{value:.4f}")
         if step % config.log_every == 0 or step == config.steps:
-            _log(out, {"step": step, "relative_mse": float(loss), "lr": optimizer.param_groups[0]["lr"]})
+            _log(out, {"step": step, "relative_mse": value, "lr": optimizer.param_groups[0]["lr"]})
         stopping = stop_at is not None and time.monotonic() >= stop_at and step < config.steps
         if time.monotonic() - saved > config.save_every_s or step == config.steps or stopping:
             _save(last, {"model": student.module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                         "seconds": time.monotonic() - start, "first_loss": first, "config": asdict(config)})
+                         "seconds": time.monotonic() - start, "first_loss": first, "last_loss": value,
+                         "config": asdict(config)})
             saved = time.monotonic()
         if stopping:
             bar.close()
             return {"step": step, "finished": False}
     bar.close()
     record = {"steps": step, "seconds": round(time.monotonic() - start, 1), "first_relative_mse": first,
-              "last_relative_mse": float(loss), "threads": torch.get_num_threads(), "torch": torch.__version__}
+              "last_relative_mse": value, "threads": torch.get_num_threads(), "torch": torch.__version__}
     return _finish(out, config, student.module, record)
 
 

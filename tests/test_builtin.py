@@ -11,6 +11,7 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
+from lora_sam.checkpoints import BUILTIN_FILES, CARD_FILES
 from lora_sam.model import build_sam, builtin_checkpoint, resolve_checkpoint
 from test_model import official_tiny
 
@@ -34,17 +35,20 @@ def test_one_name_loads_it_and_tiny_defaults_to_it() -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
     random = build_sam("tiny", "random").state_dict()
     assert not torch.equal(random["mask_decoder.iou_token.weight"], a["mask_decoder.iou_token.weight"])
-    with pytest.raises(ValueError, match="only tiny"):
+    with pytest.raises(ValueError, match="no built-in weights for vit_b"):
         build_sam("vit_b", "builtin")
 
 
-def test_model_card_matches_the_file() -> None:
-    path = builtin_checkpoint("tiny")
-    card = json.loads(path.with_name("model_card.json").read_text())
+@pytest.mark.parametrize("model_type", sorted(BUILTIN_FILES))
+def test_model_card_matches_the_file(model_type: str) -> None:
+    path, (card_json, card_md) = builtin_checkpoint(model_type), CARD_FILES[model_type]
+    card = json.loads(path.with_name(card_json).read_text())
     assert card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert card["bytes"] == path.stat().st_size
-    assert card["parameters"] == sum(v.numel() for v in torch.load(path, weights_only=True).values())
-    text = path.with_name("MODEL_CARD.md").read_text()
+    state = torch.load(path, weights_only=True)
+    state = state.get("model", state)  # SAM 2.1's format: {"model": state_dict}
+    assert card["parameters"] == sum(v.numel() for v in state.values())
+    text = path.with_name(card_md).read_text()
     for needed in (card["sha256"], card["synth_command"], "not Meta's SAM", f"{card['steps']:,}"):
         assert needed in text
 
@@ -78,3 +82,44 @@ def test_adapter_trained_on_it_exports_a_merged_official_checkpoint(tmp_path: Pa
     merged = official_tiny(tmp_path / "merged.pth")
     base = official_tiny(builtin_checkpoint("tiny"))
     assert not torch.equal(merged.image_encoder.blocks[0].attn.qkv.weight, base.image_encoder.blocks[0].attn.qkv.weight)
+
+
+def _point_mious(predictor: object, image: np.ndarray, masks: list[np.ndarray]) -> float:
+    """Mean IoU of single-mask predictions for one point inside each mask (a pixel of it, midway in raster order)."""
+    predictor.set_image(image)  # type: ignore[attr-defined]
+    ious = []
+    for mask in masks:
+        ys, xs = np.nonzero(mask)
+        point = np.array([[xs[len(xs) // 2], ys[len(ys) // 2]]], dtype=np.float32)
+        pred = predictor.predict(point_coords=point, point_labels=np.array([1]),  # type: ignore[attr-defined]
+                                 multimask_output=False)[0][0].astype(bool)
+        ious.append((pred & mask).sum() / max((pred | mask).sum(), 1))
+    return float(np.mean(ious))
+
+
+def test_the_sam2_base_is_metas_format_and_segments_a_scene_it_never_saw(tmp_path: Path) -> None:
+    pytest.importorskip("sam2")
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from lora_sam.data.rle import to_pycocotools
+    from lora_sam.data.synth import make_synthetic
+    from lora_sam.sam2_config import MINI_OVERRIDES, MODEL_TYPES
+
+    path = builtin_checkpoint("sam2.1_mini")
+    assert path.stat().st_size <= 25 * 1024 * 1024
+    make_synthetic(tmp_path, 1, seed=4242, long_side=512)  # not among the base's training scenes (seed 100)
+    record = json.loads(next(tmp_path.glob("sa_*.json")).read_text())
+    image = np.asarray(Image.open(next(tmp_path.glob("sa_*.jpg"))).convert("RGB"))
+    masks = sorted((mask_utils.decode(to_pycocotools(a["segmentation"])).astype(bool) for a in record["annotations"]),
+                   key=lambda m: -int(m.sum()))[:8]
+
+    def predictor(checkpoint: str | None) -> SAM2ImagePredictor:  # Meta's builder loads the file strictly
+        return SAM2ImagePredictor(build_sam2(MODEL_TYPES["sam2.1_mini"], checkpoint, device="cpu",
+                                             hydra_overrides_extra=list(MINI_OVERRIDES)))
+
+    torch.manual_seed(0)
+    base, random = _point_mious(predictor(str(path)), image, masks), _point_mious(predictor(None), image, masks)
+    assert base > random + 0.1, (base, random)

@@ -52,10 +52,11 @@ CHECKPOINT_ENV = "LORA_SAM_CHECKPOINT"
 HOME_ENV = "LORA_SAM_HOME"
 RANDOM = "random"
 BUILTIN = "builtin"
-BUILTIN_FILES = {"tiny": "sam_tiny_scenes.pth"}
-"""Weights shipped inside the package (``lora_sam/weights/``, each with its model card): a ``tiny`` SAM
-pretrained here on ``lora-sam synth`` scenes (``lora-sam pretrain``), not Meta's weights. (``sam2.1_mini``'s
-base, ``sam2.1_mini_scenes.pt``, joins when it is good enough: BENCHMARKS.md, "SAM 2.1".)"""
+BUILTIN_FILES = {"tiny": "sam_tiny_scenes.pth", "sam2.1_mini": "sam2.1_mini_scenes.pt"}
+"""Weights shipped inside the package (``lora_sam/weights/``, each with its model card), pretrained here on
+``lora-sam synth`` scenes, not Meta's weights: a ``tiny`` SAM (``lora-sam pretrain`` from random weights) and a
+``sam2.1_mini`` (``lora-sam distill`` from the ``tiny`` base, then ``lora-sam pretrain --init``), the latter in
+Meta's format."""
 CARD_FILES = {"tiny": ("model_card.json", "MODEL_CARD.md"),
               "sam2.1_mini": ("sam2.1_mini_card.json", "SAM2.1_MINI_MODEL_CARD.md")}
 """Each built-in base's model card: (what ``lora-sam demo``, the report and ``fine_tune_defaults`` read, the same
@@ -69,7 +70,7 @@ def builtin_checkpoint(model_type: str = BUILTIN_MODEL_TYPE) -> Path:
     """The path of the shipped checkpoint of ``model_type`` (``BUILTIN_FILES``)."""
     if model_type not in BUILTIN_FILES:
         site = "sam2" if model_type.startswith("sam2") else "segment-anything"
-        raise ValueError(f"no built-in weights for {model_type}: only {', '.join(BUILTIN_FILES)} has them; pass "
+        raise ValueError(f"no built-in weights for {model_type} (there are for {', '.join(BUILTIN_FILES)}); pass "
                          f"a checkpoint file (checkpoint=PATH, --checkpoint; official files: "
                          f"https://github.com/facebookresearch/{site})")
     path = WEIGHTS_DIR / BUILTIN_FILES[model_type]

@@ -40,3 +40,19 @@ def test_a_second_run_from_the_first_lists_both_and_counts_all(tmp_path: Path, t
     assert "Run 1 of 2" in text and "Run 2 of 2" in text and "140 AdamW steps in 1.50 h in all" in text
     weights = tmp_path / "w2" / second["name"]
     assert second["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def test_a_distilled_start_is_said_and_its_time_counted_once(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    distilled = tmp_path / "distill.json"
+    distilled.write_text(json.dumps({"steps": 800, "seconds": 1800.0, "first_relative_mse": 1.6,
+                                     "last_relative_mse": 0.05, "config": {"teacher_type": "tiny"}, "sha256": "ab"}))
+    card = ship(_run(tmp_path / "run", 100, 3600.0, data, tiny_checkpoint, 5e-4), None, synth_command="synth",
+                pretrain_command="pretrain --init distilled.pt", out_dir=tmp_path / "w",
+                distilled=(distilled, "lora-sam distill d"))
+    assert card["seconds"] == 5400.0 and card["hours"] == 1.5 and card["stages"][0]["hours"] == 1.0
+    text = (tmp_path / "w" / "MODEL_CARD.md").read_text()
+    assert "from its own `tiny` base" in text and "pretrained from random weights" not in text
+    assert "`lora-sam distill d`" in text and "800 steps (0.50 h)" in text and "1.617" not in text
+    assert "100 steps in 1.00 h" in text and "100 AdamW steps (and 800 distillation steps) in 1.50 h in all" in text

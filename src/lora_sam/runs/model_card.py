@@ -75,6 +75,7 @@ def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str,
         card["distilled"] = {"command": distilled[1], "steps": record["steps"], "seconds": record["seconds"],
                              "relative_mse": [record["first_relative_mse"], record["last_relative_mse"]],
                              "teacher": record["config"]["teacher_type"], "sha256": record["sha256"]}
+        card["stages"] = card.get("stages") or _stages(None, card)  # each run's own time; the total adds this
         card["seconds"] += record["seconds"]
         card["hours"] = card["seconds"] / 3600
     if quality:
@@ -88,16 +89,18 @@ def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str,
 
 
 def set_fine_tune_defaults(defaults: dict[str, Any], *, measured_by: str, out_dir: Path = WEIGHTS_DIR,
-                           model_type: str = "tiny") -> dict[str, Any]:
+                           model_type: str = "tiny", carried_from: str | None = None) -> dict[str, Any]:
     """Record the base's fine-tuning defaults (``checkpoints.fine_tune_defaults`` reads them) in its card.
 
     ``defaults``: {"lr": {"lora": float, "full": float}, "warmup_steps", "focal_weight", "dice_weight",
-    "iou_weight"}; ``measured_by``: the sweep's command and where its table is.
+    "iou_weight"}; ``measured_by``: the sweep's command and where its table is; ``carried_from``: the
+    model type of the base the sweep ran on, when it was another (the card says so).
     """
     json_name, md_name = CARD_FILES[model_type]
     path = out_dir / json_name
     card = json.loads(path.read_text())
-    card["fine_tune_defaults"] = {**defaults, "measured_by": measured_by}
+    card["fine_tune_defaults"] = {**defaults, "measured_by": measured_by,
+                                  **({"carried_from": carried_from} if carried_from else {})}
     path.write_text(json.dumps(card, indent=1))
     (out_dir / md_name).write_text(card_markdown(card))
     return card
@@ -111,8 +114,11 @@ def _defaults_lines(card: dict[str, Any]) -> list[str]:
             f"What `LoRASAM` takes from this base for whatever a run does not set (and prints so): lr "
             f"{d['lr']['lora']:g} with LoRA, {d['lr']['full']:g} for full fine-tuning, {d['warmup_steps']} warm-up "
             f"steps, loss {d['focal_weight']:g} x focal + {d['dice_weight']:g} x dice + {d['iou_weight']:g} x IoU-head "
-            "MSE (the base was pretrained without the focal term). Measured by `" + d["measured_by"] + "` (the table: "
-            "`BENCHMARKS.md`, section \"Fine-tuning defaults\").", ""]
+            "MSE (the base was pretrained without the focal term). "
+            + (f"Carried over from the `{d['carried_from']}` base, pretrained the same way (dice and IoU head only) "
+               "and swept by `" if d.get("carried_from") else "Measured by `")
+            + d["measured_by"] + "` (the table: `BENCHMARKS.md`, section \"Fine-tuning defaults\")"
+            + ("; this base was not swept itself." if d.get("carried_from") else "."), ""]
 
 
 def _made_lines(card: dict[str, Any]) -> list[str]:
@@ -168,7 +174,8 @@ def card_markdown(card: dict[str, Any]) -> str:
             "from random weights the recipe alone never left predicting the whole frame (`BENCHMARKS.md`, "
             "\"SAM 2.1\")."]),
         *_made_lines(card),
-        f"- {card['steps']:,} AdamW steps in {card['hours']:.2f} h in all; resolutions {sizes}, {frames}.",
+        f"- {card['steps']:,} AdamW steps" + (f" (and {d['steps']:,} distillation steps)" if d else "")
+        + f" in {card['hours']:.2f} h in all; resolutions {sizes}, {frames}.",
         f"- Recipe: SAM's interactive training (`lora_sam.recipe`): a point (p = {r['point_prob']}) or a noisy box, "
         f"then up to {r['iterations']} iterations of error-region clicks with the previous logits fed back; "
         f"{r['batch_size']} images x {r['masks_per_image']} targets per step; loss {r['focal_weight']:g} x focal + "

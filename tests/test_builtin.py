@@ -122,4 +122,4 @@ def test_the_sam2_base_is_metas_format_and_segments_a_scene_it_never_saw(tmp_pat
 
     torch.manual_seed(0)
     base, random = _point_mious(predictor(str(path)), image, masks), _point_mious(predictor(None), image, masks)
-    assert base > random + 0.1, (base, random)
+    assert base > max(0.3, random + 0.2), (base, random)  # measured: 0.50 against 0.06 (scenes of 3 seeds alike)

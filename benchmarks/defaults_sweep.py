@@ -1,6 +1,7 @@
 """The sweep behind the built-in base's fine-tuning defaults (its model card's ``fine_tune_defaults``).
 
     python benchmarks/defaults_sweep.py --out runs/sweep        # about 15 min on 2 cores
+    python benchmarks/defaults_sweep.py --model-type sam2.1_mini --out runs/sweep_sam2   # the SAM 2.1 base, 224x224
 
 The seed's line, ``LoRASAM(4, 1, model_type="tiny")`` (the built-in base, alpha 1) and ``get_loaders`` at
 the default 160x256, trained ``--steps`` steps through ``pl.Trainer`` on ``lora-sam synth --domain
@@ -22,6 +23,7 @@ import pytorch_lightning as pl
 
 from lora_sam import LoRASAM, get_loaders
 from lora_sam.data.synth import make_synthetic
+from lora_sam.families import data_frame
 from lora_sam.io import markdown_table
 from lora_sam.runs.callbacks import quiet_framework
 
@@ -33,11 +35,12 @@ def _val_miou(trainer: pl.Trainer, model: LoRASAM, val: Any) -> float:
     return float(trainer.validate(model, val, verbose=False)[0]["val/miou"])
 
 
-def run(data: Path, options: dict[str, Any], steps: int, seed: int) -> dict[str, Any]:
+def run(data: Path, options: dict[str, Any], steps: int, seed: int, model_type: str = "tiny") -> dict[str, Any]:
     pl.seed_everything(seed, verbose=False)
     options = {"warmup_steps": 10, **options}
-    model = LoRASAM(4, 1, model_type="tiny", checkpoint="builtin", seed=seed, **options)
-    train, val = get_loaders(data, num_workers=0, val_fraction=0.2, seed=seed)
+    size, frame = data_frame(model_type, None)  # the family's default frame: 160x256 padded, or 224x224 square
+    model = LoRASAM(4, 1, model_type=model_type, checkpoint="builtin", seed=seed, image_size=size, **options)
+    train, val = get_loaders(data, num_workers=0, val_fraction=0.2, seed=seed, image_size=size, frame=frame)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1.0,
                          val_check_interval=steps, check_val_every_n_epoch=None, num_sanity_val_steps=0)
@@ -57,7 +60,9 @@ def write_card(results: dict[str, Any], args: argparse.Namespace) -> None:
     defaults = {"lr": {"lora": lora["lr"], "full": full["lr"]}, "warmup_steps": lora["warmup_steps"],
                 "focal_weight": lora["focal_weight"], "dice_weight": 1.0, "iou_weight": 1.0}
     command = f"python benchmarks/defaults_sweep.py --out {args.out} --images {args.images} --steps {args.steps}"
-    set_fine_tune_defaults(defaults, measured_by=command)
+    if args.model_type != "tiny":
+        command = command.replace("--out", f"--model-type {args.model_type} --out")
+    set_fine_tune_defaults(defaults, measured_by=command, model_type=args.model_type)
     print(json.dumps(defaults))
 
 
@@ -67,6 +72,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model-type", default="tiny", help="the built-in base to sweep: tiny or sam2.1_mini")
     parser.add_argument("--only", choices=["lora", "full", "source"], default=None)
     parser.add_argument("--write-card", action="store_true",
                         help="record the best LoRA and full settings in the built-in base's model card")
@@ -87,13 +93,13 @@ def main() -> None:
             continue
         results[name] = []
         for options in settings:
-            results[name].append(run(root, options, args.steps, args.seed))
+            results[name].append(run(root, options, args.steps, args.seed, args.model_type))
             print(json.dumps(results[name][-1]), flush=True)
             result_path.write_text(json.dumps(results, indent=1))
     if args.only in (None, "source"):
         best = max(results["lora"], key=lambda r: r["after"])
         chosen = {k: best[k] for k in ("lr", "focal_weight")}
-        results["source"] = [run(roots["scenes"], chosen, args.steps, args.seed)]
+        results["source"] = [run(roots["scenes"], chosen, args.steps, args.seed, args.model_type)]
         result_path.write_text(json.dumps(results, indent=1))
     rows = [[name, f"{r['lr']:g}", f"{r['focal_weight']:g}", f"{r['before']:.3f}", f"{r['after']:.3f}",
              f"{r['after'] - r['before']:+.3f}", f"{r['seconds']:.0f}"]

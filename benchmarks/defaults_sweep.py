@@ -42,6 +42,7 @@ def run(data: Path, options: dict[str, Any], steps: int, seed: int, model_type: 
     model = LoRASAM(4, 1, model_type=model_type, checkpoint="builtin", seed=seed, image_size=size, **options)
     train, val = get_loaders(data, num_workers=0, val_fraction=0.2, seed=seed, image_size=size, frame=frame)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+                         default_root_dir=data.parent / "trainer",  # where LoRASAM writes its adapter: not the cwd
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1.0,
                          val_check_interval=steps, check_val_every_n_epoch=None, num_sanity_val_steps=0)
     before = _val_miou(trainer, model, val)

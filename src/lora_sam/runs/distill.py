@@ -109,7 +109,8 @@ class DistillConfig:
         side: the square frame both models see (a multiple of 32).
         steps: optimiser steps.
         batch_size: images per step.
-        lr: AdamW's learning rate (a 50-step warm-up, then a cosine to 5 %).
+        lr: AdamW's learning rate (a warm-up of 50 steps, or a tenth of the run when shorter, then a cosine
+            to 5 %).
         seed: the student's random weights and the steps' images.
         save_every_s: seconds between checkpoints (``last.pt``).
         log_every: steps between rows of ``metrics.csv``.

@@ -2,7 +2,7 @@
 
     python benchmarks/decoder_compile.py --model-type vit_b --rounds 6
 
-The decoder side of one image's K point prompts, as ``recipe._score`` runs it: prompt encoder and mask
+The decoder side of one image's K point prompts, as ``decoder_side.decode_and_score`` runs it (eagerly): prompt encoder and mask
 decoder (K prompts against one image embedding), the upscale of the logits to the training frame, the
 pairing of the 3 outputs with the prompt's distinct GT masks (``assign_outputs``) and SAM's loss, then the
 backward into the image embedding and the decoder's weights. Two shapes, as a step has them: round 1 (one
@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 
 from lora_sam import families
-from lora_sam.losses import assign_outputs, sam_loss
+from lora_sam.decoder_side import decode_and_score
 from lora_sam.promptable import PromptableModel
+from lora_sam.recipe import RecipeOptions
 
 
 def _inputs(k: int, size: tuple[int, int], grid: tuple[int, int], dim: int, clicks: int) -> dict[str, Tensor]:
@@ -44,19 +45,13 @@ def _inputs(k: int, size: tuple[int, int], grid: tuple[int, int], dim: int, clic
 
 def decoder_side(model: PromptableModel, size: tuple[int, int]) -> Callable[..., Tensor]:
     """The loss of K prompts: multimask with pairing (no ``mask_input``) or the single output."""
+    options = RecipeOptions(masks_per_image=1_000)
 
     def run(embedding: Tensor, points: Tensor, labels: Tensor, gt: Tensor, target: Tensor,
             mask_input: Tensor | None = None) -> Tensor:
-        low, iou_pred = model.decode(embedding, points=points, labels=labels, mask_input=mask_input,
-                                     multimask=mask_input is None)
-        logits = model.upscale(low, size)
-        if mask_input is not None:
-            return sam_loss(logits, iou_pred, target[:, None])["total"]
-        paired = assign_outputs(logits, gt, "distinct")
-        with_target = torch.cat([gt, target[:, None]], 1)
-        index = torch.where(paired >= 0, paired, gt.shape[1])
-        gt_used = with_target.gather(1, index[:, :, None, None].expand_as(logits))
-        return sam_loss(logits, iou_pred, gt_used, mask_weight=paired >= 0)["total"]
+        prompts = {"points": points, "labels": labels} | ({} if mask_input is None else {"mask_input": mask_input})
+        mode = "multi" if mask_input is None else "single"
+        return decode_and_score(model, options, embedding, size, mode, gt, target, prompts)[0][0]["total"]
 
     return run
 

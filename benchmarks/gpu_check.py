@@ -13,9 +13,12 @@ JSON file (``--out``, rewritten after every part) with the card, torch and CUDA 
 3. ``vs_peft``: the equal-work comparison against Hugging Face + PEFT (``vs_peft.run(parts=("a",))``).
 4. ``eval``: ``lora-sam eval`` with random ViT-B weights saved as an official checkpoint, on a few synthetic
    images: its wall time and the main metrics of its ``eval.json``.
+5. ``static_k``: ``benchmarks/static_k.py --device DEV``: the LoRA step with the eager decoder side against the
+   static-K one compiled by ``torch.compile`` (``compile_decoder``), its compile time, and whether the compiled
+   loss and gradients match the eager ones: which should be the default on a GPU.
 
 ``--quick`` runs the same parts on the CPU in a reduced form (the ``tiny`` model, 5 API steps, a tiny
-train-step, ``vs_peft --quick``, eval on 2 images): the test suite runs it so the script keeps working.
+train-step, ``vs_peft --quick``, eval on 2 images, the static-K step traced by Dynamo without Inductor): the test suite runs it so the script keeps working.
 
 Usage::
 
@@ -47,7 +50,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import vs_peft  # noqa: E402
 from train_step import cpu_model  # noqa: E402
 
-PARTS = ("api", "train_step", "vs_peft", "eval")
+PARTS = ("api", "train_step", "vs_peft", "eval", "static_k")
 BF16_TFLOPS = (  # dense bf16 tensor-core peak, TFLOP/s, from the vendor's data sheets; first match wins
     (r"H200 NVL", 835.0), (r"H200", 989.0), (r"H100 NVL", 835.0), (r"H100.*PCIe", 756.0), (r"H100", 989.0),
     (r"A100", 312.0), (r"RTX 4090", 165.2), (r"\bL4\b", 121.0))
@@ -217,8 +220,31 @@ def environment(check: Check) -> dict[str, Any]:
             "python": platform.python_version(), "cpu": cpu_model(), "cores": os.cpu_count()}
 
 
+def part_static_k(check: Check, record: dict[str, Any], tmp: Path) -> None:
+    """``benchmarks/static_k.py`` on the device: eager against the static-K compiled decoder side."""
+    out = tmp / "static_k.json"
+    command = [sys.executable, str(BENCHMARKS / "static_k.py"), "--device", check.device, "--out", str(out),
+               "--rounds", str(check.bench_steps)]
+    if check.quick:  # Dynamo's graphs without Inductor: compiling with it takes minutes on 2 cores
+        from lora_sam.data.synth import make_synthetic
+
+        make_synthetic(tmp / "data", 2, seed=0, image_size=(128, 192))
+        command += ["--model-type", "tiny", "--image-size", "64", "96", "--masks", "4", "--backend", "eager",
+                    "--max-warmup-steps", "3", "--data", str(tmp / "data")]
+    record["command"] = " ".join(command[1:])
+    record["wall_seconds"], _ = run_command(command, check.timeout_s)
+    report = json.loads(out.read_text())
+    record.update({k: report[k] for k in ("compile_warmup_s", "graphs", "graph_breaks", "grad_relative_difference",
+                                          "compiled_speedup_best", "compiled_speedup_median", "floor_s")})
+    record.update({name: report[name] for name in ("eager", "static_eager", "static_compiled")})
+    if not report["grad_relative_difference"] < 1e-3:
+        raise RuntimeError(f"the compiled step's gradients differ from the eager ones by "
+                           f"{report['grad_relative_difference']:.2e} (relative)")
+
+
 RUNNERS: dict[str, Callable[[Check, dict[str, Any], Path], None]] = {
-    "api": part_api, "train_step": part_train_step, "vs_peft": part_vs_peft, "eval": part_eval}
+    "api": part_api, "train_step": part_train_step, "vs_peft": part_vs_peft, "eval": part_eval,
+    "static_k": part_static_k}
 
 
 def run_check(check: Check, parts: tuple[str, ...], out: Path) -> dict[str, Any]:

@@ -181,3 +181,23 @@ def test_prompt_encodings_are_float32_under_autocast() -> None:
     for a, b in zip(under, plain):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("prompts", ["points", "boxes", "points+boxes", "points+mask", "mask", "none"])
+def test_prompt_encoder_without_boolean_writes_equals_the_official_one(prompts: str) -> None:
+    """``encode_prompts`` embeds points with ``torch.where`` (one graph for ``torch.compile``): bit for bit the
+    official ``PromptEncoder.forward``, padding point, not-a-point and negative labels included."""
+    from lora_sam.model import encode_prompts
+
+    torch.manual_seed(1)
+    sam = build_sam("tiny", "random", (64, 96))
+    points = torch.rand(6, 3, 2) * torch.tensor([95.0, 63.0])
+    labels = torch.tensor([[1, 0, -1], [0, 1, 1], [-1, -1, 1], [1, 1, 1], [0, 0, 0], [1, -1, 0]])
+    boxes = torch.rand(6, 4) * 60
+    mask_input = torch.randn(6, 1, 16, 24)
+    given = {"points": (points, labels) if "points" in prompts else None, "boxes": boxes if "boxes" in prompts else None,
+             "masks": mask_input if "mask" in prompts else None}
+    sparse, dense, dense_pe = encode_prompts(sam, *(given["points"] or (None, None)), given["boxes"], given["masks"])
+    official_sparse, official_dense = sam.prompt_encoder(**given)
+    assert torch.equal(sparse, official_sparse) and torch.equal(dense, official_dense)
+    assert torch.equal(dense_pe, sam.prompt_encoder.get_dense_pe())

@@ -144,6 +144,8 @@ def sam_loss(
     iou_weight: float = 1.0,
     min_only: bool = False,
     mask_weight: Tensor | None = None,
+    rows: Tensor | None = None,
+    pixels: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """SAM's loss for K prompts with M outputs each.
 
@@ -166,6 +168,10 @@ def sam_loss(
         gt: (K, M, H, W) bool targets, or (K, 1, H, W) with ``min_only``.
         focal_weight, dice_weight, iou_weight: weights of the terms in "total".
         min_only: backpropagate only the best output per prompt.
+        rows: (K,) bool: only these prompts count, in every term (the others pad the static-K path's
+            batch to a fixed size: no loss, no gradient).
+        pixels: () the number of pixels each mask's focal mean is over (default H x W): the static-K path
+            scores logits over the whole training frame with -1e4 outside the image, where every term is 0.
 
     Returns:
         Scalars "focal", "dice", "iou" and "total" = focal_weight * focal + dice_weight * dice
@@ -174,13 +180,20 @@ def sam_loss(
     _check_shapes(logits, iou_pred, gt, min_only)
     gt = gt.bool().expand(logits.shape)
     focal, dice = focal_dice_loss(logits, gt)  # (K, M) each
+    if pixels is not None:
+        focal = focal * (logits.shape[-2] * logits.shape[-1] / pixels)
     true_iou = mask_iou(logits.detach() > 0, gt)  # (K, M)
-    iou = F.mse_loss(iou_pred.float(), true_iou)
+    if rows is None:
+        iou = F.mse_loss(iou_pred.float(), true_iou)
+    else:
+        row = rows.to(true_iou.dtype)[:, None]
+        iou = ((iou_pred.float() - true_iou).square() * row).sum() / (row.sum() * logits.shape[1]).clamp(min=1.0)
     if min_only:
         best = (focal_weight * focal + dice_weight * dice).detach().argmin(dim=1, keepdim=True)  # (K, 1)
         focal, dice = focal.gather(1, best), dice.gather(1, best)
-    if mask_weight is not None:
-        w = mask_weight.to(focal.dtype)
+    if mask_weight is not None or rows is not None:
+        w = torch.ones_like(focal) if mask_weight is None else mask_weight.to(focal.dtype)
+        w = w if rows is None else w * rows.to(focal.dtype)[:, None]
         count = w.sum().clamp(min=1.0)
         focal, dice = (focal * w).sum() / count, (dice * w).sum() / count
     else:
@@ -208,7 +221,7 @@ _PERMUTATIONS = torch.tensor(list(itertools.permutations(range(3))))  # (6, 3): 
 
 @torch.no_grad()
 def pairwise_mask_loss(
-    logits: Tensor, gt: Tensor, *, focal_weight: float = 20.0, dice_weight: float = 1.0,
+    logits: Tensor, gt: Tensor, *, focal_weight: float | Tensor = 20.0, dice_weight: float = 1.0,
     alpha: float = 0.25, gamma: float = 2.0, eps: float = 1.0,
 ) -> Tensor:
     """``focal_weight * focal + dice_weight * dice`` of every output against every GT mask, without gradient.
@@ -241,7 +254,7 @@ def pairwise_mask_loss(
 
 
 def assign_outputs(
-    logits: Tensor, gt: Tensor, pairing: Pairing, *, focal_weight: float = 20.0, dice_weight: float = 1.0,
+    logits: Tensor, gt: Tensor, pairing: Pairing, *, focal_weight: float | Tensor = 20.0, dice_weight: float = 1.0,
 ) -> Tensor:
     """Which GT mask each of the 3 outputs trains against.
 

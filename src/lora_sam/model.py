@@ -197,14 +197,38 @@ def encode_prompts(
     """The prompt encoder's sparse (K, P', C) and dense (K, C, h, w) embeddings and the dense positional
     encoding (1, C, h, w), in float32 even under autocast: the random-Fourier positional encoding of a
     point in bf16 would move it by about half a pixel, and evaluation runs in float32."""
-    device = sam.prompt_encoder.point_embeddings[0].weight.device
-    with torch.autocast(device.type, enabled=False):
-        sparse, dense = sam.prompt_encoder(
-            points=(points.float(), labels) if points is not None else None,
-            boxes=boxes.float() if boxes is not None else None,
-            masks=mask_input.float() if mask_input is not None else None,
-        )
-        return sparse, dense, sam.prompt_encoder.get_dense_pe()
+    encoder = sam.prompt_encoder
+    with torch.autocast(encoder.point_embeddings[0].weight.device.type, enabled=False):
+        parts = []
+        if points is not None:
+            parts.append(_embed_points(encoder, points.float(), labels, pad=boxes is None))
+        if boxes is not None:
+            corners = encoder.pe_layer.forward_with_coords(boxes.float().reshape(-1, 2, 2) + 0.5,
+                                                           encoder.input_image_size)
+            parts.append(corners + torch.cat([encoder.point_embeddings[2].weight, encoder.point_embeddings[3].weight]))
+        k = next((len(t) for t in (points, boxes, mask_input) if t is not None), 1)
+        sparse = torch.cat(parts, 1) if parts else encoder.no_mask_embed.weight.new_zeros(k, 0, encoder.embed_dim)
+        if mask_input is not None:
+            dense = encoder.mask_downscaling(mask_input.float())
+        else:
+            dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(k, -1, *encoder.image_embedding_size)
+        return sparse, dense, encoder.get_dense_pe()
+
+
+def _embed_points(encoder: PromptEncoder, points: Tensor, labels: Tensor, pad: bool) -> Tensor:
+    """``PromptEncoder._embed_points``'s numbers without its boolean-mask writes (``x[labels == -1] += w``), which
+    ``torch.compile`` cannot keep in one graph: each label's embedding is added where the label is, and a
+    padding point's positional encoding is replaced by the not-a-point embedding, as the official code does."""
+    points = points + 0.5  # the centre of the pixel
+    if pad:  # a point prompt without a box gets a padding point (label -1)
+        points = torch.cat([points, points.new_zeros(len(points), 1, 2)], 1)
+        labels = torch.cat([labels, labels.new_full((len(labels), 1), -1)], 1)
+    embedding = encoder.pe_layer.forward_with_coords(points, encoder.input_image_size)
+    label = labels[..., None]
+    embedding = torch.where(label == -1, encoder.not_a_point_embed.weight, embedding)
+    for value in (0, 1):
+        embedding = embedding + torch.where(label == value, encoder.point_embeddings[value].weight, 0.0)
+    return embedding
 
 
 def decode(

@@ -19,14 +19,9 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
+from lora_sam import checkpoints
 from lora_sam.adapter import save_adapter
-from lora_sam.checkpoints import (
-    BUILTIN_FILES,
-    FINE_TUNE_KEYS,
-    builtin_checkpoint,
-    fine_tune_defaults,
-    resolve_checkpoint,
-)
+from lora_sam.decoder_side import StaticKDecoder
 from lora_sam.families import family_of, resolve_model_type, unfreeze
 from lora_sam.io import atomic_path
 from lora_sam.lora import LoRAOptions, deprecated_targets, inject_lora, lora_state_dict, resolve_layers
@@ -86,10 +81,14 @@ class ComputeOptions:
         fused_attention: the encoder's attention without N x N maps (``lora_sam.attention``); False: the
             official code.
         on_nonfinite: ``"error"`` stops with the step named; ``"skip"`` skips that batch.
+        compile_decoder: the static-K decoder side (``decoder_side.StaticKDecoder``: prompts padded to
+            ``masks_per_image``) compiled by ``torch.compile``, each kind of round once. Off by default: slower on
+            a 2-core CPU (BENCHMARKS.md, "The static-K compiled decoder side").
     """
 
     grad_checkpointing: bool = False
     fused_attention: bool = True
+    compile_decoder: bool = False
     on_nonfinite: Literal["error", "skip"] = "error"
 
     def __post_init__(self) -> None:
@@ -125,10 +124,10 @@ def _with_base_defaults(model_type: str, checkpoint: str | None, finetune: str, 
     """The fine-tuning settings (``checkpoints.FINE_TUNE_KEYS``) left at None taken from the base's defaults;
     says which it took and from where."""
     given = {**{k: getattr(optim, k) for k in ("lr", "warmup_steps")},
-             **{k: getattr(recipe, k) for k in FINE_TUNE_KEYS if hasattr(recipe, k)}}
-    unset = [k for k in FINE_TUNE_KEYS if given[k] is None]
+             **{k: getattr(recipe, k) for k in checkpoints.FINE_TUNE_KEYS if hasattr(recipe, k)}}
+    unset = [k for k in checkpoints.FINE_TUNE_KEYS if given[k] is None]
     if unset:
-        defaults, source = fine_tune_defaults(model_type, checkpoint)
+        defaults, source = checkpoints.fine_tune_defaults(model_type, checkpoint)
         given.update({k: defaults[k][finetune] if k == "lr" else defaults[k] for k in unset})
         shown = ", ".join(f"{k} {given[k]:g}" for k in unset)
         rank_zero_info(f"lora_sam: defaults from {source}: {shown} (explicit arguments win)")
@@ -199,9 +198,10 @@ class LoRASAM(pl.LightningModule):
             "model_type": model_type, "checkpoint": checkpoint, "image_size": list(image_size),
             "finetune": finetune, "lora": to_dict(self.lora_options), "recipe": to_dict(self.recipe),
             "optim": to_dict(self.optim), "compute": to_dict(self.compute), "seed": seed})
-        if checkpoint is None and model_type in BUILTIN_FILES and resolve_checkpoint(model_type, None) is not None:
+        if checkpoint is None and model_type in checkpoints.BUILTIN_FILES \
+                and checkpoints.resolve_checkpoint(model_type, None) is not None:
             rank_zero_info(f"lora_sam: no checkpoint given: {model_type} starts from the built-in base "
-                           f"({builtin_checkpoint(model_type)}; pretrained here on synthetic scenes, not Meta's "
+                           f"({checkpoints.builtin_checkpoint(model_type)}; pretrained here on synthetic scenes, not Meta's "
                            f"weights: see MODEL_CARD.md beside it)")
         self.sam = family.build(model_type, checkpoint, image_size).train()
         self.promptable = family.wrap(self.sam)
@@ -216,6 +216,7 @@ class LoRASAM(pl.LightningModule):
             family.compute(self.sam, self.compute.grad_checkpointing, self.compute.fused_attention)
         elif self.compute.grad_checkpointing:
             raise ValueError(f"the {family.name} family has no activation checkpointing (grad_checkpointing)")
+        self.decoder = StaticKDecoder(self.promptable, self.recipe) if self.compute.compile_decoder else None
         self.strict_loading = finetune == "full"  # LoRA checkpoints hold only the trainable tensors
         self._skipped = 0
         self._val_sums: dict[str, tuple[Tensor, int]] = {}
@@ -240,7 +241,8 @@ class LoRASAM(pl.LightningModule):
         self, batch: dict[str, Any], generator: torch.Generator, *, keep_records: bool = False
     ) -> StepResult:
         """``recipe.interactive_step`` on this module's SAM with its options."""
-        return interactive_step(self.promptable, batch, generator, self.recipe, keep_records=keep_records)
+        return interactive_step(self.promptable, batch, generator, self.recipe, keep_records=keep_records,
+                                decoder=self.decoder)
 
     def _world_size(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1

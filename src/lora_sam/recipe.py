@@ -35,7 +35,8 @@ import torch
 from torch import Tensor
 
 from lora_sam.checkpoints import SAM_RECIPE_DEFAULTS
-from lora_sam.losses import Pairing, assign_outputs, sam_loss
+from lora_sam.decoder_side import EagerDecoder, Scored, StepImage
+from lora_sam.losses import Pairing
 from lora_sam.metrics import mask_iou
 from lora_sam.promptable import PromptableModel
 from lora_sam.prompts import masks_to_boxes, noisy_boxes, sample_error_points, sample_points
@@ -180,21 +181,10 @@ def _key(stage: str, iteration: int | None, term: str) -> str:
 
 
 @dataclass
-class _Image:
-    """One image of a batch inside the step, cropped to its ``input_size`` (the padding left out)."""
-
-    embedding: Tensor  # (1, ...)
-    masks: Tensor  # (N, h, w) bool, h, w = input_size
-    areas: Tensor  # (N,)
-    boxes: Tensor  # (N, 4) XYXY
-    frame: tuple[int, int]  # (H, W) of the padded training frame the logits are upscaled to
-
-
-@dataclass
 class _Step:
-    """What every round of one step shares: the model, the options, the sampler and the sums."""
+    """What every round of one step shares: the decoder side, the options, the sampler and the sums."""
 
-    model: PromptableModel
+    decoder: EagerDecoder
     options: RecipeOptions
     generator: torch.Generator
     result: StepResult
@@ -207,6 +197,7 @@ def interactive_step(
     options: RecipeOptions,
     *,
     keep_records: bool = False,
+    decoder: EagerDecoder | None = None,
 ) -> StepResult:
     """Run the recipe on one batch (see the module docstring).
 
@@ -217,18 +208,21 @@ def interactive_step(
         keep_records: also return, per image, every round's points, labels, boxes, assigned GT
             masks, which GT each output was paired with, the chosen prediction and the targets (on
             the CPU, cropped to the image), for tests and the report's figures.
+        decoder: how each round's prompts are decoded and scored (``decoder_side``; default: eagerly, as they
+            come; ``StaticKDecoder``: padded to ``masks_per_image`` for ``torch.compile``).
     """
     images = batch["image"]
     embeddings = model.encode(images, batch["input_size"])  # (B, ...): once per image
-    step = _Step(model, options, generator, StepResult())
+    step = _Step(decoder or EagerDecoder(model, options), options, generator, StepResult())
     for b in range(images.shape[0]):
         h, w = (int(v) for v in batch["input_size"][b])
-        masks = batch["masks"][b][:, :h, :w].to(images.device)
+        frame_masks = batch["masks"][b].to(images.device)
         targets = batch["targets"][b][: options.masks_per_image].to(images.device)
         if targets.numel() == 0:
             continue
-        image = _Image(embedding=embeddings[b : b + 1], masks=masks, areas=masks.flatten(1).sum(1).float(),
-                       boxes=masks_to_boxes(masks), frame=tuple(images.shape[-2:]))
+        masks = frame_masks[:, :h, :w]
+        image = StepImage(embedding=embeddings[b : b + 1], frame_masks=frame_masks, size=(h, w),
+                          areas=masks.flatten(1).sum(1).float(), boxes=masks_to_boxes(masks))
         use_point = (torch.rand(len(targets), generator=generator) < options.point_prob).to(masks.device)
         record: dict[str, Any] | None = {"image_id": batch["image_id"][b], "point": [], "box": None} \
             if keep_records else None
@@ -241,49 +235,15 @@ def interactive_step(
     return step.result
 
 
-def _decode_and_score(step: _Step, image: _Image, iteration: int, gt: Tensor | None, target: Tensor,
-                      **prompts: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Decode K prompts and add their losses.
-
-    ``gt`` (K, 3, h, w) trains the 3 multimask outputs, paired by ``options.pairing`` (it always holds
-    the target: ``include=``); ``gt=None`` decodes the single-mask output and trains it against
-    ``target``. Returns, for the chosen output (highest predicted IoU), its low-resolution logits
-    (K, 1, h', w'), the next mask prompt, and its mask cropped to the image (K, h, w); and the GT index
-    each output was paired with (K, M; -1: the target, or none for an output left without a distinct GT).
-    """
-    low, iou_pred = step.model.decode(image.embedding, multimask=gt is not None, **prompts)
-    return _score(step, image, iteration, low, iou_pred, gt, target)
+def _add(step: _Step, iteration: int, scored: list[Scored], target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Add each set of outputs' losses (the first's chosen masks count in the step's mIoU); returns the first's
+    chosen low-resolution logits, chosen mask and pairing."""
+    for n, (losses, _, chosen, _) in enumerate(scored):
+        step.result.add(iteration, losses, mask_iou(chosen, target).detach(), metric=n == 0)
+    return scored[0][1:]
 
 
-def _score(step: _Step, image: _Image, iteration: int, low: Tensor, iou_pred: Tensor, gt: Tensor | None,
-           target: Tensor, *, metric: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """The losses of decoded outputs (``_decode_and_score``); ``metric=False`` leaves the chosen mask's IoU
-    out of the step's mIoU (a second set of outputs of the same prompts)."""
-    o = step.options
-    focal, dice, iou = o.loss_weights()
-    h, w = image.masks.shape[-2:]
-    logits = step.model.upscale(low, image.frame)[..., :h, :w]  # padding cropped, as Sam.postprocess_masks
-    best = iou_pred.argmax(1)
-    rows = torch.arange(len(best), device=best.device)
-    chosen = logits[rows, best] > 0
-    paired = torch.full(iou_pred.shape, -1, dtype=torch.long, device=best.device)
-    weight = None
-    if gt is None or o.pairing == "min":
-        gt_used = target[:, None]
-    else:
-        paired = assign_outputs(logits, gt, o.pairing, focal_weight=focal, dice_weight=dice)
-        # an output without a distinct GT: no mask loss; its IoU head learns its IoU with the target
-        with_target = torch.cat([gt, target[:, None]], 1)
-        index = torch.where(paired >= 0, paired, gt.shape[1])
-        gt_used = with_target.gather(1, index[:, :, None, None].expand_as(logits))
-        weight = paired >= 0 if o.pairing == "distinct" else None
-    losses = sam_loss(logits, iou_pred, gt_used, focal_weight=focal, dice_weight=dice,
-                      iou_weight=iou, min_only=gt is not None and o.pairing == "min", mask_weight=weight)
-    step.result.add(iteration, losses, mask_iou(chosen, target).detach(), metric=metric)
-    return low[rows, best][:, None], chosen, paired
-
-
-def _point_rounds(step: _Step, image: _Image, targets: Tensor, record: dict[str, Any] | None) -> None:
+def _point_rounds(step: _Step, image: StepImage, targets: Tensor, record: dict[str, Any] | None) -> None:
     """Point prompts: round 1 one point (3 outputs), then a new error point and the mask prompt per round
     (single output), then ``mask_only_iterations`` rounds of the mask prompt alone."""
     target = image.masks[targets]  # (Kp, h, w)
@@ -294,12 +254,14 @@ def _point_rounds(step: _Step, image: _Image, targets: Tensor, record: dict[str,
     rounds = o.iterations + o.mask_only_iterations
     for it in range(1, rounds + 1):
         first = it == 1
-        gt = image.masks[point_picks(image.masks, points, labels, image.areas, include=targets)[0]] if first else None
-        low_chosen, chosen, paired = _decode_and_score(step, image, it, gt, target, points=points, labels=labels,
-                                                       mask_input=mask_input)
+        picks = point_picks(image.masks, points, labels, image.areas, include=targets)[0] if first else None
+        scored = step.decoder(image, "multi" if first else "single", picks, targets, points=points, labels=labels,
+                              mask_input=mask_input)
+        low_chosen, chosen, paired = _add(step, it, scored, target)
         if record is not None:
             record["point"].append({"points": points.cpu(), "labels": labels.cpu(),
-                                    "gt": (gt if first else target[:, None]).cpu(), "paired": paired.cpu(),
+                                    "gt": (image.masks[picks] if first else target[:, None]).cpu(),
+                                    "paired": paired.cpu(),
                                     "pred": chosen.cpu(), "target": target.cpu(), "target_index": targets.cpu()})
         if it == rounds:
             break
@@ -310,7 +272,7 @@ def _point_rounds(step: _Step, image: _Image, targets: Tensor, record: dict[str,
         mask_input = low_chosen.detach()  # (Kp, 1, h', w'), unthresholded
 
 
-def _box_round(step: _Step, image: _Image, targets: Tensor, record: dict[str, Any] | None) -> None:
+def _box_round(step: _Step, image: StepImage, targets: Tensor, record: dict[str, Any] | None) -> None:
     """Box prompts: one round; noise capped at ``box_noise_cap`` px of SAM's frame, in training pixels."""
     o = step.options
     target = image.masks[targets]
@@ -318,15 +280,10 @@ def _box_round(step: _Step, image: _Image, targets: Tensor, record: dict[str, An
     cap = o.box_noise_cap * max(h, w) / SAM_FRAME  # the image's longest side is SAM_FRAME px in SAM's frame
     boxes = noisy_boxes(image.boxes[targets].float(), step.generator, image_size=(h, w),
                         std_fraction=o.box_noise_std, max_noise=cap)
-    gt = image.masks[box_picks(image.masks, boxes, image.areas, mask_boxes=image.boxes, include=targets)[0]] \
+    picks = box_picks(image.masks, boxes, image.areas, mask_boxes=image.boxes, include=targets)[0] \
         if o.box_output != "single" else None
-    if o.box_output == "both":  # the 4 mask tokens come from one decoder pass: the single output costs no decode
-        low, iou_pred = step.model.decode(image.embedding, boxes=boxes, multimask=True, all_outputs=True)
-        _, chosen, paired = _score(step, image, 1, low[:, 1:], iou_pred[:, 1:], gt, target)
-        _score(step, image, 1, low[:, :1], iou_pred[:, :1], None, target, metric=False)
-    else:
-        _, chosen, paired = _decode_and_score(step, image, 1, gt, target, boxes=boxes)
+    _, chosen, paired = _add(step, 1, step.decoder(image, o.box_output, picks, targets, boxes=boxes), target)
     if record is not None:
-        record["box"] = {"boxes": boxes.cpu(), "gt": (gt if gt is not None else target[:, None]).cpu(),
+        record["box"] = {"boxes": boxes.cpu(), "gt": (image.masks[picks] if picks is not None else target[:, None]).cpu(),
                          "paired": paired.cpu(), "pred": chosen.cpu(), "target": target.cpu(),
                          "target_index": targets.cpu()}

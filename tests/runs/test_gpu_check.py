@@ -1,4 +1,4 @@
-"""``benchmarks/gpu_check.py --quick`` on the CPU: its four parts run and record their results.
+"""``benchmarks/gpu_check.py --quick`` on the CPU: its five parts run and record their results.
 
 The script is what a session with a lent GPU runs once; this keeps it working between such sessions. It runs
 in the default suite (``slow``: about a minute and a half on two cores).
@@ -34,7 +34,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_every_part_runs_and_records_its_results(report: dict[str, Any]) -> None:
     parts = report["parts"]
-    assert list(parts) == ["api", "train_step", "vs_peft", "eval"]
+    assert list(parts) == ["api", "train_step", "vs_peft", "eval", "static_k"]
     errors = {name: part.get("error") for name, part in parts.items() if not part["ok"]}
     if not HAS_HF:  # the comparison needs them; it says how to get them
         assert "pip install transformers peft" in errors.pop("vs_peft", "")
@@ -56,6 +56,10 @@ def test_every_part_runs_and_records_its_results(report: dict[str, Any]) -> None
     evaluation = parts["eval"]
     assert evaluation["images"] == 2 and evaluation["prompt_count"] > 0
     assert 0.0 <= evaluation["metrics"]["miou@1"] <= 1.0
+
+    static = parts["static_k"]  # Dynamo's graphs of the static-K path: one per kind of round, none broken
+    assert static["graph_breaks"] == 0 and 1 <= static["graphs"] <= 4 and static["grad_relative_difference"] < 1e-4
+    assert all(static[name]["best_s"] > 0 for name in ("eager", "static_eager", "static_compiled"))
 
 
 @pytest.mark.skipif(not HAS_HF, reason="the comparison needs transformers and peft")

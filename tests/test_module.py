@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import lora_sam.recipe as recipe_lib
+import lora_sam.decoder_side as decoder_side
 from lora_sam import LoRASAM, get_loaders
 from lora_sam.lora import lora_state_dict
 
@@ -51,7 +51,7 @@ def test_nonfinite_loss_stops_or_skips(tiny_checkpoint: Path, synthetic_root: Pa
         nan = logits.sum() * float("nan")
         return {"focal": nan, "dice": nan, "iou": nan, "total": nan}
 
-    monkeypatch.setattr(recipe_lib, "sam_loss", nan_loss)
+    monkeypatch.setattr(decoder_side, "sam_loss", nan_loss)
     with pytest.raises(FloatingPointError, match="global step 0"):
         tiny(tiny_checkpoint).training_step(batch, 0)
     with pytest.warns(RuntimeWarning, match="batch skipped"):

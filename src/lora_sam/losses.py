@@ -135,16 +135,8 @@ def focal_dice_loss(
 
 
 def sam_loss(
-    logits: Tensor,
-    iou_pred: Tensor,
-    gt: Tensor,
-    *,
-    focal_weight: float = 20.0,
-    dice_weight: float = 1.0,
-    iou_weight: float = 1.0,
-    min_only: bool = False,
-    mask_weight: Tensor | None = None,
-    rows: Tensor | None = None,
+    logits: Tensor, iou_pred: Tensor, gt: Tensor, *, focal_weight: float = 20.0, dice_weight: float = 1.0,
+    iou_weight: float = 1.0, min_only: bool = False, mask_weight: Tensor | None = None, rows: Tensor | None = None,
     pixels: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """SAM's loss for K prompts with M outputs each.

@@ -99,7 +99,8 @@ def main() -> None:
     parser.add_argument("--max-warmup-steps", type=int, default=12)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", default="inductor",
-                        help="torch.compile's backend (default inductor; eager: Dynamo's graphs without code generation)")
+                        help="torch.compile's backend (default inductor; eager: Dynamo's graphs without code generation; "
+                             "none: not compiled, the static-K path run eagerly)")
     parser.add_argument("--data", help="SA-1B folder with an image of K masks (default: 4 synthetic images)")
     parser.add_argument("--out", help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -117,7 +118,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-6)
     decoders = {"eager": EagerDecoder(module.promptable, module.recipe),
                 "static_eager": StaticKDecoder(module.promptable, module.recipe, backend=None),
-                "static_compiled": StaticKDecoder(module.promptable, module.recipe, backend=args.backend)}
+                "static_compiled": StaticKDecoder(module.promptable, module.recipe, backend=None if args.backend == "none" else args.backend)}
     report: dict[str, object] = {"model_type": args.model_type, "image_size": list(size), "k": args.masks,
                                  "device": cpu_model() if device.type == "cpu" else torch.cuda.get_device_name(device),
                                  "threads": torch.get_num_threads(), "torch": torch.__version__, "backend": args.backend}

@@ -57,8 +57,8 @@ def test_every_part_runs_and_records_its_results(report: dict[str, Any]) -> None
     assert evaluation["images"] == 2 and evaluation["prompt_count"] > 0
     assert 0.0 <= evaluation["metrics"]["miou@1"] <= 1.0
 
-    static = parts["static_k"]  # Dynamo's graphs of the static-K path: one per kind of round, none broken
-    assert static["graph_breaks"] == 0 and 1 <= static["graphs"] <= 4 and static["grad_relative_difference"] < 1e-4
+    static = parts["static_k"]  # not compiled in the quick form: the static-K path's gradients are the eager ones
+    assert static["graphs"] == 0 and static["grad_relative_difference"] < 1e-4
     assert all(static[name]["best_s"] > 0 for name in ("eager", "static_eager", "static_compiled"))
 
 

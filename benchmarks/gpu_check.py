@@ -18,7 +18,8 @@ JSON file (``--out``, rewritten after every part) with the card, torch and CUDA 
    loss and gradients match the eager ones: which should be the default on a GPU.
 
 ``--quick`` runs the same parts on the CPU in a reduced form (the ``tiny`` model, 5 API steps, a tiny
-train-step, ``vs_peft --quick``, eval on 2 images, the static-K step not compiled): the test suite runs it so the script keeps working.
+train-step, ``vs_peft --quick``, eval on 2 images, the static-K step not compiled): the test suite runs it so
+the script keeps working.
 
 Usage::
 
@@ -131,17 +132,22 @@ def part_api(check: Check, record: dict[str, Any], tmp: Path) -> None:
                              f"of the last {n} {last:.4f}")
 
 
+def quick_step_arguments(tmp: Path) -> list[str]:
+    """The reduced step of ``--quick`` for ``train_step.py`` and ``static_k.py``: the tiny model at 64x96, K = 4, on
+    two small synthetic images of its own (the default ones are SA-1B sized)."""
+    from lora_sam.data.synth import make_synthetic
+
+    make_synthetic(tmp / "data", 2, seed=0, image_size=(128, 192))
+    return ["--model-type", "tiny", "--image-size", "64", "96", "--masks", "4", "--data", str(tmp / "data")]
+
+
 def part_train_step(check: Check, record: dict[str, Any], tmp: Path) -> None:
     """``benchmarks/train_step.py`` on the device: targets/s, peak memory, FLOP rate vs the card's bf16 peak."""
     out = tmp / "train_step.json"
     command = [sys.executable, str(BENCHMARKS / "train_step.py"), "--device", check.device, "--steps",
                str(check.bench_steps), "--json", str(out)]
-    if check.quick:  # its own small images: the default ones are SA-1B sized
-        from lora_sam.data.synth import make_synthetic
-
-        make_synthetic(tmp / "data", 2, seed=0, image_size=(128, 192))
-        command += ["--model-type", "tiny", "--image-size", "64", "96", "--masks", "4", "--modes", "lora",
-                    "--profile", "0", "--data", str(tmp / "data")]
+    if check.quick:
+        command += quick_step_arguments(tmp) + ["--modes", "lora", "--profile", "0"]
     record["command"] = " ".join(command[1:])
     record["wall_seconds"], _ = run_command(command, check.timeout_s)
     card = record["card"] = _card(check)
@@ -226,11 +232,7 @@ def part_static_k(check: Check, record: dict[str, Any], tmp: Path) -> None:
     command = [sys.executable, str(BENCHMARKS / "static_k.py"), "--device", check.device, "--out", str(out),
                "--rounds", str(check.bench_steps)]
     if check.quick:  # not compiled: Inductor takes minutes on 2 cores (tests/test_decoder_side.py traces the graphs)
-        from lora_sam.data.synth import make_synthetic
-
-        make_synthetic(tmp / "data", 2, seed=0, image_size=(128, 192))
-        command += ["--model-type", "tiny", "--image-size", "64", "96", "--masks", "4", "--backend", "none",
-                    "--max-warmup-steps", "3", "--data", str(tmp / "data")]
+        command += quick_step_arguments(tmp) + ["--backend", "none", "--max-warmup-steps", "3"]
     record["command"] = " ".join(command[1:])
     record["wall_seconds"], _ = run_command(command, check.timeout_s)
     report = json.loads(out.read_text())

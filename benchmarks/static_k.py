@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import Stepper, count_flops, cpu_model, load_batch, matmul_rate, to_device  # noqa: E402
+from train_step import Stepper, _sync, count_flops, cpu_model, load_batch, matmul_rate, to_device  # noqa: E402
 
 from lora_sam.data.synth import make_synthetic  # noqa: E402
 from lora_sam.decoder_side import EagerDecoder, StaticKDecoder  # noqa: E402
@@ -41,11 +41,6 @@ from lora_sam.families import data_frame  # noqa: E402
 from lora_sam.module import LoRASAM  # noqa: E402
 
 VARIANTS = ("eager", "static_eager", "static_compiled")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step(module: LoRASAM, batch: dict, seed: int, optimizer: torch.optim.Optimizer | None) -> tuple[torch.Tensor, float]:

@@ -150,7 +150,7 @@ class StaticKDecoder(EagerDecoder):
         super().__init__(model, options)
         self.rows = int(options.masks_per_image)
         self._compiled = self._run if backend is None else torch.compile(self._run, backend=backend, dynamic=False)
-        self._inside: dict[tuple[tuple[int, int], tuple[int, int]], Tensor] = {}
+        self._inside: dict[tuple[tuple[int, int], tuple[int, int]], tuple[Tensor, Tensor]] = {}
 
     def _run(self, embedding: Tensor, frame: tuple[int, int], mode: DecodeMode, gt: Tensor | None, target: Tensor,
              prompts: dict[str, Tensor], inside: Tensor, pixels: Tensor, rows: Tensor) -> list[Scored]:
@@ -167,12 +167,12 @@ class StaticKDecoder(EagerDecoder):
         device = image.frame_masks.device
         pad = torch.cat([torch.arange(k, device=device), torch.zeros(self.rows - k, dtype=torch.long, device=device)])
         key = (image.frame, image.size)
-        if key not in self._inside:
+        if key not in self._inside:  # the image's pixels in the frame, and their count (a tensor: no recompiles)
             inside = torch.zeros(image.frame, dtype=torch.bool, device=device)
             inside[:h, :w] = True
-            self._inside[key] = inside
+            self._inside[key] = (inside, torch.tensor(float(h * w), device=device))
         scored = self._compiled(
             image.embedding, image.frame, mode, image.frame_masks[gt_index[pad]] if gt_index is not None else None,
             image.frame_masks[target_index[pad]], {n: v[pad] for n, v in prompts.items() if v is not None},
-            self._inside[key], torch.tensor(float(h * w), device=device), torch.arange(self.rows, device=device) < k)
+            *self._inside[key], torch.arange(self.rows, device=device) < k)
         return [(losses, low[:k], chosen[:k, :h, :w], paired[:k]) for losses, low, chosen, paired in scored]

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lora_sam.adapter import save_adapter
 from lora_sam.app.images import from_array
 from lora_sam.app.models import ModelBank
 from lora_sam.app.overlay import model_view, prompt_view
 from lora_sam.app.session import Session
 from lora_sam.lora import inject_lora, lora_layers
-from lora_sam.model import build_sam, resolve_checkpoint
+from lora_sam.lora.adapter import save_adapter
+from lora_sam.models.sam_v1.model import build_sam, resolve_checkpoint
 
 
 def _made_models(folder: Path, model_type: str, checkpoint: str | None, size: tuple[int, int]) -> tuple[str, str]:

@@ -22,7 +22,7 @@ import torch
 
 from lora_sam.data.loaders import open_dataset
 from lora_sam.data.samples import collate
-from lora_sam.families import build, data_frame
+from lora_sam.models.families import build, data_frame
 
 
 def _checkpoint(path: str, folder: str) -> str:

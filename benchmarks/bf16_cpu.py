@@ -19,8 +19,8 @@ import torch
 
 from lora_sam.data.loaders import collate, open_dataset
 from lora_sam.data.synth import make_synthetic
-from lora_sam.model import SamV1, build_sam
-from lora_sam.recipe import RecipeOptions, interactive_step
+from lora_sam.models.sam_v1.model import SamV1, build_sam
+from lora_sam.training.recipe import RecipeOptions, interactive_step
 
 
 def _step(sam, optimizer, batch, options: RecipeOptions, bf16: bool, seed: int) -> float:

@@ -20,8 +20,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lora_sam import inject_lora
-from lora_sam.model import SamV1, build_sam
-from lora_sam.recipe import RecipeOptions, interactive_step
+from lora_sam.models.sam_v1.model import SamV1, build_sam
+from lora_sam.training.recipe import RecipeOptions, interactive_step
 
 SIZE = (160, 256)
 

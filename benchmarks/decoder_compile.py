@@ -25,10 +25,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lora_sam import families
-from lora_sam.decoder_side import decode_and_score
-from lora_sam.promptable import PromptableModel
-from lora_sam.recipe import RecipeOptions
+from lora_sam.models import families
+from lora_sam.models.promptable import PromptableModel
+from lora_sam.training.decoder_side import decode_and_score
+from lora_sam.training.recipe import RecipeOptions
 
 
 def _inputs(k: int, size: tuple[int, int], grid: tuple[int, int], dim: int, clicks: int) -> dict[str, Tensor]:

@@ -23,8 +23,8 @@ import pytorch_lightning as pl
 
 from lora_sam import LoRASAM, get_loaders
 from lora_sam.data.synth import make_synthetic
-from lora_sam.families import data_frame
 from lora_sam.io import markdown_table
+from lora_sam.models.families import data_frame
 from lora_sam.runs.callbacks import quiet_framework
 
 LORA = [{"lr": lr, "focal_weight": focal} for focal in (20.0, 0.0) for lr in (1e-4, 5e-4, 1e-3, 2e-3, 4e-3)]

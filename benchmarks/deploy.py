@@ -34,8 +34,8 @@ import torch
 from PIL import Image
 from segment_anything import SamPredictor
 
-from lora_sam.deploy import automatic_mask_generator, decoder_feed, export_onnx
-from lora_sam.model import ORIGINAL_SIZE, build_sam
+from lora_sam.models.sam_v1.deploy import automatic_mask_generator, decoder_feed, export_onnx
+from lora_sam.models.sam_v1.model import ORIGINAL_SIZE, build_sam
 from lora_sam.runs.segment_all import segment_image
 
 

@@ -49,7 +49,7 @@ from typing import Any
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
 import vs_peft  # noqa: E402
-from train_step import cpu_model  # noqa: E402
+from bench_machine import cpu_model  # noqa: E402
 
 PARTS = ("api", "train_step", "vs_peft", "eval", "static_k")
 BF16_TFLOPS = (  # dense bf16 tensor-core peak, TFLOP/s, from the vendor's data sheets; first match wins
@@ -184,7 +184,7 @@ def part_eval(check: Check, record: dict[str, Any], tmp: Path) -> None:
     import torch
 
     from lora_sam.data.synth import make_synthetic
-    from lora_sam.model import build_sam
+    from lora_sam.models.sam_v1.model import build_sam
 
     checkpoint, data, out = tmp / f"sam_{check.model_type}_random.pth", tmp / "eval_data", tmp / "eval"
     torch.manual_seed(0)

@@ -119,7 +119,7 @@ def _max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -129,52 +129,74 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=2250)
     parser.add_argument("--image-size", type=int, nargs=2, default=(160, 256), metavar=("H", "W"))
     parser.add_argument("--repeats", type=int, default=2, help="timed passes, best kept (default 2)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    baseline_rss = _max_rss_mib()
-    image_size = tuple(args.image_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        data, cache = Path(tmp) / "data", Path(tmp) / "cache"
-        data.mkdir()
-        rng = np.random.default_rng(0)
-        start = time.perf_counter()
-        for i in range(args.samples):
-            write_sample(data, i + 1, rng, (args.height, args.width), args.masks)
-        jpeg_kib = np.mean([p.stat().st_size for p in data.glob("*.jpg")]) / 1024
-        print(
-            f"generated {args.samples} samples in {time.perf_counter() - start:.0f} s (JPEG {jpeg_kib:.0f} KiB each)"
+    return parser
+
+
+def write_samples(data: Path, args: argparse.Namespace) -> None:
+    """``args.samples`` SA-1B-format samples in ``data``; prints how long that took and their JPEG size."""
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for i in range(args.samples):
+        write_sample(data, i + 1, rng, (args.height, args.width), args.masks)
+    jpeg_kib = np.mean([p.stat().st_size for p in data.glob("*.jpg")]) / 1024
+    print(
+        f"generated {args.samples} samples in {time.perf_counter() - start:.0f} s (JPEG {jpeg_kib:.0f} KiB each)"
+    )
+
+
+def mask_readers(
+    data: Path, args: argparse.Namespace, image_size: tuple[int, int]
+) -> tuple[Callable[[int], object], Callable[[int], object]]:
+    """Readers of sample i's masks alone (no image decoding), at ``image_size``: naive and fast."""
+    documents = [json.loads((data / f"sa_{i + 1}.json").read_text()) for i in range(args.samples)]
+    segments = [parse_sa1b(doc, "bench")[0].segments for doc in documents]
+    out_size = resize_shape((args.height, args.width), image_size, "pad")
+
+    def naive_masks(i: int) -> object:
+        return [decode_naive(s.segmentation, out_size) for s in segments[i]]
+
+    def fast_masks(i: int) -> object:
+        runs = decode_many([s.segmentation["counts"] for s in segments[i]])
+        return sample_runs(runs, (args.height, args.width), out_size)
+
+    return naive_masks, fast_masks
+
+
+def measure(
+    tmp: Path, args: argparse.Namespace, image_size: tuple[int, int]
+) -> dict[str, tuple[float, float, float]]:
+    """Writes the samples under ``tmp``, checks that naive and fast masks agree, prepares the cache, and
+    measures each path: {path: (samples/s, masks-only images/s or NaN, peak MiB)}."""
+    data, cache = tmp / "data", tmp / "cache"
+    data.mkdir()
+    write_samples(data, args)
+    naive = SA1BFolder(data, image_size=image_size, fast=False)
+    fast = SA1BFolder(data, image_size=image_size)
+    for i in range(len(fast)):
+        assert torch.equal(naive[i]["masks"], fast[i]["masks"]), (
+            f"fast and naive masks differ for {fast.path(i)}"
         )
-        naive = SA1BFolder(data, image_size=image_size, fast=False)
-        fast = SA1BFolder(data, image_size=image_size)
-        for i in range(len(fast)):
-            assert torch.equal(naive[i]["masks"], fast[i]["masks"]), (
-                f"fast and naive masks differ for {fast.path(i)}"
-            )
-        prepare_cache(data, cache, image_size=image_size, progress=False)
-        cached = CachedDataset(cache, image_size=image_size)
+    prepare_cache(data, cache, image_size=image_size, progress=False)
+    cached = CachedDataset(cache, image_size=image_size)
+    naive_masks, fast_masks = mask_readers(data, args, image_size)
+    rows = [
+        ("naive (full decode, then resize)", naive.__getitem__, naive_masks),
+        ("fast (reduced JPEG, RLE sampled)", fast.__getitem__, fast_masks),
+        ("prepared cache", cached.__getitem__, None),
+    ]
+    results = {}
+    for name, read, masks_only in rows:
+        sample_rate = rate(read, args.samples, args.repeats)
+        mask_rate = rate(masks_only, args.samples, args.repeats) if masks_only else float("nan")
+        results[name] = (sample_rate, mask_rate, peak_mib(read))
+    return results
 
-        documents = [json.loads((data / f"sa_{i + 1}.json").read_text()) for i in range(args.samples)]
-        segments = [parse_sa1b(doc, "bench")[0].segments for doc in documents]
-        out_size = resize_shape((args.height, args.width), image_size, "pad")
 
-        def naive_masks(i: int) -> object:
-            return [decode_naive(s.segmentation, out_size) for s in segments[i]]
-
-        def fast_masks(i: int) -> object:
-            runs = decode_many([s.segmentation["counts"] for s in segments[i]])
-            return sample_runs(runs, (args.height, args.width), out_size)
-
-        rows = [
-            ("naive (full decode, then resize)", naive.__getitem__, naive_masks),
-            ("fast (reduced JPEG, RLE sampled)", fast.__getitem__, fast_masks),
-            ("prepared cache", cached.__getitem__, None),
-        ]
-        results = {}
-        for name, read, masks_only in rows:
-            sample_rate = rate(read, args.samples, args.repeats)
-            mask_rate = rate(masks_only, args.samples, args.repeats) if masks_only else float("nan")
-            results[name] = (sample_rate, mask_rate, peak_mib(read))
+def report(
+    results: dict[str, tuple[float, float, float]], args: argparse.Namespace, image_size: tuple[int, int],
+    baseline_rss: float,
+) -> None:
+    """Prints the table of ``measure``'s results and the targets, met or not."""
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, one thread, "
         f"{args.samples} samples {args.height}x{args.width}, {args.masks} masks, at {image_size[0]}x{image_size[1]}"
@@ -184,11 +206,12 @@ def main() -> None:
     for name, (sample_rate, mask_rate, peak) in results.items():
         masks_text = f"{mask_rate:.1f}" if mask_rate == mask_rate else "-"
         print(f"| {name} | {sample_rate:.1f} | {masks_text} | {peak:.1f} MiB |")
-    base, quick, cache_rate = (results[name][0] for name, _, _ in rows)
+    names = list(results)  # naive, fast, cache
+    base, quick, cache_rate = (results[name][0] for name in names)
     print(
         f"\nfast / naive: {quick / base:.1f}x (target >= 10x: {'met' if quick / base >= 10 else 'NOT met'})"
     )
-    print(f"masks only, fast / naive: {results[rows[1][0]][1] / results[rows[0][0]][1]:.1f}x")
+    print(f"masks only, fast / naive: {results[names[1]][1] / results[names[0]][1]:.1f}x")
     print(
         f"cache: {cache_rate:.0f} samples/s per core (target >= 20: {'met' if cache_rate >= 20 else 'NOT met'})"
     )
@@ -196,6 +219,16 @@ def main() -> None:
         f"max RSS: {_max_rss_mib():.0f} MiB, of which {baseline_rss:.0f} MiB before any data (torch and cv2 imported)"
     )
 
+
+def main() -> None:
+    args = build_parser().parse_args()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    baseline_rss = _max_rss_mib()
+    image_size = tuple(args.image_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = measure(Path(tmp), args, image_size)
+    report(results, args, image_size, baseline_rss)
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_step  # noqa: E402  (the benchmark this one runs, cell by cell)
+from bench_report import fmt_bytes  # noqa: E402
 
 OPTIONS = ("official", "fused", "fused+ckpt")
 
@@ -51,7 +52,7 @@ def markdown(cells: list[dict[str, Any]]) -> str:
         base = official.get((c["model_type"], tuple(c["size"])))
         ratio = f"{c['peak_bytes'] / base:.2f}x" if base else "n/a"
         rows.append(f"| {c['model_type']} | {c['size'][0]}x{c['size'][1]} | {c['compute']} | {c['step_s']:.2f} | "
-                    f"{train_step.fmt_bytes(c['peak_bytes'])} | {train_step.fmt_bytes(c['peak_abs_bytes'])} | {ratio} |")
+                    f"{fmt_bytes(c['peak_bytes'])} | {fmt_bytes(c['peak_abs_bytes'])} | {ratio} |")
     return "\n".join(rows)
 
 

@@ -26,17 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from lora_sam.checkpoints import resolve_checkpoint
 from lora_sam.data.loaders import open_dataset, split_indices
 from lora_sam.data.synth import make_synthetic
 from lora_sam.evaluation.options import EvalModels, EvalOptions
 from lora_sam.evaluation.run import evaluate_models
-from lora_sam.families import data_frame, family_of
 from lora_sam.io import markdown_table
 from lora_sam.lora import LoRAOptions
-from lora_sam.metrics import metric_rows
-from lora_sam.recipe import RecipeOptions
+from lora_sam.models.checkpoints import resolve_checkpoint
+from lora_sam.models.families import data_frame, family_of
 from lora_sam.runs.compare import CompareConfig, compare
+from lora_sam.training.metrics import metric_rows
+from lora_sam.training.recipe import RecipeOptions
 
 CLICKS = 10
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

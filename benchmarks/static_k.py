@@ -33,12 +33,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import Stepper, _sync, count_flops, cpu_model, load_batch, matmul_rate, to_device  # noqa: E402
+from bench_machine import cpu_model, matmul_rate, sync  # noqa: E402
+from bench_profile import count_flops  # noqa: E402
+from bench_step import Stepper, load_batch, to_device  # noqa: E402
 
 from lora_sam.data.synth import make_synthetic  # noqa: E402
-from lora_sam.decoder_side import EagerDecoder, StaticKDecoder  # noqa: E402
-from lora_sam.families import data_frame  # noqa: E402
-from lora_sam.module import LoRASAM  # noqa: E402
+from lora_sam.models.families import data_frame  # noqa: E402
+from lora_sam.training.decoder_side import EagerDecoder, StaticKDecoder  # noqa: E402
+from lora_sam.training.module import LoRASAM  # noqa: E402
 
 VARIANTS = ("eager", "static_eager", "static_compiled")
 
@@ -46,14 +48,14 @@ VARIANTS = ("eager", "static_eager", "static_compiled")
 def step(module: LoRASAM, batch: dict, seed: int, optimizer: torch.optim.Optimizer | None) -> tuple[torch.Tensor, float]:
     """One step with the module's decoder side and prompt seed ``seed``; (loss, seconds)."""
     device = batch["image"].device
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     module.zero_grad(set_to_none=True)
     loss = module.interactive_step(batch, torch.Generator().manual_seed(seed)).mean("total")
     loss.backward()
     if optimizer is not None:
         optimizer.step()
-    _sync(device)
+    sync(device)
     return loss.detach(), time.perf_counter() - start
 
 

@@ -6,10 +6,10 @@ subprocess (so its peak memory is its own).
   forward, loss (focal x 20 + dice + IoU-head MSE), backward and ``AdamW.step``. *Ours*: ``LoRASAM(4, 4.0,
   layers="qkv", iterations=1, point_prob=0.0, box_output="single", ...)`` in a Lightning ``Trainer`` over one
   synthetic image (``make_synthetic`` + ``get_loaders``), variants ``official`` (SAM's attention), ``fused``
-  (``lora_sam.model.use_fused_attention``) and ``fused+ckpt`` (and ``grad_checkpointing=True``); a variant whose
+  (``lora_sam.models.sam_v1.model.use_fused_attention``) and ``fused+ckpt`` (and ``grad_checkpointing=True``); a variant whose
   option the library lacks is skipped with a note. *HF*: ``get_peft_model(SamModel(SamConfig()),
   LoraConfig(r=4, lora_alpha=4, target_modules=["qkv"]))`` on ``pixel_values`` (1, 3, 1024, 1024) and
-  ``input_boxes`` (1, 16, 4), ``multimask_output=False``; our loss (``lora_sam.losses.sam_loss``) against 16 fixed
+  ``input_boxes`` (1, 16, 4), ``multimask_output=False``; our loss (``lora_sam.training.losses.sam_loss``) against 16 fixed
   box masks at HF's 256x256 low-resolution output (``--hf-loss full``: upscaled to 1024 first, as ours); AdamW.
 * **(b) the users' route.** Ours with ``LoRASAM``'s defaults (ViT-B at 160x256, K = 16 targets of one image,
   3 interactive iterations, points or boxes) through the ``Trainer``, against the HF + PEFT step of (a) (the
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import _proc_status, _reset_peak_rss, _sync, cpu_model  # noqa: E402
+from bench_machine import cpu_model, proc_status, reset_peak_rss, sync  # noqa: E402
 
 PARTS = ("a", "b")
 VARIANTS = ("official", "fused", "fused+ckpt")
@@ -68,7 +68,7 @@ class Setup:
 
 
 QUICK = {"quick": True, "model_type": "tiny", "side": 256, "prompts": 4}
-TINY_HF = {  # HF's SamConfig shaped like our ``tiny`` (lora_sam.sizes), at 256 px
+TINY_HF = {  # HF's SamConfig shaped like our ``tiny`` (lora_sam.models.sam_v1.sizes), at 256 px
     "vision_config": dict(hidden_size=160, num_hidden_layers=4, num_attention_heads=5, global_attn_indexes=[1, 3],
                           window_size=7, image_size=256, output_channels=64, num_pos_feats=32),
     "prompt_encoder_config": dict(hidden_size=64, image_size=256),
@@ -81,8 +81,8 @@ def memory_baseline(device: Any) -> tuple[int, bool]:
 
     gc.collect()
     if device.type != "cuda":
-        reset = _reset_peak_rss()
-        return _proc_status("VmRSS"), reset
+        reset = reset_peak_rss()
+        return proc_status("VmRSS"), reset
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     return torch.cuda.memory_allocated(device), True
@@ -91,7 +91,7 @@ def memory_baseline(device: Any) -> tuple[int, bool]:
 def memory_peak(device: Any) -> int:
     import torch
 
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _proc_status("VmHWM")
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else proc_status("VmHWM")
 
 
 def step_summary(times: list[float], prompts: list[int], warmup: int, base: int, reset: bool, peak: int) -> dict:
@@ -104,8 +104,8 @@ def step_summary(times: list[float], prompts: list[int], warmup: int, base: int,
 
 def ours_module(part: str, variant: str, setup: Setup) -> Any:
     """``LoRASAM`` of (a) (equal work, ``variant``'s attention) or of (b) (the defaults)."""
-    import lora_sam.model
-    from lora_sam.module import LoRASAM
+    import lora_sam.models.sam_v1.model
+    from lora_sam.training.module import LoRASAM
 
     if part == "b":
         return LoRASAM(model_type=setup.model_type, checkpoint="random", masks_per_image=setup.prompts)
@@ -117,16 +117,16 @@ def ours_module(part: str, variant: str, setup: Setup) -> Any:
         module = LoRASAM(4, 4.0, fused_attention=variant != "official", **given)
     except TypeError:
         module = LoRASAM(4, 4.0, **given)
-    if hasattr(lora_sam.model, "use_fused_attention"):
-        lora_sam.model.use_fused_attention(module.sam, variant != "official")
+    if hasattr(lora_sam.models.sam_v1.model, "use_fused_attention"):
+        lora_sam.models.sam_v1.model.use_fused_attention(module.sam, variant != "official")
     return module
 
 
 def measure_ours(part: str, variant: str, data: str, setup: Setup) -> dict[str, Any]:
     import pytorch_lightning as pl
 
-    from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
     from lora_sam.data.loaders import get_loaders
+    from lora_sam.models.checkpoints import DEFAULT_IMAGE_SIZE
     from lora_sam.runs.callbacks import StepTimer
 
     class Probe(pl.Callback):
@@ -143,7 +143,7 @@ def measure_ours(part: str, variant: str, data: str, setup: Setup) -> dict[str, 
             self.prompts.append(len(batch["targets"][0]))
 
         def on_train_batch_end(self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, i: int) -> None:
-            _sync(module.device)
+            sync(module.device)
             self.peak = memory_peak(module.device)
 
     module = ours_module(part, variant, setup)
@@ -185,7 +185,7 @@ def measure_hf(setup: Setup) -> dict[str, Any]:
     import torch.nn.functional as F
     from transformers import SamConfig, SamModel
 
-    from lora_sam.losses import sam_loss
+    from lora_sam.training.losses import sam_loss
 
     device = torch.device(setup.device)
     config = SamConfig(**TINY_HF) if setup.quick else SamConfig()  # SamConfig(): ViT-B at 1024 px
@@ -221,10 +221,10 @@ def timed_loop(step: Callable[[], None], device: Any, setup: Setup) -> dict[str,
     base, reset = memory_baseline(device)
     times = []
     for _ in range(setup.warmup + setup.steps):
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t)
     return step_summary(times, [setup.prompts] * len(times), setup.warmup, base, reset, memory_peak(device))
 
@@ -243,10 +243,10 @@ def worker(name: str, data: str, setup: Setup) -> dict[str, Any]:
 
 def missing_features() -> dict[str, str]:
     """What the installed library lacks of the (a) variants' options: ``fused`` and ``ckpt``, with why."""
-    import lora_sam.model
-    from lora_sam.module import LoRASAM
+    import lora_sam.models.sam_v1.model
+    from lora_sam.training.module import LoRASAM
 
-    missing = {} if hasattr(lora_sam.model, "use_fused_attention") else {"fused": "no use_fused_attention"}
+    missing = {} if hasattr(lora_sam.models.sam_v1.model, "use_fused_attention") else {"fused": "no use_fused_attention"}
     try:
         with warnings.catch_warnings(action="ignore"):
             LoRASAM(model_type="tiny", checkpoint="random", image_size=(64, 64), grad_checkpointing=True)

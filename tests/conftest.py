@@ -15,7 +15,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random ``tiny`` SAM saved with ``torch.save(state_dict)`` like the official files."""
-    from lora_sam.model import build_sam
+    from lora_sam.models.sam_v1.model import build_sam
 
     torch.manual_seed(0)
     sam = build_sam("tiny", "random", image_size=(1024, 1024))

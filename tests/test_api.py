@@ -1,4 +1,5 @@
-"""The public API: the 17 names of ``lora_sam.__init__``, lazily imported and visible to type checkers."""
+"""The public API: the 17 names of ``lora_sam.__init__``, lazily imported and visible to type checkers; the old
+module paths; the package layout."""
 
 from __future__ import annotations
 
@@ -22,3 +23,51 @@ def test_type_checking_block_imports_exactly_the_public_names_from_their_modules
     imported = {alias.name: node.module for node in block.body if isinstance(node, ast.ImportFrom)
                 for alias in node.names}
     assert imported == {name: f"lora_sam.{module}" for name, module in lora_sam._EXPORTS.items()}
+
+
+# Every import path the README showed before the package was laid out by concept (and every module that moved):
+# each still imports, warns that it moved, and gives the very objects of its new home.
+OLD_PATHS = {
+    "lora_sam.lora": ("LoRAOptions", "lora_sam.lora.options"),
+    "lora_sam.recipe": ("RecipeOptions", "lora_sam.training.recipe"),
+    "lora_sam.module": ("LoRASAM", "lora_sam.training.module"),
+    "lora_sam.model": ("build_sam", "lora_sam.models.sam_v1.model"),
+    "lora_sam.sam2_model": ("Sam2Image", "lora_sam.models.sam2_1.model"),
+    "lora_sam.sam2_config": ("MINI_OVERRIDES", "lora_sam.models.sam2_1.config"),
+    "lora_sam.families": ("family_of", "lora_sam.models.families"),
+    "lora_sam.promptable": ("PromptableModel", "lora_sam.models.promptable"),
+    "lora_sam.checkpoints": ("WEIGHTS_DIR", "lora_sam.models.checkpoints"),
+    "lora_sam.adapter": ("save_adapter", "lora_sam.lora.adapter"),
+    "lora_sam.targets": ("point_sample", "lora_sam.training.targets"),
+    "lora_sam.losses": ("sam_loss", "lora_sam.training.losses"),
+}
+
+
+def test_the_old_import_paths_still_import_the_same_objects() -> None:
+    """In a fresh interpreter (so that no test has imported them before): each old path imports, warns once
+    that it moved (but ``lora_sam.lora``, a package of its own now), and its name is the new module's object."""
+    import subprocess
+    import sys
+
+    lines = ["import warnings", "warnings.simplefilter('always')", "import lora_sam"]
+    for n, (old, (name, new)) in enumerate(OLD_PATHS.items()):
+        lines += [f"from {old} import {name} as old{n}", f"from {new} import {name} as new{n}",
+                  f"assert old{n} is new{n}, {old!r}"]
+    lines.append("from lora_sam.models.sam_v1.presets import SAM_LAYERS; assert lora_sam.lora.SAM_LAYERS is SAM_LAYERS")
+    done = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    warned = {line.split(" moved to ")[0].rsplit(" ", 1)[-1] for line in done.stderr.splitlines() if " moved to " in line}
+    assert warned == set(OLD_PATHS) - {"lora_sam.lora"}
+
+
+def test_the_root_holds_only_the_concepts() -> None:
+    """The tree shows the families, LoRA and training: the package root keeps the command line, the settings
+    helpers and io beside one sub-package per concept."""
+    from pathlib import Path
+
+    root = Path(lora_sam.__file__).parent
+    modules = {p.stem for p in root.glob("*.py")}
+    packages = {p.name for p in root.iterdir() if (p / "__init__.py").is_file()}
+    assert modules == {"__init__", "_moved", "cli", "io", "settings"}
+    assert packages == {"models", "lora", "training", "data", "evaluation", "report", "runs", "app"}
+    assert {p.name for p in (root / "models").iterdir() if (p / "__init__.py").is_file()} == {"sam_v1", "sam2_1"}

@@ -15,11 +15,11 @@ from lora_sam.data.loaders import LoaderOptions
 from lora_sam.data.samples import SampleOptions
 from lora_sam.evaluation.options import EvalModels, EvalOptions
 from lora_sam.lora import LoRAOptions
-from lora_sam.module import ComputeOptions, OptimOptions
-from lora_sam.recipe import RecipeOptions
 from lora_sam.runs.compare import CompareConfig
 from lora_sam.runs.pretrain import PretrainConfig
 from lora_sam.settings import add_options, field_help, from_args, from_dict, to_dict
+from lora_sam.training.options import ComputeOptions, OptimOptions
+from lora_sam.training.recipe import RecipeOptions
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "lora_sam"
 GROUPS = (LoRAOptions, RecipeOptions, OptimOptions, ComputeOptions, SampleOptions, LoaderOptions, EvalOptions,
@@ -125,11 +125,12 @@ def test_from_dict_names_an_unknown_field() -> None:
 
 
 def test_the_readme_settings_example_runs() -> None:
-    """The README's settings block, verbatim: the groups passed whole equal the same fields given by name."""
-    readme = (SRC.parents[1] / "README.md").read_text()
-    section = readme.split("## Settings", 1)[1]
+    """The documentation's settings block (docs/training.md), verbatim: the groups passed whole equal the same
+    fields given by name."""
+    page = (SRC.parents[1] / "docs" / "training.md").read_text()
+    section = page.split("## Settings", 1)[1]
     code = section.split("```python", 1)[1].split("```", 1)[0]
-    exec(compile(code, "README.md (Settings)", "exec"), {})
+    exec(compile(code, "docs/training.md (Settings)", "exec"), {})
 
 
 def test_old_flat_hparams_and_the_old_targets_name_still_load() -> None:
@@ -138,7 +139,7 @@ def test_old_flat_hparams_and_the_old_targets_name_still_load() -> None:
            "targets": "qkv", "finetune": "lora", "iterations": 2, "masks_per_image": 4, "lr": 1e-3,
            "weight_decay": 0.0, "warmup_steps": 5, "min_only": True, "focal_weight": 0.0, "dice_weight": 1.0,
            "iou_weight": 1.0, "on_nonfinite": "error", "seed": 3}
-    from lora_sam.module import LoRASAM
+    from lora_sam.training.module import LoRASAM
 
     with pytest.warns(DeprecationWarning, match="layers="):
         module = LoRASAM(**old)
@@ -154,14 +155,51 @@ def test_old_flat_hparams_and_the_old_targets_name_still_load() -> None:
 
 
 def test_demo_options_come_from_its_config_and_override_the_preset() -> None:
-    """``lora-sam demo``'s options are DemoConfig's fields; an option given wins over the preset
+    """``lora-sam demo``'s options are DemoConfig's fields, its groups' included (the fine-tuning is a
+    ``CompareConfig``, the --train-base recipe a ``RecipeOptions``); an option given wins over the preset
     (``--quick``'s), the others keep the preset's value."""
     from lora_sam.runs.demo import DEFAULT, QUICK, DemoConfig, add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--quick", "--steps", "7", "--image-size", "64", "96", "--lr-lora", "0.01"])
-    assert from_args(DemoConfig, args, base=QUICK) == dataclasses.replace(QUICK, steps=7, image_size=(64, 96),
-                                                                          lr_lora=0.01)
+    args = parser.parse_args(["--quick", "--steps", "7", "--image-size", "64", "96", "--lr-lora", "0.01",
+                              "--iterations", "1", "--base-iterations", "2", "--eval-max-clicks", "4", "--rank", "2"])
+    f = QUICK.finetune
+    finetune = dataclasses.replace(f, steps=7, lr_lora=0.01, lora=dataclasses.replace(f.lora, rank=2),
+                                   recipe=dataclasses.replace(f.recipe, iterations=1),
+                                   eval=dataclasses.replace(f.eval, max_clicks=4))
+    assert from_args(DemoConfig, args, base=QUICK) == dataclasses.replace(
+        QUICK, image_size=(64, 96), finetune=finetune, base_recipe=dataclasses.replace(QUICK.base_recipe, iterations=2))
     assert from_args(DemoConfig, parser.parse_args([]), base=DEFAULT) == DEFAULT
     assert "--eval-masks-per-image" in parser.format_help()
+
+
+def _flags(parser: argparse.ArgumentParser) -> set[str]:
+    return {flag for action in parser._actions for flag in action.option_strings}
+
+
+def test_one_spelling_per_setting_across_commands() -> None:
+    """A setting has one option name in every command that takes it: ``lora-sam demo`` takes ``compare``'s
+    (the demo sets the base, its frame and the original pipeline itself), and ``lora-sam summary`` LoRA's."""
+    from lora_sam.runs import compare, demo, summary
+
+    parsers = {name: argparse.ArgumentParser() for name in ("compare", "demo", "summary")}
+    compare.add_arguments(parsers["compare"])
+    demo.add_arguments(parsers["demo"])
+    summary.add_arguments(parsers["summary"])
+    flags = {name: _flags(parser) for name, parser in parsers.items()}
+    assert flags["compare"] - {"--original", "--no-original", "--in-process", "--quiet", "--data"} <= flags["demo"]
+    assert {"--rank", "--alpha", "--layers"} <= flags["summary"] & flags["compare"]
+    old = {"--base-masks", "--max-clicks", "--eval-images", "--automatic-points", "--automatic-images"}
+    assert not old & flags["demo"]  # the demo's own spellings of compare's settings, before it held the groups
+
+
+def test_sams_loss_weights_are_written_once() -> None:
+    """SAM's loss weights (focal 20, dice 1, IoU 1) live in ``checkpoints.SAM_RECIPE_DEFAULTS``: no function
+    of src writes one of them again as a literal default under its name."""
+    from lora_sam.models.checkpoints import SAM_RECIPE_DEFAULTS
+
+    weights = {(k, repr(float(v))) for k, v in SAM_RECIPE_DEFAULTS.items() if k.endswith("_weight")}
+    again = [f"{where} {name}={value}" for where, name, value in _signature_defaults()
+             if isinstance(value, (int, float)) and (name, repr(float(value))) in weights]
+    assert len(weights) == 3 and not again, again

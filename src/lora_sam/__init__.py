@@ -1,6 +1,9 @@
 """lora_sam: fine-tune Segment Anything (SAM) with LoRA adapters.
 
-Names are imported lazily, so ``import lora_sam`` and ``lora-sam --help`` stay fast.
+The package by concept: ``models`` (the model seam and one sub-package per family: ``sam_v1``, ``sam2_1``),
+``lora`` (layers, injection, adapter files), ``training`` (targets, prompts, losses, the recipe, ``LoRASAM``),
+``data``, ``evaluation``, ``report``, ``runs`` (the commands), ``app``. The public names below are imported
+lazily, so ``import lora_sam`` and ``lora-sam --help`` stay fast.
 """
 
 from __future__ import annotations
@@ -8,26 +11,28 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lora_sam import _moved
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "LoRALinear": "lora",
-    "LoRAConv2d": "lora",
-    "LoRAConvTranspose2d": "lora",
-    "inject_lora": "lora",
-    "merge_lora": "lora",
-    "unmerge_lora": "lora",
-    "lora_state_dict": "lora",
-    "parameter_summary": "summary",
-    "save_adapter": "adapter",
-    "load_adapter": "adapter",
-    "apply_adapter": "adapter",
-    "build_sam": "model",
-    "export_merged": "adapter",
-    "point_sample": "targets",
-    "box_sample": "targets",
+    "LoRALinear": "lora.layers",
+    "LoRAConv2d": "lora.layers",
+    "LoRAConvTranspose2d": "lora.layers",
+    "inject_lora": "lora.inject",
+    "merge_lora": "lora.inject",
+    "unmerge_lora": "lora.inject",
+    "lora_state_dict": "lora.inject",
+    "parameter_summary": "lora.summary",
+    "save_adapter": "lora.adapter",
+    "load_adapter": "lora.adapter",
+    "apply_adapter": "lora.adapter",
+    "export_merged": "lora.adapter",
+    "build_sam": "models.sam_v1.model",
+    "point_sample": "training.targets",
+    "box_sample": "training.targets",
     "get_loaders": "data.loaders",
-    "LoRASAM": "module",
+    "LoRASAM": "training.module",
 }
 
 __all__ = [
@@ -51,21 +56,16 @@ __all__ = [
 ]  # the keys of _EXPORTS, written out for static tools
 
 if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs; at run time __getattr__ imports them
-    from lora_sam.adapter import apply_adapter, export_merged, load_adapter, save_adapter
     from lora_sam.data.loaders import get_loaders
-    from lora_sam.lora import (
-        LoRAConv2d,
-        LoRAConvTranspose2d,
-        LoRALinear,
-        inject_lora,
-        lora_state_dict,
-        merge_lora,
-        unmerge_lora,
-    )
-    from lora_sam.model import build_sam
-    from lora_sam.module import LoRASAM
-    from lora_sam.summary import parameter_summary
-    from lora_sam.targets import box_sample, point_sample
+    from lora_sam.lora.adapter import apply_adapter, export_merged, load_adapter, save_adapter
+    from lora_sam.lora.inject import inject_lora, lora_state_dict, merge_lora, unmerge_lora
+    from lora_sam.lora.layers import LoRAConv2d, LoRAConvTranspose2d, LoRALinear
+    from lora_sam.lora.summary import parameter_summary
+    from lora_sam.models.sam_v1.model import build_sam
+    from lora_sam.training.module import LoRASAM
+    from lora_sam.training.targets import box_sample, point_sample
+
+_moved.install()  # the module paths before the layout by concept (lora_sam.recipe, ...) still import
 
 
 def __getattr__(name: str) -> Any:

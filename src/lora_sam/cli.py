@@ -21,7 +21,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("lora_sam.runs.fit", "train LoRA (or full) SAM with a YAML config (LightningCLI)"),
     "export": ("lora_sam.runs.export", "fold an adapter into the base (official SAM checkpoint; ONNX files)"),
     "segment-all": ("lora_sam.runs.segment_all", "segment everything in images; SA-1B JSON with RLE masks"),
-    "summary": ("lora_sam.summary", "print total / trainable parameters per SAM part"),
+    "summary": ("lora_sam.runs.summary", "print total / trainable parameters per SAM part"),
     "eval": ("lora_sam.evaluation.run", "evaluate models on the same data and prompts"),
     "compare": ("lora_sam.runs.compare", "train LoRA and fully unfrozen SAM alike and compare them"),
     "report": ("lora_sam.report.build", "write a Markdown report with figures from a run folder"),

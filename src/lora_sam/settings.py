@@ -122,16 +122,20 @@ def add_options(parser: argparse.ArgumentParser | Any, cls: type, *, prefix: str
                             help=f"{text} (default: {shown})".strip(), **_argument(hints[f.name], default))
 
 
-def from_args(cls: type[T], args: argparse.Namespace, *, prefix: str = "", base: T | None = None) -> T:
-    """``cls`` from the options ``add_options`` added (fields it skipped come from ``base`` or the defaults)."""
+def from_args(cls: type[T], args: argparse.Namespace, *, prefix: str = "", base: T | None = None,
+              skip: tuple[str, ...] = ()) -> T:
+    """``cls`` from the options ``add_options`` added (fields it skipped, ``skip`` and a nested group's, come from
+    ``base`` or the defaults, even where another option of the parser has their name)."""
     values: dict[str, Any] = {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         default = getattr(base, f.name) if base is not None else (
             f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
-        if dataclasses.is_dataclass(default):
+        if f.name in skip:
+            values[f.name] = default
+        elif dataclasses.is_dataclass(default):
             values[f.name] = from_args(type(default), args, prefix=prefix + f.metadata.get("prefix", ""),
-                                       base=default)
+                                       base=default, skip=tuple(f.metadata.get("skip", ())))
         elif hasattr(args, prefix + f.name):
             value = getattr(args, prefix + f.name)
             if value is None and f.metadata.get("append"):

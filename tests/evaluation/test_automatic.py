@@ -45,7 +45,7 @@ def test_automatic_masks_are_ranked_and_resized_on_the_ground_truths_grid() -> N
 
 def test_eval_automatic_adds_proposal_recall_to_the_1024_px_rows(tmp_path: Path, synthetic_root: Path) -> None:
     from lora_sam.evaluation.run import evaluate_models
-    from lora_sam.model import builtin_checkpoint
+    from lora_sam.models.sam_v1.model import builtin_checkpoint
 
     models = EvalModels("tiny", str(builtin_checkpoint("tiny")), (64, 96))
     report = evaluate_models(synthetic_root, tmp_path, models,

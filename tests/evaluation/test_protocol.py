@@ -17,8 +17,8 @@ from lora_sam.evaluation.protocol import (
     sample_targets,
 )
 from lora_sam.evaluation.segmenters import Prediction
-from lora_sam.metrics import METRIC_KEYS
-from lora_sam.model import build_sam
+from lora_sam.models.sam_v1.model import build_sam
+from lora_sam.training.metrics import METRIC_KEYS
 
 SIZE = (64, 96)
 

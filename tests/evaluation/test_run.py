@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from lora_sam.adapter import export_merged, save_adapter
 from lora_sam.cli import main
 from lora_sam.lora import inject_lora, lora_layers
-from lora_sam.metrics import METRIC_KEYS
-from lora_sam.model import build_sam
+from lora_sam.lora.adapter import export_merged, save_adapter
+from lora_sam.models.sam_v1.model import build_sam
+from lora_sam.training.metrics import METRIC_KEYS
 
 SIZE = (64, 96)
 

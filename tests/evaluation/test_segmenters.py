@@ -12,7 +12,7 @@ from lora_sam.evaluation.protocol import (
     LowResSegmenter,
     PredictorSegmenter,
 )
-from lora_sam.model import build_sam
+from lora_sam.models.sam_v1.model import build_sam
 
 
 def _hand_sample(original: tuple[int, int], input_size: tuple[int, int], image: Tensor) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from lora_sam.report.target_figures import (
     target_figure_prompts,
     target_figures,
 )
-from lora_sam.targets import box_sample, masks_to_boxes, point_sample
+from lora_sam.training.targets import box_sample, masks_to_boxes, point_sample
 
 SA1B = SHARED_DATA / "sa1b"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -82,7 +82,7 @@ def test_keep_best_ends_with_the_weights_of_the_best_validation(tmp_path, tiny_c
     """A validation at step 0 and every 2 steps; after training the module holds the weights recorded at the
     validation with the highest val/miou, which the exported adapter then has."""
     from lora_sam import LoRASAM, get_loaders
-    from lora_sam.adapter import load_adapter
+    from lora_sam.lora.adapter import load_adapter
     from lora_sam.runs.callbacks import KeepBest
 
     model = LoRASAM(4, 4, model_type="tiny", checkpoint=str(tiny_checkpoint), image_size=(64, 96), masks_per_image=4,

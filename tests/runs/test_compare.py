@@ -8,7 +8,7 @@ import pytest
 
 from lora_sam.cli import main
 from lora_sam.data.synth import make_synthetic
-from lora_sam.metrics import METRIC_KEYS
+from lora_sam.training.metrics import METRIC_KEYS
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from lora_sam.cli import main
-from lora_sam.metrics import METRIC_KEYS
-from lora_sam.model import build_sam, builtin_checkpoint
+from lora_sam.models.sam_v1.model import build_sam, builtin_checkpoint
 from lora_sam.report.build import MISSING, SECTIONS
+from lora_sam.training.metrics import METRIC_KEYS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

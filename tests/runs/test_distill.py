@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("sam2")
 
 from lora_sam.data.synth import make_synthetic  # noqa: E402
-from lora_sam.families import build  # noqa: E402
+from lora_sam.models.families import build  # noqa: E402
 from lora_sam.runs.distill import DistillConfig, distill, warm_start  # noqa: E402
 
 SIDE = 64

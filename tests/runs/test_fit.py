@@ -121,14 +121,15 @@ def test_bf16_mixed_precision_trains(tmp_path: Path, tiny_checkpoint: Path, synt
 
 
 def _readme_tiny_cpu_lines() -> list[str]:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    return [line.split("#")[0].strip() for line in readme.splitlines()
+    """The two CPU lines of docs/training.md ("On the CPU")."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    return [line.split("#")[0].strip() for line in page.splitlines()
             if line.startswith("lora-sam synth") and "configs/tiny_cpu.yaml" in line]
 
 
 @pytest.mark.slow
 def test_the_readme_tiny_cpu_commands_run_as_written(tmp_path: Path) -> None:
-    """The README's two CPU lines (the base's own domain, then a domain it has not seen), run as written
+    """The documentation's two CPU lines (the base's own domain, then a domain it has not seen), run as written
     in a fresh folder with the repository's config file, shortened: 6 images and 3 steps. Each writes the
     adapter, a metrics.csv whose val curve starts at step 0 (the base's own numbers), TensorBoard's events
     beside it and the iteration records."""

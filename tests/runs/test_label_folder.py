@@ -19,8 +19,8 @@ from pycocotools import mask as mask_utils
 from lora_sam import get_loaders
 from lora_sam.cli import main
 from lora_sam.data.synth import make_synthetic
-from lora_sam.model import SamV1, build_sam
-from lora_sam.recipe import RecipeOptions, interactive_step
+from lora_sam.models.sam_v1.model import SamV1, build_sam
+from lora_sam.training.recipe import RecipeOptions, interactive_step
 
 SIZE = (64, 96)
 

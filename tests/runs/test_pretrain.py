@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lora_sam.data.synth import make_synthetic
-from lora_sam.model import ResolutionSwitch, build_sam, encode
+from lora_sam.models.sam_v1.model import ResolutionSwitch, build_sam, encode
 from lora_sam.runs.pretrain import PretrainConfig, add_arguments, pretrain
 from lora_sam.settings import from_args, to_dict
 
@@ -127,9 +127,9 @@ def test_init_starts_from_the_given_checkpoint(tmp_path: Path, data: Path, tiny_
 def test_a_run_is_the_recipe_step_by_hand_at_each_drawn_size(tmp_path: Path, data: Path) -> None:
     """Three steps through LoRASAM and the Trainer equal a plain loop written here: the same random weights,
     batches and sizes by step, recipe.interactive_step, AdamW with warm-up and cosine, gradient clipping."""
-    from lora_sam.model import SamV1
-    from lora_sam.recipe import interactive_step, prompt_generator
+    from lora_sam.models.sam_v1.model import SamV1
     from lora_sam.runs.pretrain import StepBatches
+    from lora_sam.training.recipe import interactive_step, prompt_generator
 
     config = CONFIG  # 3 steps, 1 of warm-up: the cosine is at 0 then half way at the last step
     record = pretrain(tmp_path, data, config, progress=False, device="cpu")

@@ -9,8 +9,8 @@ import pytorch_lightning as pl
 import torch
 
 from lora_sam import LoRASAM, get_loaders
-from lora_sam.recipe import interactive_step
 from lora_sam.runs.records import FILE, IterationRecords
+from lora_sam.training.recipe import interactive_step
 
 SIZE = (64, 96)
 

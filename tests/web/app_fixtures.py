@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from lora_sam.adapter import save_adapter
 from lora_sam.lora import inject_lora, lora_layers
-from lora_sam.model import build_sam
+from lora_sam.lora.adapter import save_adapter
+from lora_sam.models.sam_v1.model import build_sam
 
 SIZE = (64, 96)
 

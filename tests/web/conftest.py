@@ -11,7 +11,7 @@ import pytest
 import torch
 from app_fixtures import SIZE, make_adapter
 
-from lora_sam.model import build_sam
+from lora_sam.models.sam_v1.model import build_sam
 
 
 @pytest.fixture(scope="session")

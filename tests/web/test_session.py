@@ -11,13 +11,13 @@ from app_fixtures import SIZE
 from PIL import Image
 from segment_anything import SamPredictor
 
-from lora_sam.adapter import apply_adapter
 from lora_sam.app.images import DatasetImages, from_array
 from lora_sam.app.session import Box, Point, Session
 from lora_sam.data.samples import read_image
 from lora_sam.evaluation.segmenters import LowResSegmenter
 from lora_sam.lora import merge_lora
-from lora_sam.model import build_sam
+from lora_sam.lora.adapter import apply_adapter
+from lora_sam.models.sam_v1.model import build_sam
 
 
 def _reference_sam(files: dict[str, Path], name: str, size: tuple[int, int]):
@@ -265,7 +265,7 @@ def test_segment_everything_shows_each_models_automatic_masks_until_the_next_pro
     from segment_anything import SamAutomaticMaskGenerator
 
     from lora_sam.app.models import AUTOMATIC_POINTS, AUTOMATIC_SHOWN
-    from lora_sam.model import builtin_checkpoint
+    from lora_sam.models.sam_v1.model import builtin_checkpoint
 
     session = builtin_session
     session.reset()

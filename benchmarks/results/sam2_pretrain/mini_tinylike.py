@@ -8,7 +8,7 @@ v1's first-stage settings; the overrides replace ``sam2_config.MINI_OVERRIDES`` 
 
 import sys
 
-import lora_sam.sam2_config as sc
+import lora_sam.models.sam2_1.config as sc
 from lora_sam.cli import main
 
 CHANGES = {"embed_dim=32": "embed_dim=40", "stages=[1,1,2,1]": "stages=[1,1,4,1]",

@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lora_sam.checkpoints import BUILTIN_MODEL_TYPE
 from lora_sam.evaluation.options import EvalModels
 from lora_sam.evaluation.run import build_segmenters
 from lora_sam.evaluation.segmenters import ORIGINAL_FRAME, LowResSegmenter, PredictorSegmenter, Segmenter
-from lora_sam.families import as_promptable, data_frame
+from lora_sam.models.checkpoints import BUILTIN_MODEL_TYPE
+from lora_sam.models.families import as_promptable, data_frame
 
 __all__ = ["RESOLUTIONS", "ModelBank", "ModelSpec", "Resolution", "display_logits"]
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lora_sam.checkpoints import BUILTIN_MODEL_TYPE
 from lora_sam.evaluation.options import EvalModels
-from lora_sam.families import data_frame
+from lora_sam.models.checkpoints import BUILTIN_MODEL_TYPE
+from lora_sam.models.families import data_frame
 from lora_sam.settings import add_options, from_args
 
 if TYPE_CHECKING:

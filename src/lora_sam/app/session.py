@@ -25,7 +25,7 @@ from torch import Tensor
 from lora_sam.app.images import LoadedImage
 from lora_sam.app.models import RESOLUTIONS, ModelBank, Resolution, display_logits
 from lora_sam.evaluation.segmenters import Segmenter
-from lora_sam.metrics import mask_iou
+from lora_sam.training.metrics import mask_iou
 
 __all__ = ["MODES", "Box", "Mode", "Output", "Point", "Session", "describe"]
 

@@ -17,13 +17,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
 from lora_sam.data.annotations import BadSample, DataError, Problem, errors
 from lora_sam.data.datasets import CocoInstances, SampleDataset
 from lora_sam.data.labels import InstanceFolder
 from lora_sam.data.loaders import add_data_arguments, open_dataset
 from lora_sam.data.samples import Raw, SampleOptions, finish
 from lora_sam.data.shards import SA1BShards
+from lora_sam.models.checkpoints import DEFAULT_IMAGE_SIZE
 
 __all__ = ["Problem", "check_data"]
 

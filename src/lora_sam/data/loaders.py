@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
 from lora_sam.data.annotations import BadSample, DataError, Problem
 from lora_sam.data.datasets import CACHE_MANIFEST, CachedDataset, CocoInstances, SA1BFolder, SampleDataset
 from lora_sam.data.labels import InstanceFolder, instance_layout
 from lora_sam.data.samples import SampleOptions, collate
 from lora_sam.data.shards import SA1BShards, expand_shards, split_score
+from lora_sam.models.checkpoints import DEFAULT_IMAGE_SIZE
 from lora_sam.settings import VAL_FRACTION
 
 ENV_VAR = "LORA_SAM_DATA"

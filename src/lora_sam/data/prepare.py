@@ -26,13 +26,13 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
-from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE
 from lora_sam.data.annotations import Problem, errors
 from lora_sam.data.datasets import CACHE_MANIFEST, FORMAT_VERSION, SampleDataset
 from lora_sam.data.loaders import add_data_arguments, open_dataset
 from lora_sam.data.samples import Raw, SampleOptions
 from lora_sam.data.shards import SA1BShards
 from lora_sam.io import atomic_path
+from lora_sam.models.checkpoints import DEFAULT_IMAGE_SIZE
 
 # (image_id, path, raw or None, error problems) of one source image.
 Entry = tuple[str, str, Raw | None, list[Problem]]

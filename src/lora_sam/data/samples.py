@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from lora_sam.checkpoints import DEFAULT_IMAGE_SIZE, check_image_size
 from lora_sam.data import rle
 from lora_sam.data.annotations import BadSample, ImageAnnotations, Problem, decode_segments, errors
+from lora_sam.models.checkpoints import DEFAULT_IMAGE_SIZE, check_image_size
 from lora_sam.settings import MASKS_PER_IMAGE
 
 _WARNED: set[str] = set()

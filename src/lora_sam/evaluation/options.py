@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lora_sam.families import data_frame
+from lora_sam.models.families import data_frame
 from lora_sam.settings import MAX_CLICKS, MODEL_TYPE, VAL_FRACTION
 
 __all__ = ["EVAL_DEFAULTS", "EvalModels", "EvalOptions", "Refine"]

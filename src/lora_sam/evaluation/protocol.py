@@ -40,9 +40,9 @@ from tqdm import tqdm
 from lora_sam.data.samples import choose_targets
 from lora_sam.evaluation.options import EVAL_DEFAULTS, Refine
 from lora_sam.evaluation.segmenters import LowResSegmenter, Prediction, PredictorSegmenter, Segmenter
-from lora_sam.metrics import NOC_THRESHOLDS, mask_iou, number_of_clicks, summarize
-from lora_sam.prompts import click_points, masks_to_boxes
 from lora_sam.settings import MAX_CLICKS
+from lora_sam.training.metrics import NOC_THRESHOLDS, mask_iou, number_of_clicks, summarize
+from lora_sam.training.prompts import click_points, masks_to_boxes
 
 __all__ = [
     "LowResSegmenter",
@@ -251,8 +251,8 @@ def evaluate_many(
     Returns:
         {name: {"metrics": {metric: float | None} (``metrics.METRIC_KEYS``),
         "prompts": {"image_id": [P], "mask_index": [P], "area": [P] (pixels at training resolution),
-        "click_ious": [P][C], "click_points": [P][C][2], "click_labels": [P][C], "box": [P][4],
-        "box_iou": [P], "box_iou_single": [P], "output_ious": [P][3], "iou_pred": [P][3], "output_tokens": [P][3],
+        "click_ious": [P, C], "click_points": [P, C, 2], "click_labels": [P, C], "box": [P, 4],
+        "box_iou": [P], "box_iou_single": [P], "output_ious": [P, 3], "iou_pred": [P, 3], "output_tokens": [P, 3],
         "noc@85": [P], "noc@90": [P]},
         "images": int, "prompt_count": P, "skipped": [str], "seconds": float (the model's own time)}}.
         JSON-serialisable; NaN is None.

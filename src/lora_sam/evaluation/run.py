@@ -17,18 +17,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from lora_sam.adapter import apply_adapter, read_adapter_info
-from lora_sam.checkpoints import resolve_checkpoint
 from lora_sam.data.annotations import DataError
 from lora_sam.evaluation.automatic import automatic_recall
 from lora_sam.evaluation.options import EVAL_DEFAULTS, EvalModels, EvalOptions
 from lora_sam.evaluation.protocol import evaluate_many, json_safe
 from lora_sam.evaluation.segmenters import ORIGINAL_FRAME, LowResSegmenter, PredictorSegmenter, Segmenter
-from lora_sam.families import family_of
 from lora_sam.io import markdown_table
 from lora_sam.lora import merge_lora
-from lora_sam.metrics import metric_rows
+from lora_sam.lora.adapter import apply_adapter, read_adapter_info
+from lora_sam.models.checkpoints import resolve_checkpoint
+from lora_sam.models.families import family_of
 from lora_sam.settings import add_options, from_args, to_dict
+from lora_sam.training.metrics import metric_rows
 
 __all__ = ["add_arguments", "build_segmenters", "eval_samples", "evaluate_models", "run", "write_eval"]
 

@@ -26,8 +26,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from lora_sam.data.rle import nearest_grid
-from lora_sam.families import as_promptable
-from lora_sam.promptable import PromptableModel
+from lora_sam.models.families import as_promptable
+from lora_sam.models.promptable import PromptableModel
 
 __all__ = [
     "LowResSegmenter",

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from lora_sam.io import markdown_table
-from lora_sam.metrics import metric_rows
 from lora_sam.report.automatic import automatic_section
 from lora_sam.report.methods import compare_section, lora_section, parameters_section, targets_section
 from lora_sam.report.results import curves_section, examples_section, iterations_section, metrics_section
 from lora_sam.report.run_folder import Missing, Run
+from lora_sam.training.metrics import metric_rows
 
 __all__ = ["SECTIONS", "add_arguments", "run", "write_report"]
 

@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from lora_sam.families import family_of
 from lora_sam.io import markdown_table
-from lora_sam.metrics import metric_rows
+from lora_sam.models.families import family_of
 from lora_sam.report.numbers import cost_note, cost_table
 from lora_sam.report.run_folder import Missing, Run
+from lora_sam.training.metrics import metric_rows
 
 __all__ = ["compare_section", "lora_section", "parameters_section", "targets_section"]
 
@@ -34,7 +34,7 @@ def _pattern(name: str) -> str:
 
 def lora_section(run: Run) -> str:
     """1. How LoRA is implemented, and the wrapped layers of this run's adapter by part and type."""
-    from lora_sam.adapter import read_adapter_info
+    from lora_sam.lora.adapter import read_adapter_info
 
     adapter = run.weights("lora")
     info = read_adapter_info(adapter)
@@ -59,7 +59,7 @@ def lora_section(run: Run) -> str:
     parts = sorted({p for p, _, _ in groups})
     text = [
         "Each targeted layer is wrapped, not subclassed: `LoRALinear`, `LoRAConv2d` and `LoRAConvTranspose2d` "
-        "(`lora_sam/lora.py`) keep the original layer as `.base`, freeze it, and add a rank-r update "
+        "(`lora_sam/lora/layers.py`) keep the original layer as `.base`, freeze it, and add a rank-r update "
         "`delta_W = B @ A * alpha / r`. `A` is initialised like `nn.Linear`'s weight (Kaiming uniform) and `B` "
         "with zeros, so a freshly wrapped model computes exactly what the base computes, and training moves "
         "away from the base smoothly.",
@@ -94,8 +94,8 @@ def lora_section(run: Run) -> str:
 
 def parameters_section(run: Run) -> str:
     """2. Total and trainable parameters per SAM part, fully unfrozen and with this run's LoRA."""
-    from lora_sam.adapter import read_adapter_info
-    from lora_sam.summary import parameter_summary
+    from lora_sam.lora.adapter import read_adapter_info
+    from lora_sam.lora.summary import parameter_summary
 
     info = read_adapter_info(run.weights("lora"))
     full = parameter_summary(run.plain_model)

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from lora_sam.families import family_of
 from lora_sam.io import markdown_table
-from lora_sam.metrics import mask_iou
+from lora_sam.models.families import family_of
 from lora_sam.report.numbers import discussion, loss_curves, mean_by_area, pick_examples, read_metrics_csv
 from lora_sam.report.run_folder import Missing, Run
+from lora_sam.training.metrics import mask_iou
 
 __all__ = ["curves_section", "examples_section", "iterations_section", "metrics_section"]
 
@@ -129,7 +129,7 @@ def curves_section(run: Run) -> str:
 
 def metrics_section(run: Run) -> str:
     """7. Which metrics fit SAM and why, and the measured table (eval.json)."""
-    from lora_sam.metrics import metric_rows
+    from lora_sam.training.metrics import metric_rows
 
     report = run.eval
     s, models = report["settings"], report["models"]
@@ -169,7 +169,7 @@ def metrics_section(run: Run) -> str:
 def _find_samples(run: Run, image_ids: set[str]) -> dict[str, dict[str, Any]]:
     from lora_sam.evaluation.options import EvalOptions
     from lora_sam.evaluation.run import eval_samples
-    from lora_sam.families import data_frame
+    from lora_sam.models.families import data_frame
 
     s = run.eval["settings"]
     if not Path(s["data"]).exists():

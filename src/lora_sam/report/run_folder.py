@@ -25,8 +25,8 @@ import torch
 import yaml
 from torch import nn
 
-from lora_sam.families import Family
-from lora_sam.recipe import RecipeOptions
+from lora_sam.models.families import Family
+from lora_sam.training.recipe import RecipeOptions
 
 __all__ = ["Missing", "REAL_DATA_ENV", "Run"]
 
@@ -142,8 +142,8 @@ class Run:
 
     @property
     def family(self) -> Family:
-        """The run's model family (``lora_sam.families``), which builds its networks."""
-        from lora_sam.families import family_of
+        """The run's model family (``lora_sam.models.families``), which builds its networks."""
+        from lora_sam.models.families import family_of
 
         return family_of(self.model_type)
 
@@ -159,7 +159,7 @@ class Run:
         from lora_sam.lora import inject_lora
 
         sam = copy.deepcopy(self.plain_model)
-        inject_lora(sam, rank, alpha, targets=layers)
+        inject_lora(sam, rank, alpha, layers)
         return sam
 
     def recipe_options(self, mode: str) -> RecipeOptions:

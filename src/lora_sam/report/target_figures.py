@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 
-from lora_sam.prompts import noisy_boxes, sample_points
 from lora_sam.report import drawing
-from lora_sam.targets import box_sample, masks_to_boxes, point_sample
+from lora_sam.training.prompts import noisy_boxes, sample_points
+from lora_sam.training.targets import box_sample, masks_to_boxes, point_sample
 
 __all__ = ["plot_box_sample", "plot_point_sample", "target_figure_prompts", "target_figures"]
 

@@ -40,23 +40,23 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from lora_sam.checkpoints import fine_tune_defaults
 from lora_sam.data.loaders import LoaderOptions
 from lora_sam.evaluation.options import EVAL_DEFAULTS, EvalModels, EvalOptions
 from lora_sam.evaluation.protocol import json_safe
 from lora_sam.evaluation.run import evaluate_models
-from lora_sam.families import data_frame
 from lora_sam.io import markdown_table
 from lora_sam.lora import LoRAOptions
-from lora_sam.metrics import metric_rows
-from lora_sam.module import OptimOptions
-from lora_sam.recipe import RecipeOptions
+from lora_sam.models.checkpoints import fine_tune_defaults
+from lora_sam.models.families import data_frame
 from lora_sam.report.numbers import cost_note, cost_table
 from lora_sam.runs.callbacks import PeakMemory, StepTimer, progress_bar, quiet_framework
 from lora_sam.runs.records import IterationRecords
 from lora_sam.settings import MODEL_TYPE, VAL_FRACTION, add_options, from_args, from_dict, to_dict
+from lora_sam.training.metrics import metric_rows
+from lora_sam.training.module import OptimOptions
+from lora_sam.training.recipe import RecipeOptions
 
-__all__ = ["MODES", "CompareConfig", "add_arguments", "compare", "compare_markdown", "run"]
+__all__ = ["MODES", "CompareConfig", "CompareRun", "add_arguments", "compare", "compare_markdown", "run"]
 
 MODES = ("lora", "full")
 WEIGHTS_FILE = {"lora": "adapter.safetensors", "full": "model.pth"}
@@ -65,8 +65,8 @@ _TRAINING_EVAL = ("split", "val_fraction", "seed")  # the evaluation takes the t
 
 def _base_checkpoint(out_dir: Path, model_type: str, checkpoint: str | Path | None, seed: int) -> tuple[Path, bool]:
     """The base weights file both runs start from; random weights are drawn once and saved."""
-    from lora_sam.checkpoints import resolve_checkpoint
-    from lora_sam.families import build, family_of
+    from lora_sam.models.checkpoints import resolve_checkpoint
+    from lora_sam.models.families import build, family_of
 
     path = resolve_checkpoint(model_type, checkpoint)
     if path is not None:
@@ -78,41 +78,40 @@ def _base_checkpoint(out_dir: Path, model_type: str, checkpoint: str | Path | No
     return path, True
 
 
-def _loaders(s: dict[str, Any]) -> tuple[Any, Any]:
+def _loaders(run: CompareRun) -> tuple[Any, Any]:
     """Both runs' loaders: the data in the model family's frame (SAM 2.1: a square the image fills)."""
     from lora_sam.data.loaders import get_loaders
 
-    image_size, frame = data_frame(s["model_type"], s["image_size"])
-    return get_loaders(s["data"], image_size=image_size, batch_size=s["batch_size"],
-                       masks_per_image=s["masks_per_image"], val_fraction=s["val_fraction"],
-                       num_workers=s["num_workers"], seed=s["seed"], frame=frame)
+    c = run.config
+    image_size, frame = data_frame(c.model_type, c.image_size)
+    return get_loaders(run.data, image_size=image_size, batch_size=c.batch_size,
+                       masks_per_image=c.recipe.masks_per_image, val_fraction=c.val_fraction,
+                       num_workers=c.num_workers, seed=c.seed, frame=frame)
 
 
-def _train(mode: str, out_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    from lora_sam.module import LoRASAM
-    from lora_sam.summary import parameter_summary
+def _train(mode: str, out_dir: Path, run: CompareRun) -> dict[str, Any]:
+    from lora_sam.lora.summary import parameter_summary
+    from lora_sam.training.module import LoRASAM
 
-    s = settings
-    pl.seed_everything(s["seed"], verbose=False)
-    config = from_dict(CompareConfig, s["config"])
-    train_loader, val_loader = _loaders(s)
-    model = LoRASAM(model_type=s["model_type"], checkpoint=s["checkpoint"], image_size=tuple(s["image_size"]),
-                    finetune=mode, lora=config.lora, recipe=config.recipe,
-                    optim=OptimOptions(lr=s["lr"][mode], warmup_steps=s["warmup_steps"]), seed=s["seed"])
+    c = run.config
+    pl.seed_everything(c.seed, verbose=False)
+    train_loader, val_loader = _loaders(run)
+    model = LoRASAM(model_type=c.model_type, checkpoint=run.checkpoint, image_size=c.image_size, finetune=mode,
+                    lora=c.lora, recipe=c.recipe, optim=run.optim(mode), seed=c.seed)
     run_dir = out_dir / mode
     (run_dir / "metrics.csv").unlink(missing_ok=True)
     timer, memory = StepTimer(), PeakMemory()
     validation: dict[str, Any] = {"limit_val_batches": 0}
     if val_loader is not None:
-        validation = {"val_check_interval": s["val_every"], "check_val_every_n_epoch": None,
-                      "limit_val_batches": s["val_batches"] or 1.0}
+        validation = {"val_check_interval": run.val_every, "check_val_every_n_epoch": None,
+                      "limit_val_batches": c.val_batches or 1.0}
     trainer = pl.Trainer(
-        max_steps=s["steps"], accelerator=s["accelerator"], devices=1,
+        max_steps=c.steps, accelerator=c.accelerator, devices=1,
         logger=CSVLogger(str(out_dir), name=mode, version=""),
-        callbacks=[timer, memory, IterationRecords(), *([progress_bar()] if s["progress"] else [])],
+        callbacks=[timer, memory, IterationRecords(), *([progress_bar()] if run.progress else [])],
         enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1,
-        enable_progress_bar=s["progress"], enable_model_summary=False, default_root_dir=str(out_dir),
-        **({"precision": s["precision"]} if s["precision"] else {}), **validation,
+        enable_progress_bar=run.progress, enable_model_summary=False, default_root_dir=str(out_dir),
+        **({"precision": c.precision} if c.precision else {}), **validation,
     )
     start = time.perf_counter()
     trainer.fit(model, train_loader, val_loader)
@@ -151,19 +150,20 @@ def _train_job(job_path: str) -> None:
     """Entry point of the child process of ``_train_isolated``: run the job file, write its result."""
     job = json.loads(Path(job_path).read_text())
     torch.set_num_threads(job["threads"])
-    if job["settings"].get("quiet"):
+    run = from_dict(CompareRun, job["run"])
+    if run.quiet:
         quiet_framework()
-    record = _train(job["mode"], Path(job["out_dir"]), job["settings"])
+    record = _train(job["mode"], Path(job["out_dir"]), run)
     Path(job["result"]).write_text(json.dumps(json_safe(record)))
 
 
-def _train_isolated(mode: str, out_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
+def _train_isolated(mode: str, out_dir: Path, run: CompareRun) -> dict[str, Any]:
     """``_train`` in a fresh Python process, so neither run inherits the other's memory or warm-up."""
     run_dir = out_dir / mode
     run_dir.mkdir(parents=True, exist_ok=True)
     job, result = run_dir / "job.json", run_dir / "run.json"
     result.unlink(missing_ok=True)
-    job.write_text(json.dumps({"mode": mode, "out_dir": str(out_dir), "settings": settings,
+    job.write_text(json.dumps({"mode": mode, "out_dir": str(out_dir), "run": to_dict(run),
                                "threads": torch.get_num_threads(), "result": str(result)}))
     code = "import sys; from lora_sam.runs.compare import _train_job; _train_job(sys.argv[1])"
     returncode = subprocess.run([sys.executable, "-c", code, str(job)], check=False).returncode
@@ -228,24 +228,63 @@ class CompareConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
 
 
-def _settings(config: CompareConfig, data: str, base_path: Path, progress: bool, quiet: bool) -> dict[str, Any]:
-    """``compare.json``'s settings: the config as given (``config``) and what the runs used, resolved."""
-    c = config
-    defaults, source = fine_tune_defaults(c.model_type, str(base_path))
-    changed = {k: v for k, v in to_dict(c.recipe).items() if v != getattr(RecipeOptions(), k)}
-    return {
-        "data": data, "model_type": c.model_type, "checkpoint": str(base_path), "image_size": list(c.image_size),
-        "steps": c.steps, "rank": c.lora.rank, "alpha": c.lora.alpha, "seed": c.seed, "batch_size": c.batch_size,
-        "masks_per_image": c.recipe.masks_per_image,
-        "lr": {"lora": defaults["lr"]["lora"] if c.lr_lora is None else c.lr_lora,
-               "full": defaults["lr"]["full"] if c.lr_full is None else c.lr_full}, "defaults": source,
-        "warmup_steps": min(50, c.steps // 10) if c.warmup_steps is None else c.warmup_steps,
-        "val_every": max(1, c.steps // 10) if c.val_every is None else c.val_every, "val_fraction": c.val_fraction,
-        "val_batches": c.val_batches, "num_workers": c.num_workers, "accelerator": c.accelerator,
-        "precision": c.precision, "progress": progress, "quiet": quiet, "module_options": changed,
-        "eval": {"images": c.eval.max_images, "masks_per_image": c.eval.masks_per_image,
-                 "max_clicks": c.eval.max_clicks}, "config": to_dict(c),
-    }
+@dataclass(frozen=True)
+class CompareRun:
+    """What both runs of ``compare`` use: its ``CompareConfig`` resolved against the data and the base. It goes
+    whole to each run's process (the job file) and ``record()`` is ``compare.json``'s settings.
+
+    Args:
+        config: the comparison as given.
+        data: the data root.
+        checkpoint: the base weights file both runs start from.
+        lr_lora: LoRA's learning rate (the config's, else the base's default).
+        lr_full: full fine-tuning's learning rate (the config's, else the base's default).
+        defaults: where the base's defaults came from.
+        warmup_steps: linear warm-up steps (the config's, else min(50, steps / 10)).
+        val_every: steps between validations (the config's, else steps / 10).
+        progress: progress bars.
+        quiet: Lightning's info lines and routine warnings off.
+    """
+
+    config: CompareConfig
+    data: str
+    checkpoint: str
+    lr_lora: float
+    lr_full: float
+    defaults: str
+    warmup_steps: int
+    val_every: int
+    progress: bool
+    quiet: bool
+
+    @classmethod
+    def resolve(cls, config: CompareConfig, data: str, base_path: Path, *, progress: bool, quiet: bool) -> CompareRun:
+        c = config
+        defaults, source = fine_tune_defaults(c.model_type, str(base_path))
+        return cls(c, data, str(base_path), defaults["lr"]["lora"] if c.lr_lora is None else c.lr_lora,
+                   defaults["lr"]["full"] if c.lr_full is None else c.lr_full, source,
+                   min(50, c.steps // 10) if c.warmup_steps is None else c.warmup_steps,
+                   max(1, c.steps // 10) if c.val_every is None else c.val_every, progress, quiet)
+
+    def optim(self, mode: str) -> OptimOptions:
+        """The optimiser of one mode's run: its learning rate and the warm-up."""
+        return OptimOptions(lr=self.lr_lora if mode == "lora" else self.lr_full, warmup_steps=self.warmup_steps)
+
+    def record(self) -> dict[str, Any]:
+        """``compare.json``'s settings: the config as given (``config``) and what the runs used, resolved."""
+        c = self.config
+        changed = {k: v for k, v in to_dict(c.recipe).items() if v != getattr(RecipeOptions(), k)}
+        return {
+            "data": self.data, "model_type": c.model_type, "checkpoint": self.checkpoint,
+            "image_size": list(c.image_size), "steps": c.steps, "rank": c.lora.rank, "alpha": c.lora.alpha,
+            "seed": c.seed, "batch_size": c.batch_size, "masks_per_image": c.recipe.masks_per_image,
+            "lr": {"lora": self.lr_lora, "full": self.lr_full}, "defaults": self.defaults,
+            "warmup_steps": self.warmup_steps, "val_every": self.val_every, "val_fraction": c.val_fraction,
+            "val_batches": c.val_batches, "num_workers": c.num_workers, "accelerator": c.accelerator,
+            "precision": c.precision, "progress": self.progress, "quiet": self.quiet, "module_options": changed,
+            "eval": {"images": c.eval.max_images, "masks_per_image": c.eval.masks_per_image,
+                     "max_clicks": c.eval.max_clicks}, "config": to_dict(c),
+        }
 
 
 def compare(
@@ -276,31 +315,30 @@ def compare(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base_path, generated = _base_checkpoint(out, config.model_type, config.checkpoint, config.seed)
-    settings = _settings(config, resolve_root(data_root), base_path, progress, quiet)
+    run = CompareRun.resolve(config, resolve_root(data_root), base_path, progress=progress, quiet=quiet)
     if quiet:
         quiet_framework()
     train = _train_isolated if isolate else _train
-    runs = {mode: train(mode, out, settings) for mode in MODES}
-    result = _evaluate(out, config, settings, runs, generated=generated)
+    runs = {mode: train(mode, out, run) for mode in MODES}
+    result = _evaluate(out, run, runs, generated=generated)
     (out / "compare.json").write_text(json.dumps(result, indent=1))
     (out / "compare.md").write_text(compare_markdown(result))
     return result
 
 
-def _evaluate(out: Path, config: CompareConfig, settings: dict[str, Any], runs: dict[str, dict[str, Any]], *,
-              generated: bool) -> dict[str, Any]:
+def _evaluate(out: Path, run: CompareRun, runs: dict[str, dict[str, Any]], *, generated: bool) -> dict[str, Any]:
     """Evaluate the base, LoRA and full models alike (``eval.json``); the content of ``compare.json``."""
-    s = settings
-    models = EvalModels(config.model_type, s["checkpoint"], config.image_size, (runs["lora"]["weights_file"],),
+    config = run.config
+    models = EvalModels(config.model_type, run.checkpoint, config.image_size, (runs["lora"]["weights_file"],),
                         (runs["full"]["weights_file"],), original=config.original)
     options = replace(config.eval, split="val", val_fraction=config.val_fraction, seed=config.seed)
-    report = evaluate_models(s["data"], out, models, options, progress=s["progress"])
+    report = evaluate_models(run.data, out, models, options, progress=run.progress)
     models = report["models"]
     for mode, name in (("lora", "lora:adapter"), ("full", "full:model")):
         runs[mode].update(eval_name=name, metrics=models[name]["metrics"])
         if f"{name}@1024" in models:  # as users deploy it: merged, SamPredictor at 1024 px
             runs[mode]["deployed_metrics"] = models[f"{name}@1024"]["metrics"]
-    result = {"settings": settings, "base": {"checkpoint": s["checkpoint"], "generated": generated,
+    result = {"settings": run.record(), "base": {"checkpoint": run.checkpoint, "generated": generated,
                                              "metrics": models["base"]["metrics"]},
               "runs": runs, "eval_json": str(out / "eval.json")}
     if "original-1024" in models:

@@ -26,23 +26,36 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
-from lora_sam.checkpoints import BUILTIN_MODEL_TYPE
+from lora_sam.evaluation.options import EvalOptions
+from lora_sam.lora.options import LoRAOptions
+from lora_sam.models.checkpoints import BUILTIN_MODEL_TYPE, SAM_RECIPE_DEFAULTS
+from lora_sam.runs.compare import CompareConfig
 from lora_sam.settings import add_options, from_args
-
-if TYPE_CHECKING:  # imported where used: ``lora-sam demo --help`` answers without Lightning
-    from lora_sam.evaluation.options import EvalOptions
-    from lora_sam.runs.compare import CompareConfig
+from lora_sam.training.options import OptimOptions
+from lora_sam.training.recipe import RecipeOptions
 
 __all__ = ["DEFAULT", "QUICK", "RUN_TIME", "TRAIN_BASE", "DemoConfig", "add_arguments", "run", "run_demo"]
 
 RUN_TIME = "5 to 8 minutes on 2 CPU cores"
 """How long the demo runs with ``DEFAULT``."""
+
+
+_BASE_RECIPE = RecipeOptions(masks_per_image=16, iterations=1)
+_FINETUNE = CompareConfig(
+    steps=110, batch_size=2, lr_lora=2e-3, lr_full=3e-4, val_fraction=0.25, val_batches=6, original=True,
+    lora=LoRAOptions(rank=4, alpha=4.0),
+    # the loss of every training run: dice + IoU head, as the built-in base was pretrained
+    recipe=RecipeOptions(iterations=3, masks_per_image=8, focal_weight=0.0, dice_weight=1.0),
+    eval=EvalOptions(max_images=8, masks_per_image=4, max_clicks=5, automatic=True, automatic_points=8,
+                     automatic_images=2))
+# compare's fields the demo sets itself: the base (stage 2), the family's frame, and the original pipeline
+_SET_BY_THE_DEMO = ("model_type", "checkpoint", "image_size", "original")
 
 
 @dataclass(frozen=True)
@@ -56,93 +69,60 @@ class DemoConfig:
         image_size: the training resolution (H, W) of every model (None: the model family's default).
         base_steps: steps of the --train-base model.
         base_lr: learning rate of the --train-base model.
-        base_masks: targets per image of the --train-base model.
-        base_iterations: interactive iterations of the --train-base model.
-        base_point_prob: point-prompt probability of the --train-base model.
-        steps: LoRA and full fine-tuning steps (the same for both).
-        rank: LoRA rank.
-        alpha: LoRA alpha.
-        lr_lora: LoRA's learning rate.
-        lr_full: full fine-tuning's learning rate.
-        masks_per_image: targets per image and step.
-        batch_size: images per step.
-        iterations: interactive iterations per point prompt.
-        focal_weight: the focal term's weight (0: dice + IoU head, as the built-in base was pretrained).
-        dice_weight: the dice term's weight.
-        val_fraction: the val share of the target-domain images (curves and evaluation).
-        val_batches: at most this many batches per validation.
-        eval_images: evaluate on the first N val images.
-        eval_masks_per_image: targets per evaluated image.
-        max_clicks: clicks per target in the evaluation.
-        automatic_points: the automatic masks' point grid per side (their proposal recall, both domains).
-        automatic_images: score the automatic masks on the first N evaluated images of each domain.
-        seed: seed of data, models and sampling.
+        base_recipe: the --train-base model's recipe (``--base-iterations``, ``--base-masks-per-image``, ...);
+            its loss weights are the fine-tuning's.
+        finetune: LoRA and full fine-tuning, the same settings for both, and their evaluation: ``lora-sam
+            compare``'s options (``--steps``, ``--lr-lora``, ``--rank``, ``--iterations``, ``--eval-max-clicks``,
+            ...; its seed is the demo's: data, models and sampling).
     """
 
-    # the data (stage 1) and the training resolution of every model
-    images: int = 48  # target-domain images (train and val split); as many scenes for --train-base
-    source_images: int = 8  # held-out source-domain images
+    images: int = 48
+    source_images: int = 8
     long_side: int = 384
-    image_size: tuple[int, int] | None = None  # None: the family's (SAM v1 160x256, SAM 2.1 224x224)
-    # the tiny base model of --train-base (stage 2)
+    image_size: tuple[int, int] | None = None
     base_steps: int = 1200
     base_lr: float = 3e-4
-    base_masks: int = 16
-    base_iterations: int = 1
-    base_point_prob: float = 0.5
-    # LoRA and full fine-tuning (stage 3): the same settings, each its own learning rate
-    steps: int = 110
-    rank: int = 4
-    alpha: float = 4.0
-    lr_lora: float = 2e-3
-    lr_full: float = 3e-4
-    masks_per_image: int = 8
-    batch_size: int = 2
-    iterations: int = 3
-    # the loss of every training run: dice + IoU head, as the built-in base was pretrained
-    focal_weight: float = 0.0
-    dice_weight: float = 1.0
-    # validation curves and the evaluation (stage 3)
-    val_fraction: float = 0.25
-    val_batches: int | None = 6
-    eval_images: int | None = 8
-    eval_masks_per_image: int = 4
-    max_clicks: int = 5
-    automatic_points: int = 8
-    automatic_images: int | None = 2
-    seed: int = 0
+    base_recipe: RecipeOptions = field(default=_BASE_RECIPE, metadata={
+        "prefix": "base_", "skip": ("focal_weight", "dice_weight", "iou_weight")})
+    finetune: CompareConfig = field(default=_FINETUNE, metadata={"skip": _SET_BY_THE_DEMO})
+
+    @property
+    def seed(self) -> int:
+        """The seed of data, models and sampling (the fine-tuning's)."""
+        return self.finetune.seed
 
     def compare_config(self, model_type: str, checkpoint: str) -> CompareConfig:
         """Stage 3's ``compare`` settings: LoRA and full from ``checkpoint``, each its own learning rate."""
-        from lora_sam.lora import LoRAOptions
-        from lora_sam.recipe import RecipeOptions
-        from lora_sam.runs.compare import CompareConfig
+        return replace(self.finetune, model_type=model_type, checkpoint=checkpoint, image_size=self.image_size,
+                       original=True, eval=self.eval_options("val"))
 
-        return CompareConfig(
-            model_type=model_type, checkpoint=checkpoint, image_size=self.image_size, steps=self.steps,
-            seed=self.seed, batch_size=self.batch_size, lr_lora=self.lr_lora, lr_full=self.lr_full,
-            val_fraction=self.val_fraction, val_batches=self.val_batches, original=True,
-            lora=LoRAOptions(self.rank, self.alpha),
-            recipe=RecipeOptions(iterations=self.iterations, masks_per_image=self.masks_per_image,
-                                 focal_weight=self.focal_weight, dice_weight=self.dice_weight),
-            eval=self.eval_options("val"))
+    def base_module_recipe(self) -> RecipeOptions:
+        """The --train-base model's recipe, with the fine-tuning's loss weights."""
+        r = self.finetune.recipe
+        return replace(self.base_recipe, focal_weight=r.focal_weight, dice_weight=r.dice_weight,
+                       iou_weight=r.iou_weight)
+
+    def with_focal_weight(self, focal_weight: float) -> DemoConfig:
+        """The same demo with another focal weight in every training run."""
+        recipe = replace(self.finetune.recipe, focal_weight=focal_weight)
+        return replace(self, finetune=replace(self.finetune, recipe=recipe))
 
     def eval_options(self, split: Literal["val", "all"]) -> EvalOptions:
-        """The evaluation's settings: the demo's images, targets and clicks."""
-        from lora_sam.evaluation.options import EvalOptions
-
-        return EvalOptions(split=split, val_fraction=self.val_fraction, max_images=self.eval_images,
-                           masks_per_image=self.eval_masks_per_image, max_clicks=self.max_clicks, seed=self.seed,
-                           automatic=True, automatic_points=self.automatic_points,
-                           automatic_images=self.automatic_images)
+        """The evaluation's settings: the demo's images, targets and clicks, on the fine-tuning's split."""
+        return replace(self.finetune.eval, split=split, val_fraction=self.finetune.val_fraction, seed=self.seed)
 
 
 DEFAULT = DemoConfig()
-TRAIN_BASE = replace(DEFAULT, image_size=(64, 96), steps=200, masks_per_image=16, batch_size=1, val_batches=8)
+TRAIN_BASE = replace(DEFAULT, image_size=(64, 96), finetune=replace(
+    _FINETUNE, steps=200, batch_size=1, val_batches=8, recipe=replace(_FINETUNE.recipe, masks_per_image=16)))
 """``--train-base``: the old demo, a tiny base trained 1200 steps at 64x96 (about 6 minutes)."""
-QUICK = DemoConfig(images=6, source_images=2, long_side=128, image_size=(64, 96), base_steps=12, base_masks=4,
-                   steps=4, masks_per_image=4, iterations=2, val_fraction=0.34, val_batches=2, eval_images=1,
-                   eval_masks_per_image=3, max_clicks=3, automatic_points=4, automatic_images=1)
+QUICK = DemoConfig(
+    images=6, source_images=2, long_side=128, image_size=(64, 96), base_steps=12,
+    base_recipe=replace(_BASE_RECIPE, masks_per_image=4),
+    finetune=replace(_FINETUNE, steps=4, val_fraction=0.34, val_batches=2,
+                     recipe=replace(_FINETUNE.recipe, masks_per_image=4, iterations=2),
+                     eval=replace(_FINETUNE.eval, max_images=1, masks_per_image=3, max_clicks=3, automatic_points=4,
+                                  automatic_images=1)))
 
 
 def _stage(number: int, text: str) -> float:
@@ -172,21 +152,21 @@ def train_base(out: Path, data: Path, config: DemoConfig) -> dict[str, Any]:
     from pytorch_lightning.loggers import CSVLogger
 
     from lora_sam.data.loaders import get_loaders
-    from lora_sam.model import build_sam
-    from lora_sam.module import LoRASAM
+    from lora_sam.models.sam_v1.model import build_sam
+    from lora_sam.training.module import LoRASAM
 
     pl.seed_everything(config.seed, verbose=False)
     init = build_sam("tiny", image_size=(1024, 1024))
     init_path, base_path = out / "init.pth", out / "base.pth"
     torch.save(init.state_dict(), init_path)
+    recipe = config.base_module_recipe()
+    optim = OptimOptions(lr=config.base_lr, warmup_steps=min(50, config.base_steps // 10))
     model = LoRASAM(finetune="full", model_type="tiny", checkpoint=str(init_path), image_size=config.image_size,
-                    lr=config.base_lr, warmup_steps=min(50, config.base_steps // 10), masks_per_image=config.base_masks,
-                    iterations=config.base_iterations, point_prob=config.base_point_prob,
-                    focal_weight=config.focal_weight,
-                    dice_weight=config.dice_weight, seed=config.seed)
+                    recipe=recipe, optim=optim, seed=config.seed)
     model.sam.image_encoder.pos_embed.requires_grad_(False)
-    train_loader, _ = get_loaders(data, image_size=config.image_size, batch_size=config.batch_size,
-                                  masks_per_image=config.base_masks, val_fraction=0.0, num_workers=0, seed=config.seed)
+    train_loader, _ = get_loaders(data, image_size=config.image_size, batch_size=config.finetune.batch_size,
+                                  masks_per_image=recipe.masks_per_image, val_fraction=0.0, num_workers=0,
+                                  seed=config.seed)
     trainer = pl.Trainer(max_steps=config.base_steps, accelerator="cpu", devices=1, limit_val_batches=0,
                          logger=CSVLogger(str(out), name="base_train", version=""), enable_checkpointing=False,
                          enable_model_summary=False, log_every_n_steps=5, num_sanity_val_steps=0)
@@ -200,8 +180,8 @@ def train_base(out: Path, data: Path, config: DemoConfig) -> dict[str, Any]:
     return {"source": "trained", "model_type": "tiny", "checkpoint": str(base_path), "init": str(init_path),
             "parameters": sum(p.numel() for p in init.parameters()), "steps": int(trainer.global_step),
             "lr": config.base_lr, "image_size": list(config.image_size), "data": str(data), "seconds": seconds,
-            "device": "cpu", "masks_per_image": config.base_masks, "iterations": config.base_iterations,
-            "loss": {"focal": config.focal_weight, "dice": config.dice_weight, "iou": 1.0}}
+            "device": "cpu", "masks_per_image": recipe.masks_per_image, "iterations": recipe.iterations,
+            "loss": dict(zip(("focal", "dice", "iou"), recipe.loss_weights()))}
 
 
 def _evaluate_low_res(checkpoint: str, data: Path, config: DemoConfig) -> dict[str, Any]:
@@ -218,8 +198,8 @@ def _evaluate_low_res(checkpoint: str, data: Path, config: DemoConfig) -> dict[s
 def _base(out: Path, folders: dict[str, Path], config: DemoConfig, checkpoint: str | None,
           model_type: str | None, train: bool) -> tuple[dict[str, Any], str]:
     """Stage 2: what the base is (``demo.json``'s ``base``) and its model type."""
-    from lora_sam.checkpoints import builtin_card, builtin_checkpoint, load_checkpoint
-    from lora_sam.sizes import detect_model_type
+    from lora_sam.models.checkpoints import builtin_card, builtin_checkpoint, load_checkpoint
+    from lora_sam.models.sam_v1.sizes import detect_model_type
 
     if train:
         _stage(2, f"base model: a tiny SAM trained {config.base_steps} steps on data/base (--train-base)")
@@ -266,7 +246,8 @@ def run_demo(out: str | Path, config: DemoConfig = DEFAULT, *, checkpoint: str |
     times["base"] = time.perf_counter() - start
     _write_record(out, record)
 
-    start = _stage(3, f"LoRA vs full fine-tuning on the microscopy images, {config.steps} steps each; evaluation of "
+    start = _stage(3, f"LoRA vs full fine-tuning on the microscopy images, {config.finetune.steps} steps each; "
+                      f"evaluation of "
                       f"base, LoRA, full and the original pipeline at 1024 px, then of each on the scenes")
     base = record["base"]["checkpoint"]
     result = compare(folders["finetune"], out, config.compare_config(model_type, base), progress=True, quiet=True)
@@ -325,7 +306,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _square(model_type: str | None) -> bool:
     """Whether ``model_type`` is of a family with a square frame (SAM 2.1), whose size the presets cannot take."""
-    from lora_sam.families import family_of
+    from lora_sam.models.families import family_of
 
     return model_type is not None and family_of(model_type).square
 
@@ -333,7 +314,7 @@ def _square(model_type: str | None) -> bool:
 def run(args: argparse.Namespace) -> int:
     config = QUICK if args.quick else TRAIN_BASE if args.train_base else DEFAULT
     if args.checkpoint:  # a pretrained SAM: SAM's 20:1 focal / dice loss
-        config = replace(config, focal_weight=20.0)
+        config = config.with_focal_weight(SAM_RECIPE_DEFAULTS["focal_weight"])
     if _square(args.model_type) and config.image_size and config.image_size[0] != config.image_size[1]:
         config = replace(config, image_size=(64, 64) if args.quick else None)  # SAM 2.1 trains in a square frame
     config = from_args(DemoConfig, args, base=config)  # the options given win over the preset

@@ -40,16 +40,16 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from lora_sam.checkpoints import BUILTIN_MODEL_TYPE
 from lora_sam.data.loaders import open_dataset
 from lora_sam.data.samples import collate
-from lora_sam.families import build, family_of
 from lora_sam.io import atomic_path
-from lora_sam.module import OptimOptions
+from lora_sam.models.checkpoints import BUILTIN_MODEL_TYPE
+from lora_sam.models.families import build, family_of
+from lora_sam.models.sam2_1.config import check_side
+from lora_sam.models.sam2_1.model import to_checkpoint
 from lora_sam.runs.pretrain import sha256
-from lora_sam.sam2_config import check_side
-from lora_sam.sam2_model import to_checkpoint
 from lora_sam.settings import add_options, from_args
+from lora_sam.training.module import OptimOptions
 
 __all__ = ["DistillConfig", "distill", "warm_start", "add_arguments", "run"]
 

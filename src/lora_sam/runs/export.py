@@ -1,7 +1,7 @@
-"""``lora-sam export``: the merged official checkpoint (``lora_sam.adapter``) and, with ``--onnx DIR``, its ONNX files.
+"""``lora-sam export``: the merged official checkpoint (``lora_sam.lora.adapter``) and, with ``--onnx DIR``, its ONNX files.
 
-The merge itself is ``lora_sam.adapter``'s command, unchanged; the ONNX step lives here because
-``lora_sam.adapter`` and ``lora_sam.deploy`` sit side by side in one layer and may not import each other.
+The merge itself is ``lora_sam.lora.adapter``'s command, unchanged; the ONNX step lives here because
+``lora_sam.lora.adapter`` and ``lora_sam.models.sam_v1.deploy`` sit side by side in one layer and may not import each other.
 The ONNX files are made from the merged checkpoint just written, so they hold exactly its weights.
 """
 
@@ -11,9 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from lora_sam import adapter
-from lora_sam.deploy import export_onnx, require_onnx
-from lora_sam.model import ORIGINAL_SIZE, build_sam
+from lora_sam.lora import adapter
+from lora_sam.models.sam_v1.deploy import export_onnx, require_onnx
+from lora_sam.models.sam_v1.model import ORIGINAL_SIZE, build_sam
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

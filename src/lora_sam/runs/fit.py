@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader
 
 from lora_sam.data.loaders import LoaderOptions, get_loaders
 from lora_sam.data.samples import SampleOptions
-from lora_sam.families import data_frame
-from lora_sam.module import LoRASAM
+from lora_sam.models.families import data_frame
 from lora_sam.runs.callbacks import KeepBest, progress_bar
 from lora_sam.runs.records import IterationRecords
 from lora_sam.settings import as_group, to_dict
+from lora_sam.training.module import LoRASAM
 
 
 class SAMDataModule(pl.LightningDataModule):

@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lora_sam.checkpoints import BUILTIN_FILES, CARD_FILES, WEIGHTS_DIR
 from lora_sam.io import markdown_table
+from lora_sam.models.checkpoints import BUILTIN_FILES, CARD_FILES, WEIGHTS_DIR
 from lora_sam.runs.pretrain import PretrainConfig, sha256
 
 __all__ = ["card_markdown", "set_fine_tune_defaults", "ship"]
@@ -146,13 +146,13 @@ _FAMILY_TEXT = {
                "square frames, SAM 2's geometry (Hiera resizes its position embedding at run time; the file is "
                "Meta's format, `{\"model\": state_dict}`, which `build_sam2` loads with the same overrides)",
                ['model = lora_sam.LoRASAM(4, 1, model_type="sam2.1_mini")      # at 224x224; starts from it',
-                "from lora_sam.families import build",
+                "from lora_sam.models.families import build",
                 'predictor = build("sam2.1_mini", "builtin", (1024, 1024)).predictor()  # SAM2ImagePredictor']),
 }
 
 
 def card_markdown(card: dict[str, Any]) -> str:
-    from lora_sam.families import family_of
+    from lora_sam.models.families import family_of
 
     r = card["recipe"]
     what, frames, use = _FAMILY_TEXT[family_of(card["model_type"]).name]
@@ -176,7 +176,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         *_made_lines(card),
         f"- {card['steps']:,} AdamW steps" + (f" (and {d['steps']:,} distillation steps)" if d else "")
         + f" in {card['hours']:.2f} h in all; resolutions {sizes}, {frames}.",
-        f"- Recipe: SAM's interactive training (`lora_sam.recipe`): a point (p = {r['point_prob']}) or a noisy box, "
+        f"- Recipe: SAM's interactive training (`lora_sam.training.recipe`): a point (p = {r['point_prob']}) or a noisy box, "
         f"then up to {r['iterations']} iterations of error-region clicks with the previous logits fed back; "
         f"{r['batch_size']} images x {r['masks_per_image']} targets per step; loss {r['focal_weight']:g} x focal + "
         f"{r['dice_weight']:g} x dice + {r['iou_weight']:g} x IoU-head MSE; lr {r['lr']:g}, {r['warmup_steps']} "

@@ -46,14 +46,14 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
-from lora_sam.checkpoints import BUILTIN_MODEL_TYPE
-from lora_sam.families import build, family_of
 from lora_sam.io import atomic_path
-from lora_sam.module import LoRASAM, OptimOptions
-from lora_sam.recipe import RecipeOptions
+from lora_sam.lora.summary import parameter_summary
+from lora_sam.models.checkpoints import BUILTIN_MODEL_TYPE
+from lora_sam.models.families import build, family_of
 from lora_sam.runs.callbacks import progress_bar
 from lora_sam.settings import add_options, from_args, from_dict, to_dict
-from lora_sam.summary import parameter_summary
+from lora_sam.training.module import LoRASAM, OptimOptions
+from lora_sam.training.recipe import RecipeOptions
 
 __all__ = ["PretrainConfig", "StepBatches", "export_last", "pretrain", "add_arguments", "run"]
 

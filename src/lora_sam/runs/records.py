@@ -19,8 +19,8 @@ from pytorch_lightning.callbacks import Callback
 
 from lora_sam.data.samples import batch_to
 from lora_sam.io import atomic_path
-from lora_sam.promptable import PromptableModel
-from lora_sam.recipe import RecipeOptions, interactive_step
+from lora_sam.models.promptable import PromptableModel
+from lora_sam.training.recipe import RecipeOptions, interactive_step
 
 __all__ = ["FILE", "FORMAT", "IterationRecords", "iteration_records"]
 

@@ -1,7 +1,7 @@
 """``lora-sam segment-all``: SAM's "segment everything" over images, written as SA-1B-format JSON.
 
 The base checkpoint is built at 1024 px and the adapter, if any, merged into it with the functions of
-``lora-sam export`` (``lora_sam.adapter``); the official automatic mask generator then runs on each
+``lora-sam export`` (``lora_sam.lora.adapter``); the official automatic mask generator then runs on each
 image. Per image ``<stem>.json`` holds ``{"image": {...}, "annotations": [...]}`` with COCO RLE masks,
 readable by SA-1B tools and by this package's own data loaders, and ``<stem>_masks.png`` shows them.
 """
@@ -20,9 +20,9 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from tqdm import tqdm
 
-from lora_sam.adapter import merged_sam
-from lora_sam.deploy import automatic_mask_generator, masks_to_coco, write_overlay
 from lora_sam.io import atomic_path
+from lora_sam.lora.adapter import merged_sam
+from lora_sam.models.sam_v1.deploy import automatic_mask_generator, masks_to_coco, write_overlay
 from lora_sam.settings import MODEL_TYPE
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

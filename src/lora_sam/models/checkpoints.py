@@ -1,0 +1,197 @@
+"""Where SAM's weights come from: official checkpoint files, the built-in base, and reading them.
+
+``resolve_checkpoint`` finds a file (argument, then $LORA_SAM_CHECKPOINT, then the cache folder;
+``tiny``: the base shipped in the package) and ``load_checkpoint`` reads it with clear errors. The
+training resolution's defaults live here too, so that ``data/`` needs neither ``segment_anything``
+nor the builder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BUILTIN",
+    "BUILTIN_FILES",
+    "BUILTIN_MODEL_TYPE",
+    "CHECKPOINT_FILES",
+    "DEFAULT_IMAGE_SIZE",
+    "PATCH_SIZE",
+    "WEIGHTS_DIR",
+    "builtin_card",
+    "builtin_checkpoint",
+    "check_image_size",
+    "fine_tune_defaults",
+    "load_checkpoint",
+    "resolve_checkpoint",
+    "state_mismatch",
+]
+
+PATCH_SIZE = 16
+DEFAULT_IMAGE_SIZE: tuple[int, int] = (160, 256)
+"""The default training resolution (H, W): longest side 256, SA-1B's usual 3:2 aspect, multiples of 16."""
+
+CHECKPOINT_FILES = {
+    "vit_b": "sam_vit_b_01ec64.pth",
+    "vit_l": "sam_vit_l_0b3195.pth",
+    "vit_h": "sam_vit_h_4b8939.pth",
+    "sam2.1_hiera_t": "sam2.1_hiera_tiny.pt",
+    "sam2.1_hiera_s": "sam2.1_hiera_small.pt",
+    "sam2.1_hiera_b+": "sam2.1_hiera_base_plus.pt",
+    "sam2.1_hiera_l": "sam2.1_hiera_large.pt",
+}
+"""Meta's file name of each model type with official weights (SAM v1's, then SAM 2.1's)."""
+CHECKPOINT_ENV = "LORA_SAM_CHECKPOINT"
+HOME_ENV = "LORA_SAM_HOME"
+RANDOM = "random"
+BUILTIN = "builtin"
+BUILTIN_FILES = {"tiny": "sam_tiny_scenes.pth", "sam2.1_mini": "sam2.1_mini_scenes.pt"}
+"""Weights shipped inside the package (``lora_sam/weights/``, each with its model card), pretrained here on
+``lora-sam synth`` scenes, not Meta's weights: a ``tiny`` SAM (``lora-sam pretrain`` from random weights) and a
+``sam2.1_mini`` (``lora-sam distill`` from the ``tiny`` base, then ``lora-sam pretrain --init``), the latter in
+Meta's format."""
+CARD_FILES = {"tiny": ("model_card.json", "MODEL_CARD.md"),
+              "sam2.1_mini": ("sam2.1_mini_card.json", "SAM2.1_MINI_MODEL_CARD.md")}
+"""Each built-in base's model card: (what ``lora-sam demo``, the report and ``fine_tune_defaults`` read, the same
+for people), beside the weights."""
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+BUILTIN_MODEL_TYPE = "tiny"
+"""The model type of the built-in base: ``lora-sam pretrain``'s and the app's when none is named."""
+
+
+def builtin_checkpoint(model_type: str = BUILTIN_MODEL_TYPE) -> Path:
+    """The path of the shipped checkpoint of ``model_type`` (``BUILTIN_FILES``)."""
+    if model_type not in BUILTIN_FILES:
+        site = "sam2" if model_type.startswith("sam2") else "segment-anything"
+        raise ValueError(f"no built-in weights for {model_type} (there are for {', '.join(BUILTIN_FILES)}); pass "
+                         f"a checkpoint file (checkpoint=PATH, --checkpoint; official files: "
+                         f"https://github.com/facebookresearch/{site})")
+    path = WEIGHTS_DIR / BUILTIN_FILES[model_type]
+    if not path.is_file():
+        raise FileNotFoundError(f"the built-in {model_type} weights {path} are missing from this installation; "
+                                f"reinstall lora_sam, or pass checkpoint='random'")
+    return path
+
+
+def builtin_card(model_type: str = BUILTIN_MODEL_TYPE) -> Path:
+    """The path of the model card (``.json``) of the built-in base of ``model_type``."""
+    return WEIGHTS_DIR / CARD_FILES[model_type][0]
+
+
+def default_home() -> Path:
+    return Path(os.environ.get(HOME_ENV, Path.home() / ".cache" / "lora_sam"))
+
+
+def check_image_size(image_size: tuple[int, int] | int) -> tuple[int, int]:
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+    if len(size) != 2 or any(s <= 0 or s % PATCH_SIZE for s in size):
+        raise ValueError(
+            f"image_size must be (H, W) with both sides positive multiples of {PATCH_SIZE}, got {image_size!r}; "
+            f"for example (160, 256) or (1024, 1024)"
+        )
+    return size  # type: ignore[return-value]
+
+
+def resolve_checkpoint(model_type: str, checkpoint: str | os.PathLike | None) -> Path | None:
+    """The checkpoint to load: the argument, then $LORA_SAM_CHECKPOINT, then the default path.
+
+    ``checkpoint="random"`` asks for random weights explicitly (with a warning for vit_*);
+    ``checkpoint="builtin"`` the shipped weights (``builtin_checkpoint``). The ``tiny``
+    configuration has no official weights: without an argument it takes the built-in ones
+    (random when they are not installed); a small type without official weights or a built-in base
+    (``sam2.1_mini``) starts from random weights.
+    """
+    if checkpoint is not None and str(checkpoint) == RANDOM:
+        if model_type in CHECKPOINT_FILES:
+            warnings.warn(f"build_sam: {model_type} starts from RANDOM weights (checkpoint='random')",
+                          UserWarning, stacklevel=3)
+        return None
+    if checkpoint is not None and str(checkpoint) == BUILTIN:
+        return builtin_checkpoint(model_type)
+    if checkpoint is not None:
+        return Path(checkpoint)
+    if model_type in BUILTIN_FILES or model_type not in CHECKPOINT_FILES:
+        path = WEIGHTS_DIR / BUILTIN_FILES.get(model_type, "-")
+        return path if path.is_file() else None
+    if os.environ.get(CHECKPOINT_ENV):
+        return Path(os.environ[CHECKPOINT_ENV])
+    default = default_home() / CHECKPOINT_FILES[model_type]
+    if default.is_file():
+        return default
+    raise FileNotFoundError(
+        f"no SAM checkpoint for {model_type}: pass checkpoint=PATH, set ${CHECKPOINT_ENV}, or put "
+        f"{CHECKPOINT_FILES[model_type]} at {default} (official files: "
+        f"https://github.com/facebookresearch/{'sam2' if model_type.startswith('sam2') else 'segment-anything'}). "
+        f"checkpoint='random' starts from random weights on purpose."
+    )
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read an official SAM checkpoint (a ``state_dict`` saved by ``torch.save``; SAM 2's ``{"model": state_dict}``),
+    with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SAM checkpoint {path} does not exist (or is not a file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise ValueError(
+            f"SAM checkpoint {path} cannot be read ({type(err).__name__}: {err}); the file may be truncated "
+            f"or not a PyTorch checkpoint: download it again"
+        ) from err
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"SAM checkpoint {path} is not a state_dict of tensors (official SAM format)")
+    return state
+
+
+def state_mismatch(expected: dict[str, Tensor], state: dict[str, Tensor]) -> str:
+    """What keeps ``state`` from loading strictly into a model whose state dict is ``expected``: its missing keys,
+    unexpected keys and shape mismatches (the first 5 of each), or "" when it fits."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    return "; ".join(f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 and what != 'shape mismatch' else ''}"
+                     for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                        ("shape mismatch", wrong)) if keys)
+
+
+SAM_RECIPE_DEFAULTS: dict[str, Any] = {
+    "lr": {"lora": 1e-4, "full": 1e-4},
+    "warmup_steps": 50,
+    "focal_weight": 20.0,
+    "dice_weight": 1.0,
+    "iou_weight": 1.0,
+}
+"""Fine-tuning defaults for Meta's weights: SAM's 20:1:1 loss, and a learning rate of 1e-4 with 50 warm-up
+steps (not measured on Meta's weights here: they cannot be downloaded in this project's sandbox)."""
+FINE_TUNE_KEYS = ("lr", "warmup_steps", "focal_weight", "dice_weight", "iou_weight")
+
+
+def fine_tune_defaults(model_type: str, checkpoint: str | os.PathLike | None) -> tuple[dict[str, Any], str]:
+    """The fine-tuning settings a run takes when it sets none of them, and where they come from.
+
+    A base shipped in the package carries its own, measured for it, in its model card
+    (``fine_tune_defaults``: the base was pretrained with dice and the IoU head only, and fine-tunes
+    best so); any other start (Meta's checkpoints, a file of one's own, random weights) takes SAM's
+    recipe (``SAM_RECIPE_DEFAULTS``). Returns ``{"lr": {"lora": ..., "full": ...}, "warmup_steps",
+    "focal_weight", "dice_weight", "iou_weight"}`` and a phrase naming the source.
+    """
+    path = resolve_checkpoint(model_type, checkpoint) if model_type in BUILTIN_FILES or checkpoint else None
+    builtin = WEIGHTS_DIR / BUILTIN_FILES.get(model_type, "")
+    if path is not None and builtin.is_file() and Path(path).resolve() == builtin.resolve():
+        card = builtin_card(model_type)
+        found = json.loads(card.read_text()).get("fine_tune_defaults") if card.is_file() else None
+        if found:
+            return {k: found[k] for k in FINE_TUNE_KEYS}, f"the built-in base's model card ({card.name})"
+    return dict(SAM_RECIPE_DEFAULTS), "SAM's recipe (for Meta's weights, and any start without its own defaults)"

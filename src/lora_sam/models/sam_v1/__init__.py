@@ -1,0 +1,8 @@
+"""The SAM v1 family: Meta's ``segment_anything`` classes (the only importer of that package).
+
+- ``model``: ``build_sam`` at any training size, ``SamV1`` (its ``PromptableModel``), ``SamV1Predictor``.
+- ``encoder``: the ViT image encoder at run time (``ResolutionSwitch``, fused attention, checkpointing).
+- ``sizes``: the model types' dims, the 1024 px frame, ``detect_model_type``.
+- ``presets``: the LoRA layer presets.
+- ``deploy``: the official ONNX export and automatic mask generator on a merged model.
+"""

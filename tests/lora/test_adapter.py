@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor, sam_model_registry
+
+from lora_sam.cli import main
+from lora_sam.lora import inject_lora, lora_layers
+from lora_sam.lora.adapter import save_adapter
+from lora_sam.models.sam_v1.model import build_sam
+from sam_v1_reference import ours_at_1024
+
+
+@pytest.mark.slow
+def test_merged_vit_b_export_runs_in_official_predictor(tmp_path: Path) -> None:
+    """Adapter trained at 160x256 -> merged official checkpoint -> SamPredictor at 1024 px."""
+    torch.manual_seed(0)
+    base = tmp_path / "sam_vit_b_random.pth"
+    torch.save(sam_model_registry["vit_b"]().state_dict(), base)
+
+    low_res = build_sam("vit_b", base, image_size=(160, 256))
+    inject_lora(low_res, 4, 4)
+    with torch.no_grad():
+        for layer in lora_layers(low_res).values():
+            layer.lora_B.normal_(std=0.02)
+    adapter = tmp_path / "adapter.safetensors"
+    save_adapter(low_res, adapter, model_type="vit_b", image_size=(160, 256))
+    out = tmp_path / "merged.pth"
+    assert main(["export", str(adapter), "--checkpoint", str(base), "--out", str(out)]) == 0
+
+    official = sam_model_registry["vit_b"](checkpoint=str(out))  # strict key check inside
+    predictor = SamPredictor(official)
+    image = np.random.default_rng(0).integers(0, 255, size=(240, 320, 3), dtype=np.uint8)
+    predictor.set_image(image)
+    point = np.array([[160.0, 120.0]])
+    _, iou, low = predictor.predict(point_coords=point, point_labels=np.array([1]), multimask_output=True)
+
+    # The LoRA model itself (not merged), at 1024 px with the adapter's tensors.
+    lora_1024 = build_sam("vit_b", base, image_size=(1024, 1024))
+    from lora_sam.lora.adapter import apply_adapter
+
+    apply_adapter(lora_1024, adapter)
+    coords = torch.as_tensor(predictor.transform.apply_coords(point, image.shape[:2])).float()[None]
+    low_ours, iou_ours, _ = ours_at_1024(lora_1024, predictor, image, points=coords,
+                                         labels=torch.ones(1, 1, dtype=torch.long))
+    torch.testing.assert_close(low_ours[0], torch.as_tensor(low), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(iou_ours[0], torch.as_tensor(iou), rtol=1e-3, atol=1e-3)
+    # The merge really changed the weights.
+    plain = torch.load(base, weights_only=True)
+    merged = torch.load(out, weights_only=True)
+    assert set(plain) == set(merged)
+    assert not torch.equal(plain["image_encoder.blocks.0.attn.qkv.weight"], merged["image_encoder.blocks.0.attn.qkv.weight"])
+    assert torch.equal(plain["image_encoder.pos_embed"], merged["image_encoder.pos_embed"])
+
+
+def test_export_refuses_other_model_type(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    sam = build_sam("tiny", tiny_checkpoint, image_size=(64, 64))
+    inject_lora(sam, 2, 2)
+    adapter = tmp_path / "a.safetensors"
+    save_adapter(sam, adapter, model_type="tiny", image_size=(64, 64))
+    from lora_sam.lora.adapter import export_merged
+
+    with pytest.raises(ValueError, match="trained on tiny, not vit_b"):
+        export_merged(adapter, tmp_path / "m.pth", tiny_checkpoint, model_type="vit_b")
+    out = export_merged(adapter, tmp_path / "m.pth", tiny_checkpoint)
+    assert set(torch.load(out, weights_only=True)) == set(torch.load(tiny_checkpoint, weights_only=True))

@@ -1,7 +1,7 @@
 """The tables and Markdown of the training-step benchmark: a helper module of ``train_step.py``, not a script.
 
 ``table``: one row per mode; ``targets_report``: the issue's targets, met or not; ``profile_report``: where
-the time of (a) goes; ``markdown_section``: the "## Training step" section of BENCHMARKS.md.
+the time of (a) goes; ``markdown_section``: the "Training step" section of its page (docs/benchmarks/train-step.md).
 """
 
 from __future__ import annotations

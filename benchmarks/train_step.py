@@ -40,7 +40,7 @@ Usage::
 
     python benchmarks/train_step.py                            # CPU, ViT-B 160x256, K=16, 3 iterations
     python benchmarks/train_step.py --device cuda --steps 10
-    python benchmarks/train_step.py --markdown BENCHMARKS.md   # also append the "Training step" section
+    python benchmarks/train_step.py --markdown docs/benchmarks/train-step.md   # also append the section to its page
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ per prompt) and the memory ratio (our peak / HF's).
 
 Usage::
 
-    python benchmarks/vs_peft.py --device cuda --steps 5 --json vs_peft.json --markdown BENCHMARKS.md
+    python benchmarks/vs_peft.py --device cuda --steps 5 --json vs_peft.json --markdown docs/benchmarks/vs-peft.md
     python benchmarks/vs_peft.py --quick                           # tiny models (tests); default: CPU, a and b
 """
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import inspect
 
+import pytest
+
 import lora_sam
 
 
@@ -43,6 +45,7 @@ OLD_PATHS = {
 }
 
 
+@pytest.mark.slow
 def test_the_old_import_paths_still_import_the_same_objects() -> None:
     """In a fresh interpreter (so that no test has imported them before): each old path imports, warns once
     that it moved (but ``lora_sam.lora``, a package of its own now), and its name is the new module's object."""
@@ -71,3 +74,44 @@ def test_the_root_holds_only_the_concepts() -> None:
     assert modules == {"__init__", "_moved", "cli", "io", "settings"}
     assert packages == {"models", "lora", "training", "data", "evaluation", "report", "runs", "app"}
     assert {p.name for p in (root / "models").iterdir() if (p / "__init__.py").is_file()} == {"sam_v1", "sam2_1"}
+
+
+def _documented_paths() -> set[str]:
+    """Every ``lora_sam...`` dotted path and ``from lora_sam... import a, b`` the README and the docs name."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    found: set[str] = set()
+    for page in pages:
+        text = page.read_text()
+        for module, names in re.findall(r"from (lora_sam[\w.]*) import ([\w, ]+)", text):
+            found |= {f"{module}.{n.strip()}" for n in names.split(",") if n.strip()}
+        found |= {m.rstrip(".") for m in re.findall(r"(?<![\w/])(lora_sam(?:\.\w+)+)", text)}
+    return found
+
+
+def test_every_path_the_readme_and_docs_name_resolves() -> None:
+    """Each dotted path of the README and the documentation site imports: a module, or a name in one."""
+    import importlib
+
+    paths = _documented_paths()
+    assert "lora_sam.training.recipe.RecipeOptions" in paths and len(paths) > 30
+    missing = []
+    for path in sorted(paths):
+        parts = path.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest prefix that is a module, then attributes
+            try:
+                value = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            try:
+                for name in parts[cut:]:
+                    value = getattr(value, name)
+            except AttributeError:
+                missing.append(path)
+            break
+        else:
+            missing.append(path)
+    assert not missing, f"paths named in the README or docs that do not resolve: {missing}"

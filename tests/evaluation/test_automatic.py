@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from lora_sam.evaluation.automatic import automatic_masks
@@ -43,6 +44,7 @@ def test_automatic_masks_are_ranked_and_resized_on_the_ground_truths_grid() -> N
         assert np.array_equal(got[rank].numpy(), want)
 
 
+@pytest.mark.slow
 def test_eval_automatic_adds_proposal_recall_to_the_1024_px_rows(tmp_path: Path, synthetic_root: Path) -> None:
     from lora_sam.evaluation.run import evaluate_models
     from lora_sam.models.sam_v1.model import builtin_checkpoint

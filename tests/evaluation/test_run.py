@@ -28,6 +28,7 @@ def _adapter(tmp_path: Path, checkpoint: Path, **meta: Any) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_eval_cli_writes_json_and_markdown(tmp_path: Path, synth_root: Path, tiny_checkpoint: Path) -> None:
     adapter = _adapter(tmp_path, tiny_checkpoint)
     full = build_sam("tiny", tiny_checkpoint, SIZE)

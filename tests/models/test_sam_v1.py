@@ -84,6 +84,7 @@ def test_checkpoint_saved_at_a_training_resolution_loads_at_any_size(tiny_checkp
     assert all(torch.equal(sam.state_dict()[k], v) for k, v in others.items())
 
 
+@pytest.mark.slow
 def test_vit_b_builds_like_the_official_registry(tmp_path: Path) -> None:
     torch.manual_seed(1)
     official = sam_model_registry["vit_b"]()

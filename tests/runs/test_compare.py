@@ -10,6 +10,8 @@ from lora_sam.cli import main
 from lora_sam.data.synth import make_synthetic
 from lora_sam.training.metrics import METRIC_KEYS
 
+pytestmark = pytest.mark.slow  # the whole module: its runs are shared by module fixtures
+
 
 @pytest.fixture(scope="module")
 def compare_run(tmp_path_factory: pytest.TempPathFactory) -> Path:

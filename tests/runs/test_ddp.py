@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the whole module: its runs are shared by module fixtures
+
 SCRIPT = Path(__file__).with_name("ddp_options_script.py")
 
 

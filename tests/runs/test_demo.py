@@ -15,6 +15,8 @@ from lora_sam.models.sam_v1.model import build_sam, builtin_checkpoint
 from lora_sam.report.build import MISSING, SECTIONS
 from lora_sam.training.metrics import METRIC_KEYS
 
+pytestmark = pytest.mark.slow  # the whole module: its runs are shared by module fixtures
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

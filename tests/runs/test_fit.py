@@ -19,6 +19,7 @@ def start(*args: str) -> subprocess.Popen:
                             text=True)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_continues_from_the_saved_step(tmp_path: Path, tiny_checkpoint: Path,
                                                        synthetic_root: Path) -> None:
     out = tmp_path / "run"
@@ -184,6 +185,7 @@ def test_lr_auto_runs_the_finder_and_trains_with_its_suggestion(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")))
+@pytest.mark.slow
 def test_every_shipped_config_parses_into_the_settings_groups(name: str) -> None:
     """Each YAML in configs/ is read by the fit command (no model built): its groups and their fields exist."""
     import yaml

@@ -60,6 +60,7 @@ def _compare(root: Path, out: Path) -> dict:
     return json.loads((out / "compare.json").read_text())
 
 
+@pytest.mark.slow
 def test_labels_train_validate_and_evaluate_as_the_sa1b_folder(roots: dict[str, Path], tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     for kind in ("labels", "sa1b"):

@@ -99,6 +99,7 @@ def test_static_k_records_match_eager(sam, batches) -> None:
             assert torch.equal(a["box"]["pred"], b["box"]["pred"]) and torch.equal(a["box"]["gt"], b["box"]["gt"])
 
 
+@pytest.mark.slow
 def test_compiled_static_k_is_one_graph_per_kind_of_round_whatever_k_and_image_size(sam, batches) -> None:
     graphs: list[str] = []
 

@@ -34,6 +34,8 @@ from lora_sam.app.overlay import model_view  # noqa: E402
 from lora_sam.app.session import Session  # noqa: E402
 from lora_sam.app.ui import launch_page  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the whole module: a browser driving a served page
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 

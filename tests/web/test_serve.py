@@ -16,6 +16,7 @@ from lora_sam.cli import main
 NO_GRADIO = "import sys; sys.modules['gradio'] = None; from lora_sam.cli import main; sys.exit(main({argv}))"
 
 
+@pytest.mark.slow
 def test_help_works_without_gradio() -> None:
     done = subprocess.run([sys.executable, "-c", NO_GRADIO.format(argv=["app", "--help"])], capture_output=True,
                           text=True, timeout=120)

@@ -258,6 +258,7 @@ def test_at_1024_px_the_drawn_logits_are_the_official_postprocess_at_display_siz
     torch.testing.assert_close(output.display, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_segment_everything_shows_each_models_automatic_masks_until_the_next_prompt(builtin_session: Session) -> None:
     """The page's "segment everything": each model's masks are the official generator's on the displayed
     image, run on the model at 1024 px (the reference built here from the checkpoint, not the bank's), best

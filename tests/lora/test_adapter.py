@@ -67,3 +67,28 @@ def test_export_refuses_other_model_type(tmp_path: Path, tiny_checkpoint: Path) 
         export_merged(adapter, tmp_path / "m.pth", tiny_checkpoint, model_type="vit_b")
     out = export_merged(adapter, tmp_path / "m.pth", tiny_checkpoint)
     assert set(torch.load(out, weights_only=True)) == set(torch.load(tiny_checkpoint, weights_only=True))
+
+
+def test_an_adapter_file_written_before_the_layout_by_concept_still_loads(tmp_path: Path) -> None:
+    """The files' format name is "lora_sam.adapter/1", as every adapter written so far records it (the module
+    moved to lora_sam.lora.adapter; the format did not): a file made by hand in that format loads."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from lora_sam.lora.adapter import apply_adapter, read_adapter_info
+
+    sam = build_sam("tiny", "random", (64, 96))
+    names = inject_lora(sam, 2, 2.0, "qkv")
+    tensors = {f"{n}.{p}": v.detach().clone() + 0.01 for n in names for p, v in
+               lora_layers(sam)[n].named_parameters() if p in ("lora_A", "lora_B")}
+    assert len(tensors) == 2 * len(names) > 0
+    meta = {"format": "lora_sam.adapter/1", "rank": "2", "alpha": "2.0", "targets": json.dumps(["qkv"]),
+            "layers": json.dumps(names), "model_type": json.dumps("tiny"), "image_size": json.dumps([64, 96]),
+            "base_fingerprint": json.dumps(None)}
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    assert read_adapter_info(tmp_path / "old.safetensors").layers == names
+    fresh = build_sam("tiny", "random", (64, 96))
+    apply_adapter(fresh, tmp_path / "old.safetensors")
+    for key, value in tensors.items():
+        assert torch.equal(fresh.state_dict()[key], value)

@@ -37,7 +37,7 @@ from lora_sam.settings import MODEL_TYPE
 
 ORIGINAL_SIZE = 1024  # every family's original frame, where a merged model is exported
 
-FORMAT = "lora_sam.lora.adapter/1"
+FORMAT = "lora_sam.adapter/1"  # the files' format name: written into every adapter, kept across module moves
 
 
 @dataclass(frozen=True)

@@ -64,14 +64,14 @@ def test_the_old_import_paths_still_import_the_same_objects() -> None:
 
 
 def test_the_root_holds_only_the_concepts() -> None:
-    """The tree shows the families, LoRA and training: the package root keeps the command line, the settings
-    helpers and io beside one sub-package per concept."""
+    """The tree shows the families, LoRA and training: the package root keeps the command line, its error
+    contract, the settings helpers and io beside one sub-package per concept."""
     from pathlib import Path
 
     root = Path(lora_sam.__file__).parent
     modules = {p.stem for p in root.glob("*.py")}
     packages = {p.name for p in root.iterdir() if (p / "__init__.py").is_file()}
-    assert modules == {"__init__", "_moved", "cli", "io", "settings"}
+    assert modules == {"__init__", "_moved", "cli", "errors", "io", "settings"}
     assert packages == {"models", "lora", "training", "data", "evaluation", "report", "runs", "app"}
     assert {p.name for p in (root / "models").iterdir() if (p / "__init__.py").is_file()} == {"sam_v1", "sam2_1"}
 

@@ -28,7 +28,7 @@ _EXPORTS = {
     "load_adapter": "lora.adapter",
     "apply_adapter": "lora.adapter",
     "export_merged": "lora.adapter",
-    "build_sam": "models.sam_v1.model",
+    "build_sam": "models.families",  # every family's network (families.build_network)
     "point_sample": "training.targets",
     "box_sample": "training.targets",
     "get_loaders": "data.loaders",
@@ -61,7 +61,7 @@ if TYPE_CHECKING:  # the same names, visible to type checkers and IDEs; at run t
     from lora_sam.lora.inject import inject_lora, lora_state_dict, merge_lora, unmerge_lora
     from lora_sam.lora.layers import LoRAConv2d, LoRAConvTranspose2d, LoRALinear
     from lora_sam.lora.summary import parameter_summary
-    from lora_sam.models.sam_v1.model import build_sam
+    from lora_sam.models.families import build_sam
     from lora_sam.training.module import LoRASAM
     from lora_sam.training.targets import box_sample, point_sample
 

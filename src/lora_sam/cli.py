@@ -3,13 +3,24 @@
 Each subcommand lives beside its code: the module named in ``_COMMANDS`` defines
 ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when
 their subcommand runs, so ``lora-sam --help`` answers without importing torch.
+
+The error contract (``lora_sam.errors``): an error the user can fix prints one paragraph on stderr, naming the
+input and what to do, and exits with status 2; whatever the failed command had created in its output folders
+(``--out``, ``--onnx``) is removed, so nothing half-written is left. ``--debug`` (anywhere on the line) or
+``LORA_SAM_DEBUG=1`` shows the traceback instead. Any other exception is an internal error: its traceback shows.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shutil
 import sys
+from pathlib import Path
+from typing import Any
+
+from lora_sam.errors import DEBUG_ENV, USER_ERRORS
 
 _COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("lora_sam.runs.demo", "run the whole job on built-in synthetic data and write a report"),
@@ -32,12 +43,71 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 _PASSTHROUGH = {"fit"}
 
 
+# the arguments that name where a command writes (removed again on a user error, if the command created them)
+_OUTPUTS = ("out", "onnx")
+
+
+def _created(before: dict[Path, set[Path] | None]) -> list[Path]:
+    """What appeared in the output folders since ``before`` (each folder's listing, None: it did not exist)."""
+    made = []
+    for folder, listing in before.items():
+        if listing is None:
+            made += [folder] if folder.exists() else []
+        elif folder.is_dir():
+            made += [p for p in folder.iterdir() if p not in listing]
+    return made
+
+
+def _outputs(args: argparse.Namespace) -> dict[Path, set[Path] | None]:
+    folders = [Path(v) for v in (getattr(args, name, None) for name in _OUTPUTS) if isinstance(v, (str, Path))]
+    # a file output (export --out merged.pth): its folder is watched for that one name
+    return {f: (set(f.iterdir()) if f.is_dir() else None if not f.exists() else set()) for f in folders}
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def user_error_text(command: str, err: BaseException) -> str:
+    """The one paragraph ``lora-sam COMMAND`` prints for a user error."""
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+        text = f"{err.filename}: {text}"
+    text = " ".join(text.split())  # one paragraph: the terminal wraps it
+    return f"lora-sam {command}: error: {text}\n(lora-sam --debug {command} ..., or {DEBUG_ENV}=1, shows the traceback)"
+
+
+def run_guarded(command: str, module: Any, args: argparse.Namespace, *, debug: bool) -> int:
+    """``module.run(args)`` under the error contract (the module docstring). A resumable command
+    (``RESUMABLE = True`` in its module: its run folder holds checkpoints to resume from) keeps what it wrote."""
+    before = {} if getattr(module, "RESUMABLE", False) else _outputs(args)
+    try:
+        status = int(module.run(args) or 0)
+    except USER_ERRORS as err:
+        _remove(_created(before))
+        if debug:
+            raise
+        print(user_error_text(command, err), file=sys.stderr)
+        return 2
+    if status == 2:  # the command's own report of a user error
+        _remove(_created(before))
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = argparse.ArgumentParser(
         prog="lora-sam",
         description="Fine-tune Segment Anything (SAM) with LoRA adapters.",
-        epilog="Run 'lora-sam COMMAND --help' for the options of one command.",
+        epilog="Run 'lora-sam COMMAND --help' for the options of one command. An error you can fix (a file, a "
+               f"model type, bad data) ends with exit status 2 and one paragraph; --debug or {DEBUG_ENV}=1 adds "
+               "its traceback.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in _COMMANDS.items():
@@ -54,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     command_parser = argparse.ArgumentParser(prog=f"lora-sam {name}", description=_COMMANDS[name][1])
     module.add_arguments(command_parser)
     args = command_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    return run_guarded(name, module, args, debug=debug)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 A group's fields, defaults and help texts are written once, in its dataclass: the help of a field is
 its entry in the class docstring's ``Args:`` section. ``add_options`` adds one ``--field-name``
 option per field to an ``argparse`` parser (a nested group's fields too, with the prefix its field's
-metadata names), ``from_args`` builds the dataclass back from the parsed arguments, and
+metadata names; a field's ``listing`` metadata, a function, adds the values to choose from to its help), ``from_args`` builds the dataclass back from the parsed arguments, and
 ``to_dict`` / ``from_dict`` write it into a run folder's JSON and read it back.
 """
 
@@ -110,7 +110,10 @@ def add_options(parser: argparse.ArgumentParser | Any, cls: type, *, prefix: str
                         skip=tuple(f.metadata.get("skip", ())), given_only=given_only, base=default)
             continue
         name = prefix + f.name
-        text = helps.get(f.name, "").rstrip(".").replace("%", "%%")
+        text = helps.get(f.name, "").rstrip(".")
+        if "listing" in f.metadata:  # the values to list, known when the parser is made (every model type, ...)
+            text = f"{text}: {f.metadata['listing']()}"
+        text = text.replace("%", "%%")
         flag = "--" + prefix.replace("_", "-") + f.metadata.get("flag", f.name.replace("_", "-"))
         if f.metadata.get("append"):  # a repeatable option, one value each time
             parser.add_argument(flag, dest=name, action="append", default=None, metavar=f.metadata.get("metavar"),

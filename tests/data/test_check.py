@@ -104,7 +104,7 @@ def test_check_data_cli_exit_status(
         shutil.copy(corrupt / name, clean / name)
     assert main(["check-data", str(clean)]) == 0
     assert "0 errors in 0 files (skipped in training), 0 warnings" in capsys.readouterr().out
-    assert main(["check-data", str(tmp_path / "missing")]) == 1
+    assert main(["check-data", str(tmp_path / "missing")]) == 2  # no dataset at all: an error, not a problem
 
 
 def test_training_loader_skips_and_counts_bad_samples(corrupt: Path) -> None:

@@ -154,7 +154,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "wrote 2" in last and str(tmp_path) in last
     assert main(["synth", str(tmp_path), "--images", "1", "--height", "96"]) == 2
-    assert "--height and --width" in capsys.readouterr().out
+    assert "--height and --width" in capsys.readouterr().err  # errors go to stderr
 
 
 def test_sa1b_shapes_cover_every_aspect_in_both_orientations() -> None:

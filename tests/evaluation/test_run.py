@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from adapter_fixtures import relabel_adapter
 from lora_sam.cli import main
 from lora_sam.lora import inject_lora, lora_layers
 from lora_sam.lora.adapter import export_merged, save_adapter
@@ -24,8 +25,8 @@ def _adapter(tmp_path: Path, checkpoint: Path, **meta: Any) -> Path:
     for layer in lora_layers(sam).values():
         torch.nn.init.normal_(layer.lora_B, std=0.05)
     path = tmp_path / "adapter.safetensors"
-    save_adapter(sam, path, targets="decoder", **{"model_type": "tiny", "image_size": SIZE, **meta})
-    return path
+    save_adapter(sam, path, targets="decoder", model_type="tiny", image_size=SIZE)
+    return relabel_adapter(path, **meta)
 
 
 @pytest.mark.slow

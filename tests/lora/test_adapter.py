@@ -92,3 +92,36 @@ def test_an_adapter_file_written_before_the_layout_by_concept_still_loads(tmp_pa
     apply_adapter(fresh, tmp_path / "old.safetensors")
     for key, value in tensors.items():
         assert torch.equal(fresh.state_dict()[key], value)
+
+
+def test_save_adapter_reads_model_type_family_and_frame_from_the_network(tmp_path: Path,
+                                                                         tiny_checkpoint: Path) -> None:
+    """``save_adapter(model.sam, path)`` with nothing else records what the network's family tells of it: its
+    model type, family and training frame (the case of issue 32: a LoRASAM's network saved by hand, then
+    exported without --model-type)."""
+    from lora_sam.lora.adapter import export_merged, read_adapter_info
+    from lora_sam.training.module import LoRASAM
+
+    model = LoRASAM(2, 2.0, model_type="tiny", checkpoint=str(tiny_checkpoint), image_size=(64, 96), layers="qkv")
+    path = tmp_path / "adapter.safetensors"
+    save_adapter(model.sam, path)
+    info = read_adapter_info(path)
+    assert (info.model_type, info.family, info.image_size) == ("tiny", "sam_v1", [64, 96])
+    assert main(["export", str(path), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "m.pth")]) == 0
+    with pytest.raises(ValueError, match="model_type='vit_b', but the network is a tiny"):
+        save_adapter(model.sam, tmp_path / "lie.safetensors", model_type="vit_b")
+    assert not (tmp_path / "lie.safetensors").exists()
+    merged = torch.load(export_merged(path, tmp_path / "again.pth", tiny_checkpoint), weights_only=True)
+    assert set(merged) == set(torch.load(tiny_checkpoint, weights_only=True))
+
+
+def test_an_adapter_of_another_family_is_refused_naming_both(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    from adapter_fixtures import relabel_adapter
+    from lora_sam.lora.adapter import apply_adapter
+
+    sam = build_sam("tiny", tiny_checkpoint, image_size=(64, 64))
+    inject_lora(sam, 2, 2)
+    save_adapter(sam, tmp_path / "a.safetensors")
+    path = relabel_adapter(tmp_path / "a.safetensors", family="sam2.1", model_type="sam2.1_mini")
+    with pytest.raises(ValueError, match="family: adapter sam2.1, model sam_v1"):
+        apply_adapter(build_sam("tiny", tiny_checkpoint, image_size=(64, 64)), path)

@@ -14,15 +14,10 @@ from pycocotools import mask as mask_utils
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
 from lora_sam.cli import main
+from lora_sam.data.sa1b_write import masks_to_coco, overlay_masks
 from lora_sam.lora import inject_lora, lora_layers
 from lora_sam.lora.adapter import save_adapter
-from lora_sam.models.sam_v1.deploy import (
-    decoder_feed,
-    encoder_input,
-    export_onnx,
-    masks_to_coco,
-    overlay_masks,
-)
+from lora_sam.models.sam_v1.deploy import decoder_feed, encoder_input, export_onnx
 from lora_sam.models.sam_v1.model import build_sam
 
 ort = pytest.importorskip("onnxruntime")

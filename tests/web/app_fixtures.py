@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from adapter_fixtures import relabel_adapter
 from lora_sam.lora import inject_lora, lora_layers
 from lora_sam.lora.adapter import save_adapter
 from lora_sam.models.sam_v1.model import build_sam
@@ -22,5 +23,5 @@ def make_adapter(folder: Path, checkpoint: Path, **meta: Any) -> Path:
     for layer in lora_layers(sam).values():
         torch.nn.init.normal_(layer.lora_B, std=0.05)
     path = folder / "adapter.safetensors"
-    save_adapter(sam, path, targets="decoder", **{"model_type": "tiny", "image_size": SIZE, **meta})
-    return path
+    save_adapter(sam, path, targets="decoder", model_type="tiny", image_size=SIZE)
+    return relabel_adapter(path, **meta)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lora_sam.errors import MissingExtra
 from lora_sam.evaluation.options import EvalModels
 from lora_sam.models.checkpoints import BUILTIN_MODEL_TYPE
-from lora_sam.models.families import data_frame
+from lora_sam.models.families import data_frame, model_types_help
 from lora_sam.settings import add_options, from_args
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class AppConfig:
 
     Args:
         checkpoint: base SAM checkpoint (official format; None: the run's, else the built-in tiny base).
-        model_type: vit_b / vit_l / vit_h / tiny, or a SAM 2.1 type (None: the run's, else tiny).
+        model_type: the base's model type (None: the run's, else tiny), of either family.
         adapters: a LoRA adapter (.safetensors) on the base.
         fulls: a fully fine-tuned model.pth at the training resolution.
         image_size: training resolution (None: the run's, else the family's default: 160 256 for SAM v1,
@@ -56,7 +56,7 @@ class AppConfig:
     """
 
     checkpoint: str | None = None
-    model_type: str | None = None
+    model_type: str | None = field(default=None, metadata={"listing": model_types_help})
     adapters: tuple[str, ...] = field(default=(), metadata={"flag": "adapter", "append": True, "metavar": "A"})
     fulls: tuple[str, ...] = field(default=(), metadata={"flag": "full", "append": True, "metavar": "F"})
     image_size: tuple[int, int] | None = None
@@ -125,26 +125,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         import gradio  # noqa: F401
-    except ImportError:
-        print(f"lora-sam app: error: the app needs Gradio, which is not installed: {INSTALL_HINT}", file=sys.stderr)
-        return 2
+    except ImportError as err:
+        raise MissingExtra(f"the app needs Gradio, which is not installed: {INSTALL_HINT}") from err
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import torch
 
     from lora_sam.app.images import DatasetImages
     from lora_sam.app.ui import launch_page
-    from lora_sam.data.annotations import DataError
 
     given = from_args(AppConfig, args)
     if given.threads:
         torch.set_num_threads(given.threads)
-    try:
-        config = resolve_settings(given)
-        bank = model_bank(config)
-        data = None if config.data is None else DatasetImages(config.data, bank.image_size, frame=bank.frame)
-    except (FileNotFoundError, ValueError, DataError) as err:
-        print(f"lora-sam app: error: {err}", file=sys.stderr)
-        return 2
+    config = resolve_settings(given)
+    bank = model_bank(config)
+    data = None if config.data is None else DatasetImages(config.data, bank.image_size, frame=bank.frame)
     if given.run is None and config.run is not None:
         print(f"lora-sam app: the models of {config.run} (lora-sam demo's results); --checkpoint, --adapter, "
               "--full or --run choose others")

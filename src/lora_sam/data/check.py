@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lora_sam.data.annotations import BadSample, DataError, Problem, errors
+from lora_sam.data.annotations import BadSample, Problem, errors
 from lora_sam.data.datasets import CocoInstances, SampleDataset
 from lora_sam.data.labels import InstanceFolder
 from lora_sam.data.loaders import add_data_arguments, open_dataset
@@ -42,12 +42,9 @@ def check_data(
 def _check(
     root: str | Path, *, image_dir: str | Path | None, image_size: tuple[int, int], progress: bool
 ) -> tuple[list[Problem], int]:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            dataset = open_dataset(root, image_dir=image_dir, image_size=tuple(image_size))
-    except (DataError, FileNotFoundError) as exc:
-        return [Problem(str(root), "", str(exc))], 0
+    with warnings.catch_warnings():  # a root that is no dataset at all: an error of the command (status 2)
+        warnings.simplefilter("ignore")
+        dataset = open_dataset(root, image_dir=image_dir, image_size=tuple(image_size))
     problems: list[Problem] = []
     dataset.check_fields = True
     if isinstance(dataset, CocoInstances | InstanceFolder):

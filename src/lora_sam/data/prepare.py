@@ -183,20 +183,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        manifest = prepare_cache(
-            args.root,
-            args.out,
-            image_size=tuple(args.image_size),
-            image_dir=args.image_dir,
-            fast=not args.naive,
-            frame=args.frame,
-            num_workers=args.workers,
-            allow_inside_root=args.inside_root,
-        )
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"error: {exc}")
-        return 2
+    manifest = prepare_cache(
+        args.root,
+        args.out,
+        image_size=tuple(args.image_size),
+        image_dir=args.image_dir,
+        fast=not args.naive,
+        frame=args.frame,
+        num_workers=args.workers,
+        allow_inside_root=args.inside_root,
+    )
     items = json.loads(manifest.read_text())["items"]
     bad = [item for item in items if "file" not in item]
     print(f"wrote {len(items) - len(bad)} samples to {args.out} ({args.image_size[0]}x{args.image_size[1]})")

@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from lora_sam.data.cells import draw_cells
 from lora_sam.data.scenes import draw_scene
+from lora_sam.errors import UserError
 
 __all__ = ["DOMAINS", "FORMATS", "SA1B_ASPECTS", "make_synthetic", "outermost", "sa1b_size"]
 
@@ -243,14 +244,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if (args.height is None) != (args.width is None):
-        print("lora-sam synth: error: --height and --width go together (or neither: SA-1B shapes)")
-        return 2
+        raise UserError("--height and --width go together (or neither: SA-1B shapes)")
     size = None if args.height is None else (args.height, args.width)
-    try:
-        _check(args.images, args.seed, size, args.long_side, args.start_id, args.domain, args.format)
-    except ValueError as err:
-        print(f"lora-sam synth: error: {err}")
-        return 2
+    _check(args.images, args.seed, size, args.long_side, args.start_id, args.domain, args.format)
     args.out.mkdir(parents=True, exist_ok=True)
     results = _write_all(args.out, args.images, args.start_id, args.workers, True,
                          dict(seed=args.seed, image_size=size, long_side=args.long_side, domain=args.domain,

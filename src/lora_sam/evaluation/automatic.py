@@ -10,15 +10,21 @@ mask of the image: AR@N is the recall of the GT masks by the top N proposals, av
 The generator's quality filters are off (predicted IoU and stability thresholds 0): they were tuned for
 ViT-H and would leave a small model nothing to rank, while AR@N already keeps only the N best-ranked
 masks. Its box NMS (0.7) stays.
+
+``filter_candidates`` applies the generator's filters (predicted IoU, stability, box NMS) to the records of a
+generator that kept every candidate (``ALL_CANDIDATES``), as the generator itself applies them, counting what
+each removes: ``lora-sam segment-all`` says so when an image keeps no mask, and
+``benchmarks/automatic_thresholds.py`` measures a base's thresholds with it from one pass per image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torchvision.ops import batched_nms
 from tqdm import tqdm
 
 from lora_sam.data.annotations import BadSample
@@ -31,7 +37,44 @@ from lora_sam.evaluation.segmenters import (
     upscaled_image,
 )
 
-__all__ = ["EXAMPLE_MASKS", "automatic_masks", "automatic_recall"]
+__all__ = ["ALL_CANDIDATES", "EXAMPLE_MASKS", "FILTERS", "automatic_masks", "automatic_recall", "filter_candidates"]
+
+ALL_CANDIDATES: dict[str, Any] = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0,
+                                  "min_mask_region_area": 0}
+"""Generator options that keep every candidate mask: both quality filters off (a threshold of 0 turns Meta's
+off) and an NMS that removes nothing (it drops a box whose IoU with a better one is above 1, which none is)."""
+FILTERS = ("pred_iou", "stability", "nms")
+"""The generator's filters in the order it applies them (``filter_candidates``' counts)."""
+
+
+def filter_candidates(records: Sequence[dict[str, Any]], pred_iou_thresh: float, stability_score_thresh: float,
+                      box_nms_thresh: float) -> tuple[list[int], dict[str, int]]:
+    """The records (of a generator with ``ALL_CANDIDATES``) that a generator with these thresholds keeps, and how
+    many candidates each filter removed: ``(kept indices, best first; {"pred_iou", "stability", "nms"})``.
+
+    The filters as Meta's generators (SAM v1's and SAM 2.1's alike) apply them to one crop: predicted IoU
+    ``> pred_iou_thresh`` and stability ``>= stability_score_thresh`` (each off at 0), compared in float32 as
+    the generator's tensors are, then box NMS at ``box_nms_thresh`` ranked by predicted IoU (torchvision's
+    ``batched_nms``, the generator's call). Small-region post-processing (``min_mask_region_area``) and
+    multi-crop NMS are not modelled.
+    """
+    iou = np.array([r["predicted_iou"] for r in records], dtype=np.float32)
+    stability = np.array([r["stability_score"] for r in records], dtype=np.float32)
+    keep = np.ones(len(records), dtype=bool)
+    removed = {}
+    for name, passed, threshold in (("pred_iou", iou > np.float32(pred_iou_thresh), pred_iou_thresh),
+                                    ("stability", stability >= np.float32(stability_score_thresh),
+                                     stability_score_thresh)):
+        drop = keep & ~passed if threshold > 0 else np.zeros_like(keep)
+        removed[name] = int(drop.sum())
+        keep &= ~drop
+    left = np.flatnonzero(keep)
+    if not len(left):
+        return [], {**removed, "nms": 0}
+    xywh = torch.tensor([records[i]["bbox"] for i in left], dtype=torch.float32)
+    boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+    kept = batched_nms(boxes, torch.from_numpy(iou[left]), torch.zeros(len(left)), box_nms_thresh)
+    return [int(left[i]) for i in kept], {**removed, "nms": len(left) - len(kept)}
 
 
 def automatic_masks(generator: Any, sample: dict[str, Any], source: str) -> tuple[torch.Tensor, np.ndarray]:

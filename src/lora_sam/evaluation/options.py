@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lora_sam.models.families import data_frame
+from lora_sam.models.families import data_frame, model_types_help
 from lora_sam.settings import MAX_CLICKS, MODEL_TYPE, VAL_FRACTION
 
 __all__ = ["EVAL_DEFAULTS", "EvalModels", "EvalOptions", "Refine"]
@@ -70,7 +70,7 @@ class EvalModels:
     """Which models are evaluated: the base and what was trained from it.
 
     Args:
-        model_type: vit_b / vit_l / vit_h / tiny, or a SAM 2.1 type (sam2.1_hiera_t, ..., sam2.1_mini).
+        model_type: the base's model type, of either family.
         checkpoint: the base SAM checkpoint (official format).
         image_size: the training resolution (H, W); None: the family's default (SAM v1 160x256, SAM 2.1
             224x224). The data is made in the family's frame (``frame``: padded, or a square for SAM 2.1).
@@ -81,7 +81,7 @@ class EvalModels:
             adapter merged and every full model at 1024 px (as deployed).
     """
 
-    model_type: str = MODEL_TYPE
+    model_type: str = field(default=MODEL_TYPE, metadata={"listing": model_types_help})
     checkpoint: str | None = None
     image_size: tuple[int, int] | None = None
     adapters: tuple[str, ...] = field(default=(), metadata={"flag": "adapter", "append": True, "metavar": "A"})

@@ -38,6 +38,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from lora_sam.data.samples import choose_targets
+from lora_sam.errors import UserError
 from lora_sam.evaluation.options import EVAL_DEFAULTS, Refine
 from lora_sam.evaluation.segmenters import LowResSegmenter, Prediction, PredictorSegmenter, Segmenter
 from lora_sam.settings import MAX_CLICKS
@@ -202,7 +203,9 @@ def _finish(columns: dict[str, list[Any]], max_clicks: int, *, images: int, skip
             seconds: float) -> dict[str, Any]:
     """One model's entry of ``evaluate_many`` from its accumulated per-prompt columns."""
     if not columns.get("click_ious"):
-        raise ValueError("no prompts were evaluated: every sample was skipped or had no usable mask")
+        reasons = "; ".join(skipped[:3]) + (f"; ... ({len(skipped)} in all)" if len(skipped) > 3 else "")
+        raise UserError("no prompts were evaluated: every sample was skipped or had no usable mask"
+                        + (f" ({reasons})" if reasons else "") + ": check the data with lora-sam check-data")
     arrays = {k: torch.cat(v) for k, v in columns.items() if k in PROMPT_COLUMNS or k in ("mask_index", "area")}
     metrics = summarize(click_ious=arrays["click_ious"], box_ious=arrays["box_iou"],
                         box_ious_single=arrays["box_iou_single"],

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lora_sam.data.annotations import DataError
+from lora_sam.errors import UserError
 from lora_sam.evaluation.automatic import automatic_recall
 from lora_sam.evaluation.options import EVAL_DEFAULTS, EvalModels, EvalOptions
 from lora_sam.evaluation.protocol import evaluate_many, json_safe
@@ -255,9 +254,12 @@ def evaluate_models(
     if o.automatic:  # the automatic masks run at 1024 px: the deployed rows
         models = replace(models, original=True)
     built = build_segmenters(models, original_full_res=models.original and originals, device=device)
-    results = evaluate_many({name: seg for name, (seg, _) in built.items()}, samples, max_clicks=o.max_clicks,
-                            seed=o.seed, masks_per_image=o.masks_per_image, refine=o.refine,
-                            box_output=o.box_output, progress=progress, total=count)
+    try:
+        results = evaluate_many({name: seg for name, (seg, _) in built.items()}, samples, max_clicks=o.max_clicks,
+                                seed=o.seed, masks_per_image=o.masks_per_image, refine=o.refine,
+                                box_output=o.box_output, progress=progress, total=count)
+    except UserError as err:  # the data's fault: say which data
+        raise UserError(f"{resolve_root(data)}: {err}") from err
     if o.automatic:
         _add_automatic(results, built, data, models, o, out, progress=progress, total=count)
     report = {
@@ -310,12 +312,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        report = evaluate_models(args.data, args.out, from_args(EvalModels, args), from_args(EvalOptions, args),
-                                 device=args.device, progress=not args.quiet)
-    except (FileNotFoundError, ValueError, DataError) as err:
-        print(f"lora-sam eval: error: {err}", file=sys.stderr)
-        return 2
+    report = evaluate_models(args.data, args.out, from_args(EvalModels, args), from_args(EvalOptions, args),
+                             device=args.device, progress=not args.quiet)
     print(markdown_table(*metric_rows({name: entry["metrics"] for name, entry in report["models"].items()})))
     print(f"wrote {args.out / 'eval.json'} and {args.out / 'eval.md'}")
     return 0

@@ -30,9 +30,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from lora_sam.errors import UserError
 from lora_sam.io import atomic_path
 from lora_sam.lora import inject_lora, lora_layers, lora_state_dict, merge_lora
-from lora_sam.models.families import build, family_of
+from lora_sam.models.families import build, family_of, model_types, model_types_help
 from lora_sam.settings import MODEL_TYPE
 
 ORIGINAL_SIZE = 1024  # every family's original frame, where a merged model is exported
@@ -49,6 +50,7 @@ class AdapterInfo:
     model_type: str | None
     image_size: list[int] | None
     base_fingerprint: str | None = None
+    family: str | None = None  # files written before adapters recorded it have none
 
 
 _FINGERPRINT_TENSORS = (
@@ -73,8 +75,23 @@ def base_fingerprint(module: nn.Module) -> str | None:
     return digest.hexdigest()[:16]
 
 
+def _network_facts(module: nn.Module) -> tuple[str | None, str | None, list[int] | None]:
+    """(family, model type, training frame) of a network, each None where its family cannot tell (or it has
+    no family)."""
+    try:
+        family = family_of(module)
+    except ValueError:
+        return None, None, None
+    return family.name, family.model_type_of(module), list(family.wrap(module).image_size)
+
+
 def _info_of(module: nn.Module, targets: Sequence[str] | str | None, model_type: str | None,
              image_size: Sequence[int] | None) -> AdapterInfo:
+    family, found_type, frame = _network_facts(module)
+    if model_type and found_type and model_type != found_type:
+        raise UserError(f"save_adapter: model_type={model_type!r}, but the network is a {found_type}: drop "
+                        f"model_type (it is read from the network) or pass {found_type!r}")
+    model_type, image_size = model_type or found_type, image_size or frame
     layers = lora_layers(module)
     if not layers:
         raise ValueError("this model has no LoRA layers: call inject_lora first")
@@ -86,7 +103,7 @@ def _info_of(module: nn.Module, targets: Sequence[str] | str | None, model_type:
         targets = [targets or "default"]
     return AdapterInfo(rank=ranks.pop(), alpha=alphas.pop(), targets=list(targets), layers=list(layers),
                        model_type=model_type, image_size=list(image_size) if image_size else None,
-                       base_fingerprint=base_fingerprint(module))
+                       base_fingerprint=base_fingerprint(module), family=family)
 
 
 def save_adapter(
@@ -97,7 +114,10 @@ def save_adapter(
     model_type: str | None = None,
     image_size: Sequence[int] | None = None,
 ) -> AdapterInfo:
-    """Write the LoRA tensors of ``module`` to ``path`` (``.safetensors``), atomically."""
+    """Write the LoRA tensors of ``module`` to ``path`` (``.safetensors``), atomically.
+
+    The file records the model type, the family and the training frame: those given, else what the network's
+    family tells of it (a model type given that contradicts the network is an error)."""
     info = _info_of(module, targets, model_type, image_size)
     tensors = {k: v.detach().contiguous().cpu() for k, v in lora_state_dict(module).items()}
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in asdict(info).items()}}
@@ -109,6 +129,9 @@ def save_adapter(
 def read_adapter_info(path: str | os.PathLike) -> AdapterInfo:
     """The metadata of an adapter file, with clear errors for missing or foreign files."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"adapter file {path} is a folder: pass the .safetensors file inside it "
+                                f"(a LoRA run writes adapter.safetensors)")
     if not path.is_file():
         raise FileNotFoundError(f"adapter file {path} does not exist")
     try:
@@ -130,11 +153,10 @@ def load_adapter(module: nn.Module, path: str | os.PathLike) -> AdapterInfo:
     info = read_adapter_info(path)
     layers = lora_layers(module)
     problems = []
-    try:
-        found_type = family_of(module).model_type_of(module)
-    except ValueError:  # not a network of a known family: nothing to compare
-        found_type = None
-    if info.model_type and found_type and info.model_type != found_type:
+    found_family, found_type, _ = _network_facts(module)
+    if info.family and found_family and info.family != found_family:
+        problems.append(f"family: adapter {info.family}, model {found_family}")
+    elif info.model_type and found_type and info.model_type != found_type:
         problems.append(f"model type: adapter {info.model_type}, model {found_type}")
     found_base = base_fingerprint(module)
     if info.base_fingerprint and found_base and info.base_fingerprint != found_base:
@@ -185,11 +207,13 @@ def merged_sam(
     if adapter is not None:
         info = read_adapter_info(adapter)
         if model_type and info.model_type and model_type != info.model_type:
-            raise ValueError(f"adapter {adapter} was trained on {info.model_type}, not {model_type}: "
-                             f"drop the model type or pass {info.model_type}")
+            raise UserError(f"adapter {adapter} was trained on {info.model_type}, not {model_type} (the model type "
+                            f"asked for): drop the model type (it is read from the adapter) or pass {info.model_type}")
         model_type = model_type or info.model_type
         if model_type is None:
-            raise ValueError(f"adapter {adapter} does not record its model type: pass model_type")
+            raise UserError(f"adapter {adapter} does not record its model type (written before adapters recorded "
+                            f"it): pass the model type it was trained on (lora-sam: --model-type; one of "
+                            f"{', '.join(model_types())})")
     sam = build(model_type or MODEL_TYPE, base_checkpoint, (ORIGINAL_SIZE, ORIGINAL_SIZE)).module
     if adapter is not None:
         apply_adapter(sam, adapter)
@@ -227,8 +251,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="base SAM checkpoint the adapter was trained on (default: $LORA_SAM_CHECKPOINT, "
                              "then ~/.cache/lora_sam/<official file>)")
     parser.add_argument("--model-type", default=None,
-                        help="vit_b / vit_l / vit_h / tiny, or sam2.1_hiera_t / _s / _b+ / _l / sam2.1_mini "
-                             "(default: the adapter's)")
+                        help=f"the base's model type: {model_types_help()} (default: the adapter's)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the merged checkpoint (.pth)")
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "PATCH_SIZE",
     "WEIGHTS_DIR",
+    "automatic_defaults",
     "builtin_card",
     "builtin_checkpoint",
     "check_image_size",
@@ -137,14 +138,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read an official SAM checkpoint (a ``state_dict`` saved by ``torch.save``; SAM 2's ``{"model": state_dict}``),
     with clear errors."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"SAM checkpoint {path} is a folder: pass the checkpoint file (.pth / .pt) itself")
     if not path.is_file():
         raise FileNotFoundError(f"SAM checkpoint {path} does not exist (or is not a file)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
         raise ValueError(
-            f"SAM checkpoint {path} cannot be read ({type(err).__name__}: {err}); the file may be truncated "
-            f"or not a PyTorch checkpoint: download it again"
+            f"SAM checkpoint {path} cannot be read: {_file_kind(path)} ({type(err).__name__}: {first}); pass an "
+            f"official checkpoint file, or download it again"
         ) from err
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
@@ -154,9 +158,38 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     return state
 
 
+_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+          b"{": "a JSON or text file", b"PK\x03\x04": "a zip archive (truncated or damaged)"}
+
+
+def _file_kind(path: Path) -> str:
+    """What a file that torch cannot load looks like, for the error message."""
+    with path.open("rb") as f:
+        head = f.read(8)
+    if not head:
+        return "the file is empty"
+    kind = next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+    return f"it is {kind}, not a PyTorch checkpoint" if kind else "it is truncated or not a PyTorch checkpoint"
+
+
+FAMILY_PREFIXES = {"SAM 2.1": "sam_mask_decoder.", "SAM v1": "mask_decoder."}
+"""A key prefix only each family's checkpoints have (SAM 2 renamed SAM's parts with ``sam_``)."""
+
+
+def checkpoint_family(state: dict[str, Tensor]) -> str | None:
+    """Which family's layout a state dict has (by its key names), or None."""
+    return next((name for name, prefix in FAMILY_PREFIXES.items() if any(k.startswith(prefix) for k in state)),
+                None)
+
+
 def state_mismatch(expected: dict[str, Tensor], state: dict[str, Tensor]) -> str:
-    """What keeps ``state`` from loading strictly into a model whose state dict is ``expected``: its missing keys,
-    unexpected keys and shape mismatches (the first 5 of each), or "" when it fits."""
+    """What keeps ``state`` from loading strictly into a model whose state dict is ``expected``: the other family's
+    layout, said so; else its missing keys, unexpected keys and shape mismatches (the first 5 of each); "" when it
+    fits."""
+    found, wanted = checkpoint_family(state), checkpoint_family(expected)
+    if found and wanted and found != wanted:
+        return (f"it holds a {found} checkpoint, and this model type is {wanted}: pass a {found} model type "
+                f"(lora-sam: --model-type) or a {wanted} checkpoint")
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
@@ -178,6 +211,18 @@ steps (not measured on Meta's weights here: they cannot be downloaded in this pr
 FINE_TUNE_KEYS = ("lr", "warmup_steps", "focal_weight", "dice_weight", "iou_weight")
 
 
+def _card_entry(model_type: str, checkpoint: str | os.PathLike | None, key: str) -> tuple[Any, Path | None]:
+    """The built-in base's model card entry ``key`` and the card's path, when ``checkpoint`` (as
+    ``resolve_checkpoint`` finds it) is that base's shipped file; else (None, None)."""
+    path = resolve_checkpoint(model_type, checkpoint) if model_type in BUILTIN_FILES or checkpoint else None
+    builtin = WEIGHTS_DIR / BUILTIN_FILES.get(model_type, "")
+    if path is None or not builtin.is_file() or Path(path).resolve() != builtin.resolve():
+        return None, None
+    card = builtin_card(model_type)
+    found = json.loads(card.read_text()).get(key) if card.is_file() else None
+    return (found, card) if found else (None, None)
+
+
 def fine_tune_defaults(model_type: str, checkpoint: str | os.PathLike | None) -> tuple[dict[str, Any], str]:
     """The fine-tuning settings a run takes when it sets none of them, and where they come from.
 
@@ -187,11 +232,29 @@ def fine_tune_defaults(model_type: str, checkpoint: str | os.PathLike | None) ->
     recipe (``SAM_RECIPE_DEFAULTS``). Returns ``{"lr": {"lora": ..., "full": ...}, "warmup_steps",
     "focal_weight", "dice_weight", "iou_weight"}`` and a phrase naming the source.
     """
-    path = resolve_checkpoint(model_type, checkpoint) if model_type in BUILTIN_FILES or checkpoint else None
-    builtin = WEIGHTS_DIR / BUILTIN_FILES.get(model_type, "")
-    if path is not None and builtin.is_file() and Path(path).resolve() == builtin.resolve():
-        card = builtin_card(model_type)
-        found = json.loads(card.read_text()).get("fine_tune_defaults") if card.is_file() else None
-        if found:
-            return {k: found[k] for k in FINE_TUNE_KEYS}, f"the built-in base's model card ({card.name})"
+    found, card = _card_entry(model_type, checkpoint, "fine_tune_defaults")
+    if found:
+        return {k: found[k] for k in FINE_TUNE_KEYS}, f"the built-in base's model card ({card.name})"  # type: ignore[union-attr]
     return dict(SAM_RECIPE_DEFAULTS), "SAM's recipe (for Meta's weights, and any start without its own defaults)"
+
+
+AUTOMATIC_KEYS = ("pred_iou_thresh", "stability_score_thresh")
+"""The automatic mask generator's quality thresholds that a base's model card may set (``automatic``)."""
+
+
+def automatic_defaults(model_type: str, checkpoint: str | os.PathLike | None) -> tuple[dict[str, float], str]:
+    """The automatic mask generator's quality thresholds a run takes when it sets none, and where they come from.
+
+    Meta chose its generators' thresholds (predicted IoU 0.88 for SAM v1, 0.8 for SAM 2.1; stability 0.95) for
+    its own large models; a small base's IoU head and logits are calibrated otherwise, and those thresholds
+    drop every mask it makes. A base shipped in the package carries its own, measured on held-out images of
+    its domain (``benchmarks/automatic_thresholds.py``), in its model card (``automatic``). Returns
+    ``{"pred_iou_thresh": ..., "stability_score_thresh": ...}`` from the card, or ``{}`` for any other start
+    (Meta's checkpoints, a file of one's own, random weights: the generator keeps Meta's defaults), and a phrase
+    naming the source.
+    """
+    found, card = _card_entry(model_type, checkpoint, "automatic")
+    if found:
+        return ({k: float(found[k]) for k in AUTOMATIC_KEYS if k in found},
+                f"the built-in base's model card ({card.name})")  # type: ignore[union-attr]
+    return {}, "Meta's defaults (tuned for its own models; no model card of this base sets them)"

@@ -5,7 +5,9 @@ SAM v1 (``lora_sam.models.sam_v1.model``) and SAM 2.1's image models (``lora_sam
 ``sam2`` package) are built in. A family is one module implementing ``PromptableModel`` (and,
 for its own full-resolution pipeline, ``ImagePredictor``) plus one ``register_family`` call; training
 (``LoRASAM``), the evaluation, the app and the report reach every model through ``build`` and
-``as_promptable``, so they run on a new family unchanged.
+``as_promptable``, so they run on a new family unchanged. ``build_network`` (``lora_sam.build_sam``) gives the
+bare network of any model type, ``mask_generator`` a merged network's "segment everything" pipeline
+(``lora-sam segment-all``), ``model_types_help`` the model types as every command's help lists them.
 """
 
 from __future__ import annotations
@@ -18,16 +20,18 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from lora_sam.errors import UserError
 from lora_sam.models.checkpoints import DEFAULT_IMAGE_SIZE, check_image_size
 from lora_sam.models.promptable import PromptableModel
 from lora_sam.models.sam2_1 import config as sam2_config
 from lora_sam.models.sam2_1 import model as sam2_model
+from lora_sam.models.sam_v1 import deploy as sam_v1_deploy
 from lora_sam.models.sam_v1 import model as sam_v1
 from lora_sam.models.sam_v1.presets import LAYER_PRESETS
 from lora_sam.settings import MODEL_TYPE
 
-__all__ = ["Family", "as_promptable", "build", "data_frame", "family_of", "model_types", "register_family",
-           "resolve_model_type", "unfreeze"]
+__all__ = ["Family", "as_promptable", "build", "build_network", "build_sam", "data_frame", "family_of",
+           "mask_generator", "model_types", "model_types_help", "register_family", "resolve_model_type", "unfreeze"]
 
 
 def _same(state: dict[str, Tensor]) -> object:
@@ -69,6 +73,9 @@ class Family:
             images, or whose output no loss reaches).
         pipeline: the name of the family's own 1024 px pipeline (``ImagePredictor``), as reports name it.
         frame_note: (H, W) -> how a model of the family sits at that training size, a phrase for reports.
+        mask_generator: (network, **options) -> the family's own "segment everything" pipeline over a merged
+            1024 px network (Meta's ``SamAutomaticMaskGenerator`` / ``SAM2AutomaticMaskGenerator``: ``generate(image)``
+            returns one record per mask; the options are its keyword arguments); None: the family has none.
     """
 
     name: str
@@ -87,6 +94,7 @@ class Family:
     frozen: tuple[str, ...] = ()
     pipeline: str = "SamPredictor"
     frame_note: Callable[[tuple[int, int]], str] = _v1_frame
+    mask_generator: Callable[..., Any] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -104,13 +112,14 @@ def register_family(family: Family) -> Family:
 
 register_family(Family("sam_v1", tuple(sam_v1.MODEL_CONFIGS), sam_v1.build_sam, sam_v1.SamV1, sam_v1.is_sam,
                        LAYER_PRESETS, sam_v1.set_compute, size_switch=sam_v1.ResolutionSwitch,
-                       model_type_of=sam_v1.model_type_of))
+                       model_type_of=sam_v1.model_type_of, mask_generator=sam_v1_deploy.automatic_mask_generator))
 register_family(Family("sam2.1", tuple(sam2_config.MODEL_TYPES), sam2_model.build_sam2_model, sam2_model.Sam2Image,
                        sam2_model.is_sam2, sam2_config.LAYER_PRESETS, sam2_model.set_compute,
                        (sam2_config.DEFAULT_SIDE, sam2_config.DEFAULT_SIDE), square=True,
                        check_size=sam2_config.check_size, size_switch=sam2_model.SideSwitch,
                        to_checkpoint=sam2_model.to_checkpoint, model_type_of=sam2_model.model_type_of,
-                       frozen=sam2_config.FROZEN, pipeline="SAM2ImagePredictor", frame_note=sam2_config.frame_note))
+                       frozen=sam2_config.FROZEN, pipeline="SAM2ImagePredictor", frame_note=sam2_config.frame_note,
+                       mask_generator=sam2_model.automatic_mask_generator))
 
 
 def family_of(model_type_or_module: str | object) -> Family:
@@ -119,13 +128,21 @@ def family_of(model_type_or_module: str | object) -> Family:
         if (model_type_or_module in family.model_types if isinstance(model_type_or_module, str)
                 else family.owns(model_type_or_module)):
             return family
-    known = ", ".join(model_types())
-    raise ValueError(f"no model family for {model_type_or_module!r}; the model types are {known}")
+    if isinstance(model_type_or_module, str):
+        raise UserError(f"unknown model type {model_type_or_module!r}: no model family builds it; choose from "
+                        f"{model_types_help()}")
+    raise ValueError(f"no model family for {model_type_or_module!r}; the model types are {model_types_help()}")
 
 
 def model_types() -> tuple[str, ...]:
     """Every model type of every registered family, family by family."""
     return tuple(t for family in _FAMILIES.values() for t in family.model_types)
+
+
+def model_types_help() -> str:
+    """Every model type, family by family, as a command's help lists them: ``vit_b, ..., tiny (sam_v1);
+    sam2.1_hiera_t, ..., sam2.1_mini (sam2.1)``."""
+    return "; ".join(f"{', '.join(family.model_types)} ({family.name})" for family in _FAMILIES.values())
 
 
 def resolve_model_type(model_type: str | None) -> str:
@@ -156,6 +173,47 @@ def build(model_type: str, checkpoint: str | os.PathLike | None, image_size: tup
     """``model_type`` at ``image_size`` from ``checkpoint``, as its family's ``PromptableModel``."""
     family = family_of(model_type)
     return family.wrap(family.build(model_type, checkpoint, image_size))
+
+
+def build_network(
+    model_type: str = MODEL_TYPE,
+    checkpoint: str | os.PathLike | None = None,
+    image_size: tuple[int, int] | int | None = None,
+) -> nn.Module:
+    """The network of any model type of any family, its weights loaded (``lora_sam.build_sam``).
+
+    Args:
+        model_type: a SAM v1 type (``vit_b``, ``vit_l``, ``vit_h``, ``tiny``) or a SAM 2.1 type
+            (``sam2.1_hiera_t``, ``_s``, ``_b+``, ``_l``, ``sam2.1_mini``): ``model_types()``.
+        checkpoint: the family's official checkpoint file; None looks in $LORA_SAM_CHECKPOINT, then
+            ``~/.cache/lora_sam/<official file name>`` ($LORA_SAM_HOME) (``tiny`` and ``sam2.1_mini``: the
+            built-in weights); ``"random"`` starts from random weights on purpose; ``"builtin"`` takes the weights
+            shipped in the package (``tiny``, ``sam2.1_mini``).
+        image_size: the training resolution (H, W), or one side; None: the family's default (SAM v1 160x256,
+            SAM 2.1 224x224); (1024, 1024) is the original model.
+    Returns:
+        the family's own network in eval mode on the CPU: SAM v1's ``segment_anything.modeling.Sam``
+        (``lora_sam.models.sam_v1.model.build_sam``), SAM 2.1's ``sam2.modeling.sam2_base.SAM2Base``
+        (``lora_sam.models.sam2_1.model.build_sam2_model``). ``as_promptable`` gives its ``PromptableModel``.
+    """
+    family = family_of(model_type)
+    size = family.default_image_size if image_size is None else image_size
+    return family.build(model_type, checkpoint, size)  # type: ignore[arg-type]
+
+
+build_sam = build_network
+"""``lora_sam.build_sam``: the name the package has always exported, for every family now."""
+
+
+def mask_generator(network: nn.Module, **options: Any) -> Any:
+    """The "segment everything" pipeline of ``network``'s family over it (merged, at 1024 px): Meta's
+    ``SamAutomaticMaskGenerator`` for SAM v1, ``SAM2AutomaticMaskGenerator`` for SAM 2.1; ``options`` go to it
+    as they are (the ones not given keep Meta's defaults)."""
+    family = family_of(network)
+    if family.mask_generator is None:
+        raise UserError(f"the {family.name} family has no automatic mask generator (its Family registers none), "
+                        f"so it cannot segment everything: use a SAM v1 or SAM 2.1 model type")
+    return family.mask_generator(network, **options)
 
 
 def as_promptable(model: PromptableModel | nn.Module) -> PromptableModel:

@@ -165,10 +165,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        path = write_report(args.run_dir, device=args.device, progress=not args.quiet, real_data=args.real_data)
-    except FileNotFoundError as err:
-        print(f"lora-sam report: error: {err}", file=sys.stderr)
-        return 2
+    path = write_report(args.run_dir, device=args.device, progress=not args.quiet, real_data=args.real_data)
     print(f"wrote {path} (figures in {path.parent / 'figures'})")
     return 0

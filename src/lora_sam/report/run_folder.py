@@ -25,6 +25,7 @@ import torch
 import yaml
 from torch import nn
 
+from lora_sam.errors import UserError
 from lora_sam.models.families import Family
 from lora_sam.training.recipe import RecipeOptions
 
@@ -46,6 +47,9 @@ class Run:
         self.real_data = Path(real) if real else None  # optional real samples for the figures
         if not self.root.is_dir():
             raise FileNotFoundError(f"run folder {self.root} does not exist")
+        if not any((self.root / name).is_file() for name in ("compare.json", "eval.json")):
+            raise UserError(f"{self.root} is not a run folder: it holds neither compare.json nor eval.json; pass the "
+                            f"folder that lora-sam demo, compare or eval wrote (their --out)")
         self.figures = self.root / "figures"
         self.device = torch.device(device or "cpu")
 

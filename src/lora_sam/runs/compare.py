@@ -47,7 +47,7 @@ from lora_sam.evaluation.run import evaluate_models
 from lora_sam.io import markdown_table
 from lora_sam.lora import LoRAOptions
 from lora_sam.models.checkpoints import fine_tune_defaults
-from lora_sam.models.families import data_frame
+from lora_sam.models.families import data_frame, model_types_help
 from lora_sam.report.numbers import cost_note, cost_table
 from lora_sam.runs.callbacks import PeakMemory, StepTimer, progress_bar, quiet_framework
 from lora_sam.runs.records import IterationRecords
@@ -178,7 +178,7 @@ class CompareConfig:
     """What ``compare`` trains and evaluates (``lora-sam compare``'s options are these fields).
 
     Args:
-        model_type: vit_b / vit_l / vit_h / tiny.
+        model_type: the base's model type, of either family.
         checkpoint: the base SAM checkpoint (None: as build_sam finds it; random weights are drawn once from
             the seed and saved as base.pth when there is no file).
         image_size: the training resolution (H, W); None: the family's default (SAM v1 160x256, SAM 2.1 224x224).
@@ -200,7 +200,7 @@ class CompareConfig:
         eval: the evaluation (evaluation.options.EvalOptions); its split, val share and seed are the training's.
     """
 
-    model_type: str = MODEL_TYPE
+    model_type: str = field(default=MODEL_TYPE, metadata={"listing": model_types_help})
     checkpoint: str | None = None
     image_size: tuple[int, int] | None = None
     steps: int = 100
@@ -383,14 +383,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lora_sam.data.annotations import DataError
-
-    try:
-        result = compare(args.data, args.out, from_args(CompareConfig, args), isolate=not args.in_process,
-                         progress=not args.quiet)
-    except (FileNotFoundError, ValueError, RuntimeError, DataError) as err:
-        print(f"lora-sam compare: error: {err}", file=sys.stderr)
-        return 2
+    result = compare(args.data, args.out, from_args(CompareConfig, args), isolate=not args.in_process,
+                     progress=not args.quiet)
     print(compare_markdown(result), end="")
     print(f"wrote {args.out / 'compare.json'} and {args.out / 'compare.md'}")
     return 0

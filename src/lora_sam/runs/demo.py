@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,7 +33,8 @@ import torch
 
 from lora_sam.evaluation.options import EvalOptions
 from lora_sam.lora.options import LoRAOptions
-from lora_sam.models.checkpoints import BUILTIN_MODEL_TYPE, SAM_RECIPE_DEFAULTS
+from lora_sam.models.checkpoints import BUILTIN_FILES, BUILTIN_MODEL_TYPE, SAM_RECIPE_DEFAULTS
+from lora_sam.models.families import model_types_help
 from lora_sam.runs.compare import CompareConfig
 from lora_sam.settings import add_options, from_args
 from lora_sam.training.options import OptimOptions
@@ -294,8 +294,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an official SAM checkpoint as the base instead of the built-in tiny one; then the "
                              "loss is SAM's 20 x focal + dice")
     parser.add_argument("--model-type", default=None,
-                        help="the base's model type: with --checkpoint, its type (default: from its tensors); "
-                             "without, a built-in base: tiny (SAM v1, the default) or sam2.1_mini (SAM 2.1)")
+                        help=f"the base's model type ({model_types_help()}): with --checkpoint, its type (default: "
+                             f"from its tensors); without, a built-in base: {' or '.join(BUILTIN_FILES)} (default "
+                             f"{BUILTIN_MODEL_TYPE})")
     parser.add_argument("--train-base", action="store_true",
                         help="train a tiny base from random weights first (the old demo: 1200 steps at 64x96)")
     parser.add_argument("--quick", action="store_true", help="a much smaller run with the same stages (tests)")
@@ -321,12 +322,8 @@ def run(args: argparse.Namespace) -> int:
     from lora_sam.runs.callbacks import quiet_framework
 
     quiet_framework()
-    try:
-        record = run_demo(args.out, config, checkpoint=args.checkpoint, model_type=args.model_type,
-                          train=args.train_base)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"lora-sam demo: error: {err}", file=sys.stderr)
-        return 2
+    record = run_demo(args.out, config, checkpoint=args.checkpoint, model_type=args.model_type,
+                      train=args.train_base)
     print(f"\nlora-sam demo: done in {record['times_s']['total'] / 60:.1f} min; report: {record['report']}")
     for title, table in (("microscopy (target domain)", record["metrics"]),
                          ("scenes (the base's domain)", record["source_metrics"])):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,7 +50,10 @@ from lora_sam.runs.pretrain import sha256
 from lora_sam.settings import add_options, from_args
 from lora_sam.training.module import OptimOptions
 
-__all__ = ["DistillConfig", "distill", "warm_start", "add_arguments", "run"]
+__all__ = ["RESUMABLE", "DistillConfig", "distill", "warm_start", "add_arguments", "run"]
+
+RESUMABLE = True
+"""A failed run keeps its folder: it holds the checkpoints to resume from (``lora_sam.cli``'s error contract)."""
 
 _DECODER_PARTS = (("sam_prompt_encoder.", "prompt_encoder."), ("sam_mask_decoder.", "mask_decoder."))
 _ZEROED = ("sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1.", "no_mem_embed")
@@ -257,12 +259,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        record = distill(args.out, args.data, from_args(DistillConfig, args), progress=not args.quiet,
-                         stop_after_s=None if args.stop_after is None else 60.0 * args.stop_after)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"lora-sam distill: error: {err}", file=sys.stderr)
-        return 2
+    record = distill(args.out, args.data, from_args(DistillConfig, args), progress=not args.quiet,
+                     stop_after_s=None if args.stop_after is None else 60.0 * args.stop_after)
     if not record.get("finished", True):
         print(f"lora-sam distill: stopped at step {record['step']}; run the same command again to go on")
         return 0

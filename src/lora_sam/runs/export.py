@@ -8,10 +8,11 @@ The ONNX files are made from the merged checkpoint just written, so they hold ex
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from lora_sam.errors import UserError
 from lora_sam.lora import adapter
+from lora_sam.models.families import family_of
 from lora_sam.models.sam_v1.deploy import export_onnx, require_onnx
 from lora_sam.models.sam_v1.model import ORIGINAL_SIZE, build_sam
 
@@ -42,26 +43,24 @@ def _write_onnx(args: argparse.Namespace) -> dict[str, Path]:
     return export_onnx(sam, args.onnx, opset=args.opset, quantize=args.quantize)
 
 
+def _check_onnx_family(args: argparse.Namespace) -> None:
+    """``--onnx`` is SAM v1's (Meta's ``SamOnnxModel``): a SAM 2.1 model is refused before anything is written."""
+    model_type = args.model_type or adapter.read_adapter_info(args.adapter).model_type
+    if model_type and family_of(model_type).name != "sam_v1":
+        raise UserError(f"--onnx exports SAM v1 models only (Meta's SamOnnxModel), and {model_type} is SAM 2.1, "
+                        f"whose image path has no ONNX export in lora_sam yet: drop --onnx to write the merged "
+                        f"checkpoint, which SAM2ImagePredictor runs")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.quantize and args.onnx is None:
-        print(
-            "lora-sam export: error: --quantize needs --onnx DIR (where the ONNX files go)", file=sys.stderr
-        )
-        return 2
-    try:
-        if args.onnx is not None:
-            require_onnx()  # before the merge, which may take minutes for vit_h
-    except ImportError as err:
-        print(f"lora-sam export: error: {err}", file=sys.stderr)
-        return 2
+        raise UserError("--quantize needs --onnx DIR (where the ONNX files go)")
+    if args.onnx is not None:
+        _check_onnx_family(args)
+        require_onnx()  # before the merge, which may take minutes for vit_h
     status = adapter.run(args)
     if status or args.onnx is None:
         return status
-    try:
-        paths = _write_onnx(args)
-    except (ImportError, ValueError) as err:
-        print(f"lora-sam export: error: {err}", file=sys.stderr)
-        return 2
-    for name, path in paths.items():
+    for name, path in _write_onnx(args).items():
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {name}")
     return 0

@@ -21,7 +21,7 @@ from lora_sam.io import markdown_table
 from lora_sam.models.checkpoints import BUILTIN_FILES, CARD_FILES, WEIGHTS_DIR
 from lora_sam.runs.pretrain import PretrainConfig, sha256
 
-__all__ = ["card_markdown", "set_fine_tune_defaults", "ship"]
+__all__ = ["card_markdown", "set_automatic_defaults", "set_fine_tune_defaults", "ship"]
 
 _RECIPE_KEYS = ("batch_size", "masks_per_image", "iterations", "point_prob", "lr", "warmup_steps",
                 "final_lr_fraction", "weight_decay", "grad_clip", "focal_weight", "dice_weight", "iou_weight", "seed")
@@ -106,6 +106,40 @@ def set_fine_tune_defaults(defaults: dict[str, Any], *, measured_by: str, out_di
     return card
 
 
+def set_automatic_defaults(thresholds: dict[str, float], *, measured_on: str, command: str,
+                           measured: dict[str, float] | None = None, out_dir: Path = WEIGHTS_DIR,
+                           model_type: str = "tiny") -> dict[str, Any]:
+    """Record the base's automatic-mask thresholds (``checkpoints.automatic_defaults`` reads them) in its card.
+
+    ``thresholds``: {"pred_iou_thresh": float, "stability_score_thresh": float}; ``measured_on``: the images and
+    the rule; ``command``: the measurement's command (``benchmarks/automatic_thresholds.py``); ``measured``:
+    what it found ({"masks_per_image", "ar@100"} of the chosen pair, "unfiltered_masks_per_image",
+    "unfiltered_ar@100" of the generator with both filters off, "meta_masks_per_image" of Meta's pair).
+    """
+    json_name, md_name = CARD_FILES[model_type]
+    path = out_dir / json_name
+    card = json.loads(path.read_text())
+    card["automatic"] = {**thresholds, **(measured or {}), "measured_on": measured_on, "command": command}
+    path.write_text(json.dumps(card, indent=1))
+    (out_dir / md_name).write_text(card_markdown(card))
+    return card
+
+
+def _automatic_lines(card: dict[str, Any]) -> list[str]:
+    a = card.get("automatic")
+    if not a:
+        return []
+    found = (f" ({a['rule']}): {a['masks_per_image']:.1f} masks per image and AR@100 {a['ar@100']:.3f}, against "
+             f"{a['unfiltered_masks_per_image']:.1f} and {a['unfiltered_ar@100']:.3f} with both filters off, and "
+             f"{a['meta_masks_per_image']:.1f} masks per image with Meta's values" if "ar@100" in a else "")
+    return ["## Automatic-mask thresholds", "",
+            f"What `lora-sam segment-all` keeps with this base when its options do not say otherwise (and prints "
+            f"so): masks of predicted IoU above {a['pred_iou_thresh']:g} and stability score at least "
+            f"{a['stability_score_thresh']:g}, where Meta's values were tuned for its large models. Measured on "
+            f"{a['measured_on']}{found}, by `{a['command']}` (the table: `BENCHMARKS.md`, section "
+            "\"Automatic-mask thresholds of the built-in bases\").", ""]
+
+
 def _defaults_lines(card: dict[str, Any]) -> list[str]:
     d = card.get("fine_tune_defaults")
     if not d:
@@ -145,7 +179,8 @@ _FAMILY_TEXT = {
     "sam2.1": ("SAM 2.1 (Meta's `sam2` classes, Hiera-t's config with small dimensions: `sam2_model.MINI_OVERRIDES`",
                "square frames, SAM 2's geometry (Hiera resizes its position embedding at run time; the file is "
                "Meta's format, `{\"model\": state_dict}`, which `build_sam2` loads with the same overrides)",
-               ['model = lora_sam.LoRASAM(4, 1, model_type="sam2.1_mini")      # at 224x224; starts from it',
+               ['net = lora_sam.build_sam("sam2.1_mini", checkpoint="builtin")  # SAM2Base, at 224x224',
+                'model = lora_sam.LoRASAM(4, 1, model_type="sam2.1_mini")      # at 224x224; starts from it',
                 "from lora_sam.models.families import build",
                 'predictor = build("sam2.1_mini", "builtin", (1024, 1024)).predictor()  # SAM2ImagePredictor']),
 }
@@ -191,6 +226,7 @@ def card_markdown(card: dict[str, Any]) -> str:
                   markdown_table(["target", "value", "goal", "result"], rows), "",
                   "Details and what limits each missed target: `BENCHMARKS.md`, section \"Quality\".", ""]
     lines += _defaults_lines(card)
+    lines += _automatic_lines(card)
     lines += ["## Use", "", "```python", "import lora_sam", *use, "```", ""]
     return "\n".join(lines)
 

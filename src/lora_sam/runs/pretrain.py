@@ -49,13 +49,16 @@ from torch import Tensor
 from lora_sam.io import atomic_path
 from lora_sam.lora.summary import parameter_summary
 from lora_sam.models.checkpoints import BUILTIN_MODEL_TYPE
-from lora_sam.models.families import build, family_of
+from lora_sam.models.families import build, family_of, model_types_help
 from lora_sam.runs.callbacks import progress_bar
 from lora_sam.settings import add_options, from_args, from_dict, to_dict
 from lora_sam.training.module import LoRASAM, OptimOptions
 from lora_sam.training.recipe import RecipeOptions
 
-__all__ = ["PretrainConfig", "StepBatches", "export_last", "pretrain", "add_arguments", "run"]
+__all__ = ["RESUMABLE", "PretrainConfig", "StepBatches", "export_last", "pretrain", "add_arguments", "run"]
+
+RESUMABLE = True
+"""A failed run keeps its folder: it holds the checkpoints to resume from (``lora_sam.cli``'s error contract)."""
 
 ORIGINAL_SIZE = 1024  # both families' original frame: the model is built there and switched per batch
 _RECIPE = RecipeOptions(masks_per_image=12, focal_weight=0.0, dice_weight=1.0, iou_weight=1.0)
@@ -68,7 +71,7 @@ class PretrainConfig:
     ``pretrain.json`` and in every checkpoint.
 
     Args:
-        model_type: the model type (SAM v1's official classes, or a SAM 2.1 type: ``sam2.1_mini``).
+        model_type: the model type, of either family.
         steps: optimizer steps in all (a run resumed with another number ends its schedule there).
         sizes: the training sizes (H, W), multiples of 16 (SAM 2.1: squares, multiples of 32: 224x224 448x448);
             each step draws one.
@@ -85,7 +88,7 @@ class PretrainConfig:
         optim: AdamW and its schedule (module.OptimOptions): warm-up, then a cosine to 5 % of lr.
     """
 
-    model_type: str = BUILTIN_MODEL_TYPE
+    model_type: str = field(default=BUILTIN_MODEL_TYPE, metadata={"listing": model_types_help})
     steps: int = 2600
     sizes: tuple[tuple[int, int], ...] = ((160, 256), (256, 256), (320, 512))
     size_weights: tuple[float, ...] = (0.75, 0.1, 0.15)
@@ -382,13 +385,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.export:
-            export_last(args.out, args.data)
-        else:
-            pretrain(args.out, args.data, from_args(PretrainConfig, args), device=args.device,
-                     stop_after_s=None if args.stop_after is None else 60.0 * args.stop_after)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"lora-sam pretrain: error: {err}", file=sys.stderr)
-        return 2
+    if args.export:
+        export_last(args.out, args.data)
+    else:
+        pretrain(args.out, args.data, from_args(PretrainConfig, args), device=args.device,
+                 stop_after_s=None if args.stop_after is None else 60.0 * args.stop_after)
     return 0

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lora_sam.errors import MissingExtra
 from lora_sam.models.attention import Recomputed
 from lora_sam.models.checkpoints import load_checkpoint, resolve_checkpoint, state_mismatch
 from lora_sam.models.sam2_1.config import (  # re-exported: the SAM 2.1 family's data
@@ -46,17 +47,18 @@ from lora_sam.models.sam2_1.config import (  # re-exported: the SAM 2.1 family's
 
 __all__ = [
     "DEFAULT_SIDE", "FROZEN", "LAYER_PRESETS", "MINI_OVERRIDES", "MODEL_TYPES", "SIDE_MULTIPLE", "SideSwitch",
-    "Sam2Features", "Sam2Image", "Sam2Predictor", "build_sam2_model", "check_side", "check_size", "is_sam2",
-    "model_type_of", "set_compute", "set_side", "to_checkpoint",
+    "Sam2Features", "Sam2Image", "Sam2Predictor", "automatic_mask_generator", "build_sam2_model", "check_side",
+    "check_size", "is_sam2", "model_type_of", "set_compute", "set_side", "to_checkpoint",
 ]
 
 def _sam2():
     """Meta's ``sam2`` package, or an error that says how to install it."""
     try:
+        import sam2.automatic_mask_generator
         import sam2.build_sam
         import sam2.sam2_image_predictor
     except ImportError as err:
-        raise ImportError(
+        raise MissingExtra(
             f"SAM 2.1 model types need Meta's sam2 package ({err}): pip install 'lora_sam[sam2]' "
             f"(set SAM2_BUILD_CUDA=0 to skip its optional CUDA extension)") from err
     return sam2
@@ -270,9 +272,7 @@ class Sam2Image:
         """SAM 2's "segment everything" pipeline on this model (at 1024 px): ``SAM2AutomaticMaskGenerator``;
         ``kwargs`` go to it."""
         self.predictor()  # the same check: the original pipeline runs at 1024 px only
-        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
-
-        return SAM2AutomaticMaskGenerator(self.model, **kwargs)
+        return _sam2().automatic_mask_generator.SAM2AutomaticMaskGenerator(self.model, **kwargs)
 
     def predictor(self) -> Sam2Predictor:
         """SAM 2's original pipeline on this model (built at 1024 px): ``SAM2ImagePredictor``."""
@@ -280,6 +280,15 @@ class Sam2Image:
             raise ValueError(f"SAM2ImagePredictor needs a model built at 1024x1024, got {self.image_size}; "
                              f"use families.build(model_type, checkpoint, (1024, 1024))")
         return Sam2Predictor(self.model)
+
+
+def automatic_mask_generator(model: nn.Module, **kwargs: object) -> object:
+    """Meta's ``SAM2AutomaticMaskGenerator`` over ``model`` (merged, built at 1024 px); ``kwargs`` go to it as they
+    are (its own defaults: 32x32 points, predicted IoU > 0.8, stability >= 0.95, box NMS 0.7). Its
+    ``generate(image)`` takes an RGB uint8 (H, W, 3) image and returns one record per mask, as SAM v1's does."""
+    if any(hasattr(module, "lora_B") for module in model.modules()):
+        raise ValueError("the model still has LoRA layers: fold them in first (lora_sam.merge_lora(model))")
+    return Sam2Image(model).mask_generator(**kwargs)
 
 
 class Sam2Predictor:

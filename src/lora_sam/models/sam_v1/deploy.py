@@ -9,8 +9,8 @@ the image size given at run time, see ``_TracedSizeDecoder``). ``quantize=True``
 (dynamic quantization: int8 weights, activations quantized at run time).
 
 ``automatic_mask_generator`` is the official "segment everything" pipeline (a grid of point prompts,
-quality filters, NMS) over a given model; ``masks_to_coco`` turns its records into SA-1B annotations
-(COCO compressed RLE), and ``overlay_masks`` draws them for a quick look.
+quality filters, NMS) over a given model (the SAM v1 family's ``Family.mask_generator``); its records become
+SA-1B annotations in ``lora_sam.data.sa1b_write``, for every family alike.
 
 Only the original resolution is supported: the official pre- and post-processing assume the
 1024 px frame, so a model trained at a low resolution is merged into (or built at) 1024 px first.
@@ -19,7 +19,6 @@ This is the one module of the package beside ``lora_sam.models.sam_v1.model`` th
 
 from __future__ import annotations
 
-import colorsys
 import contextlib
 import logging
 import os
@@ -31,13 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from pycocotools import mask as mask_utils
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.modeling import Sam
 from segment_anything.utils.onnx import SamOnnxModel
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from lora_sam.errors import MissingExtra
 from lora_sam.models.sam_v1.model import ORIGINAL_SIZE, SamV1, image_size_of
 
 __all__ = [
@@ -47,11 +45,8 @@ __all__ = [
     "decoder_feed",
     "encoder_input",
     "export_onnx",
-    "masks_to_coco",
-    "overlay_masks",
     "quantize_onnx",
     "require_onnx",
-    "write_overlay",
 ]
 
 DECODER_INPUTS = (
@@ -88,7 +83,7 @@ def require_onnx() -> None:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as err:
-        raise ImportError(
+        raise MissingExtra(
             f"ONNX export needs the onnx and onnxruntime packages: {ONNX_EXTRA} ({err})"
         ) from err
 
@@ -280,85 +275,3 @@ def automatic_mask_generator(sam: Sam, **kwargs: Any) -> SamAutomaticMaskGenerat
     """
     _check_deployable(sam)
     return SamV1(sam).mask_generator(**kwargs)
-
-
-def _coco_rle(segmentation: Any, image_size: tuple[int, int]) -> dict[str, Any]:
-    """A JSON-ready COCO compressed RLE of a boolean (H, W) mask or of an RLE the generator wrote."""
-    if isinstance(segmentation, dict):  # output_mode "coco_rle" (counts str) or "uncompressed_rle" (list)
-        rle = segmentation
-        if isinstance(rle.get("counts"), list):
-            rle = mask_utils.frPyObjects(rle, *rle["size"])
-    else:
-        mask = np.asarray(segmentation)
-        if mask.shape != tuple(image_size):
-            raise ValueError(f"a mask of shape {mask.shape} does not fit the image size {tuple(image_size)}")
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    if list(rle["size"]) != list(image_size):
-        raise ValueError(f"an RLE of size {rle['size']} does not fit the image size {list(image_size)}")
-    counts = rle["counts"]
-    return {
-        "size": [int(s) for s in rle["size"]],
-        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
-    }
-
-
-def masks_to_coco(records: Sequence[dict[str, Any]], image_size: tuple[int, int]) -> list[dict[str, Any]]:
-    """SA-1B annotations of ``SamAutomaticMaskGenerator.generate``'s records (any output mode).
-
-    Args:
-        records: the generator's output, in its order.
-        image_size: (H, W) of the image the masks were generated on.
-    Returns:
-        one dict per mask: ``id`` (1, 2, ...), ``segmentation`` {"size": [h, w], "counts": str},
-        ``bbox`` XYWH, ``area``, ``predicted_iou``, ``stability_score``, ``point_coords``, ``crop_box`` (XYWH),
-        the keys and types of SA-1B's JSON files.
-    """
-    annotations = []
-    for i, record in enumerate(records):
-        annotations.append(
-            {
-                "id": i + 1,
-                "segmentation": _coco_rle(record["segmentation"], image_size),
-                "bbox": [float(v) for v in record["bbox"]],
-                "area": int(record["area"]),
-                "predicted_iou": float(record["predicted_iou"]),
-                "stability_score": float(record["stability_score"]),
-                "point_coords": [[float(v) for v in point] for point in record["point_coords"]],
-                "crop_box": [float(v) for v in record["crop_box"]],
-            }
-        )
-    return annotations
-
-
-def _colour(i: int) -> np.ndarray:
-    """A bright colour for mask ``i``, hues spread by the golden ratio so neighbours in the list differ."""
-    return np.array(colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.75, 1.0)) * 255
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """The mask's pixels with a 4-neighbour outside the mask (the image border counts as outside)."""
-    padded = np.pad(mask, 1)
-    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return mask & ~inner
-
-
-def overlay_masks(image: np.ndarray, masks: Sequence[np.ndarray], alpha: float = 0.5) -> np.ndarray:
-    """``image`` (H, W, 3) uint8 with each boolean (H, W) mask tinted in its own colour and outlined.
-
-    Masks are drawn from big to small, so a part stays visible on top of its whole.
-    """
-    picture = np.asarray(image, dtype=np.float32).copy()
-    for i in sorted(range(len(masks)), key=lambda m: -int(np.count_nonzero(masks[m]))):
-        mask = np.asarray(masks[i], dtype=bool)
-        colour = _colour(i)
-        picture[mask] = (1 - alpha) * picture[mask] + alpha * colour
-        picture[_outline(mask)] = colour
-    return picture.round().clip(0, 255).astype(np.uint8)
-
-
-def write_overlay(path: str | os.PathLike, image: np.ndarray, annotations: Sequence[dict[str, Any]]) -> Path:
-    """Write ``image`` with the masks of ``annotations`` (``masks_to_coco``'s output) drawn on it, as a PNG."""
-    masks = [mask_utils.decode(ann["segmentation"]).astype(bool) for ann in annotations]
-    path = Path(path)
-    Image.fromarray(overlay_masks(image, masks)).save(path, format="PNG")
-    return path

@@ -25,6 +25,7 @@ from lora_sam.errors import DEBUG_ENV, USER_ERRORS
 _COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("lora_sam.runs.demo", "run the whole job on built-in synthetic data and write a report"),
     "synth": ("lora_sam.data.synth", "write synthetic SA-1B-format data (JPEG + JSON with RLE masks)"),
+    "nuclei": ("lora_sam.data.nuclei", "write real annotated nuclei (DSB 2018, from the stardist package) as tiles"),
     "check-data": ("lora_sam.data.check", "read every sample of a dataset and report each problem"),
     "prepare": ("lora_sam.data.prepare", "write a low-resolution cache of images and packed masks"),
     "pretrain": ("lora_sam.runs.pretrain", "train a small SAM from scratch at several resolutions, resumably"),

@@ -60,8 +60,10 @@ def _created(before: dict[Path, set[Path] | None]) -> list[Path]:
 
 
 def _outputs(args: argparse.Namespace) -> dict[Path, set[Path] | None]:
+    """Each output path's listing before the command runs: a folder's entries; None where nothing is there yet
+    (a folder or a file, removed whole if the command created it); an empty set for a file already there (kept:
+    single files are written atomically)."""
     folders = [Path(v) for v in (getattr(args, name, None) for name in _OUTPUTS) if isinstance(v, (str, Path))]
-    # a file output (export --out merged.pth): its folder is watched for that one name
     return {f: (set(f.iterdir()) if f.is_dir() else None if not f.exists() else set()) for f in folders}
 
 

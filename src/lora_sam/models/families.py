@@ -25,7 +25,6 @@ from lora_sam.models.checkpoints import DEFAULT_IMAGE_SIZE, check_image_size
 from lora_sam.models.promptable import PromptableModel
 from lora_sam.models.sam2_1 import config as sam2_config
 from lora_sam.models.sam2_1 import model as sam2_model
-from lora_sam.models.sam_v1 import deploy as sam_v1_deploy
 from lora_sam.models.sam_v1 import model as sam_v1
 from lora_sam.models.sam_v1.presets import LAYER_PRESETS
 from lora_sam.settings import MODEL_TYPE
@@ -73,9 +72,6 @@ class Family:
             images, or whose output no loss reaches).
         pipeline: the name of the family's own 1024 px pipeline (``ImagePredictor``), as reports name it.
         frame_note: (H, W) -> how a model of the family sits at that training size, a phrase for reports.
-        mask_generator: (network, **options) -> the family's own "segment everything" pipeline over a merged
-            1024 px network (Meta's ``SamAutomaticMaskGenerator`` / ``SAM2AutomaticMaskGenerator``: ``generate(image)``
-            returns one record per mask; the options are its keyword arguments); None: the family has none.
     """
 
     name: str
@@ -94,7 +90,6 @@ class Family:
     frozen: tuple[str, ...] = ()
     pipeline: str = "SamPredictor"
     frame_note: Callable[[tuple[int, int]], str] = _v1_frame
-    mask_generator: Callable[..., Any] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -112,14 +107,13 @@ def register_family(family: Family) -> Family:
 
 register_family(Family("sam_v1", tuple(sam_v1.MODEL_CONFIGS), sam_v1.build_sam, sam_v1.SamV1, sam_v1.is_sam,
                        LAYER_PRESETS, sam_v1.set_compute, size_switch=sam_v1.ResolutionSwitch,
-                       model_type_of=sam_v1.model_type_of, mask_generator=sam_v1_deploy.automatic_mask_generator))
+                       model_type_of=sam_v1.model_type_of))
 register_family(Family("sam2.1", tuple(sam2_config.MODEL_TYPES), sam2_model.build_sam2_model, sam2_model.Sam2Image,
                        sam2_model.is_sam2, sam2_config.LAYER_PRESETS, sam2_model.set_compute,
                        (sam2_config.DEFAULT_SIDE, sam2_config.DEFAULT_SIDE), square=True,
                        check_size=sam2_config.check_size, size_switch=sam2_model.SideSwitch,
                        to_checkpoint=sam2_model.to_checkpoint, model_type_of=sam2_model.model_type_of,
-                       frozen=sam2_config.FROZEN, pipeline="SAM2ImagePredictor", frame_note=sam2_config.frame_note,
-                       mask_generator=sam2_model.automatic_mask_generator))
+                       frozen=sam2_config.FROZEN, pipeline="SAM2ImagePredictor", frame_note=sam2_config.frame_note))
 
 
 def family_of(model_type_or_module: str | object) -> Family:
@@ -206,14 +200,18 @@ build_sam = build_network
 
 
 def mask_generator(network: nn.Module, **options: Any) -> Any:
-    """The "segment everything" pipeline of ``network``'s family over it (merged, at 1024 px): Meta's
-    ``SamAutomaticMaskGenerator`` for SAM v1, ``SAM2AutomaticMaskGenerator`` for SAM 2.1; ``options`` go to it
-    as they are (the ones not given keep Meta's defaults)."""
-    family = family_of(network)
-    if family.mask_generator is None:
-        raise UserError(f"the {family.name} family has no automatic mask generator (its Family registers none), "
-                        f"so it cannot segment everything: use a SAM v1 or SAM 2.1 model type")
-    return family.mask_generator(network, **options)
+    """The "segment everything" pipeline of ``network``'s family over it (merged, at 1024 px): its
+    ``PromptableModel`` view's ``mask_generator`` (Meta's ``SamAutomaticMaskGenerator`` for SAM v1,
+    ``SAM2AutomaticMaskGenerator`` for SAM 2.1); ``options`` go to it as they are (the ones not given keep Meta's
+    defaults)."""
+    view = as_promptable(network)
+    if not hasattr(view, "mask_generator"):
+        raise UserError(f"the {family_of(network).name} family has no automatic mask generator (its "
+                        f"PromptableModel has no mask_generator), so it cannot segment everything: use a SAM v1 or "
+                        f"SAM 2.1 model type")
+    if any(hasattr(module, "lora_B") for module in network.modules()):
+        raise ValueError("the model still has LoRA layers: fold them in first (lora_sam.merge_lora(model))")
+    return view.mask_generator(**options)
 
 
 def as_promptable(model: PromptableModel | nn.Module) -> PromptableModel:

@@ -96,11 +96,16 @@ def set_fine_tune_defaults(defaults: dict[str, Any], *, measured_by: str, out_di
     "iou_weight"}; ``measured_by``: the sweep's command and where its table is; ``carried_from``: the
     model type of the base the sweep ran on, when it was another (the card says so).
     """
+    return _set_card_entry(model_type, out_dir, "fine_tune_defaults", {
+        **defaults, "measured_by": measured_by, **({"carried_from": carried_from} if carried_from else {})})
+
+
+def _set_card_entry(model_type: str, out_dir: Path, key: str, value: dict[str, Any]) -> dict[str, Any]:
+    """Set ``key`` of the built-in base's card (``.json``) and write its ``.md`` again; returns the card."""
     json_name, md_name = CARD_FILES[model_type]
     path = out_dir / json_name
     card = json.loads(path.read_text())
-    card["fine_tune_defaults"] = {**defaults, "measured_by": measured_by,
-                                  **({"carried_from": carried_from} if carried_from else {})}
+    card[key] = value
     path.write_text(json.dumps(card, indent=1))
     (out_dir / md_name).write_text(card_markdown(card))
     return card
@@ -116,13 +121,8 @@ def set_automatic_defaults(thresholds: dict[str, float], *, measured_on: str, co
     what it found ({"masks_per_image", "ar@100"} of the chosen pair, "unfiltered_masks_per_image",
     "unfiltered_ar@100" of the generator with both filters off, "meta_masks_per_image" of Meta's pair).
     """
-    json_name, md_name = CARD_FILES[model_type]
-    path = out_dir / json_name
-    card = json.loads(path.read_text())
-    card["automatic"] = {**thresholds, **(measured or {}), "measured_on": measured_on, "command": command}
-    path.write_text(json.dumps(card, indent=1))
-    (out_dir / md_name).write_text(card_markdown(card))
-    return card
+    return _set_card_entry(model_type, out_dir, "automatic",
+                           {**thresholds, **(measured or {}), "measured_on": measured_on, "command": command})
 
 
 def _automatic_lines(card: dict[str, Any]) -> list[str]:
@@ -176,7 +176,7 @@ _FAMILY_TEXT = {
                "one 64x64 position table resized to each (so the file is the official 1024 px format)",
                ['sam = lora_sam.build_sam("tiny", checkpoint="builtin")        # at 160x256',
                 'model = lora_sam.LoRASAM(4, 1, model_type="tiny")             # starts from it, and says so']),
-    "sam2.1": ("SAM 2.1 (Meta's `sam2` classes, Hiera-t's config with small dimensions: `sam2_model.MINI_OVERRIDES`",
+    "sam2.1": ("SAM 2.1 (Meta's `sam2` classes, Hiera-t's config with small dimensions: `lora_sam.models.sam2_1.config.MINI_OVERRIDES`",
                "square frames, SAM 2's geometry (Hiera resizes its position embedding at run time; the file is "
                "Meta's format, `{\"model\": state_dict}`, which `build_sam2` loads with the same overrides)",
                ['net = lora_sam.build_sam("sam2.1_mini", checkpoint="builtin")  # SAM2Base, at 224x224',

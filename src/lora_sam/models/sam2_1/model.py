@@ -47,7 +47,7 @@ from lora_sam.models.sam2_1.config import (  # re-exported: the SAM 2.1 family's
 
 __all__ = [
     "DEFAULT_SIDE", "FROZEN", "LAYER_PRESETS", "MINI_OVERRIDES", "MODEL_TYPES", "SIDE_MULTIPLE", "SideSwitch",
-    "Sam2Features", "Sam2Image", "Sam2Predictor", "automatic_mask_generator", "build_sam2_model", "check_side",
+    "Sam2Features", "Sam2Image", "Sam2Predictor", "build_sam2_model", "check_side",
     "check_size", "is_sam2", "model_type_of", "set_compute", "set_side", "to_checkpoint",
 ]
 
@@ -280,15 +280,6 @@ class Sam2Image:
             raise ValueError(f"SAM2ImagePredictor needs a model built at 1024x1024, got {self.image_size}; "
                              f"use families.build(model_type, checkpoint, (1024, 1024))")
         return Sam2Predictor(self.model)
-
-
-def automatic_mask_generator(model: nn.Module, **kwargs: object) -> object:
-    """Meta's ``SAM2AutomaticMaskGenerator`` over ``model`` (merged, built at 1024 px); ``kwargs`` go to it as they
-    are (its own defaults: 32x32 points, predicted IoU > 0.8, stability >= 0.95, box NMS 0.7). Its
-    ``generate(image)`` takes an RGB uint8 (H, W, 3) image and returns one record per mask, as SAM v1's does."""
-    if any(hasattr(module, "lora_B") for module in model.modules()):
-        raise ValueError("the model still has LoRA layers: fold them in first (lora_sam.merge_lora(model))")
-    return Sam2Image(model).mask_generator(**kwargs)
 
 
 class Sam2Predictor:

@@ -20,6 +20,7 @@ from lora_sam import (
 from lora_sam.lora import SAM_TARGETS, lora_layers
 from lora_sam.lora.adapter import apply_adapter, load_adapter, read_adapter_info, save_adapter
 from lora_sam.models.sam_v1.model import build_sam
+from lora_sam.models.sam_v1.presets import TINY_VIT_LAYERS
 
 CONV_CASES = [  # kernel, stride, padding, dilation
     (k, s, p, d) for k, s, p, d in itertools.product([1, 2, 3, (2, 3)], [1, 2, (2, 1)], [0, 1, (1, 2)], [1, 2])
@@ -157,7 +158,7 @@ def test_inject_default_sam_targets_and_freezing() -> None:
     summary = parameter_summary(sam)
     assert summary.trainable == sum(p.numel() for p in lora_state_dict(sam).values())
     assert {p.part for p in summary.parts} == {"image_encoder", "prompt_encoder", "mask_decoder"}
-    assert len(SAM_TARGETS) == 10
+    assert len(SAM_TARGETS) == 10 + len(TINY_VIT_LAYERS)  # ViT's 10 patterns, TinyViT's (MobileSAM, LiteMedSAM)
 
 
 def test_inject_by_pattern_and_type() -> None:

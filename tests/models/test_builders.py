@@ -22,17 +22,17 @@ def test_lora_sam_build_sam_is_the_families_builder() -> None:
 @pytest.mark.parametrize("model_type", families.model_types())
 def test_every_model_type_reaches_its_family_at_its_default_size(model_type: str, monkeypatch) -> None:
     """Each type goes to its own family's builder, with the family's default frame when no size is named
-    (SAM v1 160x256; SAM 2.1 its square 224x224) and the size given otherwise (the large types are not built
-    here: the builder is recorded instead)."""
+    (SAM v1 160x256, LiteMedSAM its own 256x256; SAM 2.1 its square 224x224) and the size given otherwise (the
+    large types are not built here: the builder is recorded instead)."""
     family = families.family_of(model_type)
     calls = []
     recorded = dataclasses.replace(family, build=lambda *a: calls.append(a) or "network")
     monkeypatch.setitem(families._FAMILIES, family.name, recorded)
     assert lora_sam.build_sam(model_type, "random") == "network"
     assert lora_sam.build_sam(model_type, "random", (1024, 1024)) == "network"
-    assert calls == [(model_type, "random", family.default_image_size), (model_type, "random", (1024, 1024))]
-    expected = (224, 224) if family.name == "sam2.1" else sam_v1.DEFAULT_IMAGE_SIZE
-    assert tuple(family.default_image_size) == tuple(expected)
+    expected = {"sam2.1": (224, 224)}.get(family.name, (256, 256) if model_type == "lite_medsam"
+                                          else sam_v1.DEFAULT_IMAGE_SIZE)
+    assert calls == [(model_type, "random", expected), (model_type, "random", (1024, 1024))]
 
 
 def test_sam2_types_build_their_network() -> None:

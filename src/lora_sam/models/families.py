@@ -30,7 +30,8 @@ from lora_sam.models.sam_v1.presets import LAYER_PRESETS
 from lora_sam.settings import MODEL_TYPE
 
 __all__ = ["Family", "as_promptable", "build", "build_network", "build_sam", "data_frame", "family_of",
-           "mask_generator", "model_types", "model_types_help", "register_family", "resolve_model_type", "unfreeze"]
+           "mask_generator", "model_types", "model_types_help", "original_frame", "register_family",
+           "resolve_model_type", "unfreeze"]
 
 
 def _same(state: dict[str, Tensor]) -> object:
@@ -39,6 +40,10 @@ def _same(state: dict[str, Tensor]) -> object:
 
 def _unknown(module: nn.Module) -> str | None:
     return None
+
+
+def _meta_frame(model_type: str) -> int:
+    return 1024
 
 
 def _v1_frame(size: tuple[int, int]) -> str:
@@ -72,6 +77,9 @@ class Family:
             images, or whose output no loss reaches).
         pipeline: the name of the family's own 1024 px pipeline (``ImagePredictor``), as reports name it.
         frame_note: (H, W) -> how a model of the family sits at that training size, a phrase for reports.
+        type_sizes: default training frames of single model types that differ from ``default_image_size``.
+        original_side: a model type -> the side of its own square frame (where it is deployed and merged):
+            1024 px but for LiteMedSAM (256).
     """
 
     name: str
@@ -90,6 +98,12 @@ class Family:
     frozen: tuple[str, ...] = ()
     pipeline: str = "SamPredictor"
     frame_note: Callable[[tuple[int, int]], str] = _v1_frame
+    type_sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    original_side: Callable[[str], int] = _meta_frame
+
+    def default_size(self, model_type: str | None) -> tuple[int, int]:
+        """The training frame ``model_type`` takes when none is named."""
+        return tuple(self.type_sizes.get(model_type or "", self.default_image_size))  # type: ignore[return-value]
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -105,9 +119,11 @@ def register_family(family: Family) -> Family:
     return family
 
 
-register_family(Family("sam_v1", tuple(sam_v1.MODEL_CONFIGS), sam_v1.build_sam, sam_v1.SamV1, sam_v1.is_sam,
+register_family(Family("sam_v1", sam_v1.MODEL_TYPES, sam_v1.build_sam, sam_v1.SamV1, sam_v1.is_sam,
                        LAYER_PRESETS, sam_v1.set_compute, size_switch=sam_v1.ResolutionSwitch,
-                       model_type_of=sam_v1.model_type_of))
+                       model_type_of=sam_v1.model_type_of,
+                       frozen=("image_encoder.head.*", "image_encoder.norm_head.*"),  # MobileSAM's unused classifier
+                       type_sizes={"lite_medsam": (256, 256)}, original_side=sam_v1.frame_of))
 register_family(Family("sam2.1", tuple(sam2_config.MODEL_TYPES), sam2_model.build_sam2_model, sam2_model.Sam2Image,
                        sam2_model.is_sam2, sam2_config.LAYER_PRESETS, sam2_model.set_compute,
                        (sam2_config.DEFAULT_SIDE, sam2_config.DEFAULT_SIDE), square=True,
@@ -148,8 +164,9 @@ def data_frame(model_type: str | None, image_size: tuple[int, int] | None) -> tu
     """The training frame of ``LoRASAM(model_type=..., image_size=...)`` as the data must make it: (H, W) and
     ``SampleOptions.frame`` (``"square"`` for SAM 2.1, ``"pad"`` for SAM v1). ``lora-sam fit`` links the data's
     settings through it."""
-    family = family_of(resolve_model_type(model_type))
-    size = tuple(int(s) for s in (image_size or family.default_image_size))
+    model_type = resolve_model_type(model_type)
+    family = family_of(model_type)
+    size = tuple(int(s) for s in (image_size or family.default_size(model_type)))
     return size, "square" if family.square else "pad"  # type: ignore[return-value]
 
 
@@ -191,8 +208,15 @@ def build_network(
         (``lora_sam.models.sam2_1.model.build_sam2_model``). ``as_promptable`` gives its ``PromptableModel``.
     """
     family = family_of(model_type)
-    size = family.default_image_size if image_size is None else image_size
+    size = family.default_size(model_type) if image_size is None else image_size
     return family.build(model_type, checkpoint, size)  # type: ignore[arg-type]
+
+
+def original_frame(model_type: str) -> tuple[int, int]:
+    """(H, W) of ``model_type``'s own square frame, where it is deployed, merged and exported: (1024, 1024) for
+    SAM v1, MobileSAM and SAM 2.1, (256, 256) for LiteMedSAM."""
+    side = family_of(model_type).original_side(model_type)
+    return side, side
 
 
 build_sam = build_network

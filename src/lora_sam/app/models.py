@@ -27,9 +27,9 @@ from torch import Tensor, nn
 
 from lora_sam.evaluation.options import EvalModels
 from lora_sam.evaluation.run import build_segmenters
-from lora_sam.evaluation.segmenters import ORIGINAL_FRAME, LowResSegmenter, PredictorSegmenter, Segmenter
+from lora_sam.evaluation.segmenters import LowResSegmenter, PredictorSegmenter, Segmenter
 from lora_sam.models.checkpoints import BUILTIN_MODEL_TYPE
-from lora_sam.models.families import as_promptable, data_frame
+from lora_sam.models.families import as_promptable, data_frame, original_frame
 
 __all__ = ["RESOLUTIONS", "ModelBank", "ModelSpec", "Resolution", "display_logits"]
 
@@ -148,11 +148,12 @@ class ModelBank:
         return spec.name
 
     def model(self, name: str, resolution: Resolution) -> nn.Module:
-        """The network of model ``name`` at the training resolution (``"low"``) or 1024 px (built now)."""
+        """The network of model ``name`` at the training resolution (``"low"``) or in its model type's own frame
+        (``"1024"``: 1024 px, LiteMedSAM's 256 px; built now)."""
         with self.lock:
             key = (name, resolution)
             if key not in self._models:
-                self._models[key] = self._build(self.specs[name], ORIGINAL_FRAME)
+                self._models[key] = self._build(self.specs[name], original_frame(self.model_type))
             return self._models[key]
 
     def automatic(self, name: str, image: np.ndarray, points_per_side: int = AUTOMATIC_POINTS,
@@ -202,7 +203,7 @@ def display_logits(segmenter: Segmenter, low_res: Tensor, sample: dict[str, Any]
     resolution. The masks scored against the ground truth stay those of ``Segmenter.predict``.
     """
     if isinstance(segmenter, PredictorSegmenter):
-        frame, (h, w) = ORIGINAL_FRAME, segmenter.predictor.input_size
+        frame, (h, w) = tuple(segmenter.model.image_size), segmenter.predictor.input_size
     else:
         frame = tuple(int(v) for v in sample["image"].shape[-2:])
         h, w = (int(v) for v in sample["input_size"])

@@ -43,6 +43,7 @@ __all__ = [
     "EpochSampler",
     "InstanceFolder",
     "LoaderOptions",
+    "split_folders",
     "Problem",
     "SA1BFolder",
     "SA1BShards",
@@ -130,6 +131,23 @@ def open_dataset(root: str | Path, *, image_dir: str | Path | None = None, **opt
         return InstanceFolder(root, kind, **options)
     path = Path(root)
     return CocoInstances(path if path.is_file() else _coco_json(path), image_dir=image_dir, **options)
+
+
+def split_folders(root: str | Path) -> tuple[Path, Path] | None:
+    """``(root/train, root/val)`` when ``root`` is no dataset itself but holds one in each (a fixed split, as
+    ``lora-sam nuclei`` writes it: ``get_loaders`` then trains on the first and validates on the second, whatever
+    ``val_fraction``); else None."""
+    path = Path(root)
+    if not path.is_dir() or not (path / "train").is_dir() or not (path / "val").is_dir():
+        return None
+    try:
+        detect_kind(path)
+        return None
+    except DataError:
+        pass
+    for part in ("train", "val"):
+        detect_kind(path / part)  # each must be a dataset: its own error otherwise
+    return path / "train", path / "val"
 
 
 def split_indices(ids: list[str], val_fraction: float) -> tuple[list[int], list[int]]:
@@ -263,6 +281,12 @@ def get_loaders(
     loader, sample, extras = _groups(loader, sample, fields)
     options = {**asdict(sample), "strict": loader.strict, **extras}
     loader_args = _loader_args(loader, sample.seed)
+    if (folders := split_folders(root)) is not None:  # a fixed split: train/ and val/ (lora-sam nuclei's)
+        options.pop("shuffle_buffer", None)
+        train = open_dataset(folders[0], **options)
+        sampler = EpochSampler(len(train), shuffle=True, seed=options["seed"])
+        return (DataLoader(train, sampler=sampler, **loader_args),
+                DataLoader(open_dataset(folders[1], **options), shuffle=False, **loader_args))
     if detect_kind(root) == "shards":
         options.pop("image_dir", None)
         train, val = _shard_datasets(root, loader.val_fraction, loader.samples_per_epoch, options)

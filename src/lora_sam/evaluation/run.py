@@ -20,12 +20,12 @@ from lora_sam.errors import UserError
 from lora_sam.evaluation.automatic import automatic_recall
 from lora_sam.evaluation.options import EVAL_DEFAULTS, EvalModels, EvalOptions
 from lora_sam.evaluation.protocol import evaluate_many, json_safe
-from lora_sam.evaluation.segmenters import ORIGINAL_FRAME, LowResSegmenter, PredictorSegmenter, Segmenter
+from lora_sam.evaluation.segmenters import LowResSegmenter, PredictorSegmenter, Segmenter
 from lora_sam.io import markdown_table
 from lora_sam.lora import merge_lora
 from lora_sam.lora.adapter import apply_adapter, read_adapter_info
 from lora_sam.models.checkpoints import resolve_checkpoint
-from lora_sam.models.families import family_of
+from lora_sam.models.families import family_of, original_frame
 from lora_sam.settings import add_options, from_args, to_dict
 from lora_sam.training.metrics import metric_rows
 
@@ -84,7 +84,8 @@ def build_segmenters(
     (``SamPredictor`` on the base at 1024 px, given the upscaled training image) and each fine-tuned
     model as deployed (``"lora:<stem>@1024"``, ``"full:<stem>@1024"``: ``_deployed``); with
     ``original_full_res``, ``"original-1024:full-res"`` (given the original image). Clashing stems get
-    their folder name (``lora:run1/adapter``).
+    their folder name (``lora:run1/adapter``). The ``1024`` rows are each model type's own pipeline at its own
+    frame (``families.original_frame``): 1024 px, LiteMedSAM's 256 px (their ``resolution`` says which).
 
     Returns:
         {name: (segmenter, {"kind": "base" | "lora" | "full" | "deployed" | "original", "path": str | None,
@@ -114,14 +115,15 @@ def build_segmenters(
                                                              "input": "training image"})
     if original:  # each fine-tuned model as users deploy it: merged, SamPredictor at 1024 px
         built.update(_deployed(model_type, base_path, adapter_paths, full_paths, device))  # type: ignore[arg-type]
-        sam_1024 = _network(model_type, base_path, ORIGINAL_FRAME).to(device)
+        frame = original_frame(model_type)  # 1024 px; LiteMedSAM's 256 (the row names keep "1024": the own frame)
+        sam_1024 = _network(model_type, base_path, frame).to(device)
         built["original-1024"] = (PredictorSegmenter(sam_1024, source="upscaled"),
-                                  {"kind": "original", "path": str(base_path), "resolution": list(ORIGINAL_FRAME),
+                                  {"kind": "original", "path": str(base_path), "resolution": list(frame),
                                    "input": "training image upscaled"})
         if original_full_res:
             built["original-1024:full-res"] = (PredictorSegmenter(sam_1024, source="original"),
                                                {"kind": "original", "path": str(base_path),
-                                                "resolution": list(ORIGINAL_FRAME), "input": "original image"})
+                                                "resolution": list(frame), "input": "original image"})
     if not built:
         raise ValueError("no model to evaluate: give the base, --adapter, --full or --original")
     return built
@@ -132,13 +134,14 @@ def _deployed(model_type: str, base_path: Path, adapters: list[Path], fulls: lis
     """``"lora:<stem>@1024"`` / ``"full:<stem>@1024"``: each adapter merged into the base checkpoint and
     each full model at 1024 px, through ``SamPredictor``, as ``lora-sam export`` users run them."""
     models: dict[str, tuple[Segmenter, dict[str, Any]]] = {}
+    frame = original_frame(model_type)
     for kind, paths in (("lora", adapters), ("full", fulls)):
         for name, path in zip(_unique_names(kind, paths), paths):
-            sam = (_lora_sam(path, model_type, base_path, ORIGINAL_FRAME) if kind == "lora"
-                   else _full_sam(path, model_type, ORIGINAL_FRAME))
+            sam = (_lora_sam(path, model_type, base_path, frame) if kind == "lora"
+                   else _full_sam(path, model_type, frame))
             models[f"{name}@1024"] = (PredictorSegmenter(sam.to(device), source="upscaled"),
                                       {"kind": "deployed", "of": kind, "path": str(path),
-                                       "resolution": list(ORIGINAL_FRAME), "input": "training image upscaled"})
+                                       "resolution": list(frame), "input": "training image upscaled"})
     return models
 
 
@@ -170,7 +173,7 @@ def eval_samples(
     unreadable ones), with ``"original_path"`` added where the dataset keeps full-resolution image
     files (SA-1B folders, COCO), and whether it does.
     """
-    from lora_sam.data.loaders import get_loaders, open_dataset, resolve_root
+    from lora_sam.data.loaders import get_loaders, open_dataset, resolve_root, split_folders
 
     split, val_fraction, max_images, seed = options.split, options.val_fraction, options.max_images, options.seed
     if split == "val":
@@ -181,6 +184,9 @@ def eval_samples(
                              f"use --split all or a larger --val-fraction")
         dataset = loader.dataset
     elif split == "all":
+        if split_folders(resolve_root(root)) is not None:
+            raise UserError(f"{resolve_root(root)} holds a fixed split (train/ and val/): evaluate its val split "
+                            f"(--split val), or one folder with --data {resolve_root(root)}/val --split all")
         dataset = open_dataset(resolve_root(root), image_size=image_size, seed=seed, frame=frame)
     else:
         raise ValueError(f"split must be 'val' or 'all', got {split!r}")

@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 ORIGINAL_FRAME = (1024, 1024)
+"""SAM's own frame (and SAM 2.1's, MobileSAM's); a model type's is ``families.original_frame`` (LiteMedSAM: 256)."""
 
 
 @dataclass
@@ -199,7 +200,7 @@ def on_training_grid(full: Tensor, frame: tuple[int, int], input_size: tuple[int
 
 class PredictorSegmenter:
     """The original pipeline of a model's family (``predictor()``): for SAM v1, ``SamPredictor`` on a model
-    built at 1024 x 1024.
+    built at 1024 x 1024 (LiteMedSAM: its own pipeline at 256 x 256; ``families.original_frame``).
 
     Args:
         model_1024: ``families.build(model_type, checkpoint, (1024, 1024))`` or the network
@@ -222,12 +223,9 @@ class PredictorSegmenter:
                  source: Literal["upscaled", "original"] = "upscaled", budget_bytes: int = 256 * 2**20) -> None:
         self.model = as_promptable(model_1024)
         self.module = self.model.module.eval()
-        if tuple(self.model.image_size) != ORIGINAL_FRAME:
-            raise ValueError(f"PredictorSegmenter needs a model built at 1024x1024 (the original SAM), got "
-                             f"{self.model.image_size}; use build_sam(model_type, checkpoint, (1024, 1024))")
         if source not in ("upscaled", "original"):
             raise ValueError(f"source must be 'upscaled' or 'original', got {source!r}")
-        self.predictor = self.model.predictor()
+        self.predictor = self.model.predictor()  # refuses a model not built at its type's own frame
         self.source = source
         self.budget_bytes = budget_bytes
         self.sizes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None

@@ -36,7 +36,14 @@ from segment_anything.utils.onnx import SamOnnxModel
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from lora_sam.errors import MissingExtra
-from lora_sam.models.sam_v1.model import ORIGINAL_SIZE, SamV1, image_size_of
+from lora_sam.models.sam_v1.model import (
+    ORIGINAL_SIZE,
+    SamV1,
+    frame_of,
+    image_size_of,
+    intensity_of,
+    model_type_of,
+)
 
 __all__ = [
     "DECODER_INPUTS",
@@ -66,7 +73,12 @@ ONNX_EXTRA = "pip install 'lora_sam[onnx]'"
 def _check_deployable(sam: Sam) -> None:
     """Refuse models the official 1024 px pipeline would run wrongly: other resolutions, unmerged LoRA."""
     size = tuple(image_size_of(sam))
-    grid = tuple(sam.image_encoder.pos_embed.shape[1:3])
+    if intensity_of(model_type_of(sam)) != "imagenet":
+        raise ValueError(f"{model_type_of(sam)} scales each image by its own intensity range, which SAM's ONNX "
+                         f"pipeline (mean and std) does not do: deploy it through its own pipeline "
+                         f"(build_sam(..., image_size=({frame_of(model_type_of(sam))},) * 2) and its predictor())")
+    grid = (tuple(sam.image_encoder.pos_embed.shape[1:3]) if hasattr(sam.image_encoder, "pos_embed")
+            else (ORIGINAL_SIZE // 16, ORIGINAL_SIZE // 16))  # TinyViT (MobileSAM): no table, any frame
     if size != (ORIGINAL_SIZE, ORIGINAL_SIZE) or grid != (ORIGINAL_SIZE // 16, ORIGINAL_SIZE // 16):
         raise ValueError(
             f"the model is at {size[0]}x{size[1]} px; deployment needs the original {ORIGINAL_SIZE}x{ORIGINAL_SIZE} "

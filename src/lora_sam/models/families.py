@@ -26,7 +26,7 @@ from lora_sam.models.promptable import PromptableModel
 from lora_sam.models.sam2_1 import config as sam2_config
 from lora_sam.models.sam2_1 import model as sam2_model
 from lora_sam.models.sam_v1 import model as sam_v1
-from lora_sam.models.sam_v1.presets import LAYER_PRESETS
+from lora_sam.models.sam_v1.presets import LAYER_PRESETS, TYPE_PRESETS
 from lora_sam.settings import MODEL_TYPE
 
 __all__ = ["Family", "as_promptable", "build", "build_network", "build_sam", "data_frame", "family_of",
@@ -80,6 +80,7 @@ class Family:
         type_sizes: default training frames of single model types that differ from ``default_image_size``.
         original_side: a model type -> the side of its own square frame (where it is deployed and merged):
             1024 px but for LiteMedSAM (256).
+        type_presets: LoRA layer presets of single model types that replace the family's of the same name.
     """
 
     name: str
@@ -100,6 +101,11 @@ class Family:
     frame_note: Callable[[tuple[int, int]], str] = _v1_frame
     type_sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     original_side: Callable[[str], int] = _meta_frame
+    type_presets: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+
+    def presets(self, model_type: str | None) -> Mapping[str, tuple[str, ...]]:
+        """The LoRA layer presets of ``model_type``: the family's, with the model type's own in their place."""
+        return {**self.layer_presets, **self.type_presets.get(model_type or "", {})}
 
     def default_size(self, model_type: str | None) -> tuple[int, int]:
         """The training frame ``model_type`` takes when none is named."""
@@ -123,7 +129,8 @@ register_family(Family("sam_v1", sam_v1.MODEL_TYPES, sam_v1.build_sam, sam_v1.Sa
                        LAYER_PRESETS, sam_v1.set_compute, size_switch=sam_v1.ResolutionSwitch,
                        model_type_of=sam_v1.model_type_of,
                        frozen=("image_encoder.head.*", "image_encoder.norm_head.*"),  # MobileSAM's unused classifier
-                       type_sizes={"lite_medsam": (256, 256)}, original_side=sam_v1.frame_of))
+                       type_sizes={"lite_medsam": (256, 256)}, original_side=sam_v1.frame_of,
+                       type_presets=TYPE_PRESETS))
 register_family(Family("sam2.1", tuple(sam2_config.MODEL_TYPES), sam2_model.build_sam2_model, sam2_model.Sam2Image,
                        sam2_model.is_sam2, sam2_config.LAYER_PRESETS, sam2_model.set_compute,
                        (sam2_config.DEFAULT_SIDE, sam2_config.DEFAULT_SIDE), square=True,

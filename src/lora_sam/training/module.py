@@ -145,7 +145,7 @@ class LoRASAM(pl.LightningModule):
         self.lora_layers: list[str] = []
         if finetune == "lora":
             o = self.lora_options
-            layers = resolve_layers(o.layers, family.layer_presets)
+            layers = resolve_layers(o.layers, family.presets(model_type))
             self.lora_layers = inject_lora(self.sam, o.rank, o.alpha, layers, dropout=o.dropout)
         else:
             unfreeze(self.sam)  # every weight but the family's frozen parts (SAM 2.1: the memory modules)

@@ -3,7 +3,7 @@ image encoder's)."""
 
 from __future__ import annotations
 
-__all__ = ["LAYER_PRESETS", "SAM_LAYERS", "SAM_TARGETS", "TARGET_PRESETS", "TINY_VIT_LAYERS"]
+__all__ = ["LAYER_PRESETS", "SAM_HEADS", "SAM_LAYERS", "SAM_TARGETS", "TARGET_PRESETS", "TINY_VIT_LAYERS", "TYPE_PRESETS"]
 
 TINY_VIT_LAYERS: tuple[str, ...] = (
     "image_encoder.patch_embed.seq.*.c",
@@ -44,3 +44,15 @@ LAYER_PRESETS: dict[str, tuple[str, ...]] = {
 
 # the names before LoRA layer patterns were called "layers" (one release)
 SAM_TARGETS, TARGET_PRESETS = SAM_LAYERS, LAYER_PRESETS
+
+SAM_HEADS: tuple[str, ...] = ("mask_decoder.output_hypernetworks_mlps.*", "mask_decoder.iou_prediction_head.*")
+"""The mask decoder's output heads: the hypernetwork MLP of each output token and the IoU head."""
+
+TYPE_PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
+    # LiteMedSAM was trained with boxes and its single output only: its three multimask outputs' heads never
+    # learned, and a LoRA that leaves them frozen cannot teach them (measured on real nuclei: 1-click mIoU 0.000
+    # with SAM v1's default layers, benchmarks/real_nuclei.py), so its default and decoder presets train them too
+    "lite_medsam": {"default": (*SAM_LAYERS, *SAM_HEADS),
+                    "decoder": (*LAYER_PRESETS["decoder"], *SAM_HEADS)},
+}
+"""Presets of single model types, in place of the family's of the same name (``families.Family.type_presets``)."""

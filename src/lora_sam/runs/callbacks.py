@@ -17,7 +17,8 @@ from pytorch_lightning.utilities.imports import _RICH_AVAILABLE
 __all__ = ["KeepBest", "PeakMemory", "StepTimer", "last_epoch", "progress_bar", "quiet_framework"]
 
 _FRAMEWORK_NOISE = (".*does not have many workers.*", ".*exists and is not empty.*", ".*weights_only.*",
-                    ".*LeafSpec.*", ".*val_check_interval.*")
+                    ".*LeafSpec.*", ".*val_check_interval.*",
+                    ".*module\\(s\\) in eval mode.*")  # TinyViT's batch norms: frozen statistics on purpose
 
 
 def quiet_framework() -> None:

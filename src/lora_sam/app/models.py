@@ -147,6 +147,16 @@ class ModelBank:
             self._models[spec.name, "low"] = sam
         return spec.name
 
+    @property
+    def pipeline_label(self) -> str:
+        """The model type's own pipeline, as the page names it: "1024 px (SamPredictor)", "256 px (LiteMedSAM's
+        pipeline)", ..."""
+        from lora_sam.models.families import family_of
+
+        side = original_frame(self.model_type)[0]
+        name = "LiteMedSAM's pipeline" if self.model_type == "lite_medsam" else family_of(self.model_type).pipeline
+        return f"{side} px ({name})"
+
     def model(self, name: str, resolution: Resolution) -> nn.Module:
         """The network of model ``name`` at the training resolution (``"low"``) or in its model type's own frame
         (``"1024"``: 1024 px, LiteMedSAM's 256 px; built now)."""

@@ -194,7 +194,7 @@ class Session:
         self.resolution = resolution
         if self.image is not None:
             self._encode()
-        return "1024 px: the original SAM pipeline (SamPredictor)" if resolution == "1024" else \
+        return f"{self.bank.pipeline_label}: the model's original pipeline" if resolution == "1024" else \
             f"training resolution {self.bank.image_size[0]}x{self.bank.image_size[1]}"
 
     def set_show_outputs(self, show: bool) -> str:

@@ -63,7 +63,8 @@ class Page:
         image = session.image
         prompt = None if image is None else prompt_view(image, session.events, session.pending, session.gt_mask())
         outputs = session.outputs() if image is not None else {}
-        resolution = "1024 px" if session.resolution == "1024" else "{}x{}".format(*self.bank.image_size)
+        resolution = self.bank.pipeline_label.split(" (")[0] if session.resolution == "1024" else \
+            "{}x{}".format(*self.bank.image_size)
         slots = []
         for index in range(self.slots_count):
             if index >= len(self.bank.names):
@@ -136,7 +137,7 @@ def _controls(page: Page) -> dict[str, Any]:
     with gr.Row():
         parts["mode"] = gr.Radio(MODE_LABELS, value=MODES[0], label="left-click mode", elem_id="mode")
         low = "training resolution {}x{} (LowResSegmenter)".format(*page.bank.image_size)
-        parts["resolution"] = gr.Radio([(low, "low"), ("1024 px (SamPredictor)", "1024")], value="low",
+        parts["resolution"] = gr.Radio([(low, "low"), (page.bank.pipeline_label, "1024")], value="low",
                                        label="resolution", elem_id="resolution")
         parts["outputs"] = gr.Checkbox(True, label="show SAM's 3 outputs of the first prompt",
                                        elem_id="show-outputs")

@@ -61,7 +61,7 @@ class LiteMedSAMPredictor:
         h0, w0 = image.shape[:2]
         scale = self.frame / max(h0, w0)
         h, w = int(h0 * scale + 0.5), int(w0 * scale + 0.5)
-        x = torch.as_tensor(np.ascontiguousarray(image), device=self.device).permute(2, 0, 1)[None].float()
+        x = torch.from_numpy(np.array(image, dtype=np.float32)).to(self.device).permute(2, 0, 1)[None]
         if (h, w) != (h0, w0):
             x = F.interpolate(x, size=(h, w), mode="area")
         x = F.pad(min_max_scale(x), (0, self.frame - w, 0, self.frame - h))

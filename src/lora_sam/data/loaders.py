@@ -283,10 +283,8 @@ def get_loaders(
     loader_args = _loader_args(loader, sample.seed)
     if (folders := split_folders(root)) is not None:  # a fixed split: train/ and val/ (lora-sam nuclei's)
         options.pop("shuffle_buffer", None)
-        train = open_dataset(folders[0], **options)
-        sampler = EpochSampler(len(train), shuffle=True, seed=options["seed"])
-        return (DataLoader(train, sampler=sampler, **loader_args),
-                DataLoader(open_dataset(folders[1], **options), shuffle=False, **loader_args))
+        return _train_val(open_dataset(folders[0], **options), open_dataset(folders[1], **options), options["seed"],
+                          loader_args)
     if detect_kind(root) == "shards":
         options.pop("image_dir", None)
         train, val = _shard_datasets(root, loader.val_fraction, loader.samples_per_epoch, options)
@@ -326,9 +324,12 @@ def _map_loaders(root: str, val_fraction: float, options: dict[str, Any],
     dataset = open_dataset(root, **options)
     assert isinstance(dataset, SampleDataset)
     train_idx, val_idx = split_indices([dataset.image_id(i) for i in range(len(dataset))], val_fraction)
-    train = dataset.subset(train_idx)
-    sampler = EpochSampler(len(train), shuffle=True, seed=options["seed"])
-    train_loader = DataLoader(train, sampler=sampler, **loader_args)
-    if not val_idx:
-        return train_loader, None
-    return train_loader, DataLoader(dataset.subset(val_idx), shuffle=False, **loader_args)
+    return _train_val(dataset.subset(train_idx), dataset.subset(val_idx) if val_idx else None, options["seed"],
+                      loader_args)
+
+
+def _train_val(train: Dataset, val: Dataset | None, seed: int,
+               loader_args: dict[str, Any]) -> tuple[DataLoader, DataLoader | None]:
+    """The train loader (shuffled per epoch from ``seed``) and the val loader (file order) of map-style datasets."""
+    train_loader = DataLoader(train, sampler=EpochSampler(len(train), shuffle=True, seed=seed), **loader_args)
+    return train_loader, DataLoader(val, shuffle=False, **loader_args) if val is not None else None

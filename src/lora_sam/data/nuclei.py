@@ -19,7 +19,6 @@ validation split, the 3 others train. A nucleus cut by a tile border appears in 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -30,7 +29,7 @@ import tifffile
 from PIL import Image
 
 from lora_sam.errors import MissingExtra, UserError
-from lora_sam.io import atomic_path
+from lora_sam.io import atomic_path, file_sha256
 
 __all__ = ["NUCLEI_EXTRA", "add_arguments", "run", "stardist_files", "write_nuclei"]
 
@@ -53,10 +52,6 @@ def stardist_files() -> tuple[Path, Path]:
     return paths  # type: ignore[return-value]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _tiles(shape: tuple[int, int], tile: int) -> list[tuple[int, int]]:
     height, width = shape
     if tile < 32 or height % tile or width % tile:
@@ -76,7 +71,7 @@ def write_nuclei(out: str | Path, *, tile: int = 256) -> dict[str, Any]:
     corners = _tiles(image.shape, tile)
     out = Path(out)
     record: dict[str, Any] = {
-        "source": {"package": "stardist", "files": {p.name: _sha256(p) for p in (image_path, mask_path)},
+        "source": {"package": "stardist", "files": {p.name: file_sha256(p) for p in (image_path, mask_path)},
                    "dataset": "2018 Data Science Bowl (BBBC038), Caicedo et al., Nature Methods 16 (2019)"},
         "tile": tile, "nuclei": int(len(np.unique(labels)) - 1), "tiles": []}
     for index, (row, col) in enumerate(corners):

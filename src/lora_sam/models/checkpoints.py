@@ -8,7 +8,6 @@ nor the builder.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor
 
 from lora_sam.errors import MissingExtra, UserError
+from lora_sam.io import file_sha256
 
 __all__ = [
     "BUILTIN",
@@ -87,14 +87,6 @@ PACKAGED_WEIGHTS = {
 _VERIFIED: dict[tuple[str, int, float, str], bool] = {}  # (path, size, mtime, expected sha256): matched
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def packaged_checkpoint(model_type: str) -> Path:
     """The verified path of ``model_type``'s weights inside its installed package (``PACKAGED_WEIGHTS``): a
     missing package names the extra that installs it, a file of another size or sha256 is refused."""
@@ -112,7 +104,7 @@ def packaged_checkpoint(model_type: str) -> Path:
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime, weights.sha256)
     if key not in _VERIFIED:
-        _VERIFIED[key] = stat.st_size == weights.size and _sha256(path) == weights.sha256
+        _VERIFIED[key] = stat.st_size == weights.size and file_sha256(path) == weights.sha256
     if not _VERIFIED[key]:
         raise UserError(f"{model_type}'s weights {path} are not the expected file (size {stat.st_size} bytes, "
                         f"expected {weights.size} with sha256 {weights.sha256[:12]}...): the installed "

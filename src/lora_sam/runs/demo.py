@@ -263,8 +263,9 @@ def run_demo(out: str | Path, config: DemoConfig = DEFAULT, *, checkpoint: str |
     total = start = time.perf_counter()
 
     if real:
-        folders, record["base"], model_type = _real_stages(out)
+        folders, record["base"], model_type = _real_stages(out)  # the base is a verified file: no stage of its own
         times["data"] = time.perf_counter() - start
+        start = time.perf_counter()
     else:
         _stage(1, f"synthetic data: {config.images} microscopy images to adapt to, {config.source_images} held-out "
                   f"scenes (the base's domain)")

@@ -28,7 +28,6 @@ every ``log_every`` steps (a resumed call's rows; the earlier calls' are kept as
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import sys
@@ -46,7 +45,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
-from lora_sam.io import atomic_path
+from lora_sam.io import atomic_path, file_sha256
 from lora_sam.lora.summary import parameter_summary
 from lora_sam.models.checkpoints import BUILTIN_MODEL_TYPE
 from lora_sam.models.families import build, family_of, model_types_help
@@ -267,12 +266,7 @@ def _resume_state(last: Path, config: PretrainConfig) -> tuple[int, float, list[
     return step, float(record["seconds"]), schedule
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256 = file_sha256  # the name model_card and distill import
 
 
 def _keep_metrics(out: Path, step: int) -> None:

@@ -24,18 +24,14 @@ MIN_RANGE = 1e-8
 """The smallest intensity range divided by (a flat image stays flat, at 0)."""
 
 
-def min_max_scale(image: Tensor, input_size: Tensor | None = None) -> Tensor:
-    """(B, 3, H, W) pixels -> each image scaled to [0, 1] by the minimum and maximum over its own pixels (the
-    region ``input_size`` (B, 2) (h, w) covers, when the batch is padded; the padding is left to the caller)."""
-    b, _, h, w = image.shape
+def min_max_scale(image: Tensor, inside: Tensor | None = None) -> Tensor:
+    """(B, 3, H, W) pixels -> each image scaled to [0, 1] by the minimum and maximum over its own pixels (those
+    where ``inside`` (B, 1, H, W) bool is set, when the batch is padded; the padding is left to the caller)."""
     x = image.float()
-    if input_size is None:
+    if inside is None:
         low = x.amin(dim=(1, 2, 3), keepdim=True)
         high = x.amax(dim=(1, 2, 3), keepdim=True)
     else:
-        rows = torch.arange(h, device=x.device)[None, :, None] < input_size[:, 0, None, None].to(x.device)
-        cols = torch.arange(w, device=x.device)[None, None, :] < input_size[:, 1, None, None].to(x.device)
-        inside = (rows & cols)[:, None].expand_as(x)
         low = torch.where(inside, x, torch.inf).amin(dim=(1, 2, 3), keepdim=True)
         high = torch.where(inside, x, -torch.inf).amax(dim=(1, 2, 3), keepdim=True)
     return (x - low) / (high - low).clamp_min(MIN_RANGE)

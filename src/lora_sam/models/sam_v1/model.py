@@ -209,15 +209,18 @@ def encode(sam: Sam, image: Tensor, input_size: Tensor | None = None) -> Tensor:
     Returns:
         (B, C, H/16, W/16)
     """
-    if intensity_of(model_type_of(sam)) == "minmax":  # LiteMedSAM: each image scaled by its own range
-        x = min_max_scale(image, input_size)
+    inside = None
+    if input_size is not None:  # (B, 1, H, W): the image's own pixels, not the padding
+        h, w = image.shape[-2:]
+        rows = torch.arange(h, device=image.device)[None, :, None] < input_size[:, 0, None, None].to(image.device)
+        cols = torch.arange(w, device=image.device)[None, None, :] < input_size[:, 1, None, None].to(image.device)
+        inside = (rows & cols)[:, None]
+    if is_tiny_vit(sam) and intensity_of(model_type_of(sam)) == "minmax":  # LiteMedSAM: each image by its range
+        x = min_max_scale(image, inside)
     else:
         x = (image - sam.pixel_mean) / sam.pixel_std
-    if input_size is not None:
-        h, w = x.shape[-2:]
-        rows = torch.arange(h, device=x.device)[None, :, None] < input_size[:, 0, None, None].to(x.device)
-        cols = torch.arange(w, device=x.device)[None, None, :] < input_size[:, 1, None, None].to(x.device)
-        x = x * (rows & cols)[:, None].to(x.dtype)
+    if inside is not None:
+        x = x * inside.to(x.dtype)
     return sam.image_encoder(x)
 
 

@@ -59,7 +59,9 @@ from lora_sam.models.sam_v1.sizes import (  # re-exported: lora_sam.models.sam_v
     frame_of,
     intensity_of,
 )
-from lora_sam.models.sam_v1.tiny_vit import TinyViT, use_tiny_vit_checkpointing, use_tiny_vit_fused_attention
+from lora_sam.models.sam_v1.tiny_vit import TinyViT, is_tiny_vit
+from lora_sam.models.sam_v1.tiny_vit import use_tiny_vit_checkpointing as _tiny_vit_checkpointing
+from lora_sam.models.sam_v1.tiny_vit import use_tiny_vit_fused_attention as _tiny_vit_fused
 from lora_sam.settings import MODEL_TYPE
 
 __all__ = [
@@ -181,17 +183,12 @@ def build_sam(
 def set_compute(sam: Sam, grad_checkpointing: bool, fused_attention: bool) -> None:
     """How the encoder computes (``module.ComputeOptions``): its blocks checkpointed, its attention fused."""
     if is_tiny_vit(sam):
-        use_tiny_vit_checkpointing(sam.image_encoder, grad_checkpointing)
-        use_tiny_vit_fused_attention(sam.image_encoder, fused_attention)
+        _tiny_vit_checkpointing(sam.image_encoder, grad_checkpointing)
+        _tiny_vit_fused(sam.image_encoder, fused_attention)
         use_upscaling_checkpointing(sam, grad_checkpointing)
         return
     use_checkpointing(sam, grad_checkpointing)
     use_fused_attention(sam, fused_attention)
-
-
-def is_tiny_vit(sam: Sam) -> bool:
-    """Whether ``sam``'s image encoder is a TinyViT (MobileSAM, LiteMedSAM)."""
-    return isinstance(sam.image_encoder, TinyViT)
 
 
 def image_size_of(sam: Sam) -> tuple[int, int]:

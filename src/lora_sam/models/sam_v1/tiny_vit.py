@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from lora_sam.models.attention import Recomputed
 from lora_sam.models.sam_v1.sizes import TinyViTConfig
 
-__all__ = ["TinyViT", "TinyViTConfig", "use_tiny_vit_checkpointing", "use_tiny_vit_fused_attention"]
+__all__ = ["TinyViT", "TinyViTConfig", "is_tiny_vit", "use_tiny_vit_checkpointing", "use_tiny_vit_fused_attention"]
 
 
 class ConvBN(nn.Sequential):
@@ -254,3 +254,8 @@ def use_tiny_vit_checkpointing(encoder: TinyViT, enabled: bool = True) -> None:
             module.__class__ = _CheckpointedTinyViTBlock if enabled else TinyViTBlock
         elif isinstance(module, MBConv):
             module.__class__ = _CheckpointedMBConv if enabled else MBConv
+
+
+def is_tiny_vit(sam: nn.Module) -> bool:
+    """Whether ``sam``'s image encoder is a TinyViT (MobileSAM, LiteMedSAM)."""
+    return isinstance(getattr(sam, "image_encoder", None), TinyViT)

@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from app_fixtures import SIZE, make_adapter
+from PIL import Image
 
 from lora_sam.app.serve import DEMO_RUN, INSTALL_HINT, resolve_settings
 from lora_sam.cli import main
@@ -95,3 +98,27 @@ def test_an_adapter_that_does_not_fit_stops_the_command(tmp_path: Path, tiny_che
     wrong = make_adapter(tmp_path, tiny_checkpoint, model_type="vit_b")
     rc = main(["app", "--checkpoint", str(tiny_checkpoint), "--image-size", *map(str, SIZE), "--adapter", str(wrong)])
     assert rc == 2 and str(wrong) in capsys.readouterr().err
+
+
+def test_a_fixed_split_root_lists_the_held_out_images_first(tmp_path: Path) -> None:
+    """The real demo's data (``lora-sam nuclei``'s ``train/`` and ``val/``, no dataset at the top): the page lists
+    val's images, then train's, and loads each from its own folder."""
+    from lora_sam.app.images import DatasetImages
+    from lora_sam.data.loaders import open_dataset
+
+    rng = np.random.default_rng(0)
+    for part, names in (("train", ("a", "b")), ("val", ("c",))):
+        for name in names:  # an instance-label folder: images/NAME.png and labels/NAME.png (0 background)
+            labels = np.zeros((48, 64), np.uint16)
+            labels[10:30, 12:40], labels[32:44, 40:60] = 1, 2
+            for sub, array in (("images", rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)), ("labels", labels)):
+                (tmp_path / part / sub).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(tmp_path / part / sub / f"{name}.png")
+    images = DatasetImages(tmp_path, SIZE, frame="pad")
+    expected = {part: open_dataset(tmp_path / part, image_size=SIZE, frame="pad") for part in ("train", "val")}
+    order = [("val", 0), ("train", 0), ("train", 1)]
+    assert images.names == [str(expected[part].image_id(i)) for part, i in order]
+    for index, (part, i) in enumerate(order):
+        loaded, reference = images.load(index), expected[part][i]
+        assert loaded.sample["image_id"] == reference["image_id"]
+        assert torch.equal(loaded.sample["image"], reference["image"])

@@ -139,21 +139,30 @@ class DatasetImages:
     """
 
     def __init__(self, root: str | Path, image_size: tuple[int, int], limit: int = 500, *, frame: str) -> None:
-        from lora_sam.data.loaders import open_dataset, resolve_root
+        from lora_sam.data.loaders import open_dataset, resolve_root, split_folders
 
         self.root = resolve_root(root)
-        self.dataset = open_dataset(self.root, image_size=tuple(image_size), frame=frame)
-        if not hasattr(self.dataset, "__len__") or not hasattr(self.dataset, "image_id"):
-            raise DataError(f"{self.root}: the app needs a dataset it can index (an SA-1B folder, a COCO "
-                            f"json or a prepared cache), not a stream of .tar shards")
-        self.names = [str(self.dataset.image_id(i)) for i in range(min(limit, len(self.dataset)))]
+        # a fixed split (lora-sam nuclei's train/ and val/): the held-out images first, then the training ones
+        parts = split_folders(self.root)
+        roots = [self.root] if parts is None else [parts[1], parts[0]]
+        self.entries: list[tuple[Any, int]] = []  # (dataset, index in it) of each listed image
+        self.names: list[str] = []
+        for part in roots:
+            dataset = open_dataset(part, image_size=tuple(image_size), frame=frame)
+            if not hasattr(dataset, "__len__") or not hasattr(dataset, "image_id"):
+                raise DataError(f"{part}: the app needs a dataset it can index (an SA-1B folder, a COCO "
+                                f"json or a prepared cache), not a stream of .tar shards")
+            for i in range(min(limit - len(self.names), len(dataset))):
+                self.entries.append((dataset, i))
+                self.names.append(str(dataset.image_id(i)))
         if not self.names:
             raise DataError(f"{self.root}: no images")
 
     def load(self, index: int) -> LoadedImage:
         if not 0 <= index < len(self.names):
             raise ImageError(f"no image {index} in {self.root} ({len(self.names)} images)")
-        sample = self.dataset[index]
+        dataset, position = self.entries[index]
+        sample = dataset[position]
         if isinstance(sample, BadSample):
             raise ImageError(f"{self.names[index]}: cannot be used ({sample})")
         return from_sample(sample, self.names[index])

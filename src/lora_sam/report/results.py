@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +11,8 @@ import torch
 from lora_sam.io import markdown_table
 from lora_sam.models.families import family_of
 from lora_sam.report.numbers import discussion, loss_curves, mean_by_area, pick_examples, read_metrics_csv
-from lora_sam.report.run_folder import Missing, Run
+from lora_sam.report.overview import overview_figure
+from lora_sam.report.run_folder import Missing, Run, find_samples
 from lora_sam.training.metrics import mask_iou
 
 __all__ = ["curves_section", "examples_section", "iterations_section", "metrics_section"]
@@ -166,27 +166,6 @@ def metrics_section(run: Run) -> str:
     return "\n".join(text)
 
 
-def _find_samples(run: Run, image_ids: set[str]) -> dict[str, dict[str, Any]]:
-    from lora_sam.evaluation.options import EvalOptions
-    from lora_sam.evaluation.run import eval_samples
-    from lora_sam.models.families import data_frame
-
-    s = run.eval["settings"]
-    if not Path(s["data"]).exists():
-        raise Missing(f"the evaluation data `{s['data']}` recorded in eval.json")
-    options = EvalOptions(split=s["split"], val_fraction=s["val_fraction"], max_images=s.get("max_images"),
-                          seed=s["seed"])
-    frame = data_frame(s["model_type"], tuple(s["image_size"]))[1]
-    samples, _, _ = eval_samples(s["data"], tuple(s["image_size"]), options, frame=frame)
-    found = {}
-    for sample in samples:
-        if isinstance(sample, dict) and str(sample["image_id"]) in image_ids:
-            found[str(sample["image_id"])] = sample
-            if len(found) == len(image_ids):
-                break
-    return found
-
-
 def _first_click_masks(run: Run, adapter: str | None, prompts: dict[str, Any], picked: list[int],
                        samples: dict[str, dict[str, Any]]) -> dict[tuple[str, int], torch.Tensor]:
     """The LoRA model's, the base's 1024 px pipeline's and the LoRA model's merged into the base at 1024 px
@@ -243,6 +222,15 @@ def _example_rows(run: Run, tag: str, picked: list[int], prompts: dict[str, Any]
     return rows
 
 
+def _overview(run: Run) -> list[str]:
+    """The examples' first paragraph: every target of one held-out image, base vs LoRA (none without a base row)."""
+    try:
+        overview, sentence = overview_figure(run)
+    except Missing:
+        return []
+    return [sentence, "", f"![{overview.stem}](figures/{overview.name})", ""]
+
+
 def examples_section(run: Run, *, count: int = 3) -> str:
     """8. Good and bad examples by the LoRA model's 1-click IoU, beside the 1024 px pipeline, and a discussion."""
     from lora_sam.report.figures import plot_examples
@@ -258,7 +246,7 @@ def examples_section(run: Run, *, count: int = 3) -> str:
     prompts = lora_entry["prompts"]
     first = np.array([row[0] for row in prompts["click_ious"]], dtype=np.float64)
     best, worst = pick_examples(first, count)
-    samples = _find_samples(run, {prompts["image_id"][i] for i in best + worst})
+    samples = find_samples(run, {prompts["image_id"][i] for i in best + worst})
     masks = _first_click_masks(run, lora_entry["path"], prompts, best + worst, samples)
     (h, w), pipeline = run.image_size, family_of(run.model_type).pipeline
     figures = []
@@ -279,7 +267,7 @@ def examples_section(run: Run, *, count: int = 3) -> str:
     costs = run.compare.get("runs") if (run.root / "compare.json").is_file() else None
     trained = (run.demo or {}).get("base", {})
     base_resolution = tuple(trained["image_size"]) if trained.get("source") == "trained" else None
-    text = [
+    text = [*_overview(run),
         f"Rule: of the {len(first)} evaluation prompts, the {len(best)} with the highest and the {len(worst)} with "
         f"the lowest 1-click IoU of the LoRA model (`{lora_name}` in eval.json; ties to the earlier prompt), beside "
         f"`{orig_name}`. Each row: "

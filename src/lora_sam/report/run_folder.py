@@ -29,7 +29,7 @@ from lora_sam.errors import UserError
 from lora_sam.models.families import Family
 from lora_sam.training.recipe import RecipeOptions
 
-__all__ = ["Missing", "REAL_DATA_ENV", "Run"]
+__all__ = ["Missing", "REAL_DATA_ENV", "Run", "find_samples"]
 
 REAL_DATA_ENV = "LORA_SAM_REAL_DATA"
 
@@ -169,3 +169,25 @@ class Run:
     def recipe_options(self, mode: str) -> RecipeOptions:
         """The training recipe's options of a run (``lora`` / ``full``), read from its hparams.yaml."""
         return RecipeOptions.from_mapping(self.hparams(mode))
+
+
+def find_samples(run: Run, image_ids: set[str]) -> dict[str, dict[str, Any]]:
+    """The evaluation samples (as ``lora-sam eval`` made them) of the given image ids, from the recorded data."""
+    from lora_sam.evaluation.options import EvalOptions
+    from lora_sam.evaluation.run import eval_samples
+    from lora_sam.models.families import data_frame
+
+    s = run.eval["settings"]
+    if not Path(s["data"]).exists():
+        raise Missing(f"the evaluation data `{s['data']}` recorded in eval.json")
+    options = EvalOptions(split=s["split"], val_fraction=s["val_fraction"], max_images=s.get("max_images"),
+                          seed=s["seed"])
+    frame = data_frame(s["model_type"], tuple(s["image_size"]))[1]
+    samples, _, _ = eval_samples(s["data"], tuple(s["image_size"]), options, frame=frame)
+    found = {}
+    for sample in samples:
+        if isinstance(sample, dict) and str(sample["image_id"]) in image_ids:
+            found[str(sample["image_id"])] = sample
+            if len(found) == len(image_ids):
+                break
+    return found

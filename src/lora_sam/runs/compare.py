@@ -49,9 +49,9 @@ from lora_sam.lora import LoRAOptions
 from lora_sam.models.checkpoints import fine_tune_defaults
 from lora_sam.models.families import data_frame, model_types_help
 from lora_sam.report.numbers import cost_note, cost_table
+from lora_sam.runs.allocator import tune_allocator
 from lora_sam.runs.callbacks import PeakMemory, StepTimer, progress_bar, quiet_framework
 from lora_sam.runs.records import IterationRecords
-from lora_sam.runtime import tune_allocator
 from lora_sam.settings import MODEL_TYPE, VAL_FRACTION, add_options, from_args, from_dict, to_dict
 from lora_sam.training.metrics import metric_rows
 from lora_sam.training.module import OptimOptions
@@ -150,7 +150,7 @@ def _train(mode: str, out_dir: Path, run: CompareRun) -> dict[str, Any]:
 def _train_job(job_path: str) -> None:
     """Entry point of the child process of ``_train_isolated``: run the job file, write its result."""
     job = json.loads(Path(job_path).read_text())
-    tune_allocator()  # as the lora-sam command that started this process (runtime.py)
+    tune_allocator()  # as the lora-sam command that started this process (runs/allocator.py)
     torch.set_num_threads(job["threads"])
     run = from_dict(CompareRun, job["run"])
     if run.quiet:

@@ -51,7 +51,8 @@ def _args(**given):
     return from_args(AppConfig, parser.parse_args(argv))
 
 
-def test_a_run_folder_gives_its_base_adapter_full_model_and_data(tmp_path: Path, synth_root: Path) -> None:
+def test_a_run_folder_gives_its_base_adapter_full_model_and_data(tmp_path: Path, synth_root: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "lora").mkdir()
     (tmp_path / "full").mkdir()
     (tmp_path / "lora" / "adapter.safetensors").write_bytes(b"x")
@@ -65,6 +66,8 @@ def test_a_run_folder_gives_its_base_adapter_full_model_and_data(tmp_path: Path,
     assert got.fulls == (str(tmp_path / "full" / "model.pth"),)
     explicit = resolve_settings(_args(run=tmp_path, image_size=(32, 48), checkpoint="other.pth"))
     assert explicit.image_size == (32, 48) and explicit.checkpoint == "other.pth"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no runs/demo here: no run, the built-in base's defaults
     assert resolve_settings(_args()).image_size == (160, 256) and resolve_settings(_args()).model_type == "tiny"
     with pytest.raises(FileNotFoundError, match="compare.json not found"):
         resolve_settings(_args(run=tmp_path / "lora"))

@@ -131,7 +131,7 @@ REAL = DemoConfig(image_size=(256, 256), finetune=replace(
     eval=EvalOptions(max_clicks=5)))
 """The real demo (the default): LiteMedSAM (real weights, the ``[medsam]`` extra) on the real DSB 2018 nuclei tiles of
 ``lora-sam nuclei`` (the ``[nuclei]`` extra), trained and scored in its own 256 px frame; no synthetic data, no
-source domain. 30 steps of 4 targets each (6.6 minutes in all, measured). Fewer do not teach LiteMedSAM's multimask
+source domain. 30 steps of 4 targets each (6.5 minutes in all, measured). Fewer do not teach LiteMedSAM's multimask
 outputs, which it never trained: at 25 steps LoRA's 1-click mIoU was 0.050 against 0.462 at 30 (measured).
 ``benchmarks/real_nuclei.py`` trains 60 steps of 8 targets (4x the targets), where full fine-tuning learns those
 outputs too (after the demo's 30 steps its 1-click mIoU is still 0.000). LoRA's learning rate, 3e-3, gave the better

@@ -11,17 +11,11 @@ import numpy as np
 import torch
 
 from lora_sam.io import markdown_table
-from lora_sam.report.drawing import new_figure, save, to_rgb
+from lora_sam.report.drawing import new_figure, palette, save, to_rgb
 from lora_sam.report.run_folder import Missing, Run
 
 __all__ = ["automatic_section", "plot_automatic"]
 
-
-def _palette(count: int) -> np.ndarray:
-    """``count`` distinct colours (matplotlib's tab20, then repeated)."""
-    from matplotlib import colormaps
-
-    return np.array([colormaps["tab20"](i % 20)[:3] for i in range(count)])
 
 
 def plot_automatic(image: torch.Tensor, masks: dict[str, torch.Tensor], scores: dict[str, torch.Tensor],
@@ -32,7 +26,7 @@ def plot_automatic(image: torch.Tensor, masks: dict[str, torch.Tensor], scores: 
     for index, (name, found) in enumerate(masks.items()):
         ax = fig.add_subplot(1, len(masks), index + 1)
         canvas = picture.copy()
-        colours = _palette(len(found))
+        colours = palette(len(found))
         for k in reversed(range(len(found))):
             mask = found[k].numpy().astype(bool)
             canvas[mask] = 0.45 * canvas[mask] + 0.55 * colours[k]

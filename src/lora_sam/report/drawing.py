@@ -25,6 +25,7 @@ __all__ = [
     "draw_points",
     "new_figure",
     "overlay",
+    "palette",
     "save",
     "to_numpy",
     "to_rgb",
@@ -53,6 +54,13 @@ def to_rgb(image: np.ndarray | torch.Tensor) -> np.ndarray:
     if img.max(initial=0.0) > 1.0:
         img = img / 255.0
     return img.clip(0.0, 1.0)
+
+
+def palette(count: int) -> np.ndarray:
+    """``count`` distinct RGB colours in 0..1 (matplotlib's tab20, then repeated): (count, 3)."""
+    from matplotlib import colormaps
+
+    return np.array([colormaps["tab20"](i % 20)[:3] for i in range(count)]).reshape(count, 3)
 
 
 def new_figure(width: float, height: float) -> Figure:

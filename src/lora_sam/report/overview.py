@@ -13,17 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from lora_sam.report.drawing import POSITIVE_COLOR, new_figure, save, to_rgb
-from lora_sam.report.run_folder import Missing, Run
+from lora_sam.report.drawing import POSITIVE_COLOR, new_figure, palette, save, to_rgb
+from lora_sam.report.run_folder import Missing, Run, find_samples, first_click_masks
 from lora_sam.training.metrics import mask_iou
 
 __all__ = ["overview_figure", "plot_overview"]
 
-
-def _palette(count: int) -> np.ndarray:
-    from matplotlib import colormaps
-
-    return np.array([colormaps["tab20"](i % 20)[:3] for i in range(count)])
 
 
 def plot_overview(image: torch.Tensor | np.ndarray, gt: list[torch.Tensor], answers: dict[str, list[torch.Tensor]],
@@ -33,7 +28,7 @@ def plot_overview(image: torch.Tensor | np.ndarray, gt: list[torch.Tensor], answ
     Each target keeps its colour in every panel; a model panel's title gives its mean IoU over the targets.
     ``clicks``: (N, 2) xy, one per target."""
     picture = to_rgb(image).astype(np.float64)
-    colours = _palette(len(gt))
+    colours = palette(len(gt))
     panels: list[tuple[str, list[torch.Tensor] | None]] = [("image", None), (f"GT: {len(gt)} targets", gt)]
     for name, masks in answers.items():
         ious = [float(mask_iou(m, g)) for m, g in zip(masks, gt)]
@@ -66,7 +61,6 @@ def overview_figure(run: Run) -> tuple[Path, str]:
     """``figures/overview.png`` and a sentence on it: the base and the LoRA model on the busiest held-out image."""
     from lora_sam.evaluation.options import EvalModels
     from lora_sam.evaluation.run import build_segmenters
-    from lora_sam.report.run_folder import find_samples
 
     lora = run.eval_model("lora")
     if lora is None or run.eval_model("base") is None:
@@ -77,18 +71,14 @@ def overview_figure(run: Run) -> tuple[Path, str]:
     models = EvalModels(run.model_type, run.base_checkpoint, run.image_size,
                         adapters=(run.locate(lora[1]["path"], "lora/adapter.safetensors"),), base=True)
     built = build_segmenters(models, device=run.device)
-    points = torch.tensor([prompts["click_points"][i][:1] for i in rows], dtype=torch.float32)  # (K, 1, 2)
-    labels = torch.tensor([prompts["click_labels"][i][:1] for i in rows])
     ih, iw = (int(v) for v in sample["input_size"])
     answers = {}
     for kind, name in (("base", "base"), ("lora", "LoRA")):
         segmenter = next(seg for seg, info in built.values() if info["kind"] == kind)
-        segmenter.set_image(sample)
-        answer = segmenter.predict(points=points, labels=labels, multimask=True)
-        chosen = answer.iou_pred.argmax(1)
-        answers[name] = [answer.masks[r, int(chosen[r])][:ih, :iw] for r in range(len(rows))]
+        answers[name] = [m[:ih, :iw] for m in first_click_masks(segmenter, sample, prompts, rows)]
     gt = [sample["masks"][int(prompts["mask_index"][i])].bool()[:ih, :iw] for i in rows]
-    path = plot_overview(sample["image"][:, :ih, :iw], gt, answers, points[:, 0].numpy(), run.figures / "overview.png",
+    clicks = np.array([prompts["click_points"][i][0] for i in rows], dtype=np.float64)
+    path = plot_overview(sample["image"][:, :ih, :iw], gt, answers, clicks, run.figures / "overview.png",
                          title=f"held-out image {image_id}: one click on each target, base vs LoRA")
     text = (f"The evaluation image with the most targets (`{image_id}`, {len(rows)} of them): each target's first "
             f"click (its most interior point) and each model's answer, the output with the highest predicted IoU; "

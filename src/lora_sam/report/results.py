@@ -12,7 +12,7 @@ from lora_sam.io import markdown_table
 from lora_sam.models.families import family_of
 from lora_sam.report.numbers import discussion, loss_curves, mean_by_area, pick_examples, read_metrics_csv
 from lora_sam.report.overview import overview_figure
-from lora_sam.report.run_folder import Missing, Run, find_samples
+from lora_sam.report.run_folder import Missing, Run, find_samples, first_click_masks
 from lora_sam.training.metrics import mask_iou
 
 __all__ = ["curves_section", "examples_section", "iterations_section", "metrics_section"]
@@ -187,13 +187,9 @@ def _first_click_masks(run: Run, adapter: str | None, prompts: dict[str, Any], p
     for image_id, rows in by_image.items():
         if image_id not in samples:
             raise Missing(f"image `{image_id}` of eval.json in `{run.eval['settings']['data']}`")
-        points = torch.tensor([prompts["click_points"][i][:1] for i in rows], dtype=torch.float32)  # (K, 1, 2)
-        labels = torch.tensor([prompts["click_labels"][i][:1] for i in rows])  # (K, 1)
         for key, segmenter in segmenters.items():
-            segmenter.set_image(samples[image_id])
-            answer = segmenter.predict(points=points, labels=labels, multimask=True)
-            chosen = answer.iou_pred.argmax(1)
-            out.update({(key, i): answer.masks[r, int(chosen[r])] for r, i in enumerate(rows)})
+            masks = first_click_masks(segmenter, samples[image_id], prompts, rows)
+            out.update({(key, i): mask for i, mask in zip(rows, masks)})
     return out
 
 

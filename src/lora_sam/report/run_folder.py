@@ -29,7 +29,7 @@ from lora_sam.errors import UserError
 from lora_sam.models.families import Family
 from lora_sam.training.recipe import RecipeOptions
 
-__all__ = ["Missing", "REAL_DATA_ENV", "Run", "find_samples"]
+__all__ = ["Missing", "REAL_DATA_ENV", "Run", "find_samples", "first_click_masks"]
 
 REAL_DATA_ENV = "LORA_SAM_REAL_DATA"
 
@@ -191,3 +191,15 @@ def find_samples(run: Run, image_ids: set[str]) -> dict[str, dict[str, Any]]:
             if len(found) == len(image_ids):
                 break
     return found
+
+
+def first_click_masks(segmenter: Any, sample: dict[str, Any], prompts: dict[str, Any],
+                      rows: list[int]) -> list[torch.Tensor]:
+    """A segmenter's answer to the first click of each of ``rows`` (eval.json prompts of one image), as the
+    evaluation's first click takes it: the output with the highest predicted IoU of 3; (H, W) bool each."""
+    points = torch.tensor([prompts["click_points"][i][:1] for i in rows], dtype=torch.float32)  # (K, 1, 2)
+    labels = torch.tensor([prompts["click_labels"][i][:1] for i in rows])  # (K, 1)
+    segmenter.set_image(sample)
+    answer = segmenter.predict(points=points, labels=labels, multimask=True)
+    chosen = answer.iou_pred.argmax(1)
+    return [answer.masks[r, int(chosen[r])] for r in range(len(rows))]

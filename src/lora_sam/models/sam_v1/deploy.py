@@ -36,6 +36,7 @@ from segment_anything.utils.onnx import SamOnnxModel
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from lora_sam.errors import MissingExtra
+from lora_sam.models.sam_v1.decoder import is_fast_decoder, use_fast_decoder
 from lora_sam.models.sam_v1.model import (
     ORIGINAL_SIZE,
     SamV1,
@@ -151,6 +152,15 @@ class _TracedSizeDecoder(SamOnnxModel):
 
 
 def _export_decoder(sam: Sam, path: Path, opset: int, return_single_mask: bool) -> None:
+    fast = is_fast_decoder(sam)
+    use_fast_decoder(sam, False)  # the file carries Meta's graph of the decoder
+    try:
+        _trace_decoder(sam, path, opset, return_single_mask)
+    finally:
+        use_fast_decoder(sam, fast)
+
+
+def _trace_decoder(sam: Sam, path: Path, opset: int, return_single_mask: bool) -> None:
     model = _TracedSizeDecoder(sam, return_single_mask=return_single_mask)
     example = {name: tensor.to(sam.device) for name, tensor in _decoder_example(sam).items()}
     torch.onnx.export(

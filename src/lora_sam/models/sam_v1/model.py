@@ -38,6 +38,7 @@ from lora_sam.models.checkpoints import (  # re-exported: lora_sam.models.sam_v1
     resolve_checkpoint,
     state_mismatch,
 )
+from lora_sam.models.sam_v1.decoder import use_fast_decoder
 from lora_sam.models.sam_v1.encoder import (  # re-exported: the SAM v1 family's run-time encoder options
     ResolutionSwitch,
     grid_of,
@@ -181,7 +182,8 @@ def build_sam(
 
 
 def set_compute(sam: Sam, grad_checkpointing: bool, fused_attention: bool) -> None:
-    """How the encoder computes (``module.ComputeOptions``): its blocks checkpointed, its attention fused."""
+    """How SAM computes (``ComputeOptions``): encoder blocks checkpointed; attention fused and the decoder fast."""
+    use_fast_decoder(sam, fused_attention)  # decoder.py
     if is_tiny_vit(sam):
         _tiny_vit_checkpointing(sam.image_encoder, grad_checkpointing)
         _tiny_vit_fused(sam.image_encoder, fused_attention)
@@ -305,8 +307,7 @@ def upscale(low_res_logits: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def model_type_of(sam: Sam) -> str | None:
-    """Which of ``MODEL_CONFIGS`` (by encoder width and depth) or ``TINY_VIT_CONFIGS`` (by the TinyViT's config) a
-    built model is, LoRA-wrapped or not."""
+    """Which model type a built model is (its encoder's width and depth, or its TinyViT's config), LoRA or not."""
     if is_tiny_vit(sam):
         return next((name for name, cfg in TINY_VIT_CONFIGS.items() if cfg.encoder == sam.image_encoder.config), None)
     width, depth = sam.image_encoder.pos_embed.shape[-1], len(sam.image_encoder.blocks)
@@ -377,8 +378,7 @@ class SamV1:
 
 
 class SamV1Predictor:
-    """``promptable.ImagePredictor`` over the official ``SamPredictor`` (the image resized to 1024 on its longest
-    side, padded; prompts through its ``ResizeLongestSide``)."""
+    """``ImagePredictor`` over the official ``SamPredictor`` (1024 px longest side, padded; ``ResizeLongestSide``)."""
 
     def __init__(self, sam: Sam) -> None:
         self.sam_predictor = SamPredictor(sam.eval())

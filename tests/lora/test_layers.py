@@ -121,6 +121,27 @@ def test_grouped_convs(cls, base) -> None:
     assert layer.delta_weight().shape == base.weight.shape
 
 
+def test_grouped_conv2d_is_the_base_plus_the_update_conv_with_gradients() -> None:
+    """A depthwise LoRAConv2d runs one conv of the effective weight; the reference is the definition: the base conv
+    plus a conv of B A scale (built by a loop over the rank), outputs and gradients of A and B."""
+    torch.manual_seed(0)
+    base = nn.Conv2d(8, 8, 3, padding=1, stride=2, groups=8)
+    layer = LoRAConv2d(base, rank=3, alpha=6)
+    randomize_b(layer)
+    x = torch.randn(2, 8, 9, 9, requires_grad=True)
+    weights = torch.linspace(-1, 1, 2 * 8 * 5 * 5).reshape(2, 8, 5, 5)
+    out = layer(x)
+    (out * weights).sum().backward()
+    got = (out.detach(), layer.lora_A.grad.clone(), layer.lora_B.grad.clone(), x.grad.clone())
+    layer.zero_grad()
+    x.grad = None
+    delta = sum(layer.lora_B[:, r, None, None, None] * layer.lora_A[r] for r in range(3)) * layer.scaling
+    reference = base(x) + F.conv2d(x, delta, None, base.stride, base.padding, base.dilation, base.groups)
+    (reference * weights).sum().backward()
+    for a, b in zip(got, (reference.detach(), layer.lora_A.grad, layer.lora_B.grad, x.grad)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_bfloat16_and_dropout() -> None:
     torch.manual_seed(0)
     layer = LoRAConv2d(nn.Conv2d(4, 4, 3, padding=1).to(torch.bfloat16), rank=2, alpha=2)

@@ -176,6 +176,15 @@ class LoRAConv2d(LoRALayer):
         hidden = F.conv2d(x, self.lora_A, None, conv.stride, conv.padding, conv.dilation)  # (B, r, h, w)
         return F.conv2d(hidden * self.scaling, self.lora_B[:, :, None, None])
 
+    def forward(self, x: Tensor) -> Tensor:
+        conv = self.base
+        if self.merged or conv.groups == 1 or not isinstance(self.dropout, nn.Identity):
+            return super().forward(x)
+        # a grouped (depthwise) conv: one conv with the effective weight, the same sum without a second pass over
+        # the input (its low-rank split would mix the groups); TinyViT's MBConv and patch merging have these
+        return F.conv2d(x, conv.weight + self.delta_weight(), conv.bias, conv.stride, conv.padding, conv.dilation,
+                        conv.groups)
+
 
 class LoRAConvTranspose2d(LoRALayer):
     """LoRA around ``nn.ConvTranspose2d``: A (r, in), B (r, out/groups, kH, kW).

@@ -51,7 +51,7 @@ __all__ = ["DEFAULT", "QUICK", "REAL", "REAL_RUN_TIME", "RUN_TIME", "TRAIN_BASE"
 
 RUN_TIME = "5 to 8 minutes on 2 CPU cores"
 """How long the synthetic demo runs with ``DEFAULT``."""
-REAL_RUN_TIME = "about 7 minutes on 2 CPU cores"
+REAL_RUN_TIME = "about 5 minutes on 2 CPU cores"
 """How long the real demo runs with ``REAL``."""
 
 
@@ -131,8 +131,9 @@ REAL = DemoConfig(image_size=(256, 256), finetune=replace(
     eval=EvalOptions(max_clicks=5)))
 """The real demo (the default): LiteMedSAM (real weights, the ``[medsam]`` extra) on the real DSB 2018 nuclei tiles of
 ``lora-sam nuclei`` (the ``[nuclei]`` extra), trained and scored in its own 256 px frame; no synthetic data, no
-source domain. 30 steps of 4 targets each (6.5 minutes in all, measured). Fewer do not teach LiteMedSAM's multimask
-outputs, which it never trained: at 25 steps LoRA's 1-click mIoU was 0.050 against 0.462 at 30 (measured).
+source domain. 30 steps of 4 targets each (5.2 minutes in all, measured; 6.5 before the fast mask decoder). Fewer do
+not teach LiteMedSAM's multimask outputs, which it never trained: at 25 steps LoRA's 1-click mIoU was 0.050 against
+0.462 at 30 (measured before the fast decoder, whose float rounding moves these numbers a little).
 ``benchmarks/real_nuclei.py`` trains 60 steps of 8 targets (4x the targets), where full fine-tuning learns those
 outputs too (after the demo's 30 steps its 1-click mIoU is still 0.000). LoRA's learning rate, 3e-3, gave the better
 box mIoU of 3e-3 and 5e-3 at 30 steps; full fine-tuning's, 1e-4, the better of 1e-4 and 3e-4

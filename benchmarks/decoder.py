@@ -8,7 +8,9 @@ embedding: ViT-B, MobileSAM and LiteMedSAM share it; random weights):
   automatic mask generator's batches);
 - ``later_click``: the same with two points and the previous logits as the mask prompt, one output;
 - ``train``: K=8 prompts with the mask prompt, the four outputs, forward and backward with LoRA on the decoder
-  (one round of a training step).
+  (one round of a training step);
+- ``sam2_first_click``: SAM 2.1's decoder (Hiera-t at 1024 px, random weights) on 28 first clicks, with its
+  two-way transformer by ``models.two_way`` or by Meta's code (with the ``[sam2]`` extra).
 
 With ``--data`` (the nuclei tiles of ``lora-sam nuclei``, extras ``[medsam,nuclei]``), two end-to-end rows of the
 real demo too: ``eval_row`` (LiteMedSAM evaluated on the held-out tile: 28 nuclei, 5 clicks and the box) and
@@ -69,6 +71,27 @@ def _kernels() -> tuple[torch.nn.Module, dict[str, Callable[[], object]]]:
     return sam, {"first_click": first_click, "later_click": later_click, "train": train}
 
 
+def _sam2_kernel() -> tuple[torch.nn.Module, dict[str, Callable[[], object]], Callable[[bool], None]]:
+    """SAM 2.1's decoder (``sam2.1_hiera_t`` at 1024 px: the same 256-wide two-way transformer on 64x64 tokens, its
+    high-resolution skip features too), 28 first clicks; the switch is ``sam2_1.model.set_compute``'s."""
+    from lora_sam.models import families
+    from lora_sam.models.sam2_1.model import set_compute
+
+    torch.manual_seed(0)
+    model = families.build("sam2.1_hiera_t", "random", (1024, 1024))
+    with torch.no_grad():
+        features = model.encode(torch.rand(1, 3, 1024, 1024) * 255)
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand(28, 1, 2, generator=g) * 1024
+
+    @torch.no_grad()
+    def sam2_first_click() -> object:
+        return model.decode(features, points=points, labels=torch.ones(28, 1, dtype=torch.long), multimask=True)
+
+    return model.module, {"sam2_first_click": sam2_first_click}, \
+        lambda fast: set_compute(model.module, grad_checkpointing=False, fused_attention=fast)
+
+
 def _demo_rows(data: Path) -> tuple[list[torch.nn.Module], dict[str, Callable[[], object]]]:
     from lora_sam.data.loaders import get_loaders
     from lora_sam.evaluation.options import EvalModels, EvalOptions
@@ -109,6 +132,13 @@ def main() -> None:
     torch.set_num_threads(2)
     sam, work = _kernels()
     models = [sam]
+    switches = [lambda fast: [use_fast_decoder(m, fast) for m in models]]
+    try:
+        _, sam2_work, sam2_switch = _sam2_kernel()
+        work.update(sam2_work)
+        switches.append(sam2_switch)
+    except ImportError:  # the [sam2] extra is not installed
+        print("sam2 not installed: SAM 2.1's kernel left out")
     if args.data is not None:
         more, rows = _demo_rows(args.data)
         models += more
@@ -116,8 +146,8 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {name: {"official": [], "fast": []} for name in work}
     for round_ in range(args.rounds):
         for mode in ("official", "fast"):
-            for model in models:
-                use_fast_decoder(model, mode == "fast")
+            for switch in switches:
+                switch(mode == "fast")
             for name, fn in work.items():
                 fn()  # warm-up
                 results[name][mode].append(_median_seconds(fn, 1 if name == "eval_row" else args.repeats))

@@ -107,3 +107,44 @@ def test_sam_predictor_with_the_fast_decoder_gives_the_official_classes_masks(ti
         results.append(predictor.predict_torch(coords, torch.tensor([[1, 0]]), return_logits=True))
     for a, b in zip(results[0], results[1]):
         torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-4)
+
+
+def test_sam2_two_way_transformer_gives_metas_outputs_and_gradients() -> None:
+    """SAM 2.1's decoder takes the same folding (``models.two_way``): against Meta's ``TwoWayTransformer`` on
+    ``sam2.1_mini`` with LoRA on its decoder, the four outputs, the IoU predictions and every gradient."""
+    pytest.importorskip("sam2")
+    from lora_sam.models import families
+    from lora_sam.models.sam2_1.model import set_compute
+
+    torch.manual_seed(0)
+    fast = families.build("sam2.1_mini", "random", (256, 256))
+    inject_lora(fast.module, 4, 4.0, ("sam_mask_decoder.transformer.*",))
+    with torch.no_grad():
+        for name, p in fast.module.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    fast.module.sam_mask_decoder.requires_grad_(True)
+    assert type(fast.module.sam_mask_decoder.transformer).__name__.startswith("Fast")  # the build's default
+    official = families.as_promptable(copy.deepcopy(fast.module))
+    set_compute(official.module, grad_checkpointing=False, fused_attention=False)
+    assert type(official.module.sam_mask_decoder.transformer).__module__ == "sam2.modeling.sam.transformer"
+    images = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(4)) * 255
+    p = _prompts(4)
+    results = []
+    for model in (fast, official):
+        model.module.zero_grad(set_to_none=True)
+        features = model.encode(images)
+        logits, iou = model.decode(features, points=p["points"] * 256 / 255, labels=p["labels"],
+                                   mask_input=torch.randn(4, 1, 64, 64, generator=torch.Generator().manual_seed(5)),
+                                   all_outputs=True)
+        (logits * torch.linspace(-1, 1, logits.numel()).reshape(logits.shape)).sum().add(iou.square().sum()).backward()
+        grads = {n: q.grad for n, q in model.module.named_parameters() if q.grad is not None and "mask_decoder" in n}
+        results.append((logits.detach(), iou.detach(), grads))
+    (logits_f, iou_f, grads_f), (logits_o, iou_o, grads_o) = results
+    torch.testing.assert_close(logits_f, logits_o, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(iou_f, iou_o, atol=2e-5, rtol=1e-4)
+    assert grads_f.keys() == grads_o.keys() and any("cross_attn_image_to_token.out_proj.lora_B" in k for k in grads_o)
+    scale = max(float(g.abs().max()) for g in grads_o.values())
+    for name, ref in grads_o.items():
+        torch.testing.assert_close(grads_f[name], ref, atol=1e-5 * scale, rtol=1e-3,
+                                   msg=lambda m, name=name: f"{name}: {m}")

@@ -44,6 +44,7 @@ from lora_sam.models.sam2_1.config import (  # re-exported: the SAM 2.1 family's
     check_side,
     check_size,
 )
+from lora_sam.models.two_way import two_way_forward
 
 __all__ = [
     "DEFAULT_SIDE", "FROZEN", "LAYER_PRESETS", "MINI_OVERRIDES", "MODEL_TYPES", "SIDE_MULTIPLE", "SideSwitch",
@@ -85,10 +86,22 @@ def set_side(model: nn.Module, side: int) -> None:
 _CHECKPOINTED: dict[type, type] = {}
 
 
+_FAST_TWO_WAY: dict[type, type] = {}
+
+
+def _use_fast_two_way(model: nn.Module, enabled: bool) -> None:
+    """The mask decoder's two-way transformer by ``models.two_way`` (``enabled``) or by Meta's code."""
+    transformer = model.sam_mask_decoder.transformer
+    plain = next(c for c in type(transformer).__mro__ if c not in _FAST_TWO_WAY.values())
+    fast = _FAST_TWO_WAY.setdefault(plain, type(f"Fast{plain.__name__}", (plain,), {"forward": two_way_forward}))
+    transformer.__class__ = fast if enabled else plain
+
+
 def set_compute(model: nn.Module, grad_checkpointing: bool, fused_attention: bool) -> None:
-    """How the trunk computes (``module.ComputeOptions``): its blocks checkpointed or not. Hiera's attention
-    is already one fused ``scaled_dot_product_attention`` (no relative-position bias), so ``fused_attention``
-    changes nothing here."""
+    """How SAM 2.1 computes (``module.ComputeOptions``): the trunk's blocks checkpointed or not; with
+    ``fused_attention`` the mask decoder's two-way transformer by ``models.two_way`` (the image-side projections
+    folded onto the prompt tokens; Hiera's attention is already one fused ``scaled_dot_product_attention``)."""
+    _use_fast_two_way(model, fused_attention)
     for block in model.image_encoder.trunk.blocks:
         plain = next(c for c in type(block).__mro__ if c not in _CHECKPOINTED.values())
         if grad_checkpointing:
@@ -134,6 +147,7 @@ def build_sam2_model(
     if state is not None:
         _load(model, state, model_type, path)  # type: ignore[arg-type]
     set_side(model, side)
+    set_compute(model, grad_checkpointing=False, fused_attention=True)
     model.lora_sam_model_type = model_type  # SAM2Base does not say which config built it
     return model.eval()
 

@@ -136,7 +136,7 @@ class LoRALinear(LoRALayer):
 
     def linear_map(self) -> tuple[Tensor, Tensor | None] | None:
         """This layer as one linear map (weight, bias), differentiable in A and B; None with dropout, which
-        makes it none (``models.sam_v1.decoder`` folds such maps into its attention)."""
+        makes it none (``models.two_way`` folds such maps into the mask decoders' attention)."""
         if not isinstance(self.dropout, nn.Identity):
             return None
         weight = self.base.weight if self.merged else self.base.weight + self.delta_weight()

@@ -46,11 +46,18 @@ def _folds(attn: nn.Module, first: nn.Module, second: nn.Module) -> tuple[tuple,
     return None if maps[0] is None or maps[1] is None else maps  # type: ignore[return-value]
 
 
-def _by_head(weight: Tensor, bias: Tensor | None, heads: int) -> tuple[Tensor, Tensor]:
-    """(I, E) and (I,) -> (H, d, E) and (H, d); no bias is a zero one."""
-    inner, dim = weight.shape
+def _folded_logits(projected: Tensor, other: tuple[Tensor, Tensor | None], heads: int, x: Tensor) -> Tensor:
+    """The attention logits between the few tokens' projection ``projected`` (K, n, I) and the many tokens ``x``
+    (K or 1, N, E), the many tokens' projection ``other`` (weight (I, E), bias) folded onto the few:
+    ``(W^T p) . x + p . b`` per head, scaled; (K, H*n, N), heads outer."""
+    b, n, inner = projected.shape
+    d = inner // heads
+    weight, bias = other
     bias = bias if bias is not None else weight.new_zeros(inner)
-    return weight.view(heads, inner // heads, dim), bias.view(heads, inner // heads)
+    split = projected.view(b, n, heads, d).transpose(1, 2)  # (K, H, n, d)
+    folded = torch.einsum("bhnd,hde->bhne", split, weight.view(heads, d, -1)).reshape(b, heads * n, -1)
+    offset = (split * bias.view(heads, d)[:, None]).sum(-1).reshape(b, heads * n, 1)
+    return torch.baddbmm(offset, folded, x.expand(b, -1, -1).transpose(1, 2)) * (1 / math.sqrt(d))
 
 
 def token_to_image(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -58,20 +65,15 @@ def token_to_image(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     maps = _folds(attn, attn.k_proj, attn.v_proj)
     if maps is None:
         return attn(q=q, k=k, v=v)
-    key, value = maps
+    key, (wv, bv) = maps
     h = attn.num_heads
-    wk, bk = _by_head(*key, h)
-    wv, bv = _by_head(*value, h)
     query = attn.q_proj(q)  # (K, Nq, I)
     b, nq, inner = query.shape
-    d = inner // h
-    query = query.view(b, nq, h, d).transpose(1, 2)  # (K, H, Nq, d)
-    folded = torch.einsum("bhqd,hde->bhqe", query, wk).reshape(b, h * nq, -1)  # W_k^T q: (K, H*Nq, E)
-    offset = (query * bk[:, None]).sum(-1).reshape(b, h * nq, 1)  # q . b_k
-    logits = torch.baddbmm(offset, folded, k.expand(b, -1, -1).transpose(1, 2)) * (1 / math.sqrt(d))
+    logits = _folded_logits(query, key, h, k)  # (K, H*Nq, N)
     mixed = torch.bmm(torch.softmax(logits, -1), v.expand(b, -1, -1)).view(b, h, nq, -1)  # (K, H, Nq, E)
-    out = torch.einsum("bhqe,hde->bhqd", mixed, wv) + bv[:, None]
-    return attn.out_proj(out.transpose(1, 2).reshape(b, nq, inner))
+    out = torch.einsum("bhqe,hde->bhqd", mixed, wv.view(h, inner // h, -1))  # (softmax . x) W_v^T
+    out = out.transpose(1, 2).reshape(b, nq, inner)
+    return attn.out_proj(out + bv if bv is not None else out)  # + b_v: a softmax row sums to 1
 
 
 def image_to_token(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -79,17 +81,12 @@ def image_to_token(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     maps = _folds(attn, attn.q_proj, attn.out_proj)
     if maps is None:
         return attn(q=q, k=k, v=v)
-    query, out = maps
+    query, (wo, bo) = maps
     h = attn.num_heads
-    wq, bq = _by_head(*query, h)
-    wo, bo = out
     keys = attn.k_proj(k)  # (K, Nk, I)
     b, nk, inner = keys.shape
     d, dim = inner // h, wo.shape[0]
-    keys = keys.view(b, nk, h, d).transpose(1, 2)  # (K, H, Nk, d)
-    folded = torch.einsum("bhjd,hde->bhje", keys, wq).reshape(b, h * nk, dim)  # W_q^T k: (K, H*Nk, E)
-    offset = (keys * bq[:, None]).sum(-1).reshape(b, h * nk, 1)
-    logits = torch.baddbmm(offset, folded, q.transpose(1, 2)) * (1 / math.sqrt(d))  # (K, H*Nk, N)
+    logits = _folded_logits(keys, query, h, q)  # (K, H*Nk, N)
     weights = torch.softmax(logits.view(b, h, nk, -1), 2).view(b, h * nk, -1)  # over the few keys
     values = attn.v_proj(v).view(b, nk, h, d).transpose(1, 2)  # (K, H, Nk, d)
     projected = torch.einsum("bhjd,ehd->bhje", values, wo.view(dim, h, d)).reshape(b, h * nk, dim)  # v W_o^T

@@ -84,31 +84,28 @@ def set_side(model: nn.Module, side: int) -> None:
 
 
 _CHECKPOINTED: dict[type, type] = {}
-
-
 _FAST_TWO_WAY: dict[type, type] = {}
 
 
-def _use_fast_two_way(model: nn.Module, enabled: bool) -> None:
-    """The mask decoder's two-way transformer by ``models.two_way`` (``enabled``) or by Meta's code."""
-    transformer = model.sam_mask_decoder.transformer
-    plain = next(c for c in type(transformer).__mro__ if c not in _FAST_TWO_WAY.values())
-    fast = _FAST_TWO_WAY.setdefault(plain, type(f"Fast{plain.__name__}", (plain,), {"forward": two_way_forward}))
-    transformer.__class__ = fast if enabled else plain
+def _swap_class(module: nn.Module, made: dict[type, type], enabled: bool, name: str, bases: tuple[type, ...] = (),
+                attrs: dict[str, object] | None = None) -> None:
+    """``module`` as a subclass of its own (Meta's) class made once per class into ``made`` (``enabled``), or
+    back as Meta's class."""
+    plain = next(c for c in type(module).__mro__ if c not in made.values())
+    if enabled:
+        module.__class__ = made.setdefault(plain, type(f"{name}{plain.__name__}", (*bases, plain), attrs or {}))
+    else:
+        module.__class__ = plain
 
 
 def set_compute(model: nn.Module, grad_checkpointing: bool, fused_attention: bool) -> None:
     """How SAM 2.1 computes (``module.ComputeOptions``): the trunk's blocks checkpointed or not; with
     ``fused_attention`` the mask decoder's two-way transformer by ``models.two_way`` (the image-side projections
     folded onto the prompt tokens; Hiera's attention is already one fused ``scaled_dot_product_attention``)."""
-    _use_fast_two_way(model, fused_attention)
+    _swap_class(model.sam_mask_decoder.transformer, _FAST_TWO_WAY, fused_attention, "Fast",
+                attrs={"forward": two_way_forward})
     for block in model.image_encoder.trunk.blocks:
-        plain = next(c for c in type(block).__mro__ if c not in _CHECKPOINTED.values())
-        if grad_checkpointing:
-            recomputed = _CHECKPOINTED.setdefault(plain, type(f"Checkpointed{plain.__name__}", (Recomputed, plain), {}))
-            block.__class__ = recomputed
-        else:
-            block.__class__ = plain
+        _swap_class(block, _CHECKPOINTED, grad_checkpointing, "Checkpointed", (Recomputed,))
 
 
 def _load(model: nn.Module, state: dict[str, Tensor], model_type: str, path: Path) -> None:

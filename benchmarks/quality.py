@@ -111,7 +111,8 @@ def _finetune(folders: dict[str, Path], out: Path, base: str, args: argparse.Nam
                            batch_size=args.batch_size, lr_lora=args.lr_lora, lr_full=args.lr_full,
                            val_fraction=args.val_fraction, val_batches=4, original=True,
                            lora=LoRAOptions(args.rank, args.alpha),
-                           recipe=RecipeOptions(iterations=3, masks_per_image=12, focal_weight=0.0),
+                           # the rules the family's (SAM v1: 3 rounds; SAM 2.1: Meta's config, 8 decodes)
+                           recipe=RecipeOptions(masks_per_image=12, focal_weight=0.0),
                            eval=EvalOptions(masks_per_image=args.masks_per_image, max_clicks=CLICKS))
     return compare(folders["target"], out / "target", config, progress=False)
 

@@ -94,7 +94,8 @@ def test_points_and_boxes_give_sam2_image_predictors_masks_and_ious(prompt: str)
 
 def test_the_default_layers_are_the_image_paths_but_its_heads() -> None:
     """Brute force over the network's modules: the preset wraps every Linear / Conv2d / ConvTranspose2d of the
-    trunk, neck, prompt encoder and mask decoder, except the IoU, object-score and hypernetwork heads; nothing of
+    trunk, neck, prompt encoder and mask decoder, the object-score head included (its loss trains it), except the
+    IoU and hypernetwork heads; nothing of
     the memory modules (they never run on images). ``inject_lora`` takes the network's family's presets: with no
     layers named it wraps SAM 2.1's default, not SAM v1's (whose patterns name no module of SAM 2.1)."""
     model = _mini(224).module
@@ -102,7 +103,7 @@ def test_the_default_layers_are_the_image_paths_but_its_heads() -> None:
     assert wrapped == set(inject_lora(_mini(224).module, 2, 2.0, resolve_layers("default", MINI_PRESETS)))
     layers = {name for name, m in _mini(224).module.named_modules()
               if type(m) in (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)}
-    heads = ("iou_prediction_head", "pred_obj_score_head", "output_hypernetworks_mlps")
+    heads = ("iou_prediction_head", "output_hypernetworks_mlps")
     expected = {n for n in layers if n.split(".")[0] in ("image_encoder", "sam_prompt_encoder", "sam_mask_decoder")
                 and not any(h in n for h in heads)}
     assert wrapped == expected
@@ -251,9 +252,9 @@ def test_the_readmes_sam2_code_runs(tmp_path: Path, synthetic_root: Path, monkey
     code = page.split("## SAM 2.1", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     base = tmp_path / "mini.pt"
     torch.save({"model": _mini(1024).module.state_dict()}, base)
-    for old, new in (('build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", "merged.pt", device="cpu")',
+    for old, new in (('build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", "merged.pt", device="cpu",',
                       f'build_sam2({MODEL_TYPES[MINI]!r}, "merged.pt", device="cpu", '
-                      f'hydra_overrides_extra={list(MINI_OVERRIDES)!r})'),
+                      f'hydra_overrides_extra={list(MINI_OVERRIDES)!r},'),
                      ('"sam2.1_hiera_tiny.pt"', repr(str(base))), ('"sam2.1_hiera_t"', repr(MINI)),
                      ('accelerator="gpu", max_epochs=30', 'accelerator="cpu", max_steps=1, limit_val_batches=1')):
         assert old in code
@@ -264,3 +265,4 @@ def test_the_readmes_sam2_code_runs(tmp_path: Path, synthetic_root: Path, monkey
     exec(compile(code, "docs/families.md (SAM 2.1)", "exec"), scope)
     assert scope["trainer"].global_step == 1 and (tmp_path / "merged.pt").is_file()
     assert isinstance(scope["predictor"], SAM2ImagePredictor)
+    assert not scope["predictor"].model.sam_mask_decoder.dynamic_multimask_via_stability  # built as evaluated

@@ -81,6 +81,9 @@ class Family:
         original_side: a model type -> the side of its own square frame (where it is deployed and merged):
             1024 px but for LiteMedSAM (256).
         type_presets: LoRA layer presets of single model types that replace the family's of the same name.
+        recipe_rules: the training recipe's rules where the family's own training differs from SAM v1's
+            (``training.recipe.RecipeOptions``; SAM 2.1: Meta's training config, ``sam2_1.config.META_RECIPE``).
+        object_score: whether the decoder has an object-score head (``decode(..., object_score=True)``).
     """
 
     name: str
@@ -102,6 +105,8 @@ class Family:
     type_sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     original_side: Callable[[str], int] = _meta_frame
     type_presets: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+    recipe_rules: Mapping[str, Any] = field(default_factory=dict)
+    object_score: bool = False
 
     def presets(self, model_type: str | None) -> Mapping[str, tuple[str, ...]]:
         """The LoRA layer presets of ``model_type``: the family's, with the model type's own in their place."""
@@ -136,7 +141,8 @@ register_family(Family("sam2.1", tuple(sam2_config.MODEL_TYPES), sam2_model.buil
                        (sam2_config.DEFAULT_SIDE, sam2_config.DEFAULT_SIDE), square=True,
                        check_size=sam2_config.check_size, size_switch=sam2_model.SideSwitch,
                        to_checkpoint=sam2_model.to_checkpoint, model_type_of=sam2_model.model_type_of,
-                       frozen=sam2_config.FROZEN, pipeline="SAM2ImagePredictor", frame_note=sam2_config.frame_note))
+                       frozen=sam2_config.FROZEN, pipeline="SAM2ImagePredictor", frame_note=sam2_config.frame_note,
+                       recipe_rules=sam2_config.META_RECIPE, object_score=True))
 
 
 def family_of(model_type_or_module: str | object) -> Family:

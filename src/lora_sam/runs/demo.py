@@ -59,8 +59,9 @@ _BASE_RECIPE = RecipeOptions(masks_per_image=16, iterations=1)
 _FINETUNE = CompareConfig(
     steps=110, batch_size=2, lr_lora=2e-3, lr_full=3e-4, val_fraction=0.25, val_batches=6, original=True,
     lora=LoRAOptions(rank=4, alpha=4.0),
-    # the loss of every training run: dice + IoU head, as the built-in base was pretrained
-    recipe=RecipeOptions(iterations=3, masks_per_image=8, focal_weight=0.0, dice_weight=1.0),
+    # the loss of every training run: dice + IoU head, as the built-in base was pretrained; the rules (rounds,
+    # pairing, box output, object score) the family's: SAM v1's 3 rounds, SAM 2.1's Meta config
+    recipe=RecipeOptions(masks_per_image=8, focal_weight=0.0, dice_weight=1.0),
     eval=EvalOptions(max_images=8, masks_per_image=4, max_clicks=5, automatic=True, automatic_points=8,
                      automatic_images=2))
 # compare's fields the demo sets itself: the base (stage 2), the family's frame, and the original pipeline

@@ -15,7 +15,11 @@ Two steps:
    and IoU head hold the teacher's as a block, the other units switched off, so each computes what the
    teacher's does, SAM 2's IoU head then taking a sigmoid); ``conv_s0`` / ``conv_s1`` (the high-resolution features) and ``no_mem_embed`` at zero,
    so the mask upscaling starts as v1's. The attention splits the same projections into 8 heads instead
-   of the teacher's 4, which the recipe's training then adapts.
+   of the teacher's 4, which the recipe's training then adapts. Two things of SAM 2.1's decoder side have no
+   counterpart in v1 and are not copied: the object-score token, one more output token among those the
+   transformer attends with (its head too, trained from ``lora-sam pretrain`` on, by SAM 2.1's object-score
+   loss), and the padding point after a box (SAM 2.1 gets a box as two corner points and pads them with a
+   not-a-point token, where v1 adds none after a box), so a box's tokens differ from the teacher's.
 2. The student's Hiera trunk and FPN neck learn the teacher's image embedding (mean squared error), both
    models seeing the same image in the same square frame (the teacher's position table resized to it).
 

@@ -25,6 +25,8 @@ __all__ = ["card_markdown", "set_automatic_defaults", "set_fine_tune_defaults", 
 
 _RECIPE_KEYS = ("batch_size", "masks_per_image", "iterations", "point_prob", "lr", "warmup_steps",
                 "final_lr_fraction", "weight_decay", "grad_clip", "focal_weight", "dice_weight", "iou_weight", "seed")
+_CARRIED = ("distilled", "fine_tune_defaults", "automatic")
+"""What a card of weights pretrained further keeps from the card of the weights it started from."""
 
 
 _STAGE_KEYS = ("steps", "seconds", "hours", "device", "train_images", "synth_command", "pretrain_command", "commit",
@@ -61,7 +63,7 @@ def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str,
         "steps": record["steps"], "seconds": record["seconds"], "hours": record["seconds"] / 3600,
         "device": f"{record['threads']} CPU threads ({record['cpu']}), torch {record['torch']}",
         "sizes": config["sizes"], "size_weights": config["size_weights"],
-        "recipe": {k: config[k] for k in _RECIPE_KEYS},
+        "recipe": _recipe(config),
         "train_images": len(list(data.glob("sa_*.json"))) if data.is_dir() else None,
         "synth_command": synth_command, "pretrain_command": pretrain_command, "commit": commit,
         "schedule": record.get("schedule"), "note": note,
@@ -70,6 +72,10 @@ def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str,
         card["stages"] = _stages(earlier, card)
         for key in ("steps", "seconds", "hours", "train_images"):
             card[key] = sum(stage[key] or 0 for stage in card["stages"])
+        card.update({k: earlier[k] for k in _CARRIED if k in earlier and distilled is None})
+        if "distilled" in card and distilled is None:  # its time counts in the total
+            card["seconds"] += card["distilled"]["seconds"]
+            card["hours"] = card["seconds"] / 3600
     if distilled is not None:
         record = json.loads(Path(distilled[0]).read_text())
         card["distilled"] = {"command": distilled[1], "steps": record["steps"], "seconds": record["seconds"],
@@ -148,7 +154,7 @@ def _defaults_lines(card: dict[str, Any]) -> list[str]:
             f"What `LoRASAM` takes from this base for whatever a run does not set (and prints so): lr "
             f"{d['lr']['lora']:g} with LoRA, {d['lr']['full']:g} for full fine-tuning, {d['warmup_steps']} warm-up "
             f"steps, loss {d['focal_weight']:g} x focal + {d['dice_weight']:g} x dice + {d['iou_weight']:g} x IoU-head "
-            "MSE (the base was pretrained without the focal term). "
+            "loss (the base was pretrained without the focal term). "
             + (f"Carried over from the `{d['carried_from']}` base, pretrained the same way (dice and IoU head only) "
                "and swept by `" if d.get("carried_from") else "Measured by `")
             + d["measured_by"] + "` (the table: `BENCHMARKS.md`, section \"Fine-tuning defaults\")"
@@ -211,10 +217,16 @@ def card_markdown(card: dict[str, Any]) -> str:
         *_made_lines(card),
         f"- {card['steps']:,} AdamW steps" + (f" (and {d['steps']:,} distillation steps)" if d else "")
         + f" in {card['hours']:.2f} h in all; resolutions {sizes}, {frames}.",
-        f"- Recipe: SAM's interactive training (`lora_sam.training.recipe`): a point (p = {r['point_prob']}) or a noisy box, "
-        f"then up to {r['iterations']} iterations of error-region clicks with the previous logits fed back; "
+        f"- Recipe{' of the last run' if len(card.get('stages') or ()) > 1 else ''}: SAM's interactive training "
+        f"(`lora_sam.training.recipe`): a point (p = {r['point_prob']}) or a noisy box, "
+        + (f"then up to {r['iterations']} iterations of error-region clicks with the previous logits fed back; "
+           if not r.get("object_weight") else
+           f"then correction clicks with the previous logits fed back, {r['iterations']} decodes per point and "
+           f"{r['box_iterations']} per box, by SAM 2.1's rules (Meta's training config: boxes on the single output, "
+           f"the mask loss on the best of the 3 outputs, a share {r['gt_click_prob']:g} of the clicks from the target, "
+           f"IoU head {r['iou_loss'].upper()}, object score by cross-entropy x {r['object_weight']:g}); ") +
         f"{r['batch_size']} images x {r['masks_per_image']} targets per step; loss {r['focal_weight']:g} x focal + "
-        f"{r['dice_weight']:g} x dice + {r['iou_weight']:g} x IoU-head MSE; lr {r['lr']:g}, {r['warmup_steps']} "
+        f"{r['dice_weight']:g} x dice + {r['iou_weight']:g} x IoU-head {r.get('iou_loss', 'mse').upper()}; lr {r['lr']:g}, {r['warmup_steps']} "
         f"warm-up steps, cosine to {r['final_lr_fraction']:g} x; weight decay {r['weight_decay']:g}; gradient "
         f"clipping {r['grad_clip']:g}; seed {r['seed']}.",
         f"- File: {card['bytes'] / 1e6:.1f} MB, sha256 `{card['sha256']}`.", "",
@@ -229,6 +241,17 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines += _automatic_lines(card)
     lines += ["## Use", "", "```python", "import lora_sam", *use, "```", ""]
     return "\n".join(lines)
+
+
+def _recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's recipe settings, its rules left to the family (None) as the family's (``Family.recipe_rules``)."""
+    from lora_sam.models.families import family_of
+    from lora_sam.training.recipe import SAM_V1_RULES
+
+    rules = {**SAM_V1_RULES, **family_of(config["model_type"]).recipe_rules}
+    recipe = {k: config.get(k) for k in _RECIPE_KEYS}
+    recipe.update({k: config.get(k) if config.get(k) is not None else v for k, v in rules.items()})
+    return recipe
 
 
 def main() -> None:

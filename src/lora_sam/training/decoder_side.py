@@ -26,6 +26,7 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
+from lora_sam.models.families import family_of
 from lora_sam.models.promptable import PromptableModel
 from lora_sam.training.losses import assign_outputs, sam_loss
 
@@ -46,6 +47,8 @@ class ScoringOptions(Protocol):
 
     pairing: str
     masks_per_image: int
+    iou_loss: str
+    object_weight: float
 
     def loss_weights(self) -> tuple[float, float, float]: ...
 
@@ -82,7 +85,10 @@ def decode_and_score(model: PromptableModel, options: ScoringOptions, embedding:
     ``inside`` (H, W) marks the image, ``pixels`` counts it and ``rows`` (K,) marks the real prompts.
     Returns one ``Scored`` per set of outputs (two for ``both``: the 3, then the single one).
     """
-    low, iou_pred = model.decode(embedding, multimask=mode != "single", all_outputs=mode == "both", **prompts)
+    scores = bool(options.object_weight)  # SAM 2.1's object score trains: the decode returns its logits too
+    low, iou_pred, *rest = model.decode(embedding, multimask=mode != "single", all_outputs=mode == "both",
+                                        **prompts, **({"object_score": True} if scores else {}))
+    objects = rest[0] if scores else None
     logits = model.upscale(low, frame)
     if inside is None:
         logits = logits[..., : target.shape[-2], : target.shape[-1]]  # the padding cropped
@@ -92,11 +98,13 @@ def decode_and_score(model: PromptableModel, options: ScoringOptions, embedding:
         heads = ((slice(1, None), gt), (slice(0, 1), None))
     else:
         heads = ((slice(None), gt if mode == "multi" else None),)
-    return [_score(options, low[:, s], iou_pred[:, s], logits[:, s], g, target, pixels, rows) for s, g in heads]
+    # one object score per pass: it trains with the first set of outputs
+    return [_score(options, low[:, s], iou_pred[:, s], logits[:, s], g, target, pixels, rows, objects if n == 0 else None)
+            for n, (s, g) in enumerate(heads)]
 
 
 def _score(options: ScoringOptions, low: Tensor, iou_pred: Tensor, logits: Tensor, gt: Tensor | None, target: Tensor,
-           pixels: Tensor | None, rows: Tensor | None) -> Scored:
+           pixels: Tensor | None, rows: Tensor | None, objects: Tensor | None = None) -> Scored:
     """The losses of one set of outputs; the chosen output is the one of highest predicted IoU."""
     focal, dice, iou = options.loss_weights()
     pairing = options.pairing
@@ -115,7 +123,8 @@ def _score(options: ScoringOptions, low: Tensor, iou_pred: Tensor, logits: Tenso
         gt_used = with_target.gather(1, index[:, :, None, None].expand_as(logits))
         weight = paired >= 0 if pairing == "distinct" else None
     losses = sam_loss(logits, iou_pred, gt_used, focal_weight=focal, dice_weight=dice, iou_weight=iou,
-                      min_only=gt is not None and pairing == "min", mask_weight=weight, rows=rows, pixels=pixels)
+                      min_only=gt is not None and pairing == "min", mask_weight=weight, rows=rows, pixels=pixels,
+                      iou_loss=options.iou_loss, object_logits=objects, object_weight=float(options.object_weight))
     return losses, low[k, best][:, None], logits[k, best] > 0, paired
 
 
@@ -123,6 +132,8 @@ class EagerDecoder:
     """The decoder side as the prompts come (the default)."""
 
     def __init__(self, model: PromptableModel, options: ScoringOptions) -> None:
+        if getattr(options, "unset_rules", lambda: [])():  # rules left at None: the model family's
+            options = options.with_rules(family_of(model.module).recipe_rules)  # type: ignore[attr-defined]
         self.model, self.options = model, options
 
     def __call__(self, image: StepImage, mode: DecodeMode, gt_index: Tensor | None, target_index: Tensor,

@@ -141,8 +141,9 @@ def focal_dice_loss(
 
 def sam_loss(
     logits: Tensor, iou_pred: Tensor, gt: Tensor, *, focal_weight: float = SAM_FOCAL_WEIGHT,
-    dice_weight: float = SAM_DICE_WEIGHT, iou_weight: float = SAM_IOU_WEIGHT, min_only: bool = False, mask_weight: Tensor | None = None, rows: Tensor | None = None,
-    pixels: Tensor | None = None,
+    dice_weight: float = SAM_DICE_WEIGHT, iou_weight: float = SAM_IOU_WEIGHT, min_only: bool = False,
+    mask_weight: Tensor | None = None, rows: Tensor | None = None, pixels: Tensor | None = None,
+    iou_loss: Literal["mse", "l1"] = "mse", object_logits: Tensor | None = None, object_weight: float = 0.0,
 ) -> dict[str, Tensor]:
     """SAM's loss for K prompts with M outputs each.
 
@@ -169,34 +170,56 @@ def sam_loss(
             batch to a fixed size: no loss, no gradient).
         pixels: () the number of pixels each mask's focal mean is over (default H x W): the static-K path
             scores logits over the whole training frame with -1e4 outside the image, where every term is 0.
+        iou_loss: ``mse`` (SAM) or ``l1`` (SAM 2.1's ``iou_use_l1_loss``) between the IoU head and the true IoU.
+        object_logits: (K, 1) SAM 2.1's object-score logits. Given, the loss is Meta's
+            (``training.loss_fns.MultiStepMultiMasksAndIous`` for one decode): the mask and IoU terms of a prompt
+            whose target is empty are 0, and "object" is the binary cross-entropy of the logit against "the target
+            has a pixel" (Meta's focal loss with alpha -1 and gamma 0), a mean over the K prompts.
+        object_weight: the weight of "object" in "total".
 
     Returns:
         Scalars "focal", "dice", "iou" and "total" = focal_weight * focal + dice_weight * dice
-        + iou_weight * iou.
+        + iou_weight * iou (+ object_weight * object); "object" too when ``object_logits`` is given.
     """
     _check_shapes(logits, iou_pred, gt, min_only)
     gt = gt.bool().expand(logits.shape)
+    # Meta's target_obj: with the object score, the terms of a prompt count only where its target has a pixel
+    present = gt[:, 0].flatten(1).any(1) if object_logits is not None else None
     focal, dice = focal_dice_loss(logits, gt)  # (K, M) each
     if pixels is not None:
         focal = focal * (logits.shape[-2] * logits.shape[-1] / pixels)
-    true_iou = mask_iou(logits.detach() > 0, gt)  # (K, M)
-    if rows is None:
-        iou = F.mse_loss(iou_pred.float(), true_iou)
-    else:
-        row = rows.to(true_iou.dtype)[:, None]
-        iou = ((iou_pred.float() - true_iou).square() * row).sum() / (row.sum() * logits.shape[1]).clamp(min=1.0)
+    iou = _iou_term(logits, iou_pred, gt, iou_loss, rows, present)
     if min_only:
         best = (focal_weight * focal + dice_weight * dice).detach().argmin(dim=1, keepdim=True)  # (K, 1)
         focal, dice = focal.gather(1, best), dice.gather(1, best)
-    if mask_weight is not None or rows is not None:
-        w = torch.ones_like(focal) if mask_weight is None else mask_weight.to(focal.dtype)
-        w = w if rows is None else w * rows.to(focal.dtype)[:, None]
-        count = w.sum().clamp(min=1.0)
-        focal, dice = (focal * w).sum() / count, (dice * w).sum() / count
-    else:
-        focal, dice = focal.mean(), dice.mean()
+    w = torch.ones_like(focal) if mask_weight is None else mask_weight.to(focal.dtype)
+    w = w if rows is None else w * rows.to(focal.dtype)[:, None]
+    count = w.sum().clamp(min=1.0)  # every prompt counts, as Meta divides by every object: empty targets add 0
+    w = w if present is None else w * present.to(focal.dtype)[:, None]
+    focal, dice = (focal * w).sum() / count, (dice * w).sum() / count
     total = focal_weight * focal + dice_weight * dice + iou_weight * iou
-    return {"focal": focal, "dice": dice, "iou": iou, "total": total}
+    out = {"focal": focal, "dice": dice, "iou": iou}
+    if object_logits is not None:
+        bce = F.binary_cross_entropy_with_logits(object_logits.float().reshape(-1), present.float(),  # type: ignore[union-attr]
+                                                 reduction="none")
+        out["object"] = bce.mean() if rows is None else (bce * rows).sum() / rows.sum().clamp(min=1)
+        total = total + object_weight * out["object"]
+    return {**out, "total": total}
+
+
+def _iou_term(logits: Tensor, iou_pred: Tensor, gt: Tensor, kind: str, rows: Tensor | None,
+              present: Tensor | None) -> Tensor:
+    """The IoU head's loss: MSE or L1 of ``iou_pred`` against the true IoU of ``logits > 0`` with ``gt`` (no
+    gradient through it), a mean over the K x M outputs (rows outside ``rows`` left out; outputs of an empty
+    target count as 0)."""
+    true_iou = mask_iou(logits.detach() > 0, gt)  # (K, M)
+    diff = iou_pred.float() - true_iou
+    err = diff.abs() if kind == "l1" else diff.square()
+    weight = torch.ones(err.shape[0], dtype=err.dtype, device=err.device) if present is None else present.to(err.dtype)
+    count = torch.tensor(float(err.shape[0]), device=err.device)
+    if rows is not None:
+        weight, count = weight * rows.to(err.dtype), rows.to(err.dtype).sum().clamp(min=1.0)
+    return (err * weight[:, None]).sum() / (count * err.shape[1])
 
 
 def _check_shapes(logits: Tensor, iou_pred: Tensor, gt: Tensor, min_only: bool) -> None:

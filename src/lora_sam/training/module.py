@@ -23,7 +23,7 @@ from lora_sam.lora import LoRAOptions, deprecated_targets, inject_lora, lora_sta
 from lora_sam.lora.adapter import save_adapter
 from lora_sam.lora.summary import parameter_summary
 from lora_sam.models import checkpoints
-from lora_sam.models.families import family_of, resolve_model_type, unfreeze
+from lora_sam.models.families import Family, family_of, resolve_model_type, unfreeze
 from lora_sam.settings import as_group, to_dict
 from lora_sam.training.decoder_side import StaticKDecoder
 from lora_sam.training.options import ComputeOptions, OptimOptions
@@ -70,6 +70,22 @@ def _with_base_defaults(model_type: str, checkpoint: str | None, finetune: str, 
         rank_zero_info(f"lora_sam: defaults from {source}: {shown} (explicit arguments win)")
     optim = replace(optim, lr=given.pop("lr"), warmup_steps=given.pop("warmup_steps"))
     return replace(recipe, **given), optim
+
+
+def _with_family_rules(family: Family, recipe: RecipeOptions) -> RecipeOptions:
+    """The recipe's rules left at None taken from the family's (SAM 2.1: Meta's training config), then SAM v1's;
+    says which it took and from where. An object-score loss on a family without the head is an error."""
+    if recipe.object_weight and not family.object_score:
+        raise ValueError(f"object_weight={recipe.object_weight:g}: the {family.name} family has no object-score "
+                         f"head; leave object_weight at 0 (or None)")
+    unset = recipe.unset_rules()
+    resolved = recipe.with_rules(family.recipe_rules)
+    if unset:
+        source = ("Meta's SAM 2.1 training config (sam2.1_hiera_b+_MOSE_finetune.yaml)" if family.recipe_rules
+                  else "the SAM paper's recipe")
+        shown = ", ".join(f"{k} {getattr(resolved, k)}" for k in unset)
+        rank_zero_info(f"lora_sam: {family.name} recipe rules from {source}: {shown} (explicit arguments win)")
+    return resolved
 
 
 class LoRASAM(pl.LightningModule):
@@ -126,9 +142,9 @@ class LoRASAM(pl.LightningModule):
         groups = _settings(rank, alpha, {"lora": lora, "recipe": recipe, "optim": optim, "compute": compute}, given)
         self.lora_options: LoRAOptions = groups["lora"]
         self.compute: ComputeOptions = groups["compute"]
-        self.recipe, self.optim = _with_base_defaults(model_type, checkpoint, finetune, groups["recipe"],
-                                                      groups["optim"])
         family = family_of(model_type)  # the model is reached through its family's PromptableModel only
+        recipe = _with_family_rules(family, groups["recipe"])
+        self.recipe, self.optim = _with_base_defaults(model_type, checkpoint, finetune, recipe, groups["optim"])
         image_size = tuple(int(s) for s in (image_size or family.default_size(model_type)))
         # hparams.yaml holds what the run used, each group as its dict (``settings.as_group`` reads it back)
         self.save_hyperparameters({
@@ -256,7 +272,8 @@ class LoRASAM(pl.LightningModule):
         """Each ``val/...`` key as the mean over the epoch's images, weighted by images as Lightning's
         ``on_epoch`` mean is, over every rank: one all-reduce of a fixed list of keys, so ranks whose
         images drew other prompt kinds (a rank of boxes only has no ``val/it2/...``) still agree."""
-        keys = StepResult.log_keys("val", self.recipe.iterations + self.recipe.mask_only_iterations)
+        keys = StepResult.log_keys("val", max(self.recipe.iterations + self.recipe.mask_only_iterations,
+                                              self.recipe.box_iterations))
         sums = torch.zeros(len(keys), 2, dtype=torch.float64, device=self.device)
         for i, key in enumerate(keys):
             if key in self._val_sums:

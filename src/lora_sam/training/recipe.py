@@ -28,13 +28,14 @@ Nothing here knows Lightning: ``module.LoRASAM`` calls ``interactive_step`` and 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from lora_sam.models.checkpoints import SAM_RECIPE_DEFAULTS
+from lora_sam.models.families import family_of
 from lora_sam.models.promptable import PromptableModel
 from lora_sam.settings import MASKS_PER_IMAGE
 from lora_sam.training.decoder_side import EagerDecoder, Scored, StepImage
@@ -44,10 +45,16 @@ from lora_sam.training.prompts import masks_to_boxes, noisy_boxes, sample_error_
 from lora_sam.training.targets import box_picks, point_picks
 
 __all__ = [
-    "LOSS_TERMS", "SAM_FRAME", "RecipeOptions", "StepResult", "interactive_step", "prompt_generator"]
+    "LOSS_TERMS", "SAM_FRAME", "SAM_V1_RULES", "RecipeOptions", "StepResult", "interactive_step", "prompt_generator"]
 
-LOSS_TERMS = ("focal", "dice", "iou", "total")
+LOSS_TERMS = ("focal", "dice", "iou", "object", "total")
 SAM_FRAME = 1024  # the longest side of SAM's own input frame, where the paper's pixel constants live
+SAM_V1_RULES: dict[str, Any] = {
+    "iterations": 3, "pairing": "distinct", "box_output": "both", "box_iterations": 1, "gt_click_prob": 0.0,
+    "iou_loss": "mse", "object_weight": 0.0}
+"""The recipe's rules for SAM v1 (the SAM paper's, with ``distinct`` pairing): 3 rounds for points, a box once
+with its 3 outputs and the single one, corrections from the error region only, the IoU head's MSE, no object
+score. A family may name its own (``Family.recipe_rules``); a rule set in ``RecipeOptions`` wins."""
 
 
 def prompt_generator(seed: int, step: int, *, validation: bool = False, rank: int = 0) -> torch.Generator:
@@ -63,7 +70,8 @@ class RecipeOptions:
     """The recipe's settings (``LoRASAM`` takes them as keyword arguments of the same names).
 
     Args:
-        iterations: interactive rounds for point prompts (box prompts get one).
+        iterations: decodes of a point prompt: the first point, then a correction click per round (SAM v1: 3;
+            SAM 2.1: 8, Meta's first prompt and 7 corrections).
         point_prob: probability that a target's first prompt is a point rather than a box.
         masks_per_image: at most this many of a sample's targets per step (the first ones; the
             loader draws them at random).
@@ -81,35 +89,70 @@ class RecipeOptions:
         mask_only_iterations: extra rounds at the end that feed the mask prompt back without a new point.
         focal_weight, dice_weight, iou_weight: loss weights. None: the base's (``LoRASAM`` sets them from
             ``checkpoints.fine_tune_defaults``); left at None here, SAM's 20, 1, 1.
+        box_iterations: decodes of a box prompt: the box, then correction clicks with the box kept (SAM v1: 1;
+            SAM 2.1: 8). Correction rounds decode the single-mask output.
+        gt_click_prob: probability that a round's correction clicks are drawn uniformly from the target (a
+            positive click) instead of from the error region (SAM 2.1: 0.1, Meta's
+            ``prob_to_sample_from_gt_for_train``; one draw per round, as Meta draws one per frame).
+        iou_loss: ``mse`` (SAM) or ``l1`` (SAM 2.1, Meta's ``iou_use_l1_loss``) between the IoU head and the
+            true IoU of each output.
+        object_weight: weight of the object-score loss (binary cross-entropy of the object-score logit against
+            "the target has a pixel"; SAM 2.1: 1, Meta's ``loss_class``; families without the head: 0).
+
+    A rule left at None (``iterations``, ``pairing``, ``box_output``, ``box_iterations``, ``gt_click_prob``,
+    ``iou_loss``, ``object_weight``) is the model family's: ``with_rules`` fills it (``LoRASAM`` and
+    ``interactive_step`` do).
     """
 
     # The same names as LoRASAM's keyword arguments and hparams.yaml keys (from_mapping reads them back);
-    # other dataclasses of settings (runs.demo.DemoConfig) look alike by shape only.
-    iterations: int = 3
+    # other dataclasses of settings (runs.demo.DemoConfig) look alike by shape only. A rule left at None is the
+    # family's (``Family.recipe_rules``: SAM 2.1 takes Meta's training config), else SAM v1's (``SAM_V1_RULES``).
+    iterations: int | None = None
     point_prob: float = 0.5
     masks_per_image: int = MASKS_PER_IMAGE
-    pairing: Pairing = "distinct"
-    box_output: Literal["both", "multi", "single"] = "both"
+    pairing: Pairing | None = None
+    box_output: Literal["both", "multi", "single"] | None = None
     box_noise_std: float = 0.1
     box_noise_cap: float = 20.0
     mask_only_iterations: int = 0
     focal_weight: float | None = None
     dice_weight: float | None = None
     iou_weight: float | None = None
+    box_iterations: int | None = None
+    gt_click_prob: float | None = None
+    iou_loss: Literal["mse", "l1"] | None = None
+    object_weight: float | None = None
 
     def __post_init__(self) -> None:
-        if self.iterations < 1:
+        if self.iterations is not None and self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
-        if not 0.0 <= self.point_prob <= 1.0:
-            raise ValueError(f"point_prob must be in [0, 1], got {self.point_prob}")
+        if self.box_iterations is not None and self.box_iterations < 1:
+            raise ValueError(f"box_iterations must be >= 1, got {self.box_iterations}")
+        for name in ("point_prob", "gt_click_prob"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
         if self.masks_per_image < 1:
             raise ValueError(f"masks_per_image must be >= 1, got {self.masks_per_image}")
-        if self.pairing not in ("distinct", "optimal", "min", "fixed"):
+        if self.pairing not in (None, "distinct", "optimal", "min", "fixed"):
             raise ValueError(f"pairing must be 'distinct', 'optimal', 'min' or 'fixed', got {self.pairing!r}")
-        if self.box_output not in ("both", "multi", "single"):
+        if self.box_output not in (None, "both", "multi", "single"):
             raise ValueError(f"box_output must be 'both', 'multi' or 'single', got {self.box_output!r}")
-        if self.mask_only_iterations < 0 or self.box_noise_std < 0 or self.box_noise_cap < 0:
-            raise ValueError("mask_only_iterations, box_noise_std and box_noise_cap must be >= 0")
+        if self.iou_loss not in (None, "mse", "l1"):
+            raise ValueError(f"iou_loss must be 'mse' or 'l1', got {self.iou_loss!r}")
+        if self.mask_only_iterations < 0 or self.box_noise_std < 0 or self.box_noise_cap < 0 \
+                or (self.object_weight is not None and self.object_weight < 0):
+            raise ValueError("mask_only_iterations, box_noise_std, box_noise_cap and object_weight must be >= 0")
+
+    def unset_rules(self) -> list[str]:
+        """The rules (``SAM_V1_RULES``' keys) left at None: the family's defaults fill them."""
+        return [k for k in SAM_V1_RULES if getattr(self, k) is None]
+
+    def with_rules(self, rules: Mapping[str, Any] | None = None) -> RecipeOptions:
+        """The options with every rule left at None taken from ``rules`` (a family's ``recipe_rules``), then from
+        SAM v1's (``SAM_V1_RULES``); set rules are kept."""
+        given = {**SAM_V1_RULES, **(rules or {})}
+        return replace(self, **{k: given[k] for k in self.unset_rules()})
 
     def loss_weights(self) -> tuple[float, float, float]:
         """(focal, dice, IoU head): a weight left at None is SAM's (``checkpoints.SAM_RECIPE_DEFAULTS``)."""
@@ -121,13 +164,16 @@ class RecipeOptions:
     def from_mapping(cls, values: Mapping[str, Any]) -> RecipeOptions:
         """The options named in ``values`` (a run's hparams.yaml: its ``recipe`` group, or the flat keys of
         runs saved before the groups); other keys are ignored. Runs saved before ``pairing`` existed
-        recorded ``min_only``; True reads as ``pairing="min"``."""
+        recorded ``min_only``; True reads as ``pairing="min"``. Runs saved before the families' rules existed
+        (no ``iou_loss``) trained by SAM v1's, and read so."""
         if isinstance(values.get("recipe"), Mapping):
             values = values["recipe"]
         names = {f.name for f in fields(cls)}
         options = {k: v for k, v in values.items() if k in names}
         if "pairing" not in values and "min_only" in values:
             options["pairing"] = "min" if values["min_only"] else "fixed"
+        if "iterations" in values and "iou_loss" not in values:  # saved before the families' rules: SAM v1's
+            options = {**SAM_V1_RULES, **{k: v for k, v in options.items() if v is not None}}
         return cls(**options)
 
 
@@ -142,7 +188,7 @@ class StepResult:
     def add(self, iteration: int, losses: dict[str, Tensor], chosen_iou: Tensor, *, metric: bool = True) -> None:
         """Losses of K prompts (weighted by K) and, with ``metric``, the IoU of their chosen masks."""
         k = chosen_iou.numel()
-        for name in LOSS_TERMS:
+        for name in (n for n in LOSS_TERMS if n in losses):  # "object" only where the family has the head
             s, n = self.terms.get((iteration, name), (0.0, 0))
             self.terms[(iteration, name)] = (s + losses[name] * k, n + k)
         if metric:
@@ -156,11 +202,12 @@ class StepResult:
         return torch.cat(self.ious[iteration]).float().mean()
 
     def log_values(self, stage: str) -> dict[str, Tensor]:
-        """``{stage}/{loss,focal,dice,iou}``, the same per iteration (``{stage}/it{n}/...``) and mIoU."""
+        """``{stage}/{loss,focal,dice,iou}`` (and ``object`` where it is trained), the same per iteration (``{stage}/it{n}/...``) and mIoU."""
         iterations = sorted(self.ious)
-        out = {_key(stage, None, n): self.mean(n) for n in LOSS_TERMS}
+        names = [n for n in LOSS_TERMS if any(name == n for _, name in self.terms)]
+        out = {_key(stage, None, n): self.mean(n) for n in names}
         for it in iterations:
-            out.update({_key(stage, it, n): self.mean(n, it) for n in LOSS_TERMS})
+            out.update({_key(stage, it, n): self.mean(n, it) for n in names})
             out[f"{stage}/miou_it{it}"] = self.miou(it)
         out[f"{stage}/miou"] = self.miou(iterations[0])
         return out
@@ -211,6 +258,7 @@ def interactive_step(
         decoder: how each round's prompts are decoded and scored (``decoder_side``; default: eagerly, as they
             come; ``StaticKDecoder``: padded to ``masks_per_image`` for ``torch.compile``).
     """
+    options = options.with_rules(family_of(model.module).recipe_rules) if options.unset_rules() else options
     images = batch["image"]
     embeddings = model.encode(images, batch["input_size"])  # (B, ...): once per image
     step = _Step(decoder or EagerDecoder(model, options), options, generator, StepResult())
@@ -243,47 +291,65 @@ def _add(step: _Step, iteration: int, scored: list[Scored], target: Tensor) -> t
     return scored[0][1:]
 
 
-def _point_rounds(step: _Step, image: StepImage, targets: Tensor, record: dict[str, Any] | None) -> None:
-    """Point prompts: round 1 one point (3 outputs), then a new error point and the mask prompt per round
-    (single output), then ``mask_only_iterations`` rounds of the mask prompt alone."""
-    target = image.masks[targets]  # (Kp, h, w)
-    points = sample_points(target, step.generator)[:, None]  # (Kp, 1, 2)
-    labels = torch.ones(points.shape[:2], dtype=torch.long, device=points.device)
-    mask_input = None
+def _rounds(step: _Step, image: StepImage, targets: Tensor, rounds: int, first: str, prompts: dict[str, Tensor],
+            record: list[dict[str, Any]] | None) -> None:
+    """The rounds of K prompts: the first decode (``first``: ``multi`` for one point, the box's ``box_output``),
+    then a correction click per round with the previous chosen logits as the mask prompt (single output), then
+    ``mask_only_iterations`` rounds of the mask prompt alone (points only)."""
     o = step.options
-    rounds = o.iterations + o.mask_only_iterations
+    target = image.masks[targets]  # (K, h, w)
+    points = prompts.get("points")
+    labels = prompts.get("labels")
+    boxes = prompts.get("boxes")
+    mask_input = None
     for it in range(1, rounds + 1):
-        first = it == 1
-        picks = point_picks(image.masks, points, labels, image.areas, include=targets)[0] if first else None
-        scored = step.decoder(image, "multi" if first else "single", picks, targets, points=points, labels=labels,
+        mode = first if it == 1 else "single"
+        picks = None
+        if mode != "single":
+            picks = (point_picks(image.masks, points, labels, image.areas, include=targets) if boxes is None else
+                     box_picks(image.masks, boxes, image.areas, mask_boxes=image.boxes, include=targets))[0]
+        scored = step.decoder(image, mode, picks, targets, points=points, labels=labels, boxes=boxes,
                               mask_input=mask_input)
         low_chosen, chosen, paired = _add(step, it, scored, target)
         if record is not None:
-            record["point"].append({"points": points.cpu(), "labels": labels.cpu(),
-                                    "gt": (image.masks[picks] if first else target[:, None]).cpu(),
-                                    "paired": paired.cpu(),
-                                    "pred": chosen.cpu(), "target": target.cpu(), "target_index": targets.cpu()})
+            record.append({"points": None if points is None else points.cpu(),
+                           "labels": None if labels is None else labels.cpu(),
+                           "boxes": None if boxes is None else boxes.cpu(),
+                           "gt": (image.masks[picks] if picks is not None else target[:, None]).cpu(),
+                           "paired": paired.cpu(), "pred": chosen.cpu(), "target": target.cpu(),
+                           "target_index": targets.cpu()})
         if it == rounds:
             break
-        if it < o.iterations:
-            new_points, new_labels = sample_error_points(chosen, target, step.generator)
-            points = torch.cat([points, new_points[:, None]], dim=1)
-            labels = torch.cat([labels, new_labels[:, None]], dim=1)
-        mask_input = low_chosen.detach()  # (Kp, 1, h', w'), unthresholded
+        if boxes is None and it >= o.iterations:  # a mask-only round: no new click
+            mask_input = low_chosen.detach()
+            continue
+        from_gt = bool(o.gt_click_prob) and torch.rand((), generator=step.generator).item() < o.gt_click_prob
+        new_points, new_labels = sample_error_points(torch.zeros_like(chosen) if from_gt else chosen, target,
+                                                     step.generator)
+        points = new_points[:, None] if points is None else torch.cat([points, new_points[:, None]], dim=1)
+        labels = new_labels[:, None] if labels is None else torch.cat([labels, new_labels[:, None]], dim=1)
+        mask_input = low_chosen.detach()  # (K, 1, h', w'), unthresholded
+
+
+def _point_rounds(step: _Step, image: StepImage, targets: Tensor, record: dict[str, Any] | None) -> None:
+    """Point prompts: one point uniform over the target (3 outputs), then ``iterations - 1`` correction rounds and
+    ``mask_only_iterations`` rounds of the mask prompt alone."""
+    points = sample_points(image.masks[targets], step.generator)[:, None]  # (Kp, 1, 2)
+    labels = torch.ones(points.shape[:2], dtype=torch.long, device=points.device)
+    o = step.options
+    _rounds(step, image, targets, o.iterations + o.mask_only_iterations, "multi", {"points": points, "labels": labels},
+            None if record is None else record["point"])
 
 
 def _box_round(step: _Step, image: StepImage, targets: Tensor, record: dict[str, Any] | None) -> None:
-    """Box prompts: one round; noise capped at ``box_noise_cap`` px of SAM's frame, in training pixels."""
+    """Box prompts: noise capped at ``box_noise_cap`` px of SAM's frame, in training pixels; the box decoded by
+    ``box_output``, then ``box_iterations - 1`` correction rounds with the box kept."""
     o = step.options
-    target = image.masks[targets]
     h, w = image.masks.shape[-2:]
     cap = o.box_noise_cap * max(h, w) / SAM_FRAME  # the image's longest side is SAM_FRAME px in SAM's frame
     boxes = noisy_boxes(image.boxes[targets].float(), step.generator, image_size=(h, w),
                         std_fraction=o.box_noise_std, max_noise=cap)
-    picks = box_picks(image.masks, boxes, image.areas, mask_boxes=image.boxes, include=targets)[0] \
-        if o.box_output != "single" else None
-    _, chosen, paired = _add(step, 1, step.decoder(image, o.box_output, picks, targets, boxes=boxes), target)
+    rounds: list[dict[str, Any]] | None = None if record is None else []
+    _rounds(step, image, targets, o.box_iterations, o.box_output, {"boxes": boxes}, rounds)
     if record is not None:
-        record["box"] = {"boxes": boxes.cpu(), "gt": (image.masks[picks] if picks is not None else target[:, None]).cpu(),
-                         "paired": paired.cpu(), "pred": chosen.cpu(), "target": target.cpu(),
-                         "target_index": targets.cpu()}
+        record["box"], record["box_rounds"] = rounds[0], rounds  # type: ignore[index]

@@ -7,7 +7,7 @@ only needs a type's names or sizes reads them here.
 from __future__ import annotations
 
 __all__ = [
-    "DEFAULT_SIDE", "FROZEN", "LAYER_PRESETS", "MINI_OVERRIDES", "MODEL_TYPES", "ORIGINAL_SIDE", "PIXEL_MEAN",
+    "DEFAULT_SIDE", "FROZEN", "LAYER_PRESETS", "META_RECIPE", "MINI_OVERRIDES", "MODEL_TYPES", "ORIGINAL_SIDE", "PIXEL_MEAN",
     "PIXEL_STD", "SAM2_LAYERS", "SIDE_MULTIPLE", "check_side", "check_size", "frame_note",
 ]
 
@@ -53,8 +53,6 @@ MINI_OVERRIDES = (
     "++model.memory_encoder.fuser.num_layers=1",
 )
 
-_DECODER_HEADS = ("sam_mask_decoder.iou_prediction_head.*", "sam_mask_decoder.output_hypernetworks_mlps.*",
-                  "sam_mask_decoder.pred_obj_score_head.*")
 _ENCODER_LAYERS = (
     "image_encoder.trunk.patch_embed.proj",
     "image_encoder.trunk.blocks.*.attn.qkv",
@@ -68,11 +66,13 @@ _DECODER_LAYERS = (
     "sam_mask_decoder.output_upscaling.*",
     "sam_mask_decoder.conv_s0",
     "sam_mask_decoder.conv_s1",
+    "sam_mask_decoder.pred_obj_score_head.layers.*",
 )
 SAM2_LAYERS = (*_ENCODER_LAYERS, "sam_prompt_encoder.mask_downscaling.*", *_DECODER_LAYERS)
-"""The default LoRA layers: every Linear / Conv2d / ConvTranspose2d of the image path but the decoder's
-output heads (IoU, object score, hypernetwork MLPs), which stay frozen; the memory modules are never
-wrapped (they do not run on images)."""
+"""The default LoRA layers: every Linear / Conv2d / ConvTranspose2d of the image path and the object-score head
+(it trains by the object-score loss: a LoRA of its 3 layers keeps its score calibrated while the transformer
+moves), but the IoU and hypernetwork heads, which stay frozen; the memory modules are never wrapped (they do not
+run on images)."""
 LAYER_PRESETS: dict[str, tuple[str, ...]] = {
     "default": SAM2_LAYERS,
     "qkv": ("image_encoder.trunk.blocks.*.attn.qkv",),
@@ -84,13 +84,29 @@ LAYER_PRESETS: dict[str, tuple[str, ...]] = {
 FROZEN = (
     "memory_attention.*", "memory_encoder.*", "obj_ptr_proj.*", "obj_ptr_tpos_proj.*", "mask_downsample.*",
     "maskmem_tpos_enc", "no_mem_pos_enc", "no_obj_ptr", "no_obj_embed_spatial",
-    "sam_mask_decoder.pred_obj_score_head.*",
 )
-"""What full fine-tuning leaves as it is: the memory modules and object pointers (they never run on images)
-and the object-score head. Every training target is present, so its only target would be 1: training it so
-would teach it that objects are always there and spoil it for the video predictor, while
-``SAM2ImagePredictor`` never reads it. Its token (``obj_score_token``) is an input of the decoder's
-transformer and trains with the masks."""
+"""What full fine-tuning leaves as it is: the memory modules and object pointers (they never run on images).
+The object-score head trains, by the object-score loss (``META_RECIPE``'s ``object_weight``)."""
+
+META_RECIPE: dict[str, object] = {
+    "iterations": 8, "pairing": "min", "box_output": "single", "box_iterations": 8, "gt_click_prob": 0.1,
+    "iou_loss": "l1", "object_weight": 1.0,
+}
+"""SAM 2.1's recipe rules (``recipe.RecipeOptions``' rules), from Meta's training config
+(``sam2/configs/sam2.1_training/sam2.1_hiera_b+_MOSE_finetune.yaml``, read by ``training.model.sam2.SAM2Train``
+and ``training.loss_fns.MultiStepMultiMasksAndIous``) where it differs from SAM v1's:
+
+- a first prompt then 7 correction clicks (``num_correction_pt_per_frame: 7``): 8 decodes, for boxes too;
+- the 3 outputs only for one point (``multimask_min_pt_num: 0``, ``multimask_max_pt_num: 1``): a box is two
+  points, so it trains the single output;
+- the mask loss on the output of lowest loss, every IoU prediction against the target (``supervise_all_iou``):
+  pairing ``min``; the IoU loss L1 (``iou_use_l1_loss``);
+- a round's clicks from the target instead of the error region with probability 0.1
+  (``prob_to_sample_from_gt_for_train``);
+- the object score trained with weight 1 (``loss_class: 1``, focal alpha -1 and gamma 0: binary cross-entropy).
+
+Shared with SAM v1: loss weights 20:1:1, half the first prompts points (``prob_to_use_box_input_for_train:
+0.5``), box noise 0.1 of the side capped at 20 px (``sample_box_points``)."""
 
 
 def check_side(image_size: tuple[int, int] | int) -> int:

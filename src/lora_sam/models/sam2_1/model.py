@@ -259,7 +259,9 @@ class Sam2Image:
     # the signature of PromptableModel.decode, which this implements
     def decode(self, embedding: Sam2Features, *, points: Tensor | None = None, labels: Tensor | None = None,
                boxes: Tensor | None = None, mask_input: Tensor | None = None,
-               multimask: bool = True, all_outputs: bool = False) -> tuple[Tensor, Tensor]:
+               multimask: bool = True, all_outputs: bool = False,
+               object_score: bool = False) -> tuple[Tensor, ...]:
+        """``PromptableModel.decode``; ``object_score``: the object-score logits (K, 1) too, as a third value."""
         model = self.model
         device = model.sam_prompt_encoder.point_embeddings[0].weight.device
         with torch.autocast(device.type, enabled=False):  # float32 prompts, as SAM v1's (model.encode_prompts)
@@ -271,10 +273,10 @@ class Sam2Image:
         kwargs = {"image_embeddings": embedding.embedding, "image_pe": dense_pe, "sparse_prompt_embeddings": sparse,
                   "dense_prompt_embeddings": dense, "repeat_image": True, "high_res_features": list(embedding.high_res)}
         if all_outputs:  # token 0 the single mask, 1..3 the multimask outputs, as MaskDecoder.forward slices them
-            masks, iou_pred, _, _ = decoder.predict_masks(**kwargs)
-            return masks, iou_pred
-        masks, iou_pred, _, _ = decoder(multimask_output=multimask, **kwargs)
-        return masks, iou_pred
+            masks, iou_pred, _, objects = decoder.predict_masks(**kwargs)
+        else:
+            masks, iou_pred, _, objects = decoder(multimask_output=multimask, **kwargs)
+        return (masks, iou_pred, objects) if object_score else (masks, iou_pred)
 
     def upscale(self, low_res_logits: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(low_res_logits, size=tuple(size), mode="bilinear", align_corners=False)

@@ -33,9 +33,13 @@ def iterations_section(run: Run, *, targets: int = 3) -> str:
     picks = sorted({order[round(i * (len(order) - 1) / max(targets - 1, 1))] for i in range(min(targets, len(order)))},
                    key=order.index)
     text = [
-        f"Training runs {data['iterations']} iterations per point prompt (box prompts one). Iteration 1: one "
-        "positive point uniform over the target, answered by the 3 multimask outputs, trained against the 3 GT masks "
-        "of `point_sample` (the target always among them). Each later iteration adds one point drawn uniformly from "
+        f"Training runs {data['iterations']} iterations per point prompt (box prompts "
+        f"{data.get('box_iterations') or 1}). Iteration 1: one positive point uniform over the target, answered by the "
+        "3 multimask outputs, "
+        + ("the one of lowest loss trained against the target (SAM 2.1's rule). "
+           if data["pairing"].get("pairing") == "min" else
+           "trained against the 3 GT masks of `point_sample` (the target always among them). ")
+        + "Each later iteration adds one point drawn uniformly from "
         "the error region of the previous prediction (positive in a false negative, negative in a false positive) "
         "and feeds that prediction's low-resolution logits back as the mask prompt; with several points and a "
         "mask prompt SAM answers with its single-mask output, trained against the target itself. The figures "

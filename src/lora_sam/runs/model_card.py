@@ -72,7 +72,9 @@ def ship(run_dir: str | Path, quality: str | Path | None, *, synth_command: str,
         card["stages"] = _stages(earlier, card)
         for key in ("steps", "seconds", "hours", "train_images"):
             card[key] = sum(stage[key] or 0 for stage in card["stages"])
-        card.update({k: earlier[k] for k in _CARRIED if k in earlier and distilled is None})
+        runs = len(card["stages"])
+        card.update({k: {"measured_before_run": runs, **earlier[k]} if k != "distilled" else earlier[k]
+                     for k in _CARRIED if k in earlier and distilled is None})
         if "distilled" in card and distilled is None:  # its time counts in the total
             card["seconds"] += card["distilled"]["seconds"]
             card["hours"] = card["seconds"] / 3600
@@ -143,7 +145,13 @@ def _automatic_lines(card: dict[str, Any]) -> list[str]:
             f"so): masks of predicted IoU above {a['pred_iou_thresh']:g} and stability score at least "
             f"{a['stability_score_thresh']:g}, where Meta's values were tuned for its large models. Measured on "
             f"{a['measured_on']}{found}, by `{a['command']}` (the table: `BENCHMARKS.md`, section "
-            "\"Automatic-mask thresholds of the built-in bases\").", ""]
+            "\"Automatic-mask thresholds of the built-in bases\")" + _before(a) + ".", ""]
+
+
+def _before(entry: dict[str, Any]) -> str:
+    """Where a carried entry was measured: on the weights before the last run (not measured again)."""
+    run = entry.get("measured_before_run")
+    return f", on the weights before run {run} (not measured again)" if run else ""
 
 
 def _defaults_lines(card: dict[str, Any]) -> list[str]:
@@ -158,7 +166,7 @@ def _defaults_lines(card: dict[str, Any]) -> list[str]:
             + (f"Carried over from the `{d['carried_from']}` base, pretrained the same way (dice and IoU head only) "
                "and swept by `" if d.get("carried_from") else "Measured by `")
             + d["measured_by"] + "` (the table: `BENCHMARKS.md`, section \"Fine-tuning defaults\")"
-            + ("; this base was not swept itself." if d.get("carried_from") else "."), ""]
+            + ("; this base was not swept itself" if d.get("carried_from") else "") + _before(d) + ".", ""]
 
 
 def _made_lines(card: dict[str, Any]) -> list[str]:
@@ -216,7 +224,8 @@ def card_markdown(card: dict[str, Any]) -> str:
             "\"SAM 2.1\")."]),
         *_made_lines(card),
         f"- {card['steps']:,} AdamW steps" + (f" (and {d['steps']:,} distillation steps)" if d else "")
-        + f" in {card['hours']:.2f} h in all; resolutions {sizes}, {frames}.",
+        + f" in {card['hours']:.2f} h in all; resolutions{' of the last run' if len(card.get('stages') or ()) > 1 else ''}"
+        f" {sizes}, {frames}.",
         f"- Recipe{' of the last run' if len(card.get('stages') or ()) > 1 else ''}: SAM's interactive training "
         f"(`lora_sam.training.recipe`): a point (p = {r['point_prob']}) or a noisy box, "
         + (f"then up to {r['iterations']} iterations of error-region clicks with the previous logits fed back; "

@@ -36,11 +36,12 @@ def _first_batch(val: Any) -> dict[str, Any] | None:
 def pairing_counts(model: PromptableModel, val: Any, options: RecipeOptions, device: torch.device, *,
                    batches: int) -> dict[str, Any]:
     """Which GT (whole, part, sub-part; or none) each of the 3 outputs trained against at its first decode,
-    counted over the point and box prompts of the first ``batches`` validation batches."""
+    counted over the point and box prompts of the first ``batches`` validation batches. Nothing with ``min``
+    pairing (SAM 2.1's rule: the best output trains on the target, not a GT mask of its own)."""
     counts = torch.zeros(3, 4, dtype=torch.long)  # the last column: no mask loss (no distinct GT left for it)
     seen = images = 0
     for n, batch in enumerate(val):
-        if n == batches:
+        if n == batches or options.pairing == "min":
             break
         result = interactive_step(model, batch_to(batch, device), torch.Generator().manual_seed(n),
                                   replace(options, point_prob=0.5, iterations=1), keep_records=True)
@@ -73,7 +74,7 @@ def iteration_records(model: PromptableModel, val: Any, options: RecipeOptions, 
               for r in result.records[0]["point"]]
     image = batch["image"][0][:, :ih, :iw].float().round().clamp(0, 255).to(torch.uint8).cpu()
     return {"format": FORMAT, "image_id": str(batch["image_id"][0]), "image": image, "rounds": rounds,
-            "iterations": options.iterations, "pairing": pairing}
+            "iterations": options.iterations, "box_iterations": options.box_iterations, "pairing": pairing}
 
 
 class IterationRecords(Callback):

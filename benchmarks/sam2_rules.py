@@ -44,8 +44,7 @@ MINI = "sam2.1_mini"
 RUNS: dict[str, dict[str, Any]] = {
     "lora224": {"side": 224},
     "lora448": {"side": 448},
-    "lora224_head_frozen": {"side": 224, "object_weight": 0.0,
-                            "layers": tuple(p for p in LAYER_PRESETS["default"] if "pred_obj_score_head" not in p)},
+    "lora224_head_frozen": {"side": 224, "object_weight": 0.0, "layers": LAYER_PRESETS["keep_object_score"]},
 }
 
 

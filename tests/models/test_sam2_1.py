@@ -107,6 +107,8 @@ def test_the_default_layers_are_the_image_paths_but_its_heads() -> None:
     expected = {n for n in layers if n.split(".")[0] in ("image_encoder", "sam_prompt_encoder", "sam_mask_decoder")
                 and not any(h in n for h in heads)}
     assert wrapped == expected
+    keep = set(inject_lora(_mini(224).module, 2, 2.0, "keep_object_score"))  # the head left as it is
+    assert keep == {n for n in expected if "pred_obj_score_head" not in n} and len(wrapped - keep) == 3
     kinds = {type(lora_layers(model)[n].base) for n in wrapped}
     assert kinds == {nn.Linear, nn.Conv2d, nn.ConvTranspose2d}
     assert any(fnmatch.fnmatch(n, "sam_mask_decoder.conv_s*") for n in wrapped)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_sam.io import markdown_table
+from lora_sam.models.checkpoints import CARD_FILES
 from lora_sam.report.automatic import automatic_section
 from lora_sam.report.methods import compare_section, lora_section, parameters_section, targets_section
 from lora_sam.report.results import curves_section, examples_section, iterations_section, metrics_section
@@ -90,17 +91,23 @@ def _hours(stages: list[dict[str, Any]], hours: float) -> str:
 
 def _builtin_description(demo: dict[str, Any]) -> str:
     card = demo["base"].get("card") or {}
+    model_type = card.get("model_type", "tiny")
+    sam2 = model_type.startswith("sam2")
     made = ""
     if card:
         stages = card.get("stages") or [card]
         runs = f" in {len(stages)} runs (each from the one before)," if len(stages) > 1 else ""
-        made = (f", {card['steps']:,} steps of `lora-sam pretrain` from random weights{runs} at "
-                f"{', '.join('x'.join(map(str, s)) for s in card['sizes'])} on {card['train_images']:,} synthetic "
+        start = (f"from the `{card['distilled']['teacher']}` base" if card.get("distilled") else "from random weights")
+        made = (f", {card['steps']:,} steps of `lora-sam pretrain` {start}{runs} at "
+                f"{', '.join('x'.join(map(str, s)) for s in card['sizes'])}"
+                f"{' (the last run)' if len(stages) > 1 else ''} on {card['train_images']:,} synthetic "
                 f"scenes, {_hours(stages, card['hours'])}")
-    text = (f"**Base model: the built-in `tiny` SAM (`{Path(demo['base']['checkpoint']).name}`, the official SAM "
-            f"classes with small dimensions{made}). It is not Meta's SAM: it was pretrained here, by this "
-            "project, on its own synthetic scenes (its model card, `MODEL_CARD.md` beside the weights, has the "
-            "recipe and the measured metrics). The demo adapts it to a domain it has not seen (grey, "
+    classes = "Meta's `sam2` classes" if sam2 else "the official SAM classes"
+    card_name = CARD_FILES.get(model_type, ("", "MODEL_CARD.md"))[1]
+    text = (f"**Base model: the built-in `{model_type}` {'SAM 2.1' if sam2 else 'SAM'} "
+            f"(`{Path(demo['base']['checkpoint']).name}`, {classes} with small dimensions{made}). It is not Meta's "
+            f"SAM: it was pretrained here, by this project, on its own synthetic scenes (its model card, `{card_name}` "
+            "beside the weights, has the recipe and the measured metrics). The demo adapts it to a domain it has not seen (grey, "
             "low-contrast microscopy-like cells) with LoRA and with full fine-tuning.**")
     if card.get("targets"):
         rows = [[t["target"], f"{t['value']:.3f}", t["goal"], "met" if t["met"] else f"missed by {abs(t['by']):.3f}"]

@@ -70,11 +70,13 @@ _DECODER_LAYERS = (
 )
 SAM2_LAYERS = (*_ENCODER_LAYERS, "sam_prompt_encoder.mask_downscaling.*", *_DECODER_LAYERS)
 """The default LoRA layers: every Linear / Conv2d / ConvTranspose2d of the image path and the object-score head
-(it trains by the object-score loss: a LoRA of its 3 layers keeps its score calibrated while the transformer
-moves), but the IoU and hypernetwork heads, which stay frozen; the memory modules are never wrapped (they do not
+(it trains by the object-score loss, Meta's rule; on images, every target present, that raises its score: the
+``keep_object_score`` preset leaves it out), but the IoU and hypernetwork heads, which stay frozen; the memory modules are never wrapped (they do not
 run on images)."""
 LAYER_PRESETS: dict[str, tuple[str, ...]] = {
     "default": SAM2_LAYERS,
+    # the default but the object-score head: with object_weight=0 a run keeps the base's object score (video)
+    "keep_object_score": tuple(p for p in SAM2_LAYERS if "pred_obj_score_head" not in p),
     "qkv": ("image_encoder.trunk.blocks.*.attn.qkv",),
     "encoder": _ENCODER_LAYERS,
     "decoder": _DECODER_LAYERS,

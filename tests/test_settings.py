@@ -145,7 +145,7 @@ def test_old_flat_hparams_and_the_old_targets_name_still_load() -> None:
         module = LoRASAM(**old)
     assert module.lora_options == LoRAOptions(rank=2, alpha=2.0, layers="qkv")
     assert module.recipe == RecipeOptions(iterations=2, masks_per_image=4, pairing="min", focal_weight=0.0,
-                                          dice_weight=1.0, iou_weight=1.0)
+                                          dice_weight=1.0, iou_weight=1.0).with_rules()  # the rest: v1's rules
     assert module.optim == OptimOptions(lr=1e-3, weight_decay=0.0, warmup_steps=5)
     assert all(name.endswith("attn.qkv") for name in module.lora_layers)
     again = LoRASAM(**module.hparams)  # the new hparams.yaml (groups as dicts) reads back the same

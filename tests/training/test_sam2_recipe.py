@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lora_sam.models.sam2_1.config import META_RECIPE
-from lora_sam.training.losses import sam_loss
+from lora_sam.training.losses import object_loss, sam_loss
 from lora_sam.training.recipe import SAM_V1_RULES, RecipeOptions, interactive_step
 
 pytest.importorskip("sam2")
@@ -27,8 +27,11 @@ def _meta_loss() -> object:
 
 def _ours(logits: torch.Tensor, ious: torch.Tensor, objects: torch.Tensor, target: torch.Tensor) -> dict:
     """Our loss of one decode by the SAM 2.1 rules: the best of 3 outputs (``min``) or the single one, IoU L1."""
-    return sam_loss(logits, ious, target[:, None], focal_weight=20.0, dice_weight=1.0, iou_weight=1.0,
-                    min_only=logits.shape[1] > 1, iou_loss="l1", object_logits=objects, object_weight=1.0)
+    present = target.flatten(1).any(1)
+    out = sam_loss(logits, ious, target[:, None], focal_weight=20.0, dice_weight=1.0, iou_weight=1.0,
+                   min_only=logits.shape[1] > 1, iou_loss="l1", present=present)
+    out["object"] = object_loss(objects, present)
+    return {**out, "total": out["total"] + out["object"]}
 
 
 @pytest.mark.parametrize("empty", [False, True], ids=["all-present", "one-empty-target"])

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from lora_sam.models.families import family_of
 from lora_sam.models.promptable import PromptableModel
-from lora_sam.training.losses import assign_outputs, sam_loss
+from lora_sam.training.losses import assign_outputs, object_loss, sam_loss
 
 __all__ = ["OUTSIDE", "DecodeMode", "EagerDecoder", "Scored", "ScoringOptions", "StaticKDecoder", "StepImage", "decode_and_score"]
 
@@ -122,9 +122,13 @@ def _score(options: ScoringOptions, low: Tensor, iou_pred: Tensor, logits: Tenso
         index = torch.where(paired >= 0, paired, gt.shape[1])
         gt_used = with_target.gather(1, index[:, :, None, None].expand_as(logits))
         weight = paired >= 0 if pairing == "distinct" else None
+    present = target.flatten(1).any(1) if objects is not None else None  # Meta's target_obj
     losses = sam_loss(logits, iou_pred, gt_used, focal_weight=focal, dice_weight=dice, iou_weight=iou,
                       min_only=gt is not None and pairing == "min", mask_weight=weight, rows=rows, pixels=pixels,
-                      iou_loss=options.iou_loss, object_logits=objects, object_weight=float(options.object_weight))
+                      iou_loss=options.iou_loss, present=present)
+    if objects is not None:
+        losses["object"] = object_loss(objects, present, rows)  # type: ignore[arg-type]
+        losses["total"] = losses["total"] + float(options.object_weight) * losses["object"]
     return losses, low[k, best][:, None], logits[k, best] > 0, paired
 
 

@@ -143,7 +143,7 @@ def sam_loss(
     logits: Tensor, iou_pred: Tensor, gt: Tensor, *, focal_weight: float = SAM_FOCAL_WEIGHT,
     dice_weight: float = SAM_DICE_WEIGHT, iou_weight: float = SAM_IOU_WEIGHT, min_only: bool = False,
     mask_weight: Tensor | None = None, rows: Tensor | None = None, pixels: Tensor | None = None,
-    iou_loss: Literal["mse", "l1"] = "mse", object_logits: Tensor | None = None, object_weight: float = 0.0,
+    iou_loss: Literal["mse", "l1"] = "mse", present: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """SAM's loss for K prompts with M outputs each.
 
@@ -171,20 +171,15 @@ def sam_loss(
         pixels: () the number of pixels each mask's focal mean is over (default H x W): the static-K path
             scores logits over the whole training frame with -1e4 outside the image, where every term is 0.
         iou_loss: ``mse`` (SAM) or ``l1`` (SAM 2.1's ``iou_use_l1_loss``) between the IoU head and the true IoU.
-        object_logits: (K, 1) SAM 2.1's object-score logits. Given, the loss is Meta's
-            (``training.loss_fns.MultiStepMultiMasksAndIous`` for one decode): the mask and IoU terms of a prompt
-            whose target is empty are 0, and "object" is the binary cross-entropy of the logit against "the target
-            has a pixel" (Meta's focal loss with alpha -1 and gamma 0), a mean over the K prompts.
-        object_weight: the weight of "object" in "total".
+        present: (K,) bool, SAM 2.1's rule (Meta's ``target_obj``, with ``object_loss``): a prompt's mask and IoU
+            terms count only when this is True (its target has a pixel); the means still divide by every prompt.
 
     Returns:
         Scalars "focal", "dice", "iou" and "total" = focal_weight * focal + dice_weight * dice
-        + iou_weight * iou (+ object_weight * object); "object" too when ``object_logits`` is given.
+        + iou_weight * iou.
     """
     _check_shapes(logits, iou_pred, gt, min_only)
     gt = gt.bool().expand(logits.shape)
-    # Meta's target_obj: with the object score, the terms of a prompt count only where its target has a pixel
-    present = gt[:, 0].flatten(1).any(1) if object_logits is not None else None
     focal, dice = focal_dice_loss(logits, gt)  # (K, M) each
     if pixels is not None:
         focal = focal * (logits.shape[-2] * logits.shape[-1] / pixels)
@@ -198,13 +193,15 @@ def sam_loss(
     w = w if present is None else w * present.to(focal.dtype)[:, None]
     focal, dice = (focal * w).sum() / count, (dice * w).sum() / count
     total = focal_weight * focal + dice_weight * dice + iou_weight * iou
-    out = {"focal": focal, "dice": dice, "iou": iou}
-    if object_logits is not None:
-        bce = F.binary_cross_entropy_with_logits(object_logits.float().reshape(-1), present.float(),  # type: ignore[union-attr]
-                                                 reduction="none")
-        out["object"] = bce.mean() if rows is None else (bce * rows).sum() / rows.sum().clamp(min=1)
-        total = total + object_weight * out["object"]
-    return {**out, "total": total}
+    return {"focal": focal, "dice": dice, "iou": iou, "total": total}
+
+
+def object_loss(object_logits: Tensor, present: Tensor, rows: Tensor | None = None) -> Tensor:
+    """SAM 2.1's object-score loss (Meta's ``loss_class``: its focal loss with alpha -1 and gamma 0): the binary
+    cross-entropy of each prompt's object-score logit (K, 1) against ``present`` (K,) bool, "the target has a
+    pixel", a mean over the K prompts (those of ``rows`` only, when given)."""
+    bce = F.binary_cross_entropy_with_logits(object_logits.float().reshape(-1), present.float(), reduction="none")
+    return bce.mean() if rows is None else (bce * rows).sum() / rows.sum().clamp(min=1)
 
 
 def _iou_term(logits: Tensor, iou_pred: Tensor, gt: Tensor, kind: str, rows: Tensor | None,

@@ -38,6 +38,7 @@ from lora_sam.lora.adapter import apply_adapter
 from lora_sam.models import families
 from lora_sam.models.checkpoints import resolve_checkpoint
 from lora_sam.models.sam2_1.config import LAYER_PRESETS
+from lora_sam.settings import to_dict
 from lora_sam.training.prompts import click_points, masks_to_boxes
 
 MINI = "sam2.1_mini"
@@ -52,10 +53,9 @@ def _train(name: str, data: Path, out: Path, base: str, args: argparse.Namespace
     spec = RUNS[name]
     side = spec["side"]
     torch.manual_seed(args.seed)
-    extra = {k: spec[k] for k in ("object_weight",) if k in spec}
     module = LoRASAM(args.rank, args.alpha, model_type=MINI, checkpoint=base, image_size=(side, side),
                      masks_per_image=args.masks, focal_weight=0.0, lr=args.lr, warmup_steps=10, seed=args.seed,
-                     layers=spec.get("layers", "default"), **extra)
+                     layers=spec.get("layers", "default"), object_weight=spec.get("object_weight"))
     train, _ = get_loaders(data, image_size=(side, side), frame="square", batch_size=args.batch_size,
                            val_fraction=args.val_fraction, num_workers=0, masks_per_image=args.masks, seed=args.seed)
     trainer = pl.Trainer(max_steps=args.steps, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -65,7 +65,7 @@ def _train(name: str, data: Path, out: Path, base: str, args: argparse.Namespace
     trainer.fit(module, train)
     seconds = time.perf_counter() - start
     return {"adapter": str(module.export_weights(out / f"{name}.safetensors")), "train_s": seconds,
-            "side": side, "recipe": {k: v for k, v in vars(module.recipe).items()}}
+            "side": side, "recipe": to_dict(module.recipe)}
 
 
 def _object_scores(data: Path, base: str, adapter: str | None, args: argparse.Namespace) -> dict[str, float]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from lora_sam.io import markdown_table
 from lora_sam.models.checkpoints import CARD_FILES
+from lora_sam.models.families import family_of
 from lora_sam.report.automatic import automatic_section
 from lora_sam.report.methods import compare_section, lora_section, parameters_section, targets_section
 from lora_sam.report.results import curves_section, examples_section, iterations_section, metrics_section
@@ -92,7 +93,7 @@ def _hours(stages: list[dict[str, Any]], hours: float) -> str:
 def _builtin_description(demo: dict[str, Any]) -> str:
     card = demo["base"].get("card") or {}
     model_type = card.get("model_type", "tiny")
-    sam2 = model_type.startswith("sam2")
+    sam2 = family_of(model_type).name == "sam2.1"
     made = ""
     if card:
         stages = card.get("stages") or [card]

@@ -255,12 +255,10 @@ def card_markdown(card: dict[str, Any]) -> str:
 def _recipe(config: dict[str, Any]) -> dict[str, Any]:
     """The run's recipe settings, its rules left to the family (None) as the family's (``Family.recipe_rules``)."""
     from lora_sam.models.families import family_of
-    from lora_sam.training.recipe import SAM_V1_RULES
+    from lora_sam.training.recipe import SAM_V1_RULES, RecipeOptions
 
-    rules = {**SAM_V1_RULES, **family_of(config["model_type"]).recipe_rules}
-    recipe = {k: config.get(k) for k in _RECIPE_KEYS}
-    recipe.update({k: config.get(k) if config.get(k) is not None else v for k, v in rules.items()})
-    return recipe
+    rules = RecipeOptions.from_mapping(config).with_rules(family_of(config["model_type"]).recipe_rules)
+    return {**{k: config.get(k) for k in _RECIPE_KEYS}, **{k: getattr(rules, k) for k in SAM_V1_RULES}}
 
 
 def main() -> None:

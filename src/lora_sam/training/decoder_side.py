@@ -26,7 +26,6 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
-from lora_sam.models.families import family_of
 from lora_sam.models.promptable import PromptableModel
 from lora_sam.training.losses import assign_outputs, object_loss, sam_loss
 
@@ -136,9 +135,8 @@ class EagerDecoder:
     """The decoder side as the prompts come (the default)."""
 
     def __init__(self, model: PromptableModel, options: ScoringOptions) -> None:
-        if getattr(options, "unset_rules", lambda: [])():  # rules left at None: the model family's
-            options = options.with_rules(family_of(model.module).recipe_rules)  # type: ignore[attr-defined]
-        self.model, self.options = model, options
+        resolve = getattr(options, "for_model", None)  # RecipeOptions: rules left at None are the model family's
+        self.model, self.options = model, resolve(model) if resolve is not None else options
 
     def __call__(self, image: StepImage, mode: DecodeMode, gt_index: Tensor | None, target_index: Tensor,
                  **prompts: Tensor | None) -> list[Scored]:

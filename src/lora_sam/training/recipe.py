@@ -154,6 +154,10 @@ class RecipeOptions:
         given = {**SAM_V1_RULES, **(rules or {})}
         return replace(self, **{k: given[k] for k in self.unset_rules()})
 
+    def for_model(self, model: PromptableModel) -> RecipeOptions:
+        """The options with the rules left at None taken from ``model``'s family (``with_rules``)."""
+        return self.with_rules(family_of(model.module).recipe_rules) if self.unset_rules() else self
+
     def loss_weights(self) -> tuple[float, float, float]:
         """(focal, dice, IoU head): a weight left at None is SAM's (``checkpoints.SAM_RECIPE_DEFAULTS``)."""
         given = (self.focal_weight, self.dice_weight, self.iou_weight)
@@ -258,7 +262,7 @@ def interactive_step(
         decoder: how each round's prompts are decoded and scored (``decoder_side``; default: eagerly, as they
             come; ``StaticKDecoder``: padded to ``masks_per_image`` for ``torch.compile``).
     """
-    options = options.with_rules(family_of(model.module).recipe_rules) if options.unset_rules() else options
+    options = options.for_model(model)
     images = batch["image"]
     embeddings = model.encode(images, batch["input_size"])  # (B, ...): once per image
     step = _Step(decoder or EagerDecoder(model, options), options, generator, StepResult())
